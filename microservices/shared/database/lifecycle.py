@@ -1,0 +1,162 @@
+"""The high-level operations behind the CLI: up, provision, verify, status.
+
+Each takes :class:`~.config.Settings` and a progress callback and returns a
+report object; the CLI only renders them.  Tests call these directly.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from .config import (
+    Settings,
+    admin_conninfo,
+    derive_service_conninfo,
+    mask_dsn,
+    service_password_key,
+)
+from .embedded import EmbeddedServer
+from .errors import ConfigError
+from .provisioning import ProvisionReport, provision
+from .topology import Service, Topology
+from .verify import VerifyReport, verify
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def service_password(settings: Settings, service: Service) -> str | None:
+    """The password *service* logs in with, generating and storing one if needed.
+
+    None when the service has its own ``EDULINK_DB_<SERVICE>_URL``: its
+    credentials are managed where that server is.
+    """
+    if settings.service_override(service, "URL"):
+        return None
+    explicit = settings.service_override(service, "PASSWORD")
+    if explicit:
+        return explicit
+    return settings.secret_store.get_or_create(
+        service_password_key(service), lambda: secrets.token_urlsafe(32)
+    )
+
+
+def rotate_password(settings: Settings, service: Service) -> str:
+    """Store a new generated password for *service* (provision then applies it)."""
+    if settings.service_override(service, "PASSWORD"):
+        raise ConfigError(
+            f"EDULINK_DB_{service.name.upper()}_PASSWORD is set, so the password of "
+            f"{service.runtime_role} is managed outside edulink-db: change it there, then run "
+            "'edulink-db provision' to apply it."
+        )
+    value = secrets.token_urlsafe(32)
+    settings.secret_store.set(service_password_key(service), value)
+    return value
+
+
+def run_provision(
+    settings: Settings,
+    topology: Topology | None = None,
+    *,
+    rotate: Iterable[str] = (),
+    progress: Progress = _quiet,
+) -> ProvisionReport:
+    topology = topology or settings.topology()
+    rotate_names = [topology.service(name).name for name in rotate]
+    for name in rotate_names:
+        rotate_password(settings, topology.service(name))
+    admin = admin_conninfo(settings)
+    progress(f"provisioning {mask_dsn(admin)}")
+    return provision(
+        admin, topology, lambda svc: service_password(settings, svc),
+        rotate=rotate_names, progress=progress,
+    )
+
+
+def run_verify(
+    settings: Settings, topology: Topology | None = None, *, logins: bool = True
+) -> VerifyReport:
+    topology = topology or settings.topology()
+    admin = admin_conninfo(settings)
+    if not logins:
+        return verify(admin, topology)
+    return verify(
+        admin, topology,
+        passwords=lambda svc: service_password(settings, svc),
+        conninfo_for=lambda svc, pw: derive_service_conninfo(admin, svc, pw),
+    )
+
+
+@dataclass
+class UpReport:
+    target: str
+    embedded: bool
+    provision: ProvisionReport
+    verify: VerifyReport
+    steps: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "embedded": self.embedded,
+            "provision": self.provision.as_dict(),
+            "verify": self.verify.as_dict(),
+        }
+
+
+def run_up(settings: Settings, *, progress: Progress = _quiet) -> UpReport:
+    """Start the embedded server if no database is configured, provision, verify."""
+    topology = settings.topology()  # validate before touching anything
+    if settings.uses_embedded:
+        EmbeddedServer(settings.home).start(progress)
+    admin = admin_conninfo(settings)
+    prov = run_provision(settings, topology, progress=progress)
+    progress("verifying privileges against the topology")
+    ver = run_verify(settings, topology)
+    return UpReport(target=mask_dsn(admin), embedded=settings.uses_embedded,
+                    provision=prov, verify=ver)
+
+
+@dataclass
+class StatusReport:
+    target: str | None
+    embedded: bool
+    running: bool
+    server_version: str | None = None
+    provisioned_roles: int = 0
+    expected_roles: int = 0
+    home: str = ""
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_status(settings: Settings) -> StatusReport:
+    topology = settings.topology()
+    roles = topology.runtime_roles + topology.owner_roles
+    report = StatusReport(target=None, embedded=settings.uses_embedded, running=False,
+                          expected_roles=len(roles), home=str(settings.home))
+    if settings.uses_embedded and EmbeddedServer(settings.home).running_info() is None:
+        return report
+    try:
+        admin = admin_conninfo(settings)
+        report.target = mask_dsn(admin)
+        with psycopg.connect(**admin, connect_timeout=5, autocommit=True) as conn:
+            report.running = True
+            report.server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            row = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", [roles]
+            ).fetchone()
+            report.provisioned_roles = int(row[0]) if row else 0
+    except psycopg.OperationalError as exc:
+        report.error = str(exc).strip().splitlines()[0]
+    return report

@@ -1,0 +1,400 @@
+-- edulink-db: PostgreSQL schema and role setup.
+-- GENERATED from the topology by `edulink-db sql --dialect postgresql`; do not edit.
+-- Services: auth (auth_schema), user (user_schema), institution (institution_schema), notification (notification_schema), application (application_schema), internship (internship_schema)
+--
+-- Run as a role with CREATEROLE and CREATE on the database (Supabase's `postgres`
+-- user is enough; superuser is not needed). Idempotent: safe to run again.
+-- Runtime roles are created WITHOUT passwords: `edulink-db provision` sets them
+-- (SCRAM verifiers computed client-side), or set them yourself with psql's
+-- \password <role>.  `edulink-db provision` additionally checks each service
+-- can log in, and `edulink-db verify` compares the result with the topology.
+
+BEGIN;
+
+-- Serialise concurrent provisioning runs (released at COMMIT).
+SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('edulink-db:provision'));
+
+-- Owner role auth_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'auth_service_owner') THEN
+    CREATE ROLE "auth_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as auth_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "auth_service_owner" TO CURRENT_USER;
+
+-- Owner role user_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_owner') THEN
+    CREATE ROLE "user_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as user_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "user_service_owner" TO CURRENT_USER;
+
+-- Owner role institution_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'institution_service_owner') THEN
+    CREATE ROLE "institution_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as institution_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "institution_service_owner" TO CURRENT_USER;
+
+-- Owner role notification_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_owner') THEN
+    CREATE ROLE "notification_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as notification_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "notification_service_owner" TO CURRENT_USER;
+
+-- Owner role application_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'application_service_owner') THEN
+    CREATE ROLE "application_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as application_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "application_service_owner" TO CURRENT_USER;
+
+-- Owner role internship_service_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_owner') THEN
+    CREATE ROLE "internship_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as internship_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "internship_service_owner" TO CURRENT_USER;
+
+-- Owner role shared_schema_owner: owns a schema, cannot log in.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'shared_schema_owner') THEN
+    CREATE ROLE "shared_schema_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- Let the provisioning admin act as shared_schema_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
+GRANT "shared_schema_owner" TO CURRENT_USER;
+
+-- Runtime role of service auth: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'auth_service_role') THEN
+    CREATE ROLE "auth_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "auth_service_role" SET search_path = "auth_schema", "shared_schema";
+
+-- Runtime role of service user: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_role') THEN
+    CREATE ROLE "user_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "user_service_role" SET search_path = "user_schema", "shared_schema";
+
+-- Runtime role of service institution: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'institution_service_role') THEN
+    CREATE ROLE "institution_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "institution_service_role" SET search_path = "institution_schema", "shared_schema";
+
+-- Runtime role of service notification: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_role') THEN
+    CREATE ROLE "notification_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "notification_service_role" SET search_path = "notification_schema", "shared_schema";
+
+-- Runtime role of service application: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'application_service_role') THEN
+    CREATE ROLE "application_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "application_service_role" SET search_path = "application_schema", "shared_schema";
+
+-- Runtime role of service internship: logs in, owns nothing, never bypasses RLS.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_role') THEN
+    CREATE ROLE "internship_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+END $do$;
+
+-- search_path from the role, not the session: survives transaction poolers.
+ALTER ROLE "internship_service_role" SET search_path = "internship_schema", "shared_schema";
+
+-- Schema auth_schema, owned by auth_service_owner.
+CREATE SCHEMA IF NOT EXISTS "auth_schema" AUTHORIZATION "auth_service_owner";
+
+-- Re-assert the owner of auth_schema if it existed before.
+ALTER SCHEMA "auth_schema" OWNER TO "auth_service_owner";
+
+-- No default access to auth_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "auth_schema" FROM PUBLIC;
+
+-- Schema user_schema, owned by user_service_owner.
+CREATE SCHEMA IF NOT EXISTS "user_schema" AUTHORIZATION "user_service_owner";
+
+-- Re-assert the owner of user_schema if it existed before.
+ALTER SCHEMA "user_schema" OWNER TO "user_service_owner";
+
+-- No default access to user_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "user_schema" FROM PUBLIC;
+
+-- Schema institution_schema, owned by institution_service_owner.
+CREATE SCHEMA IF NOT EXISTS "institution_schema" AUTHORIZATION "institution_service_owner";
+
+-- Re-assert the owner of institution_schema if it existed before.
+ALTER SCHEMA "institution_schema" OWNER TO "institution_service_owner";
+
+-- No default access to institution_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "institution_schema" FROM PUBLIC;
+
+-- Schema notification_schema, owned by notification_service_owner.
+CREATE SCHEMA IF NOT EXISTS "notification_schema" AUTHORIZATION "notification_service_owner";
+
+-- Re-assert the owner of notification_schema if it existed before.
+ALTER SCHEMA "notification_schema" OWNER TO "notification_service_owner";
+
+-- No default access to notification_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "notification_schema" FROM PUBLIC;
+
+-- Schema application_schema, owned by application_service_owner.
+CREATE SCHEMA IF NOT EXISTS "application_schema" AUTHORIZATION "application_service_owner";
+
+-- Re-assert the owner of application_schema if it existed before.
+ALTER SCHEMA "application_schema" OWNER TO "application_service_owner";
+
+-- No default access to application_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "application_schema" FROM PUBLIC;
+
+-- Schema internship_schema, owned by internship_service_owner.
+CREATE SCHEMA IF NOT EXISTS "internship_schema" AUTHORIZATION "internship_service_owner";
+
+-- Re-assert the owner of internship_schema if it existed before.
+ALTER SCHEMA "internship_schema" OWNER TO "internship_service_owner";
+
+-- No default access to internship_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "internship_schema" FROM PUBLIC;
+
+-- Schema shared_schema, owned by shared_schema_owner.
+CREATE SCHEMA IF NOT EXISTS "shared_schema" AUTHORIZATION "shared_schema_owner";
+
+-- Re-assert the owner of shared_schema if it existed before.
+ALTER SCHEMA "shared_schema" OWNER TO "shared_schema_owner";
+
+-- No default access to shared_schema for PUBLIC.
+REVOKE ALL ON SCHEMA "shared_schema" FROM PUBLIC;
+
+-- auth_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "auth_schema" TO "auth_service_role";
+
+-- auth_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "auth_schema" TO "auth_service_role";
+
+-- auth_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "auth_schema" TO "auth_service_role";
+
+-- Tables auth_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "auth_service_role";
+
+-- Sequences auth_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT USAGE, SELECT ON SEQUENCES TO "auth_service_role";
+
+-- Cross-service read grant on auth_schema: user_service_role, notification_service_role.
+GRANT USAGE ON SCHEMA "auth_schema" TO "user_service_role", "notification_service_role";
+
+-- user_service_role, notification_service_role may SELECT from auth_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "auth_schema" TO "user_service_role", "notification_service_role";
+
+-- ...including tables created later in auth_schema.
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role";
+
+-- user_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "user_schema" TO "user_service_role";
+
+-- user_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "user_schema" TO "user_service_role";
+
+-- user_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "user_schema" TO "user_service_role";
+
+-- Tables user_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "user_service_role";
+
+-- Sequences user_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT USAGE, SELECT ON SEQUENCES TO "user_service_role";
+
+-- Cross-service read grant on user_schema: notification_service_role, application_service_role, internship_service_role.
+GRANT USAGE ON SCHEMA "user_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- notification_service_role, application_service_role, internship_service_role may SELECT from user_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "user_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- ...including tables created later in user_schema.
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- institution_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "institution_schema" TO "institution_service_role";
+
+-- institution_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "institution_schema" TO "institution_service_role";
+
+-- institution_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "institution_schema" TO "institution_service_role";
+
+-- Tables institution_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "institution_service_role";
+
+-- Sequences institution_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT USAGE, SELECT ON SEQUENCES TO "institution_service_role";
+
+-- Cross-service read grant on institution_schema: notification_service_role, application_service_role, internship_service_role.
+GRANT USAGE ON SCHEMA "institution_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- notification_service_role, application_service_role, internship_service_role may SELECT from institution_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "institution_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- ...including tables created later in institution_schema.
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- notification_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "notification_schema" TO "notification_service_role";
+
+-- notification_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "notification_schema" TO "notification_service_role";
+
+-- notification_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "notification_schema" TO "notification_service_role";
+
+-- Tables notification_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notification_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "notification_service_role";
+
+-- Sequences notification_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notification_schema" GRANT USAGE, SELECT ON SEQUENCES TO "notification_service_role";
+
+-- application_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "application_schema" TO "application_service_role";
+
+-- application_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "application_schema" TO "application_service_role";
+
+-- application_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "application_schema" TO "application_service_role";
+
+-- Tables application_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "application_service_role";
+
+-- Sequences application_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT USAGE, SELECT ON SEQUENCES TO "application_service_role";
+
+-- Cross-service read grant on application_schema: notification_service_role.
+GRANT USAGE ON SCHEMA "application_schema" TO "notification_service_role";
+
+-- notification_service_role may SELECT from application_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "application_schema" TO "notification_service_role";
+
+-- ...including tables created later in application_schema.
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT SELECT ON TABLES TO "notification_service_role";
+
+-- internship_service_role may use its own schema (no CREATE: no DDL).
+GRANT USAGE ON SCHEMA "internship_schema" TO "internship_service_role";
+
+-- internship_service_role reads and writes its own tables.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "internship_schema" TO "internship_service_role";
+
+-- internship_service_role uses its own sequences.
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA "internship_schema" TO "internship_service_role";
+
+-- Tables internship_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO "internship_service_role";
+
+-- Sequences internship_service_owner creates later are covered too.
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT USAGE, SELECT ON SEQUENCES TO "internship_service_role";
+
+-- Cross-service read grant on internship_schema: notification_service_role, application_service_role.
+GRANT USAGE ON SCHEMA "internship_schema" TO "notification_service_role", "application_service_role";
+
+-- notification_service_role, application_service_role may SELECT from internship_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "internship_schema" TO "notification_service_role", "application_service_role";
+
+-- ...including tables created later in internship_schema.
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role";
+
+-- Every service (runtime and owner role) may use the shared schema.
+GRANT USAGE ON SCHEMA "shared_schema" TO "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role", "auth_service_owner", "user_service_owner", "institution_service_owner", "notification_service_owner", "application_service_owner", "internship_service_owner";
+
+-- Create shared objects as shared_schema_owner, so it owns them.
+SET LOCAL ROLE "shared_schema_owner";
+
+-- The append-only audit log.
+CREATE TABLE IF NOT EXISTS "shared_schema"."audit_log" (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    occurred_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    db_role name NOT NULL DEFAULT CURRENT_USER,
+    service_name text NOT NULL,
+    action text NOT NULL,
+    resource_type text NOT NULL,
+    resource_id text,
+    user_id text,
+    details jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+
+-- Time-ordered appends: a BRIN index is tiny and fits the access pattern.
+CREATE INDEX IF NOT EXISTS "audit_log_occurred_at_brin" ON "shared_schema"."audit_log" USING brin (occurred_at);
+
+-- RLS helper: the request's user id, or NULL when none is set (policies then match nothing: fail closed).
+CREATE OR REPLACE FUNCTION "shared_schema"."current_user_id"() RETURNS text
+    LANGUAGE sql STABLE
+    AS $fn$ SELECT NULLIF(pg_catalog.current_setting('app.current_user_id', true), '') $fn$;
+
+-- Back to the provisioning admin.
+RESET ROLE;
+
+-- Only services may call the RLS helper.
+REVOKE ALL ON FUNCTION "shared_schema"."current_user_id"() FROM PUBLIC;
+
+-- ...runtime roles in policies, owner roles when creating them.
+GRANT EXECUTE ON FUNCTION "shared_schema"."current_user_id"() TO "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role", "auth_service_owner", "user_service_owner", "institution_service_owner", "notification_service_owner", "application_service_owner", "internship_service_owner";
+
+-- No PUBLIC access to the audit log.
+REVOKE ALL ON TABLE "shared_schema"."audit_log" FROM PUBLIC;
+
+-- Services may append to the audit log; no UPDATE, DELETE or TRUNCATE, and id/occurred_at/db_role are always set by the database.
+GRANT INSERT ("service_name", "action", "resource_type", "resource_id", "user_id", "details") ON TABLE "shared_schema"."audit_log" TO "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+
+COMMIT;

@@ -1,0 +1,417 @@
+"""Provisioning: make the database match the topology.
+
+One generator, :func:`provisioning_statements`, produces every statement.
+:func:`provision` executes them in a single transaction, and
+:func:`render_postgresql_script` prints the same statements as the checked-in
+``postgresql_schema_setup.sql``, so the script and what ``edulink-db provision``
+does cannot drift apart (a test compares them).
+
+What it creates, per service: a NOLOGIN owner role that owns the schema and
+everything in it; a LOGIN runtime role with a role-level ``search_path`` (own
+schema first, then the shared schema) and exactly the grants the topology
+declares, including ALTER DEFAULT PRIVILEGES so that tables the owner creates
+later are covered; PUBLIC's default access to the schema revoked.  Plus the
+shared schema with the append-only audit log and the RLS helper
+``current_user_id()``.
+
+Every statement is idempotent, and the run holds a transaction-level advisory
+lock, so concurrent deploys serialise and a second run changes nothing.  It
+needs CREATEROLE and CREATE on the database, not superuser: that is what
+Supabase's ``postgres`` user has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from .config import derive_service_conninfo
+from .errors import ProvisioningError
+from .topology import Service, Topology
+
+log = logging.getLogger(__name__)
+
+PROVISION_LOCK = "edulink-db:provision"
+OWN_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+OWN_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT")
+READ_TABLE_PRIVILEGES = ("SELECT",)
+# Columns a service may set when it writes an audit entry.  id, occurred_at and
+# db_role are filled by the database, so the log records who really wrote it.
+AUDIT_INSERT_COLUMNS = (
+    "service_name", "action", "resource_type", "resource_id", "user_id", "details",
+)
+RLS_HELPER = "current_user_id"
+RUNTIME_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+OWNER_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One provisioning statement and a one-line description of why it is there."""
+
+    comment: str
+    query: sql.Composed  # always composed from constants and sql.Identifier/sql.Literal
+
+
+def _ids(names: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _privs(privileges: Iterable[str]) -> sql.Composable:
+    # Privilege keywords come from the constants above, never from config.
+    return sql.SQL(", ").join(sql.SQL(p) for p in privileges)
+
+
+def _create_role(role: str, attributes: str) -> sql.Composed:
+    # CREATE ROLE has no IF NOT EXISTS.  The exception handler covers a role
+    # created concurrently from another database (advisory locks are per database).
+    return sql.SQL(
+        "DO $do$ BEGIN\n"
+        "  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN\n"
+        "    CREATE ROLE {role} {attributes};\n"
+        "  END IF;\n"
+        "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;\n"
+        "END $do$"
+    ).format(name=sql.Literal(role), role=sql.Identifier(role), attributes=sql.SQL(attributes))
+
+
+def search_path_for(service: Service, topology: Topology) -> list[str]:
+    """The role-level search_path of *service*'s runtime role."""
+    return [service.schema, topology.shared.schema]
+
+
+def provisioning_statements(topology: Topology) -> list[Statement]:
+    """Every statement that brings a database in line with *topology*, in order."""
+    shared = topology.shared
+    runtime_roles = topology.runtime_roles
+    service_owners = [s.owner_role for s in topology.services]
+    out: list[Statement] = [
+        Statement(
+            "Serialise concurrent provisioning runs (released at COMMIT).",
+            sql.SQL("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext({}))").format(
+                sql.Literal(PROVISION_LOCK)
+            ),
+        )
+    ]
+
+    for owner in topology.owner_roles:
+        out.append(Statement(f"Owner role {owner}: owns a schema, cannot log in.",
+                             _create_role(owner, OWNER_ROLE_ATTRIBUTES)))
+        out.append(Statement(
+            f"Let the provisioning admin act as {owner} (needed on PostgreSQL 16+ for "
+            "CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).",
+            sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(owner)),
+        ))
+    for svc in topology.services:
+        out.append(Statement(
+            f"Runtime role of service {svc.name}: logs in, owns nothing, never bypasses RLS.",
+            _create_role(svc.runtime_role, RUNTIME_ROLE_ATTRIBUTES),
+        ))
+        out.append(Statement(
+            "search_path from the role, not the session: survives transaction poolers.",
+            sql.SQL("ALTER ROLE {} SET search_path = {}").format(
+                sql.Identifier(svc.runtime_role), _ids(search_path_for(svc, topology))
+            ),
+        ))
+
+    for schema in topology.schemas:
+        owner = topology.schema_owner(schema)
+        out.append(Statement(f"Schema {schema}, owned by {owner}.",
+                             sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
+                                 sql.Identifier(schema), sql.Identifier(owner))))
+        out.append(Statement(f"Re-assert the owner of {schema} if it existed before.",
+                             sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
+                                 sql.Identifier(schema), sql.Identifier(owner))))
+        out.append(Statement(f"No default access to {schema} for PUBLIC.",
+                             sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(
+                                 sql.Identifier(schema))))
+
+    for svc in topology.services:
+        s, r, o = sql.Identifier(svc.schema), sql.Identifier(svc.runtime_role), sql.Identifier(
+            svc.owner_role)
+        own = _privs(OWN_TABLE_PRIVILEGES)
+        seq = _privs(OWN_SEQUENCE_PRIVILEGES)
+        out += [
+            Statement(f"{svc.runtime_role} may use its own schema (no CREATE: no DDL).",
+                      sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r)),
+            Statement(f"{svc.runtime_role} reads and writes its own tables.",
+                      sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(own, s, r)),
+            Statement(f"{svc.runtime_role} uses its own sequences.",
+                      sql.SQL("GRANT {} ON ALL SEQUENCES IN SCHEMA {} TO {}").format(seq, s, r)),
+            Statement(f"Tables {svc.owner_role} creates later are covered too.",
+                      sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
+                              "GRANT {} ON TABLES TO {}").format(o, s, own, r)),
+            Statement(f"Sequences {svc.owner_role} creates later are covered too.",
+                      sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
+                              "GRANT {} ON SEQUENCES TO {}").format(o, s, seq, r)),
+        ]
+        readers = [reader.runtime_role for reader in topology.readers_of(svc)]
+        if readers:
+            rr = _ids(readers)
+            who = ", ".join(readers)
+            out += [
+                Statement(f"Cross-service read grant on {svc.schema}: {who}.",
+                          sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, rr)),
+                Statement(f"{who} may SELECT from {svc.schema}.",
+                          sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(s, rr)),
+                Statement(f"...including tables created later in {svc.schema}.",
+                          sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
+                                  "GRANT SELECT ON TABLES TO {}").format(o, s, rr)),
+            ]
+
+    ss, so = sql.Identifier(shared.schema), sql.Identifier(shared.owner_role)
+    audit = sql.Identifier(shared.schema, shared.audit_table)
+    helper = sql.Identifier(shared.schema, RLS_HELPER)
+    out += [
+        Statement("Every service (runtime and owner role) may use the shared schema.",
+                  sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                      ss, _ids(runtime_roles + service_owners))),
+        Statement(f"Create shared objects as {shared.owner_role}, so it owns them.",
+                  sql.SQL("SET LOCAL ROLE {}").format(so)),
+        Statement("The append-only audit log.", sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (\n"
+            "    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+            "    occurred_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),\n"
+            "    db_role name NOT NULL DEFAULT CURRENT_USER,\n"
+            "    service_name text NOT NULL,\n"
+            "    action text NOT NULL,\n"
+            "    resource_type text NOT NULL,\n"
+            "    resource_id text,\n"
+            "    user_id text,\n"
+            "    details jsonb NOT NULL DEFAULT '{{}}'::jsonb\n"
+            ")").format(audit)),
+        Statement("Time-ordered appends: a BRIN index is tiny and fits the access pattern.",
+                  sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING brin (occurred_at)").format(
+                      sql.Identifier(f"{shared.audit_table}_occurred_at_brin"), audit)),
+        Statement(
+            "RLS helper: the request's user id, or NULL when none is set "
+            "(policies then match nothing: fail closed).",
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS text\n"
+                "    LANGUAGE sql STABLE\n"
+                "    AS $fn$ SELECT NULLIF(pg_catalog.current_setting('app.current_user_id', "
+                "true), '') $fn$"
+            ).format(helper),
+        ),
+        Statement("Back to the provisioning admin.", sql.Composed([sql.SQL("RESET ROLE")])),
+        Statement("Only services may call the RLS helper.",
+                  sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(helper)),
+        Statement("...runtime roles in policies, owner roles when creating them.",
+                  sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(
+                      helper, _ids(runtime_roles + service_owners))),
+        Statement("No PUBLIC access to the audit log.",
+                  sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(audit)),
+        Statement("Services may append to the audit log; no UPDATE, DELETE or TRUNCATE, and "
+                  "id/occurred_at/db_role are always set by the database.",
+                  sql.SQL("GRANT INSERT ({}) ON TABLE {} TO {}").format(
+                      _ids(AUDIT_INSERT_COLUMNS), audit, _ids(runtime_roles))),
+    ]
+    return out
+
+
+def render_postgresql_script(topology: Topology) -> str:
+    """The provisioning statements as a psql-ready script (``postgresql_schema_setup.sql``)."""
+    lines = [
+        "-- edulink-db: PostgreSQL schema and role setup.",
+        "-- GENERATED from the topology by `edulink-db sql --dialect postgresql`; do not edit.",
+        "-- Services: " + ", ".join(
+            f"{s.name} ({s.schema})" for s in topology.services),
+        "--",
+        "-- Run as a role with CREATEROLE and CREATE on the database (Supabase's `postgres`",
+        "-- user is enough; superuser is not needed). Idempotent: safe to run again.",
+        "-- Runtime roles are created WITHOUT passwords: `edulink-db provision` sets them",
+        "-- (SCRAM verifiers computed client-side), or set them yourself with psql's",
+        "-- \\password <role>.  `edulink-db provision` additionally checks each service",
+        "-- can log in, and `edulink-db verify` compares the result with the topology.",
+        "",
+        "BEGIN;",
+        "",
+    ]
+    for stmt in provisioning_statements(topology):
+        lines.append(f"-- {stmt.comment}")
+        lines.append(stmt.query.as_string(None) + ";")
+        lines.append("")
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+# -- applying ----------------------------------------------------------------
+
+
+@dataclass
+class ProvisionReport:
+    """What a provisioning run did."""
+
+    database: str
+    admin: str
+    server_version: int
+    statements: int = 0
+    created_roles: list[str] = field(default_factory=list)
+    passwords_set: list[str] = field(default_factory=list)
+    changed: bool = False
+    duration_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "admin": self.admin,
+            "server_version": self.server_version,
+            "statements": self.statements,
+            "created_roles": self.created_roles,
+            "passwords_set": self.passwords_set,
+            "changed": self.changed,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def _diagnose(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = diag.message_primary or str(exc).strip()
+    if diag.message_detail:
+        text += f" ({diag.message_detail})"
+    if diag.sqlstate == "42501" and "role" in text:
+        text += (
+            ". On PostgreSQL 16+ a CREATEROLE admin may only alter roles it created or "
+            "holds ADMIN OPTION on: have the role's creator run "
+            "GRANT <role> TO <admin> WITH ADMIN OPTION, or drop the role and provision again"
+        )
+    return text
+
+
+def check_admin(conn: psycopg.Connection[Any]) -> tuple[str, str, int]:
+    """Fail early, with a clear message, if the admin cannot provision."""
+    row = conn.execute(
+        "SELECT current_user, current_database(), rolsuper, rolcreaterole,"
+        " pg_catalog.has_database_privilege(current_database(), 'CREATE'),"
+        " current_setting('server_version_num')::int"
+        " FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    user, database, is_super, createrole, can_create, version = row
+    if not (is_super or createrole):
+        raise ProvisioningError(
+            f"The admin role {user!r} needs CREATEROLE to create service roles "
+            "(superuser is not required). Run: ALTER ROLE "
+            f"{user} CREATEROLE; as a role that may, or use another admin in DATABASE_URL."
+        )
+    if not can_create:
+        raise ProvisioningError(
+            f"The admin role {user!r} cannot create schemas in database {database!r}. "
+            f"Run: GRANT CREATE ON DATABASE {database} TO {user};"
+        )
+    return user, database, version
+
+
+def set_role_password(conn: psycopg.Connection[Any], role: str, password: str) -> None:
+    """Set *role*'s password without sending it in clear text.
+
+    The SCRAM verifier is computed client-side (as psql's \\password does), so
+    the password cannot surface in the server log even with log_statement=ddl.
+    ALTER ROLE cannot take bind parameters; the verifier goes in as a quoted
+    literal.
+    """
+    verifier = conn.pgconn.encrypt_password(
+        password.encode(), role.encode(), b"scram-sha-256"
+    ).decode()
+    conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+        sql.Identifier(role), sql.Literal(verifier)))
+
+
+def _can_log_in(params: dict[str, Any]) -> bool:
+    try:
+        with psycopg.connect(**params, connect_timeout=10, autocommit=True):
+            return True
+    except psycopg.OperationalError as exc:
+        # 28P01 invalid_password; libpq reports it only in the message text.
+        if "password authentication failed" in str(exc) or getattr(
+                getattr(exc, "diag", None), "sqlstate", None) == "28P01":
+            return False
+        raise
+
+
+def provision(
+    admin: dict[str, Any],
+    topology: Topology,
+    passwords: Callable[[Service], str | None],
+    *,
+    rotate: Iterable[str] = (),
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> ProvisionReport:
+    """Bring the database at *admin* in line with *topology*.
+
+    *passwords* returns the password a service should log in with (``None``
+    when the service is configured with its own URL and manages its own
+    credentials).  Runtime roles get their password when created, when
+    listed in *rotate*, or when logging in with the configured password fails.
+    All DDL runs in one transaction: on any error nothing is changed.
+    """
+    from .verify import read_catalog  # verify imports provisioning's constants
+
+    started = time.perf_counter()
+    rotate_set = set(rotate)
+    try:
+        conn = psycopg.connect(**admin, autocommit=False, connect_timeout=15)
+    except psycopg.OperationalError as exc:
+        raise ProvisioningError(f"Cannot connect as the admin: {str(exc).strip()}") from None
+    with conn:
+        user, database, version = check_admin(conn)
+        conn.commit()
+        report = ProvisionReport(database=database, admin=user, server_version=version)
+        before = read_catalog(conn, topology)
+        conn.commit()
+        statements = provisioning_statements(topology)
+        existing: set[str] = set()
+        current = "checking existing roles"
+        try:
+            for index, stmt in enumerate(statements):
+                current = stmt.comment
+                conn.execute(stmt.query)
+                if index == 0:  # holding the lock: now see which roles exist
+                    rows = conn.execute(
+                        "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+                        [topology.runtime_roles + topology.owner_roles],
+                    ).fetchall()
+                    existing = {r[0] for r in rows}
+                    progress(f"provisioning {len(topology.services)} services in {database}")
+            report.statements = len(statements)
+            report.created_roles = [
+                r for r in topology.owner_roles + topology.runtime_roles if r not in existing]
+            for svc in topology.services:
+                password = passwords(svc)
+                if password is not None and (
+                        svc.runtime_role not in existing or svc.name in rotate_set):
+                    current = f"setting the password of {svc.runtime_role}"
+                    set_role_password(conn, svc.runtime_role, password)
+                    report.passwords_set.append(svc.runtime_role)
+            conn.commit()
+        except psycopg.Error as exc:
+            conn.rollback()
+            raise ProvisioningError(
+                f"Provisioning failed at: {current}\n  {_diagnose(exc)}\n"
+                "Nothing was changed (the transaction was rolled back)."
+            ) from None
+
+        # A role that existed already keeps its password unless the configured
+        # one no longer works (e.g. the secrets file was replaced).
+        for svc in topology.services:
+            password = passwords(svc)
+            if password is None or svc.runtime_role in report.passwords_set:
+                continue
+            params = derive_service_conninfo(admin, svc, password)
+            if not _can_log_in(params):
+                progress(f"configured password of {svc.runtime_role} was rejected: resetting it")
+                set_role_password(conn, svc.runtime_role, password)
+                conn.commit()
+                report.passwords_set.append(svc.runtime_role)
+
+        after = read_catalog(conn, topology)
+        conn.commit()
+    report.changed = before != after or bool(report.passwords_set)
+    report.duration_s = time.perf_counter() - started
+    return report

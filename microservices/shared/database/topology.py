@@ -1,0 +1,291 @@
+"""The topology: which services exist, what they own, and what they may read.
+
+This is the single source of truth of edulink-db.  Provisioning, the generated
+PostgreSQL and SQL Server scripts, ``verify``, the Django settings and router,
+and monitoring all derive from a :class:`Topology`; nothing else in the package
+knows the list of services.
+
+A topology is declared in TOML (see ``default_topology.toml``) and validated as
+a whole before anything uses it: an invalid topology raises
+:class:`~.errors.TopologyError` before any SQL runs.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import TopologyError, UnknownServiceError
+from .identifiers import validate_identifier
+
+ALL_OTHERS = "*"
+
+_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps"})
+_SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
+_TOP_KEYS = frozenset({"services", "shared"})
+
+
+@dataclass(frozen=True)
+class Service:
+    """One microservice: the schema it owns and the roles that act for it.
+
+    ``runtime_role`` is the LOGIN role the service's processes connect as; it
+    never owns anything, so row-level security always applies to it.
+    ``owner_role`` is a NOLOGIN role that owns the schema and every object in
+    it; migrations act as it.  ``reads`` names the services whose schemas the
+    runtime role may SELECT from.
+    """
+
+    name: str
+    schema: str
+    runtime_role: str
+    owner_role: str
+    reads: tuple[str, ...] = ()
+    django_apps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SharedSchema:
+    """The schema every service may use: the audit log and the RLS helper."""
+
+    schema: str = "shared_schema"
+    owner_role: str = "shared_schema_owner"
+    audit_table: str = "audit_log"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated set of services plus the shared schema.
+
+    Construct with :meth:`from_mapping`, :func:`load_topology` or
+    :func:`default_topology`; the constructor itself does not validate.
+    """
+
+    services: tuple[Service, ...]
+    shared: SharedSchema = field(default_factory=SharedSchema)
+
+    # -- lookup -----------------------------------------------------------
+    def service(self, name: str) -> Service:
+        """Return the service called *name*.
+
+        Accepts the bare name (``'user'``), the seed's ``'user_service'`` form
+        and the runtime role name (``'user_service_role'``).
+        """
+        for svc in self.services:
+            if name in (svc.name, f"{svc.name}_service", svc.runtime_role):
+                return svc
+        known = ", ".join(s.name for s in self.services)
+        raise UnknownServiceError(
+            f"Unknown service {name!r}. The topology declares: {known}. "
+            "Use one of these names (or '<name>_service')."
+        )
+
+    def service_names(self) -> list[str]:
+        return [s.name for s in self.services]
+
+    def service_for_schema(self, schema: str) -> Service | None:
+        for svc in self.services:
+            if svc.schema == schema:
+                return svc
+        return None
+
+    def readable_services(self, service: Service) -> list[Service]:
+        """Other services whose schema *service* may read, in topology order."""
+        return [s for s in self.services if s.name in service.reads]
+
+    def readers_of(self, service: Service) -> list[Service]:
+        """Services granted read access to *service*'s schema."""
+        return [s for s in self.services if service.name in s.reads]
+
+    @property
+    def schemas(self) -> list[str]:
+        """Every schema the topology manages: service schemas, then the shared one."""
+        return [s.schema for s in self.services] + [self.shared.schema]
+
+    @property
+    def runtime_roles(self) -> list[str]:
+        return [s.runtime_role for s in self.services]
+
+    @property
+    def owner_roles(self) -> list[str]:
+        return [s.owner_role for s in self.services] + [self.shared.owner_role]
+
+    def schema_owner(self, schema: str) -> str:
+        if schema == self.shared.schema:
+            return self.shared.owner_role
+        svc = self.service_for_schema(schema)
+        if svc is None:
+            raise UnknownServiceError(f"Schema {schema!r} is not managed by the topology.")
+        return svc.owner_role
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "topology") -> Topology:
+        """Build and validate a topology from parsed TOML (or any mapping)."""
+        _reject_unknown_keys(data, _TOP_KEYS, source)
+        raw_services = data.get("services")
+        if not isinstance(raw_services, Mapping) or not raw_services:
+            raise TopologyError(
+                f"{source}: declare at least one service as a [services.<name>] table."
+            )
+        names = [validate_identifier(n, f"service name in {source}") for n in raw_services]
+
+        shared_raw = data.get("shared", {})
+        if not isinstance(shared_raw, Mapping):
+            raise TopologyError(f"{source}: [shared] must be a table.")
+        _reject_unknown_keys(shared_raw, _SHARED_KEYS, f"{source} [shared]")
+        defaults = SharedSchema()
+        shared = SharedSchema(
+            schema=validate_identifier(
+                shared_raw.get("schema", defaults.schema), f"[shared] schema in {source}"
+            ),
+            owner_role=validate_identifier(
+                shared_raw.get("owner_role", defaults.owner_role),
+                f"[shared] owner_role in {source}",
+            ),
+            audit_table=validate_identifier(
+                shared_raw.get("audit_table", defaults.audit_table),
+                f"[shared] audit_table in {source}",
+            ),
+        )
+
+        services = [
+            _parse_service(name, raw_services[name], names, source) for name in names
+        ]
+        topology = cls(services=tuple(services), shared=shared)
+        _check_unique(topology, source)
+        return topology
+
+
+def _reject_unknown_keys(data: Mapping[str, Any], allowed: frozenset[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise TopologyError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"allowed keys are {', '.join(sorted(allowed))}."
+        )
+
+
+def _string_list(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TopologyError(f"{what} must be a list of strings, got {value!r}.")
+    return list(value)
+
+
+def _parse_service(name: str, raw: object, all_names: list[str], source: str) -> Service:
+    where = f"{source} [services.{name}]"
+    if not isinstance(raw, Mapping):
+        raise TopologyError(f"{where} must be a table.")
+    _reject_unknown_keys(raw, _SERVICE_KEYS, where)
+    schema = validate_identifier(raw.get("schema", f"{name}_schema"), f"schema in {where}")
+    runtime_role = validate_identifier(
+        raw.get("runtime_role", f"{name}_service_role"), f"runtime_role in {where}"
+    )
+    owner_role = validate_identifier(
+        raw.get("owner_role", f"{name}_service_owner"), f"owner_role in {where}"
+    )
+    reads_raw = _string_list(raw.get("reads", []), f"reads in {where}")
+    if ALL_OTHERS in reads_raw:
+        if reads_raw != [ALL_OTHERS]:
+            raise TopologyError(f"reads in {where}: '*' already means every other service; "
+                                "list nothing else beside it.")
+        reads = [n for n in all_names if n != name]
+    else:
+        reads = []
+        for target in reads_raw:
+            if target == name:
+                raise TopologyError(
+                    f"reads in {where}: a service always has full access to its own schema; "
+                    f"remove {name!r} from its reads."
+                )
+            if target not in all_names:
+                raise TopologyError(
+                    f"reads in {where}: {target!r} is not a service in the topology "
+                    f"(known: {', '.join(all_names)})."
+                )
+            if target in reads:
+                raise TopologyError(f"reads in {where}: {target!r} is listed twice.")
+            reads.append(target)
+        # Topology order, so generated SQL and matrices are stable.
+        reads = [n for n in all_names if n in reads]
+    apps = _string_list(raw.get("django_apps", []), f"django_apps in {where}")
+    for app in apps:
+        if not app.isidentifier():
+            raise TopologyError(f"django_apps in {where}: {app!r} is not a valid app label.")
+    return Service(
+        name=name,
+        schema=schema,
+        runtime_role=runtime_role,
+        owner_role=owner_role,
+        reads=tuple(reads),
+        django_apps=tuple(apps),
+    )
+
+
+def _first_duplicate(pairs: Iterable[tuple[str, str]]) -> tuple[str, str, str] | None:
+    seen: dict[str, str] = {}
+    for value, owner in pairs:
+        if value in seen:
+            return value, seen[value], owner
+        seen[value] = owner
+    return None
+
+
+def _check_unique(topology: Topology, source: str) -> None:
+    schemas = [(s.schema, f"service {s.name!r}") for s in topology.services]
+    schemas.append((topology.shared.schema, "[shared]"))
+    dup = _first_duplicate(schemas)
+    if dup:
+        raise TopologyError(f"{source}: schema {dup[0]!r} is used by both {dup[1]} and {dup[2]}; "
+                            "every service needs a schema of its own.")
+    roles: list[tuple[str, str]] = []
+    for s in topology.services:
+        roles.append((s.runtime_role, f"runtime_role of service {s.name!r}"))
+        roles.append((s.owner_role, f"owner_role of service {s.name!r}"))
+    roles.append((topology.shared.owner_role, "[shared] owner_role"))
+    dup = _first_duplicate(roles)
+    if dup:
+        raise TopologyError(f"{source}: role {dup[0]!r} is used as both {dup[1]} and {dup[2]}; "
+                            "every role must be distinct so privileges stay separate.")
+    apps = [(a, f"service {s.name!r}") for s in topology.services for a in s.django_apps]
+    dup = _first_duplicate(apps)
+    if dup:
+        raise TopologyError(f"{source}: Django app {dup[0]!r} is claimed by both {dup[1]} and "
+                            f"{dup[2]}; an app's tables live in exactly one schema.")
+
+
+def load_topology(path: str | Path | None = None) -> Topology:
+    """Load and validate a topology from a TOML file, or the default when *path* is None."""
+    if path is None:
+        return default_topology()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError(
+            f"Topology file {str(p)!r} does not exist. Check EDULINK_DB_TOPOLOGY / --topology."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError(f"Cannot read topology file {str(p)!r}: {exc}") from None
+    return parse_topology(text, source=str(p))
+
+
+def parse_topology(text: str, *, source: str = "topology") -> Topology:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise TopologyError(f"{source} is not valid TOML: {exc}") from None
+    return Topology.from_mapping(data, source=source)
+
+
+def default_topology_text() -> str:
+    return (resources.files(__package__) / "default_topology.toml").read_text(encoding="utf-8")
+
+
+def default_topology() -> Topology:
+    """Edulink's six services with the seed's grants (``default_topology.toml``)."""
+    return parse_topology(default_topology_text(), source="default topology")

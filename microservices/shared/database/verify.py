@@ -1,0 +1,560 @@
+"""Verification: what PostgreSQL really grants, compared with the topology.
+
+:func:`read_catalog` reads the effective privileges of every runtime role on
+every schema and relation, role attributes, memberships, role settings,
+ownership, PUBLIC's grants and default privileges -- in a fixed number of
+queries, whatever the number of services or tables.  Effective privileges come
+from ``has_*_privilege``, so grants through PUBLIC, role membership or
+predefined roles such as ``pg_read_all_data`` all count.
+
+:func:`compare` turns the catalog state into problems (each naming role,
+schema, object and privilege) and a role x schema matrix.  Anything not
+declared by the topology is a problem, including a privilege granted by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from .provisioning import (
+    OWN_SEQUENCE_PRIVILEGES,
+    OWN_TABLE_PRIVILEGES,
+    READ_TABLE_PRIVILEGES,
+    search_path_for,
+)
+from .topology import Topology
+
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
+TABLE_KINDS = ("r", "p", "v", "m", "f")
+KIND_NAMES = {"r": "table", "p": "table", "v": "view", "m": "materialized view",
+              "f": "foreign table", "S": "sequence"}
+DANGEROUS_ATTRIBUTES = ("rolsuper", "rolcreaterole", "rolcreatedb", "rolreplication",
+                        "rolbypassrls")
+
+
+@dataclass(frozen=True)
+class RoleState:
+    name: str
+    attributes: tuple[tuple[str, bool], ...]
+    member_of: tuple[str, ...]
+    search_path: str | None
+
+    def attr(self, name: str) -> bool:
+        return dict(self.attributes)[name]
+
+
+@dataclass(frozen=True)
+class Relation:
+    schema: str
+    name: str
+    kind: str
+    owner: str
+
+
+@dataclass
+class CatalogState:
+    """Privilege-relevant facts about the topology's roles and schemas."""
+
+    roles: dict[str, RoleState] = field(default_factory=dict)
+    schema_owners: dict[str, str] = field(default_factory=dict)
+    schema_privileges: set[tuple[str, str, str]] = field(default_factory=set)  # role, schema, priv
+    public_schema_privileges: set[tuple[str, str]] = field(default_factory=set)
+    relations: set[Relation] = field(default_factory=set)
+    relation_privileges: set[tuple[str, str, str, str]] = field(default_factory=set)
+    public_relation_privileges: set[tuple[str, str, str]] = field(default_factory=set)
+    default_privileges: set[tuple[str, str, str, str, str]] = field(default_factory=set)
+    runtime_owned: set[tuple[str, str, str]] = field(default_factory=set)  # role, kind, name
+    database_privileges: set[tuple[str, str]] = field(default_factory=set)
+    queries: int = 0
+
+
+def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogState:
+    """Read the catalog facts verify needs, in a constant number of queries."""
+    state = CatalogState()
+    runtime = topology.runtime_roles
+    roles = runtime + topology.owner_roles
+    schemas = topology.schemas
+
+    def q(query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        state.queries += 1
+        return conn.execute(query, params).fetchall()
+
+    for row in q(
+        """
+        SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
+               r.rolreplication, r.rolbypassrls,
+               ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m
+                     JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                     WHERE m.member = r.oid ORDER BY 1),
+               (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
+                 WHERE s.setrole = r.oid AND s.setdatabase = 0),
+               (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
+                 JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                 WHERE s.setrole = r.oid AND d.datname = current_database())
+        FROM pg_catalog.pg_roles r WHERE r.rolname = ANY(%(roles)s)
+        """,
+        {"roles": roles},
+    ):
+        name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg = row
+        path = None
+        for cfg in (role_cfg or [], db_cfg or []):  # the database-specific one wins
+            for item in cfg:
+                if item.startswith("search_path="):
+                    path = item.split("=", 1)[1]
+        state.roles[name] = RoleState(
+            name=name,
+            attributes=(("rolsuper", sup), ("rolcreaterole", crole), ("rolcreatedb", cdb),
+                        ("rolcanlogin", login), ("rolreplication", repl),
+                        ("rolbypassrls", bypass)),
+            member_of=tuple(member_of),
+            search_path=path,
+        )
+
+    for role, schema, priv in q(
+        """
+        SELECT r.rolname, n.nspname, p.priv
+        FROM pg_catalog.pg_roles r
+        CROSS JOIN pg_catalog.pg_namespace n
+        CROSS JOIN unnest(ARRAY['USAGE', 'CREATE']) AS p(priv)
+        WHERE r.rolname = ANY(%(runtime)s)
+          AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+          AND pg_catalog.has_schema_privilege(r.oid, n.oid, p.priv)
+        """,
+        {"runtime": runtime},
+    ):
+        state.schema_privileges.add((role, schema, priv))
+
+    for schema, owner, public_priv in q(
+        """
+        SELECT n.nspname, pg_catalog.pg_get_userbyid(n.nspowner), a.privilege_type
+        FROM pg_catalog.pg_namespace n
+        LEFT JOIN LATERAL aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+               ON a.grantee = 0
+        WHERE n.nspname = ANY(%(schemas)s)
+        """,
+        {"schemas": schemas},
+    ):
+        state.schema_owners[schema] = owner
+        if public_priv:
+            state.public_schema_privileges.add((schema, public_priv))
+
+    for schema, name, kind, owner, public_priv in q(
+        """
+        SELECT n.nspname, c.relname, c.relkind::text, pg_catalog.pg_get_userbyid(c.relowner),
+               a.privilege_type
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN LATERAL aclexplode(coalesce(c.relacl, acldefault(
+                 CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END::"char", c.relowner))) a
+               ON a.grantee = 0
+        WHERE n.nspname = ANY(%(schemas)s) AND c.relkind = ANY(%(kinds)s::"char"[])
+        """,
+        {"schemas": schemas, "kinds": [*TABLE_KINDS, "S"]},
+    ):
+        state.relations.add(Relation(schema, name, kind, owner))
+        if public_priv:
+            state.public_relation_privileges.add((schema, name, public_priv))
+
+    for role, schema, name, priv in q(
+        """
+        SELECT r.rolname, n.nspname, c.relname, p.priv
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        CROSS JOIN pg_catalog.pg_roles r
+        CROSS JOIN unnest(%(privs)s::text[]) AS p(priv)
+        WHERE n.nspname = ANY(%(schemas)s) AND r.rolname = ANY(%(runtime)s)
+          AND CASE
+            WHEN c.relkind = 'S' THEN p.priv = ANY(%(seq_privs)s::text[])
+                 AND pg_catalog.has_sequence_privilege(r.oid, c.oid, p.priv)
+            WHEN c.relkind <> ALL(%(kinds)s::"char"[]) THEN false
+            WHEN p.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                 THEN pg_catalog.has_any_column_privilege(r.oid, c.oid, p.priv)
+            WHEN p.priv = 'USAGE' THEN false
+            ELSE pg_catalog.has_table_privilege(r.oid, c.oid, p.priv)
+          END
+        """,
+        {"schemas": schemas, "runtime": runtime, "kinds": list(TABLE_KINDS),
+         "privs": [*_table_privileges(conn), "USAGE"], "seq_privs": list(SEQUENCE_PRIVILEGES)},
+    ):
+        state.relation_privileges.add((role, schema, name, priv))
+
+    for owner, schema, objtype, grantee, priv in q(
+        """
+        SELECT pg_catalog.pg_get_userbyid(d.defaclrole), coalesce(n.nspname, ''),
+               d.defaclobjtype::text,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                    ELSE pg_catalog.pg_get_userbyid(a.grantee) END,
+               a.privilege_type
+        FROM pg_catalog.pg_default_acl d
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace
+        CROSS JOIN LATERAL aclexplode(d.defaclacl) a
+        WHERE pg_catalog.pg_get_userbyid(d.defaclrole) = ANY(%(owners)s)
+          AND a.grantee <> d.defaclrole
+        """,
+        {"owners": topology.owner_roles},
+    ):
+        state.default_privileges.add((owner, schema, objtype, grantee, priv))
+
+    for role, kind, name in q(
+        """
+        WITH rt AS (SELECT oid, rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%(runtime)s))
+        SELECT rt.rolname, 'schema', n.nspname::text
+          FROM pg_catalog.pg_namespace n JOIN rt ON rt.oid = n.nspowner
+        UNION ALL
+        SELECT rt.rolname, 'relation', c.oid::regclass::text
+          FROM pg_catalog.pg_class c JOIN rt ON rt.oid = c.relowner
+        UNION ALL
+        SELECT rt.rolname, 'function', p.oid::regprocedure::text
+          FROM pg_catalog.pg_proc p JOIN rt ON rt.oid = p.proowner
+        UNION ALL
+        SELECT rt.rolname, 'database privilege', 'CREATE'
+          FROM rt WHERE pg_catalog.has_database_privilege(rt.oid, current_database(), 'CREATE')
+        """,
+        {"runtime": runtime},
+    ):
+        if kind == "database privilege":
+            state.database_privileges.add((role, name))
+        else:
+            state.runtime_owned.add((role, kind, name))
+    return state
+
+
+def _table_privileges(conn: psycopg.Connection[Any]) -> list[str]:
+    # MAINTAIN (PostgreSQL 17+) lets a role VACUUM/ANALYZE/REINDEX/CLUSTER/LOCK.
+    return list(TABLE_PRIVILEGES) + (["MAINTAIN"] if conn.info.server_version >= 170000 else [])
+
+
+# -- expectations ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a runtime role should have on one schema."""
+
+    label: str
+    usage: bool
+    table: frozenset[str]
+    sequence: frozenset[str]
+
+
+NO_ACCESS = Access("-", False, frozenset(), frozenset())
+
+
+def expected_access(topology: Topology) -> dict[tuple[str, str], Access]:
+    """(runtime role, schema) -> the access the topology declares."""
+    out: dict[tuple[str, str], Access] = {}
+    for svc in topology.services:
+        readable = {s.schema for s in topology.readable_services(svc)}
+        for schema in topology.schemas:
+            if schema == svc.schema:
+                acc = Access("rw", True, frozenset(OWN_TABLE_PRIVILEGES),
+                             frozenset(OWN_SEQUENCE_PRIVILEGES))
+            elif schema in readable:
+                acc = Access("r", True, frozenset(READ_TABLE_PRIVILEGES), frozenset())
+            elif schema == topology.shared.schema:
+                acc = Access("audit", True, frozenset(), frozenset())
+            else:
+                acc = NO_ACCESS
+            out[(svc.runtime_role, schema)] = acc
+    return out
+
+
+def expected_relation_privileges(topology: Topology, rel: Relation, role: str) -> frozenset[str]:
+    access = expected_access(topology).get((role, rel.schema), NO_ACCESS)
+    if rel.schema == topology.shared.schema:
+        is_audit = rel.name == topology.shared.audit_table and rel.kind in TABLE_KINDS
+        return frozenset({"INSERT"}) if is_audit else frozenset()
+    return access.sequence if rel.kind == "S" else access.table
+
+
+def expected_default_privileges(topology: Topology) -> set[tuple[str, str, str, str, str]]:
+    out: set[tuple[str, str, str, str, str]] = set()
+    for svc in topology.services:
+        for priv in OWN_TABLE_PRIVILEGES:
+            out.add((svc.owner_role, svc.schema, "r", svc.runtime_role, priv))
+        for priv in OWN_SEQUENCE_PRIVILEGES:
+            out.add((svc.owner_role, svc.schema, "S", svc.runtime_role, priv))
+        for reader in topology.readers_of(svc):
+            for priv in READ_TABLE_PRIVILEGES:
+                out.add((svc.owner_role, svc.schema, "r", reader.runtime_role, priv))
+    return out
+
+
+# -- comparison -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One difference between the database and the topology."""
+
+    role: str
+    schema: str
+    object: str
+    privilege: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "schema": self.schema, "object": self.object,
+                "privilege": self.privilege, "message": self.message}
+
+
+@dataclass
+class VerifyReport:
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    matrix: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_queries: int = 0
+    logins_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "matrix": self.matrix,
+            "problems": [p.as_dict() for p in self.problems],
+            "warnings": self.warnings,
+            "catalog_queries": self.catalog_queries,
+            "logins_checked": self.logins_checked,
+        }
+
+
+def _label(privs: set[str], usage: bool, create: bool) -> str:
+    own = set(OWN_TABLE_PRIVILEGES)
+    if own <= privs:
+        base, extra = "rw", privs - own
+    elif privs == {"SELECT"}:
+        base, extra = "r", set()
+    elif not privs:
+        base, extra = ("usage" if usage else "-"), set()
+    else:
+        base, extra = "", privs
+    if extra:
+        base = "+".join([b for b in [base] if b] + sorted(p.lower() for p in extra))
+    if create:
+        base += "+CREATE"
+    return base
+
+
+def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    for svc in topology.services:
+        rs = state.roles.get(svc.runtime_role)
+        if rs is None:
+            problems.append(Problem(svc.runtime_role, "", "role", "",
+                                    "runtime role does not exist; run 'edulink-db provision'"))
+            continue
+        if not rs.attr("rolcanlogin"):
+            problems.append(Problem(rs.name, "", "role", "LOGIN",
+                                    "runtime role cannot log in (NOLOGIN)"))
+        for attr in DANGEROUS_ATTRIBUTES:
+            if rs.attr(attr):
+                problems.append(Problem(rs.name, "", "role", attr[3:].upper(),
+                                        f"runtime role has {attr[3:].upper()}; it must not"))
+        for granted in rs.member_of:
+            problems.append(Problem(rs.name, "", "role", f"MEMBER OF {granted}",
+                                    f"runtime role is a member of {granted} and inherits or can "
+                                    "assume its privileges"))
+        want_path = ", ".join(search_path_for(svc, topology))
+        if rs.search_path != want_path:
+            problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
+                                    f"search_path is {rs.search_path!r}, expected {want_path!r}"))
+    for owner in topology.owner_roles:
+        os_ = state.roles.get(owner)
+        if os_ is None:
+            problems.append(Problem(owner, "", "role", "",
+                                    "owner role does not exist; run 'edulink-db provision'"))
+            continue
+        if os_.attr("rolcanlogin"):
+            problems.append(Problem(owner, "", "role", "LOGIN",
+                                    "owner role can log in; it must be NOLOGIN"))
+        for attr in ("rolsuper", "rolbypassrls"):
+            if os_.attr(attr):
+                problems.append(Problem(owner, "", "role", attr[3:].upper(),
+                                        f"owner role has {attr[3:].upper()}"))
+    return problems
+
+
+def _schema_problems(
+    state: CatalogState, topology: Topology, warnings: list[str]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    access = expected_access(topology)
+    for schema in topology.schemas:
+        want_owner = topology.schema_owner(schema)
+        got_owner = state.schema_owners.get(schema)
+        if got_owner is None:
+            problems.append(Problem("", schema, "schema", "",
+                                    "schema does not exist; run 'edulink-db provision'"))
+        elif got_owner != want_owner:
+            problems.append(Problem(got_owner, schema, "schema", "OWNER",
+                                    f"schema is owned by {got_owner}, expected {want_owner}"))
+    for schema, priv in sorted(state.public_schema_privileges):
+        problems.append(Problem("PUBLIC", schema, "schema", priv,
+                                f"PUBLIC has {priv} on the schema"))
+    for role in topology.runtime_roles:
+        for schema in topology.schemas:
+            usage = (role, schema, "USAGE") in state.schema_privileges
+            if usage != access[(role, schema)].usage and schema in state.schema_owners:
+                problems.append(Problem(role, schema, "schema", "USAGE",
+                                        ("has USAGE, which the topology does not grant" if usage
+                                         else "lacks USAGE, which the topology grants")))
+    for role, schema, priv in sorted(state.schema_privileges):
+        if priv == "CREATE":
+            problems.append(Problem(role, schema, "schema", "CREATE",
+                                    "runtime role may create objects (DDL) in this schema"))
+        elif schema not in topology.schemas and schema != "public":
+            warnings.append(f"{role} has USAGE on schema {schema}, which is outside the "
+                            "topology (check what it grants)")
+    return problems
+
+
+def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    held: dict[tuple[str, str, str], set[str]] = {}
+    for role, schema, name, priv in state.relation_privileges:
+        held.setdefault((role, schema, name), set()).add(priv)
+    for rel in sorted(state.relations, key=lambda r: (r.schema, r.name)):
+        obj = f"{KIND_NAMES[rel.kind]} {rel.name}"
+        want_owner = topology.schema_owner(rel.schema)
+        if rel.owner != want_owner:
+            problems.append(Problem(rel.owner, rel.schema, obj, "OWNER",
+                                    f"owned by {rel.owner}, expected {want_owner}"))
+        for role in topology.runtime_roles:
+            want = expected_relation_privileges(topology, rel, role)
+            got = held.get((role, rel.schema, rel.name), set())
+            for priv in sorted(got - want):
+                problems.append(Problem(role, rel.schema, obj, priv,
+                                        f"has {priv}, which the topology does not grant"))
+            for priv in sorted(want - got):
+                problems.append(Problem(role, rel.schema, obj, priv,
+                                        f"lacks {priv}, which the topology grants"))
+    for schema, name, priv in sorted(state.public_relation_privileges):
+        problems.append(Problem("PUBLIC", schema, name, priv, f"PUBLIC has {priv}"))
+    return problems
+
+
+_OBJECT_TYPES = {"r": "tables", "S": "sequences", "f": "functions", "T": "types", "n": "schemas"}
+
+
+def _default_privilege_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    want = expected_default_privileges(topology)
+    for owner, schema, objtype, grantee, priv in sorted(want - state.default_privileges):
+        problems.append(Problem(grantee, schema, f"default privileges of {owner}", priv,
+                                f"future {_OBJECT_TYPES.get(objtype, objtype)} will lack {priv}"))
+    for owner, schema, objtype, grantee, priv in sorted(state.default_privileges - want):
+        problems.append(Problem(grantee, schema or "(all schemas)",
+                                f"default privileges of {owner}", priv,
+                                f"future {_OBJECT_TYPES.get(objtype, objtype)} will get {priv}, "
+                                "which the topology does not grant"))
+    return problems
+
+
+def _ownership_problems(state: CatalogState) -> list[Problem]:
+    problems = [
+        Problem(role, "", f"{kind_name} {name}", "OWNER",
+                "runtime role owns an object: owners bypass RLS and can run DDL")
+        for role, kind_name, name in sorted(state.runtime_owned)
+    ]
+    problems += [
+        Problem(role, "", "database", priv, "runtime role may create schemas in the database")
+        for role, priv in sorted(state.database_privileges)
+    ]
+    return problems
+
+
+def compare(state: CatalogState, topology: Topology) -> VerifyReport:
+    """Every difference between *state* and what *topology* declares."""
+    report = VerifyReport(catalog_queries=state.queries)
+    report.problems += _role_problems(state, topology)
+    report.problems += _schema_problems(state, topology, report.warnings)
+    report.problems += _relation_problems(state, topology)
+    report.problems += _default_privilege_problems(state, topology)
+    report.problems += _ownership_problems(state)
+    report.matrix = _matrix(state, topology)
+    flagged = {(p.role, p.schema) for p in report.problems}
+    for role, row in report.matrix.items():
+        for schema in row:
+            if (role, schema) in flagged:
+                row[schema] += " !"
+    return report
+
+
+def _matrix(state: CatalogState, topology: Topology) -> dict[str, dict[str, str]]:
+    """role -> schema -> label, derived from the privileges actually held."""
+    matrix: dict[str, dict[str, str]] = {}
+    for role in topology.runtime_roles:
+        row: dict[str, str] = {}
+        for schema in topology.schemas:
+            usage = (role, schema, "USAGE") in state.schema_privileges
+            create = (role, schema, "CREATE") in state.schema_privileges
+            privs = {p for (r, s, _n, p) in state.relation_privileges
+                     if r == role and s == schema and p != "USAGE"}
+            privs |= {p for (_o, s, t, g, p) in state.default_privileges
+                      if g == role and s == schema and t == "r"}
+            if schema == topology.shared.schema and privs == {"INSERT"} and usage:
+                row[schema] = "append"
+            elif not usage and not privs and not create:
+                row[schema] = "-"
+            else:
+                row[schema] = _label(privs, usage, create)
+        matrix[role] = row
+    return matrix
+
+
+def verify_logins(
+    topology: Topology,
+    passwords: Callable[[Any], str | None],
+    report: VerifyReport,
+    *,
+    conninfo_for: Callable[[Any, str], dict[str, Any]],
+) -> None:
+    """Log in as every runtime role and check who the server says we are."""
+    for svc in topology.services:
+        password = passwords(svc)
+        if password is None:
+            continue
+        params = conninfo_for(svc, password)
+        try:
+            with psycopg.connect(**params, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT current_user, current_schemas(false)").fetchone()
+        except psycopg.Error as exc:
+            report.problems.append(Problem(
+                svc.runtime_role, svc.schema, "login", "LOGIN",
+                f"cannot log in with the configured password ({str(exc).strip().splitlines()[0]});"
+                " run 'edulink-db provision' to reset it"))
+            continue
+        report.logins_checked += 1
+        assert row is not None
+        user, schemas = row
+        if user != svc.runtime_role:
+            report.problems.append(Problem(svc.runtime_role, "", "login", "LOGIN",
+                                           f"logged in as {user}"))
+        if not schemas or schemas[0] != svc.schema:
+            report.problems.append(Problem(
+                svc.runtime_role, svc.schema, "login", "search_path",
+                f"effective schemas after login are {schemas}; {svc.schema} must come first"))
+
+
+def verify(
+    admin: dict[str, Any],
+    topology: Topology,
+    *,
+    passwords: Callable[[Any], str | None] | None = None,
+    conninfo_for: Callable[[Any, str], dict[str, Any]] | None = None,
+) -> VerifyReport:
+    """Read the catalog as the admin, compare it with *topology*, optionally test logins."""
+    with psycopg.connect(**admin, autocommit=True, connect_timeout=15) as conn:
+        report = compare(read_catalog(conn, topology), topology)
+    if passwords is not None and conninfo_for is not None:
+        verify_logins(topology, passwords, report, conninfo_for=conninfo_for)
+    return report
