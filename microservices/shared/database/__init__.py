@@ -7,6 +7,7 @@ and a topology (``topology.py``) that says who may read what.  See README.md.
 from .errors import (
     ConfigError,
     DatabaseNotRunningError,
+    DatabaseUnavailableError,
     EdulinkDBError,
     EmbeddedServerError,
     ProvisioningError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "DatabaseNotRunningError",
+    "DatabaseUnavailableError",
     "EdulinkDBError",
     "EmbeddedServerError",
     "ProvisioningError",

@@ -34,7 +34,11 @@ class EmbeddedServerError(EdulinkDBError):
     """The embedded PostgreSQL server could not be initialised, started or stopped."""
 
 
-class DatabaseNotRunningError(EdulinkDBError):
+class DatabaseUnavailableError(EdulinkDBError):
+    """The database server could not be reached or refused the login."""
+
+
+class DatabaseNotRunningError(DatabaseUnavailableError):
     """No database is configured and the embedded server is not running."""
 
 

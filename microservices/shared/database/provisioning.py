@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from .config import derive_service_conninfo
+from .direct import connect
 from .errors import ProvisioningError
 from .topology import Service, Topology
 
@@ -355,11 +356,7 @@ def provision(
 
     started = time.perf_counter()
     rotate_set = set(rotate)
-    try:
-        conn = psycopg.connect(**admin, autocommit=False, connect_timeout=15)
-    except psycopg.OperationalError as exc:
-        raise ProvisioningError(f"Cannot connect as the admin: {str(exc).strip()}") from None
-    with conn:
+    with connect(admin, purpose="provision", autocommit=False) as conn:
         user, database, version = check_admin(conn)
         conn.commit()
         report = ProvisionReport(database=database, admin=user, server_version=version)

@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from .direct import connect
 from .provisioning import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
@@ -553,7 +554,7 @@ def verify(
     conninfo_for: Callable[[Any, str], dict[str, Any]] | None = None,
 ) -> VerifyReport:
     """Read the catalog as the admin, compare it with *topology*, optionally test logins."""
-    with psycopg.connect(**admin, autocommit=True, connect_timeout=15) as conn:
+    with connect(admin, purpose="verify privileges") as conn:
         report = compare(read_catalog(conn, topology), topology)
     if passwords is not None and conninfo_for is not None:
         verify_logins(topology, passwords, report, conninfo_for=conninfo_for)

@@ -1,0 +1,204 @@
+"""The edulink-db command, run as a user would run it (real subprocesses, real servers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from microservices.shared.database.config import to_url
+from microservices.shared.database.topology import Topology, default_topology
+
+from .conftest import SERVICE_PASSWORD, drop_roles, unique_topology_text
+
+CLI = [sys.executable, "-m", "microservices.shared.database"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_", "EDULINK_", "SUPABASE_"))}
+    env.update(extra)
+    return env
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 180
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def configured_env(admin: dict[str, Any], home: Path, topology: Topology) -> dict[str, str]:
+    """DATABASE_URL for *admin* plus the shared test password for every service."""
+    env = clean_env(DATABASE_URL=to_url(admin), EDULINK_DB_HOME=str(home))
+    for svc in topology.services:
+        env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+    return env
+
+
+def test_embedded_up_status_snippet_down(tmp_path: Path) -> None:
+    """README command (1): a fresh project gets a provisioned, verified embedded database."""
+    project = tmp_path / "project"
+    project.mkdir()
+    env = clean_env()
+    try:
+        first = run(["up"], project, env)
+        assert first.returncode == 0, first.stderr + first.stdout
+        assert "verify: OK" in first.stdout
+        secrets = json.loads((project / ".edulink-db" / "secrets.json").read_text())
+        for secret in secrets.values():
+            assert secret not in first.stdout + first.stderr
+
+        again = run(["up", "--json"], project, env)
+        assert again.returncode == 0, again.stderr
+        report = json.loads(again.stdout)
+        assert report["embedded"] and report["verify"]["ok"]
+        assert report["provision"]["changed"] is False
+
+        # The seed's snippet, as written, from a subdirectory of the project.
+        service_dir = project / "services" / "user"
+        service_dir.mkdir(parents=True)
+        snippet = textwrap.dedent("""
+            from microservices.shared.database.connection_manager import connection_manager
+
+            with connection_manager.get_connection('user_service') as conn:
+                with conn.cursor() as cursor:
+                    cursor.execute("SELECT current_user, current_setting('search_path')")
+                    results = cursor.fetchall()
+
+            health = connection_manager.health_check('user_service')
+            print(f"Database health: {health}")
+            print(results[0][0], results[0][1])
+            connection_manager.close_all()
+        """)
+        out = subprocess.run([sys.executable, "-c", snippet], cwd=service_dir, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        assert "Database health: True" in out.stdout
+        assert "user_service_role user_schema, shared_schema" in out.stdout
+
+        status = run(["status", "--json"], project, env)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["provisioned_roles"] == 13
+        url = run(["url", "user"], project, env)
+        assert url.returncode == 0 and "user_service_role:****@127.0.0.1" in url.stdout
+    finally:
+        down = run(["down"], project, env)
+    assert down.returncode == 0, down.stderr
+    assert "stopped" in down.stdout
+    status = run(["status"], project, env)
+    assert status.returncode == 3 and "not running" in status.stdout
+    # Restart reuses the data directory: nothing to create.
+    try:
+        again = run(["up", "--json"], project, env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["provision"]["created_roles"] == []
+    finally:
+        run(["down"], project, env)
+
+
+def test_configured_server_up_then_hand_grant_fails_verify(
+    fresh_db: dict[str, Any], tmp_path: Path
+) -> None:
+    topology = default_topology()
+    env = configured_env(fresh_db, tmp_path / "home", topology)
+    up = run(["up"], tmp_path, env)
+    assert up.returncode == 0, up.stderr + up.stdout
+    assert "(embedded)" not in up.stdout
+    assert str(fresh_db.get("password")) not in up.stdout + up.stderr
+    assert SERVICE_PASSWORD not in up.stdout + up.stderr
+    with psycopg.connect(**fresh_db, autocommit=True) as conn:
+        conn.execute("GRANT INSERT ON ALL TABLES IN SCHEMA shared_schema TO auth_service_role")
+        conn.execute("GRANT USAGE ON SCHEMA user_schema TO institution_service_role")
+    verify = run(["verify"], tmp_path, env)
+    assert verify.returncode == 1
+    assert "institution_service_role" in verify.stdout and "USAGE" in verify.stdout
+    as_json = json.loads(run(["verify", "--json"], tmp_path, env).stdout)
+    assert {"role": "institution_service_role", "schema": "user_schema"}.items() <= \
+        as_json["problems"][0].items() or any(
+            p["role"] == "institution_service_role" for p in as_json["problems"])
+    down = run(["down"], tmp_path, env)
+    assert down.returncode == 2 and "never stops a server it did not start" in down.stderr
+
+
+def test_up_as_createrole_only_admin(
+    createrole_admin: dict[str, Any], server: dict[str, Any], tmp_path: Path
+) -> None:
+    """Done-when: up against a CREATEROLE-only admin succeeds, verify passes, and one extra
+    privilege granted by hand makes verify fail and name the role."""
+    topo_file = tmp_path / "topology.toml"
+    topo_file.write_text(unique_topology_text(services=7))
+    from microservices.shared.database.topology import load_topology
+
+    topology = load_topology(topo_file)
+    env = configured_env(createrole_admin, tmp_path / "home", topology)
+    env["EDULINK_DB_TOPOLOGY"] = str(topo_file)
+    try:
+        up = run(["up"], tmp_path, env)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert run(["verify"], tmp_path, env).returncode == 0
+        victim = topology.services[2]
+        with psycopg.connect(**createrole_admin, autocommit=True) as conn:
+            conn.execute(f"GRANT USAGE ON SCHEMA {topology.services[0].schema} "
+                         f"TO {victim.runtime_role}")
+        verify = run(["verify"], tmp_path, env)
+        assert verify.returncode == 1
+        assert victim.runtime_role in verify.stdout
+    finally:
+        drop_roles(server, topology.runtime_roles + topology.owner_roles)
+
+
+@pytest.mark.parametrize(
+    ("args", "topology_text", "message"),
+    [
+        (["up"], '[services.user]\nschema = "user; DROP SCHEMA x"\n', "Invalid schema"),
+        (["provision"], '[services.a]\nreads = ["nobody"]\n', "'nobody' is not a service"),
+        (["verify"], '[services.a]\nrole = "x"\n', "unknown key(s) 'role'"),
+        (["sql"], '[services.pg_a]\n', "'pg_'"),
+    ],
+)
+def test_bad_topology_is_rejected_before_any_connection(
+    tmp_path: Path, args: list[str], topology_text: str, message: str
+) -> None:
+    topo = tmp_path / "bad.toml"
+    topo.write_text(topology_text)
+    # Port 1 is closed: reaching the database would be a different error.
+    env = clean_env(DATABASE_URL="postgresql://postgres:hunter2@127.0.0.1:1/postgres")
+    result = run([*args, "--topology", str(topo)], tmp_path, env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["sql", "--dialect", "mysql"], "Unknown dialect", 2),
+        (["url", "billing"], "Unknown service 'billing'", 2),
+        (["up", "--topology", "/nonexistent.toml"], "does not exist", 2),
+        (["verify"], "Cannot connect to postgresql://postgres:****@127.0.0.1:1/postgres", 3),
+    ],
+)
+def test_bad_arguments_and_unreachable_server(
+    tmp_path: Path, args: list[str], message: str, code: int
+) -> None:
+    env = clean_env(DATABASE_URL="postgresql://postgres:hunter2@127.0.0.1:1/postgres")
+    result = run(args, tmp_path, env)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_help_teaches() -> None:
+    result = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=False,
+                            env=clean_env(COLUMNS="120"))
+    assert result.returncode == 0
+    for command in ("up", "down", "status", "provision", "verify", "sql", "url"):
+        assert command in result.stdout
+    assert "Exit codes" in result.stdout

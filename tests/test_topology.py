@@ -1,0 +1,110 @@
+"""Topology validation: every bad name or reference is rejected before any SQL runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from microservices.shared.database.errors import TopologyError, UnknownServiceError
+from microservices.shared.database.identifiers import identifier_problem
+from microservices.shared.database.topology import default_topology, parse_topology
+
+
+def test_default_topology_matches_the_seed() -> None:
+    t = default_topology()
+    assert t.service_names() == [
+        "auth", "user", "institution", "notification", "application", "internship"]
+    reads = {s.name: set(s.reads) for s in t.services}
+    assert reads == {
+        "auth": set(),
+        "user": {"auth"},
+        "institution": set(),
+        "notification": {"auth", "user", "institution", "application", "internship"},
+        "application": {"user", "institution", "internship"},
+        "internship": {"institution", "user"},
+    }
+    user = t.service("user")
+    assert (user.schema, user.runtime_role, user.owner_role) == (
+        "user_schema", "user_service_role", "user_service_owner")
+    assert "contenttypes" in t.service("auth").django_apps
+
+
+@pytest.mark.parametrize("alias", ["user", "user_service", "user_service_role"])
+def test_service_lookup_accepts_the_seed_forms(alias: str) -> None:
+    assert default_topology().service(alias).name == "user"
+
+
+def test_unknown_service_lists_the_known_ones() -> None:
+    with pytest.raises(UnknownServiceError, match="auth, user, institution"):
+        default_topology().service("billing")
+
+
+BAD_NAMES = [
+    ('x"; DROP TABLE y; --', "lower-case letters"),
+    ("has space", "lower-case letters"),
+    ("semi;colon", "lower-case letters"),
+    ("quote'd", "lower-case letters"),
+    ("UpperCase", "lower-case letters"),
+    ("9starts_with_digit", "lower-case letters"),
+    ("a" * 64, "64 bytes"),
+    ("pg_mine", "pg_"),
+    ("public", "reserved"),
+    ("", "empty"),
+]
+
+
+@pytest.mark.parametrize(("name", "why"), BAD_NAMES, ids=[n[:20] or "empty" for n, _ in BAD_NAMES])
+def test_unsafe_identifiers_are_rejected(name: str, why: str) -> None:
+    problem = identifier_problem(name)
+    assert problem is not None and why in problem
+    for key in ("schema", "runtime_role", "owner_role"):
+        text = f'[services.svc]\n{key} = "{name.replace(chr(34), chr(92) + chr(34))}"\n'
+        with pytest.raises(TopologyError, match=key):
+            parse_topology(text)
+
+
+def test_63_bytes_is_the_limit() -> None:
+    assert identifier_problem("a" * 63) is None
+    # Multi-byte characters count in bytes, and are not allowed anyway.
+    assert identifier_problem("é" * 32) is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[services.a]\nreads = ["b"]\n', "'b' is not a service"),
+        ('[services.a]\nreads = ["a"]\n', "own schema"),
+        ('[services.a]\n[services.b]\nschema = "a_schema"\n', "schema 'a_schema' is used by both"),
+        ('[services.a]\n[services.b]\nruntime_role = "a_service_role"\n', "role 'a_service_role'"),
+        ('[services.a]\nowner_role = "a_service_role"\n', "role 'a_service_role'"),
+        ('[shared]\nschema = "a_schema"\n[services.a]\n', "schema 'a_schema'"),
+        ('[services.a]\ndjango_apps = ["x"]\n[services.b]\ndjango_apps = ["x"]\n',
+         "Django app 'x'"),
+        ('[services.a]\nreeds = ["b"]\n', "unknown key(s) 'reeds'"),
+        ('[servces.a]\n', "unknown key(s) 'servces'"),
+        ("", "at least one service"),
+        ("[services.a\n", "not valid TOML"),
+        ('[services.a]\nreads = "b"\n', "list of strings"),
+        ('[services.a]\nreads = ["*", "b"]\n[services.b]\n', "'*' already means"),
+        ('[services."bad name"]\n', "service name"),
+    ],
+)
+def test_invalid_topologies_are_explained(text: str, message: str) -> None:
+    with pytest.raises(TopologyError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("*", r"\*")):
+        parse_topology(text)
+
+
+def test_star_means_every_other_service_including_new_ones() -> None:
+    t = parse_topology('[services.a]\n[services.b]\nreads = ["*"]\n[services.c]\n')
+    assert t.service("b").reads == ("a", "c")
+    assert [s.name for s in t.readers_of(t.service("c"))] == ["b"]
+
+
+def test_seventh_service_is_just_another_table() -> None:
+    from microservices.shared.database.topology import default_topology_text
+
+    t = parse_topology(default_topology_text() + '\n[services.analytics]\nreads = ["user"]\n')
+    assert len(t.services) == 7
+    assert t.service("analytics").runtime_role == "analytics_service_role"
+    # notification reads "*": the new service is covered without editing it.
+    assert "analytics" in t.service("notification").reads
