@@ -202,3 +202,39 @@ def test_help_teaches() -> None:
     for command in ("up", "down", "status", "provision", "verify", "sql", "url"):
         assert command in result.stdout
     assert "Exit codes" in result.stdout
+
+
+def test_concurrent_up_on_a_fresh_project(tmp_path: Path) -> None:
+    """Several pods starting at once is the normal case: all succeed, roles made once."""
+    env = clean_env()
+    procs = [subprocess.Popen([*CLI, "up", "--json"], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(3)]
+    try:
+        # communicate() before the exit code: waiting first could block on a full pipe.
+        outputs = [p.communicate(timeout=180) for p in procs]
+        for proc, (_stdout, stderr) in zip(procs, outputs, strict=True):
+            assert proc.returncode == 0, stderr
+        reports = [json.loads(stdout) for stdout, _stderr in outputs]
+        assert all(r["verify"]["ok"] for r in reports)
+        created = sorted(len(r["provision"]["created_roles"]) for r in reports)
+        assert created == [0, 0, 13]
+    finally:
+        run(["down"], tmp_path, env)
+
+
+def test_up_recovers_after_the_server_was_killed(tmp_path: Path) -> None:
+    import signal
+
+    env = clean_env()
+    try:
+        assert run(["up"], tmp_path, env).returncode == 0
+        pid = int((tmp_path / ".edulink-db" / "pgdata" / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        status = run(["status"], tmp_path, env)
+        assert status.returncode == 3
+        again = run(["up", "--json"], tmp_path, env)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["verify"]["ok"]
+    finally:
+        run(["down"], tmp_path, env)

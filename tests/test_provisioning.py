@@ -168,3 +168,44 @@ def test_rotation_sets_a_new_password(fresh_db: dict[str, Any]) -> None:
             assert conn.execute("SELECT current_user").fetchone() == (svc.runtime_role,)
     finally:
         do_provision(fresh_db, topology, rotate=["auth"])  # restore the shared test password
+
+
+def test_provision_removes_privileges_the_topology_does_not_declare(
+    fresh_db: dict[str, Any],
+) -> None:
+    """Drift (grants made by hand, or left by an older topology) is repaired by provision."""
+    topology = default_topology()
+    do_provision(fresh_db, topology)
+    create_probe_tables(fresh_db, topology)
+    with psycopg.connect(**fresh_db, autocommit=True) as conn:
+        for stmt in (
+            "GRANT USAGE ON SCHEMA auth_schema TO internship_service_role",
+            "GRANT SELECT, TRUNCATE ON auth_schema.probe TO internship_service_role",
+            "GRANT CREATE ON SCHEMA user_schema TO user_service_role",
+            "GRANT SELECT ON user_schema.probe TO PUBLIC",
+            "ALTER DEFAULT PRIVILEGES FOR ROLE auth_service_owner IN SCHEMA auth_schema"
+            " GRANT SELECT ON TABLES TO institution_service_role",
+            "GRANT auth_service_owner TO auth_service_role",
+        ):
+            conn.execute(stmt)
+    assert not verify(fresh_db, topology).ok
+    report = do_provision(fresh_db, topology)
+    assert report.changed and not report.unrepaired
+    assert len(report.repaired) >= 6
+    result = verify(fresh_db, topology)
+    assert result.ok, result.problems
+    assert not do_provision(fresh_db, topology).repaired  # nothing left to do
+
+
+def test_repairs_the_admin_cannot_make_are_reported_not_fatal(
+    createrole_admin: dict[str, Any], unique_topology: Topology, server: dict[str, Any]
+) -> None:
+    do_provision(createrole_admin, unique_topology)
+    victim = unique_topology.services[0].runtime_role
+    with psycopg.connect(**{**server, "dbname": createrole_admin["dbname"]},
+                         autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(victim)))
+    report = do_provision(createrole_admin, unique_topology)
+    assert any("NOBYPASSRLS" in item for item in report.unrepaired)
+    problems = verify(createrole_admin, unique_topology).problems
+    assert [(p.role, p.privilege) for p in problems] == [(victim, "BYPASSRLS")]

@@ -106,6 +106,12 @@ def _render_verify(report: VerifyReport) -> None:
                       f"{p.message}", highlight=False)
 
 
+def _render_unrepaired(items: list[str]) -> None:
+    for item in items:
+        out.print(f"[yellow]could not repair:[/yellow] {item} — run it as a superuser",
+                  highlight=False)
+
+
 @app.command()
 def up(
     topology: TopologyOption = None,
@@ -132,8 +138,10 @@ def up(
                   highlight=False)
         out.print(f"provision: {len(prov.created_roles)} roles created, "
                   f"{len(prov.passwords_set)} passwords set, "
+                  f"{len(prov.repaired)} privileges repaired, "
                   f"{'changed' if prov.changed else 'no changes'} ({prov.duration_s:.2f}s)",
                   highlight=False)
+        _render_unrepaired(prov.unrepaired)
         _render_verify(report.verify)
         if report.embedded:
             out.print("Next: 'edulink-db url user' shows a service's connection URL; "
@@ -196,8 +204,9 @@ def provision(
 ) -> None:
     """Create or update schemas, roles and grants so the database matches the topology.
 
-    Idempotent and transactional: on error nothing changes. Needs an admin with
-    CREATEROLE and CREATE on the database (superuser not required).
+    Also revokes privileges the topology does not declare (granted by hand, or left by an
+    older topology). Idempotent and transactional: on error nothing changes. Needs an admin
+    with CREATEROLE and CREATE on the database (superuser not required).
     """
     try:
         report = lifecycle.run_provision(
@@ -210,7 +219,9 @@ def provision(
         out.print(f"provisioned {report.database} as {report.admin}: "
                   f"{len(report.created_roles)} roles created, "
                   f"{len(report.passwords_set)} passwords set, "
+                  f"{len(report.repaired)} privileges repaired, "
                   f"{'changed' if report.changed else 'no changes'}", highlight=False)
+        _render_unrepaired(report.unrepaired)
 
 
 @app.command("verify")

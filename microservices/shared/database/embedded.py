@@ -67,6 +67,21 @@ class ServerInfo:
     pgdata: Path
 
 
+def _pid_state(pid: int) -> str:
+    """'running' (a live postgres process), 'zombie', or 'gone'."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return "zombie"
+        return "running" if "postgres" in proc.name() else "gone"
+    except psutil.NoSuchProcess:
+        return "gone"
+    except psutil.AccessDenied:
+        return "running"
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -137,22 +152,44 @@ class EmbeddedServer:
     def admin_password(self) -> str:
         return self._secrets.get_or_create(ADMIN_SECRET_KEY, lambda: secrets.token_urlsafe(32))
 
-    def running_info(self) -> ServerInfo | None:
-        """The running server, or None.  A stale postmaster.pid counts as not running."""
+    def _postmaster_pid(self) -> tuple[int, list[str]] | None:
         try:
             lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
+            return int(lines[0]), lines
+        except (FileNotFoundError, PermissionError, ValueError, IndexError):
             return None
-        if len(lines) < 8 or lines[7].strip() != "ready":
+
+    def running_info(self) -> ServerInfo | None:
+        """The running server, or None.
+
+        A stale postmaster.pid counts as not running: its process is gone, is a
+        zombie (a SIGKILLed postmaster stays one until PID 1 reaps it), or the
+        PID now belongs to some other program.
+        """
+        found = self._postmaster_pid()
+        if found is None:
+            return None
+        pid, lines = found
+        if len(lines) < 8 or lines[7].strip() != "ready" or _pid_state(pid) != "running":
             return None
         try:
-            pid, port = int(lines[0]), int(lines[3])
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError):
+            port = int(lines[3])
+        except ValueError:
             return None
-        except PermissionError:
-            pass  # alive, owned by the embedded OS user
         return ServerInfo(pid=pid, port=port, pgdata=self.pgdata)
+
+    def _wait_for_zombie(self, timeout_s: float = 15) -> None:
+        """PostgreSQL refuses to start while the PID in postmaster.pid exists, and a
+        zombie exists until reaped: give the reaper a moment instead of failing."""
+        found = self._postmaster_pid()
+        deadline = time.monotonic() + timeout_s
+        while found is not None and _pid_state(found[0]) == "zombie":
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"The previous server (PID {found[0]}) was killed and has not been reaped "
+                    "yet; try 'edulink-db up' again in a few seconds."
+                )
+            time.sleep(0.2)
 
     def admin_params(self, info: ServerInfo) -> dict[str, Any]:
         return {
@@ -188,6 +225,7 @@ class EmbeddedServer:
                 progress(f"embedded PostgreSQL already running on {HOST}:{info.port}")
                 return info
             self._prepare_permissions()
+            self._wait_for_zombie()
             if not self.initialized:
                 progress(f"initialising a new PostgreSQL cluster in {self.pgdata}")
                 self._initdb()

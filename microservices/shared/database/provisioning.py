@@ -255,6 +255,8 @@ class ProvisionReport:
     statements: int = 0
     created_roles: list[str] = field(default_factory=list)
     passwords_set: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
     changed: bool = False
     duration_s: float = 0.0
 
@@ -266,6 +268,8 @@ class ProvisionReport:
             "statements": self.statements,
             "created_roles": self.created_roles,
             "passwords_set": self.passwords_set,
+            "repaired": self.repaired,
+            "unrepaired": self.unrepaired,
             "changed": self.changed,
             "duration_s": round(self.duration_s, 3),
         }
@@ -324,6 +328,37 @@ def set_role_password(conn: psycopg.Connection[Any], role: str, password: str) -
         sql.Identifier(role), sql.Literal(verifier)))
 
 
+def _repair_drift(
+    conn: psycopg.Connection[Any],
+    topology: Topology,
+    report: ProvisionReport,
+    progress: Callable[[str], None],
+) -> None:
+    """Remove what the grants above cannot: privileges the topology does not declare
+    (granted by hand, or left over from an older topology).
+
+    Runs inside the provisioning transaction, after the GRANTs, and only issues
+    statements for differences that exist, so the common case costs one catalog
+    read.  Each repair runs in a savepoint: one the admin may not perform (e.g.
+    NOBYPASSRLS needs a superuser) is reported instead of aborting the run;
+    ``verify`` will still fail on it.
+    """
+    from .verify import compare, read_catalog
+
+    for problem in compare(read_catalog(conn, topology), topology).problems:
+        if problem.repair is None:
+            continue
+        statement = problem.repair.as_string(conn)
+        try:
+            with conn.transaction():
+                conn.execute(problem.repair)
+        except psycopg.Error as exc:
+            report.unrepaired.append(f"{statement}: {_diagnose(exc)}")
+            continue
+        report.repaired.append(statement)
+        progress(f"repaired: {statement}")
+
+
 def _can_log_in(params: dict[str, Any]) -> bool:
     try:
         with psycopg.connect(**params, connect_timeout=10, autocommit=True):
@@ -377,6 +412,8 @@ def provision(
                     existing = {r[0] for r in rows}
                     progress(f"provisioning {len(topology.services)} services in {database}")
             report.statements = len(statements)
+            current = "repairing privileges that differ from the topology"
+            _repair_drift(conn, topology, report, progress)
             report.created_roles = [
                 r for r in topology.owner_roles + topology.runtime_roles if r not in existing]
             for svc in topology.services:
@@ -410,5 +447,7 @@ def provision(
         after = read_catalog(conn, topology)
         conn.commit()
     report.changed = before != after or bool(report.passwords_set)
+    for item in report.unrepaired:
+        log.warning("could not repair %s", item)
     report.duration_s = time.perf_counter() - started
     return report

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from .direct import connect
 from .provisioning import (
@@ -291,17 +292,33 @@ def expected_default_privileges(topology: Topology) -> set[tuple[str, str, str, 
 
 @dataclass(frozen=True)
 class Problem:
-    """One difference between the database and the topology."""
+    """One difference between the database and the topology.
+
+    ``repair`` is the statement that removes the difference, where one exists
+    that an admin can run; ``edulink-db provision`` applies it.  Differences
+    that provisioning's own GRANTs fix (a missing privilege) carry none.
+    """
 
     role: str
     schema: str
     object: str
     privilege: str
     message: str
+    repair: sql.Composed | None = field(default=None, compare=False)
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return {"role": self.role, "schema": self.schema, "object": self.object,
-                "privilege": self.privilege, "message": self.message}
+                "privilege": self.privilege, "message": self.message,
+                "repair": self.repair.as_string(None) if self.repair is not None else None}
+
+
+def _q(template: str, *parts: sql.Composable) -> sql.Composed:
+    """Compose a repair statement; *template* holds only constant SQL keywords."""
+    return sql.SQL(template).format(*parts)
+
+
+def _grantee(role: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
 
 
 @dataclass
@@ -352,17 +369,22 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
             problems.append(Problem(svc.runtime_role, "", "role", "",
                                     "runtime role does not exist; run 'edulink-db provision'"))
             continue
+        rid = sql.Identifier(rs.name)
         if not rs.attr("rolcanlogin"):
             problems.append(Problem(rs.name, "", "role", "LOGIN",
-                                    "runtime role cannot log in (NOLOGIN)"))
+                                    "runtime role cannot log in (NOLOGIN)",
+                                    _q("ALTER ROLE {} LOGIN", rid)))
         for attr in DANGEROUS_ATTRIBUTES:
             if rs.attr(attr):
-                problems.append(Problem(rs.name, "", "role", attr[3:].upper(),
-                                        f"runtime role has {attr[3:].upper()}; it must not"))
+                keyword = attr[3:].upper()
+                problems.append(Problem(rs.name, "", "role", keyword,
+                                        f"runtime role has {keyword}; it must not",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", rid)))
         for granted in rs.member_of:
             problems.append(Problem(rs.name, "", "role", f"MEMBER OF {granted}",
                                     f"runtime role is a member of {granted} and inherits or can "
-                                    "assume its privileges"))
+                                    "assume its privileges",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), rid)))
         want_path = ", ".join(search_path_for(svc, topology))
         if rs.search_path != want_path:
             problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
@@ -373,13 +395,16 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
             problems.append(Problem(owner, "", "role", "",
                                     "owner role does not exist; run 'edulink-db provision'"))
             continue
+        oid_ = sql.Identifier(owner)
         if os_.attr("rolcanlogin"):
             problems.append(Problem(owner, "", "role", "LOGIN",
-                                    "owner role can log in; it must be NOLOGIN"))
+                                    "owner role can log in; it must be NOLOGIN",
+                                    _q("ALTER ROLE {} NOLOGIN", oid_)))
         for attr in ("rolsuper", "rolbypassrls"):
             if os_.attr(attr):
-                problems.append(Problem(owner, "", "role", attr[3:].upper(),
-                                        f"owner role has {attr[3:].upper()}"))
+                keyword = attr[3:].upper()
+                problems.append(Problem(owner, "", "role", keyword, f"owner role has {keyword}",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", oid_)))
     return problems
 
 
@@ -396,21 +421,31 @@ def _schema_problems(
                                     "schema does not exist; run 'edulink-db provision'"))
         elif got_owner != want_owner:
             problems.append(Problem(got_owner, schema, "schema", "OWNER",
-                                    f"schema is owned by {got_owner}, expected {want_owner}"))
+                                    f"schema is owned by {got_owner}, expected {want_owner}",
+                                    _q("ALTER SCHEMA {} OWNER TO {}", sql.Identifier(schema),
+                                       sql.Identifier(want_owner))))
     for schema, priv in sorted(state.public_schema_privileges):
         problems.append(Problem("PUBLIC", schema, "schema", priv,
-                                f"PUBLIC has {priv} on the schema"))
+                                f"PUBLIC has {priv} on the schema",
+                                _q(f"REVOKE {priv} ON SCHEMA {{}} FROM PUBLIC",
+                                   sql.Identifier(schema))))
     for role in topology.runtime_roles:
         for schema in topology.schemas:
             usage = (role, schema, "USAGE") in state.schema_privileges
             if usage != access[(role, schema)].usage and schema in state.schema_owners:
+                verb = "REVOKE USAGE ON SCHEMA {} FROM {}" if usage else \
+                    "GRANT USAGE ON SCHEMA {} TO {}"
                 problems.append(Problem(role, schema, "schema", "USAGE",
                                         ("has USAGE, which the topology does not grant" if usage
-                                         else "lacks USAGE, which the topology grants")))
+                                         else "lacks USAGE, which the topology grants"),
+                                        _q(verb, sql.Identifier(schema), sql.Identifier(role))))
     for role, schema, priv in sorted(state.schema_privileges):
         if priv == "CREATE":
+            repair = (_q("REVOKE CREATE ON SCHEMA {} FROM {}", sql.Identifier(schema),
+                         sql.Identifier(role)) if schema in topology.schemas else None)
             problems.append(Problem(role, schema, "schema", "CREATE",
-                                    "runtime role may create objects (DDL) in this schema"))
+                                    "runtime role may create objects (DDL) in this schema",
+                                    repair))
         elif schema not in topology.schemas and schema != "public":
             warnings.append(f"{role} has USAGE on schema {schema}, which is outside the "
                             "topology (check what it grants)")
@@ -424,21 +459,32 @@ def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]
         held.setdefault((role, schema, name), set()).add(priv)
     for rel in sorted(state.relations, key=lambda r: (r.schema, r.name)):
         obj = f"{KIND_NAMES[rel.kind]} {rel.name}"
+        qualified = sql.Identifier(rel.schema, rel.name)
+        on = "SEQUENCE" if rel.kind == "S" else "TABLE"
         want_owner = topology.schema_owner(rel.schema)
         if rel.owner != want_owner:
+            # ALTER TABLE ... OWNER TO also applies to views, sequences and foreign tables.
             problems.append(Problem(rel.owner, rel.schema, obj, "OWNER",
-                                    f"owned by {rel.owner}, expected {want_owner}"))
+                                    f"owned by {rel.owner}, expected {want_owner}",
+                                    _q("ALTER TABLE {} OWNER TO {}", qualified,
+                                       sql.Identifier(want_owner))))
         for role in topology.runtime_roles:
             want = expected_relation_privileges(topology, rel, role)
             got = held.get((role, rel.schema, rel.name), set())
             for priv in sorted(got - want):
                 problems.append(Problem(role, rel.schema, obj, priv,
-                                        f"has {priv}, which the topology does not grant"))
+                                        f"has {priv}, which the topology does not grant",
+                                        _q(f"REVOKE {priv} ON {on} {{}} FROM {{}}", qualified,
+                                           sql.Identifier(role))))
             for priv in sorted(want - got):
                 problems.append(Problem(role, rel.schema, obj, priv,
                                         f"lacks {priv}, which the topology grants"))
+    kinds = {(r.schema, r.name): r.kind for r in state.relations}
     for schema, name, priv in sorted(state.public_relation_privileges):
-        problems.append(Problem("PUBLIC", schema, name, priv, f"PUBLIC has {priv}"))
+        on = "SEQUENCE" if kinds.get((schema, name)) == "S" else "TABLE"
+        problems.append(Problem("PUBLIC", schema, name, priv, f"PUBLIC has {priv}",
+                                _q(f"REVOKE {priv} ON {on} {{}} FROM PUBLIC",
+                                   sql.Identifier(schema, name))))
     return problems
 
 
@@ -452,10 +498,15 @@ def _default_privilege_problems(state: CatalogState, topology: Topology) -> list
         problems.append(Problem(grantee, schema, f"default privileges of {owner}", priv,
                                 f"future {_OBJECT_TYPES.get(objtype, objtype)} will lack {priv}"))
     for owner, schema, objtype, grantee, priv in sorted(state.default_privileges - want):
+        objects = _OBJECT_TYPES.get(objtype, objtype)
+        in_schema = _q(" IN SCHEMA {}", sql.Identifier(schema)) if schema else sql.SQL("")
+        repair = _q(f"ALTER DEFAULT PRIVILEGES FOR ROLE {{}}{{}} REVOKE {priv} "
+                    f"ON {objects.upper()} FROM {{}}",
+                    sql.Identifier(owner), in_schema, _grantee(grantee))
         problems.append(Problem(grantee, schema or "(all schemas)",
                                 f"default privileges of {owner}", priv,
-                                f"future {_OBJECT_TYPES.get(objtype, objtype)} will get {priv}, "
-                                "which the topology does not grant"))
+                                f"future {objects} will get {priv}, "
+                                "which the topology does not grant", repair))
     return problems
 
 
