@@ -196,3 +196,60 @@ def unique_topology_7(server: dict[str, Any]) -> Iterator[Topology]:
         yield topo
     finally:
         drop_roles(server, topo.runtime_roles + topo.owner_roles)
+
+
+@pytest.fixture
+def provisioned_db(fresh_db: dict[str, Any]) -> dict[str, Any]:
+    """A fresh database provisioned with the default topology, plus an RLS table
+    ``user_schema.notes`` with rows for users u0..u9 (3 each)."""
+    from microservices.shared.database.topology import default_topology
+
+    do_provision(fresh_db, default_topology())
+    with psycopg.connect(**fresh_db, autocommit=True) as conn:
+        conn.execute("SET ROLE user_service_owner")
+        conn.execute("CREATE TABLE user_schema.notes (id serial PRIMARY KEY,"
+                     " owner_id text NOT NULL, body text NOT NULL)")
+        conn.execute("ALTER TABLE user_schema.notes ENABLE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY own ON user_schema.notes"
+                     " USING (owner_id = shared_schema.current_user_id())"
+                     " WITH CHECK (owner_id = shared_schema.current_user_id())")
+        conn.execute("INSERT INTO user_schema.notes (owner_id, body)"
+                     " SELECT 'u' || (i % 10), 'note ' || i FROM generate_series(0, 29) i")
+        conn.execute("RESET ROLE")
+    return fresh_db
+
+
+def service_env(monkeypatch: pytest.MonkeyPatch, admin: dict[str, Any],
+                topology: Topology | None = None, extra: dict[str, str] | None = None) -> None:
+    """Point settings at *admin* with the shared test password for every service."""
+    from microservices.shared.database.config import _dotenv, to_url
+    from microservices.shared.database.topology import default_topology
+
+    for key in list(os.environ):
+        if key.startswith(("DATABASE_", "EDULINK_DB_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DATABASE_URL", to_url(admin))
+    for svc in (topology or default_topology()).services:
+        monkeypatch.setenv(f"EDULINK_DB_{svc.name.upper()}_PASSWORD", SERVICE_PASSWORD)
+    for key, value in (extra or {}).items():
+        monkeypatch.setenv(key, value)
+    _dotenv.cache_clear()
+
+
+@pytest.fixture
+def manager_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Build ConnectionManagers for a database; all are closed after the test."""
+    from microservices.shared.database.config import load_settings
+    from microservices.shared.database.connection_manager import ConnectionManager
+
+    made: list[ConnectionManager] = []
+
+    def make(admin: dict[str, Any], **env: str) -> ConnectionManager:
+        service_env(monkeypatch, admin, extra=env)
+        manager = ConnectionManager(load_settings())
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close_all()

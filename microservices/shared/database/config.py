@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(10, ge=0)
     database_max_overflow: int = Field(20, ge=0)
     database_pool_timeout: float = Field(30.0, gt=0)
+    database_pool_max_lifetime: float = Field(3600.0, gt=0)
+    database_pool_check: bool = False
     database_pooler: PoolerMode = "auto"
 
     # edulink-db itself.
@@ -283,6 +285,18 @@ def derive_service_conninfo(
     params["user"] = service_user_name(str(params.get("user", "")), service.runtime_role)
     params["password"] = password
     return params
+
+
+def pooler_mode(settings: Settings, params: dict[str, Any]) -> str:
+    """'none', 'session' or 'transaction': what sits between services and PostgreSQL.
+
+    ``auto`` means ``transaction`` on port 6543 (Supabase's transaction pooler)
+    and ``none`` otherwise.
+    """
+    if settings.database_pooler != "auto":
+        return settings.database_pooler
+    port = str(params.get("port", "5432")).split(",")[0]
+    return "transaction" if port == str(SUPABASE_TRANSACTION_POOLER_PORT) else "none"
 
 
 def conninfo_string(params: dict[str, Any]) -> str:

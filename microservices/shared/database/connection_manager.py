@@ -5,39 +5,441 @@
     with connection_manager.get_connection('user_service') as conn:
         with conn.cursor() as cursor:
             cursor.execute("SELECT * FROM user_schema.profiles_userprofile")
+            results = cursor.fetchall()
 
-Transaction semantics of a checkout: connections are in autocommit mode, so a
-plain statement costs one round trip and commits on its own.  Group statements
-with ``with conn.transaction():``.  With ``user_id`` or ``readonly=True`` the
-whole ``with`` block is one transaction: it commits when the block exits
-normally and rolls back if it raises.
+Transaction semantics of a checkout
+-----------------------------------
+Connections are in **autocommit** mode: every statement commits on its own, and
+a plain read costs exactly one round trip (no BEGIN, COMMIT, RESET or SET is
+added).  Group statements atomically with ``with conn.transaction():``; it
+commits when the block ends and rolls back if it raises.  A transaction still
+open when the ``get_connection`` block ends is rolled back.
+
+``user_id=`` sets ``app.current_user_id`` and ``readonly=True`` makes the work
+read-only, for this checkout only: both travel with every statement as
+transaction-local settings (see :mod:`.request_context`), so nothing survives
+into the next checkout or leaks through a transaction pooler.
+
+Pools are built on psycopg_pool, opened lazily on first use, and thread-safe.
+Sizes: min = ``DATABASE_POOL_SIZE``, max = min + ``DATABASE_MAX_OVERFLOW``,
+checkout timeout ``DATABASE_POOL_TIMEOUT``; each can be overridden per service
+with ``EDULINK_DB_<SERVICE>_POOL_SIZE`` / ``_MAX_OVERFLOW`` / ``_POOL_TIMEOUT``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import select
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from .config import Settings, conninfo_string, load_settings, service_conninfo
-from .errors import ServiceConnectionError
+from .config import (
+    Settings,
+    conninfo_string,
+    load_settings,
+    mask_dsn,
+    pooler_mode,
+    service_conninfo,
+)
+from .errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    PoolExhaustedError,
+    ServiceAuthenticationError,
+    ServiceConnectionError,
+)
+from .request_context import (
+    AsyncContextCursor,
+    AsyncServiceConnection,
+    ContextCursor,
+    Prologue,
+    ServiceConnection,
+    make_prologue,
+)
 from .topology import Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """The resolved pool settings of one service."""
+
+    min_size: int
+    max_size: int
+    timeout: float
+    max_lifetime: float
+    check: bool
+    pooler: str
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        # Transaction poolers hand each transaction another server connection, so a
+        # statement prepared on one is unknown on the next (psycopg#280; Supabase docs).
+        return None if self.pooler == "transaction" else 5
+
+
+def _int_override(settings: Settings, service: Service, key: str, default: int) -> int:
+    raw = settings.service_override(service, key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"EDULINK_DB_{service.name.upper()}_{key} must be a whole number "
+                          f">= 0, got {raw!r}.")
+    return value
+
+
+def pool_config(settings: Settings, service: Service, params: dict[str, Any]) -> PoolConfig:
+    min_size = _int_override(settings, service, "POOL_SIZE", settings.database_pool_size)
+    overflow = _int_override(settings, service, "MAX_OVERFLOW", settings.database_max_overflow)
+    timeout_raw = settings.service_override(service, "POOL_TIMEOUT")
+    try:
+        timeout = float(timeout_raw) if timeout_raw is not None else \
+            settings.database_pool_timeout
+    except ValueError:
+        timeout = -1.0
+    if timeout <= 0:
+        raise ConfigError(f"EDULINK_DB_{service.name.upper()}_POOL_TIMEOUT must be a number "
+                          f"of seconds > 0, got {timeout_raw!r}.")
+    if min_size + overflow < 1:
+        raise ConfigError(f"Pool of service {service.name!r} would have no connections: "
+                          "DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW must be at least 1.")
+    return PoolConfig(
+        min_size=min_size,
+        max_size=min_size + overflow,
+        timeout=timeout,
+        max_lifetime=settings.database_pool_max_lifetime,
+        check=settings.database_pool_check,
+        pooler=pooler_mode(settings, params),
+    )
+
+
+OK, SUSPECT, DEAD = "ok", "suspect", "dead"
+
+
+def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """Whether an idle pooled connection is usable, without a round trip.
+
+    A server that shuts down or terminates a backend sends FATAL, then closes
+    the socket.  Nothing else arrives on an idle connection in normal
+    operation (no LISTEN here), so a readable socket means trouble: consume
+    what arrived -- libpq reads the FATAL first and notices the EOF on the next
+    read.  The common case is one zero-timeout select(), about a microsecond.
+    Anything that arrived without proving the connection dead makes it
+    SUSPECT, and the caller confirms with a real round trip.
+    """
+    pgconn = conn.pgconn
+    if pgconn.status != ConnStatus.OK or pgconn.transaction_status == TransactionStatus.UNKNOWN:
+        return DEAD
+    try:
+        if not select.select([pgconn.socket], [], [], 0)[0]:
+            return OK
+        for _ in range(3):
+            pgconn.consume_input()
+            if pgconn.status != ConnStatus.OK:
+                return DEAD
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                break
+    except (OSError, psycopg.Error):
+        return DEAD
+    return SUSPECT
+
+
+def _usable(conn: psycopg.Connection[Any]) -> bool:
+    state = _idle_state(conn)
+    if state != SUSPECT:
+        return state == OK
+    try:
+        conn.execute("")
+        return True
+    except psycopg.Error:
+        return False
+
+
+async def _ausable(conn: psycopg.AsyncConnection[Any]) -> bool:
+    state = _idle_state(conn)
+    if state != SUSPECT:
+        return state == OK
+    try:
+        await conn.execute("")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _classify_connect_error(service: Service, params: dict[str, Any],
+                            exc: psycopg.OperationalError) -> ServiceConnectionError:
+    reason = " ".join(str(exc).split())
+    target = mask_dsn(params)
+    if "password authentication failed" in reason or "no password supplied" in reason \
+            or getattr(exc.diag, "sqlstate", None) in ("28P01", "28000"):
+        return ServiceAuthenticationError(
+            f"Service {service.name!r} cannot log in as {service.runtime_role} at {target}: "
+            f"{reason}. Check EDULINK_DB_{service.name.upper()}_PASSWORD, or run "
+            "'edulink-db provision' to (re)set the generated password."
+        )
+    return ServiceConnectionError(
+        f"Service {service.name!r} cannot reach the database at {target}: {reason}"
+    )
+
+
+class _Stats:
+    """Plain counters, per service (psycopg_pool's own counters are added on read)."""
+
+    __slots__ = ("checked_out", "errors", "lock", "lost")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.checked_out = 0
+        self.errors = 0
+        self.lost = 0
+
+
+class _ServicePool:
+    """A service's psycopg_pool plus the checkout policy around it."""
+
+    def __init__(self, service: Service, settings: Settings) -> None:
+        self.service = service
+        self.params = service_conninfo(service, settings)
+        self.config = pool_config(settings, service, self.params)
+        self.conninfo = conninfo_string(self.params)
+        self.stats = _Stats()
+        self.kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": self.config.prepare_threshold,
+        }
+        self._sync: ConnectionPool[ServiceConnection] | None = None
+        self._async: AsyncConnectionPool[AsyncServiceConnection] | None = None
+        self._lock = threading.Lock()
+
+    # -- creation --------------------------------------------------------------
+    def _probe(self) -> None:
+        """Connect once before building a pool, so a wrong password or an unreachable
+        server is reported at once and precisely, not as a pool timeout later."""
+        try:
+            psycopg.connect(self.conninfo, connect_timeout=10).close()
+        except psycopg.OperationalError as exc:
+            raise _classify_connect_error(self.service, self.params, exc) from None
+
+    def sync_pool(self) -> ConnectionPool[ServiceConnection]:
+        pool = self._sync
+        if pool is None:
+            with self._lock:
+                if self._sync is None:
+                    self._probe()
+                    pool = ConnectionPool(
+                        self.conninfo,
+                        connection_class=ServiceConnection,
+                        kwargs={**self.kwargs, "cursor_factory": ContextCursor},
+                        name=self.service.name,
+                        min_size=self.config.min_size,
+                        max_size=self.config.max_size,
+                        timeout=self.config.timeout,
+                        max_lifetime=self.config.max_lifetime,
+                        check=ConnectionPool.check_connection if self.config.check else None,
+                        open=False,
+                    )
+                    pool.open(wait=False)
+                    self._sync = pool
+                pool = self._sync
+        return pool
+
+    async def async_pool(self, lock: asyncio.Lock) -> AsyncConnectionPool[
+            AsyncServiceConnection]:
+        pool = self._async
+        if pool is None:
+            async with lock:
+                if self._async is None:
+                    await asyncio.to_thread(self._probe)
+                    apool = AsyncConnectionPool(
+                        self.conninfo,
+                        connection_class=AsyncServiceConnection,
+                        kwargs={**self.kwargs, "cursor_factory": AsyncContextCursor},
+                        name=f"{self.service.name}-async",
+                        min_size=self.config.min_size,
+                        max_size=self.config.max_size,
+                        timeout=self.config.timeout,
+                        max_lifetime=self.config.max_lifetime,
+                        check=AsyncConnectionPool.check_connection if self.config.check
+                        else None,
+                        open=False,
+                    )
+                    await apool.open(wait=False)
+                    self._async = apool
+                pool = self._async
+        return pool
+
+    # -- failures ------------------------------------------------------------------
+    def timeout_error(self, stats: dict[str, int]) -> ServiceConnectionError:
+        size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        waiting = stats.get("requests_waiting", 0)
+        numbers = (f"{self.stats.checked_out} checked out, pool size {size} of max "
+                   f"{self.config.max_size}, {available} available, {waiting} waiting")
+        if size < self.config.max_size or self.stats.checked_out < size:
+            # The pool could not even grow: connecting is failing. Say why.
+            try:
+                psycopg.connect(self.conninfo, connect_timeout=5).close()
+            except psycopg.OperationalError as exc:
+                return _classify_connect_error(self.service, self.params, exc)
+        return PoolExhaustedError(
+            f"Pool {self.service.name!r} exhausted: no connection within "
+            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or raise "
+            f"DATABASE_MAX_OVERFLOW / EDULINK_DB_{self.service.name.upper()}_MAX_OVERFLOW."
+        )
+
+    def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        with self.stats.lock:
+            self.stats.lost += 1
+        log.warning("service %s: discarding a dead pooled connection (server restarted?)",
+                    self.service.name)
+
+    # -- stats -----------------------------------------------------------------------
+    def as_dict(self) -> dict[str, int | str]:
+        combined: dict[str, int] = {}
+        for pool in (self._sync, self._async):
+            if pool is not None:
+                for key, value in pool.get_stats().items():
+                    combined[key] = combined.get(key, 0) + value
+        return {
+            "service": self.service.name,
+            "pooler": self.config.pooler,
+            "min_size": self.config.min_size,
+            "max_size": self.config.max_size,
+            "size": combined.get("pool_size", 0),
+            "available": combined.get("pool_available", 0),
+            "checked_out": self.stats.checked_out,
+            "waiting": combined.get("requests_waiting", 0),
+            "requests": combined.get("requests_num", 0),
+            "wait_ms_total": combined.get("requests_wait_ms", 0),
+            "errors": self.stats.errors + combined.get("requests_errors", 0),
+            "connections_lost": self.stats.lost + combined.get("connections_lost", 0)
+            + combined.get("returns_bad", 0),
+            "connection_errors": combined.get("connections_errors", 0),
+        }
+
+
+class Checkout:
+    """Context manager returned by :meth:`ConnectionManager.get_connection`."""
+
+    __slots__ = ("_conn", "_entry", "_prologue")
+
+    def __init__(self, entry: _ServicePool, prologue: Prologue | None) -> None:
+        self._entry = entry
+        self._prologue = prologue
+        self._conn: ServiceConnection | None = None
+
+    def __enter__(self) -> ServiceConnection:
+        entry = self._entry
+        pool = entry.sync_pool()
+        # Bounded: each dead connection found is discarded and the pool drained, so
+        # at most the connections that were idle at the restart are looked at.
+        for _ in range(entry.config.max_size + 1):
+            try:
+                conn = pool.getconn()
+            except PoolTimeout:
+                raise entry.timeout_error(pool.get_stats()) from None
+            if _usable(conn):
+                break
+            entry.discard(conn)
+            conn.close()
+            pool.putconn(conn)
+            pool.drain()  # the others are from before the restart too
+        else:
+            raise entry.timeout_error(pool.get_stats())
+        conn.request_prologue = self._prologue
+        self._conn = conn
+        with entry.stats.lock:
+            entry.stats.checked_out += 1
+        return conn
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        conn, entry = self._conn, self._entry
+        assert conn is not None
+        conn.request_prologue = None
+        self._conn = None
+        with entry.stats.lock:
+            entry.stats.checked_out -= 1
+            if isinstance(exc, psycopg.Error):
+                entry.stats.errors += 1
+        entry.sync_pool().putconn(conn)  # rolls back anything left open
+
+
+class AsyncCheckout:
+    """Async context manager returned by :meth:`ConnectionManager.get_async_connection`."""
+
+    __slots__ = ("_conn", "_entry", "_lock", "_prologue")
+
+    def __init__(self, entry: _ServicePool, prologue: Prologue | None,
+                 lock: asyncio.Lock) -> None:
+        self._entry = entry
+        self._prologue = prologue
+        self._lock = lock
+        self._conn: AsyncServiceConnection | None = None
+
+    async def __aenter__(self) -> AsyncServiceConnection:
+        entry = self._entry
+        pool = await entry.async_pool(self._lock)
+        for _ in range(entry.config.max_size + 1):
+            try:
+                conn = await pool.getconn()
+            except PoolTimeout:
+                raise entry.timeout_error(pool.get_stats()) from None
+            if await _ausable(conn):
+                break
+            entry.discard(conn)
+            await conn.close()
+            await pool.putconn(conn)
+            await pool.drain()
+        else:
+            raise entry.timeout_error(pool.get_stats())
+        conn.request_prologue = self._prologue
+        self._conn = conn
+        with entry.stats.lock:
+            entry.stats.checked_out += 1
+        return conn
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        conn, entry = self._conn, self._entry
+        assert conn is not None
+        conn.request_prologue = None
+        self._conn = None
+        with entry.stats.lock:
+            entry.stats.checked_out -= 1
+            if isinstance(exc, psycopg.Error):
+                entry.stats.errors += 1
+        pool = await entry.async_pool(self._lock)
+        await pool.putconn(conn)
 
 
 class ConnectionManager:
-    """Lazily opened, thread-safe pools keyed by service."""
+    """Lazily created, thread-safe pools keyed by service.
+
+    Settings are read on first use (so importing the module never touches the
+    environment); pass *settings* to use explicit ones.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._settings = settings
-        self._pools: dict[str, ConnectionPool[psycopg.Connection[Any]]] = {}
+        self._pools: dict[str, _ServicePool] = {}
+        self._aliases: dict[str, _ServicePool] = {}
         self._lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
-        return f"ConnectionManager(pools={sorted(self._pools)})"
+        return f"ConnectionManager(services={sorted(self._pools)})"
 
     @property
     def settings(self) -> Settings:
@@ -45,77 +447,78 @@ class ConnectionManager:
             self._settings = load_settings()
         return self._settings
 
-    def _service(self, name: str) -> Service:
-        return self.settings.topology().service(name)
-
-    def _pool(self, service: Service) -> ConnectionPool[psycopg.Connection[Any]]:
-        pool = self._pools.get(service.name)
-        if pool is not None:
-            return pool
+    def _entry(self, service: str) -> _ServicePool:
+        entry = self._aliases.get(service)
+        if entry is not None:
+            return entry
         with self._lock:
-            pool = self._pools.get(service.name)
-            if pool is None:
-                settings = self.settings
-                params = service_conninfo(service, settings)
-                pool = ConnectionPool(
-                    conninfo_string(params),
-                    name=service.name,
-                    min_size=settings.database_pool_size,
-                    max_size=settings.database_pool_size + settings.database_max_overflow,
-                    timeout=settings.database_pool_timeout,
-                    kwargs={"autocommit": True, "prepare_threshold": None},
-                    open=False,
-                )
-                pool.open(wait=False)
-                self._pools[service.name] = pool
-            return pool
+            svc = self.settings.topology().service(service)
+            entry = self._pools.get(svc.name)
+            if entry is None:
+                entry = _ServicePool(svc, self.settings)
+                self._pools[svc.name] = entry
+            self._aliases[service] = entry
+            return entry
 
-    @contextmanager
-    def get_connection(
-        self, service: str, user_id: str | None = None, readonly: bool = False
-    ) -> Iterator[psycopg.Connection[Any]]:
-        """Yield a connection logged in as *service*'s runtime role."""
-        svc = self._service(service)
-        pool = self._pool(svc)
-        try:
-            with pool.connection() as conn:
-                if user_id is None and not readonly:
-                    yield conn
-                    return
-                with conn.transaction():
-                    if readonly:
-                        conn.execute("SET TRANSACTION READ ONLY")
-                    if user_id is not None:
-                        conn.execute(
-                            "SELECT pg_catalog.set_config('app.current_user_id', %s, true)",
-                            [str(user_id)])
-                    yield conn
-        except PoolTimeout:
-            raise ServiceConnectionError(
-                f"No connection for service {svc.name!r} within "
-                f"{self.settings.database_pool_timeout}s (pool {pool.get_stats()})."
-            ) from None
+    def get_connection(self, service: str, user_id: object | None = None,
+                       readonly: bool = False) -> Checkout:
+        """A connection logged in as *service*'s runtime role, for a ``with`` block.
+
+        *service* may be ``'user'``, ``'user_service'`` or the role name.
+        See the module docstring for what commits when.
+
+        Raises UnknownServiceError, ServiceAuthenticationError,
+        ServiceConnectionError (server unreachable) or PoolExhaustedError.
+        """
+        return Checkout(self._entry(service), make_prologue(user_id, readonly))
+
+    def get_async_connection(self, service: str, user_id: object | None = None,
+                             readonly: bool = False) -> AsyncCheckout:
+        """The asyncio twin of :meth:`get_connection` (``async with``)."""
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        return AsyncCheckout(self._entry(service), make_prologue(user_id, readonly),
+                             self._async_lock)
 
     def health_check(self, service: str) -> bool:
-        """True if *service* can run a query now."""
+        """True if *service* can run a query now (never raises for database errors)."""
         try:
             with self.get_connection(service) as conn:
                 conn.execute("SELECT 1")
             return True
-        except (psycopg.Error, ServiceConnectionError):
+        except (psycopg.Error, ServiceConnectionError, DatabaseUnavailableError) as exc:
+            log.warning("health check of %s failed: %s", service, exc)
             return False
 
-    def get_pool_stats(self, service: str) -> dict[str, int]:
-        svc = self._service(service)
-        stats = dict(self._pool(svc).get_stats())
-        stats["checked_out"] = stats.get("pool_size", 0) - stats.get("pool_available", 0)
-        return stats
+    def get_pool_stats(self, service: str) -> dict[str, int | str]:
+        """Counters of *service*'s pools (sync and async combined).
+
+        Keys: service, pooler, min_size, max_size, size, available, checked_out,
+        waiting, requests, wait_ms_total, errors, connections_lost, connection_errors.
+        """
+        return self._entry(service).as_dict()
 
     def close_all(self) -> None:
+        """Close every synchronous pool (async pools: :meth:`aclose_all`)."""
         with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
+            entries = list(self._pools.values())
+        for entry in entries:
+            if entry._sync is not None:
+                entry._sync.close()
+                entry._sync = None
+
+    async def aclose_all(self) -> None:
+        """Close every pool, async and sync."""
+        with self._lock:
+            entries = list(self._pools.values())
+            self._pools, self._aliases = {}, {}
+        for entry in entries:
+            if entry._async is not None:
+                await entry._async.close()
+                entry._async = None
+            if entry._sync is not None:
+                entry._sync.close()
+                entry._sync = None
 
 
 connection_manager = ConnectionManager()

@@ -84,6 +84,10 @@ def _pid_state(pid: int) -> str:
 
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As PostgreSQL binds: connections of a just-stopped server linger in
+        # TIME_WAIT, and without SO_REUSEADDR the server's own port would look
+        # taken, moving it to a new port under the feet of running services.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

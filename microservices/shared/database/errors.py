@@ -51,4 +51,16 @@ class VerificationError(EdulinkDBError):
 
 
 class ServiceConnectionError(EdulinkDBError):
-    """A service could not connect with its own role (wrong password, server down...)."""
+    """A service could not get a working connection as its own role."""
+
+
+class ServiceAuthenticationError(ServiceConnectionError):
+    """The server rejected the service role's credentials."""
+
+
+class PoolExhaustedError(ServiceConnectionError):
+    """Every connection of a service's pool stayed checked out for the whole timeout."""
+
+
+class RequestContextError(EdulinkDBError):
+    """An operation cannot carry the request context (user_id / readonly) as asked."""
