@@ -181,6 +181,8 @@ def test_readonly_and_async_through_the_pooler(pgbouncer: dict[str, Any],
     manager: ConnectionManager = manager_for(pgbouncer, DATABASE_POOLER="transaction")
     with manager.get_connection("user", user_id="u5", readonly=True) as conn:
         assert conn.execute("SELECT count(*) FROM notes").fetchone() == (3,)
+        # Role-level settings hold behind the pooler (no SET, no startup options).
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("DELETE FROM notes")
 

@@ -186,12 +186,13 @@ def test_provision_removes_privileges_the_topology_does_not_declare(
             "ALTER DEFAULT PRIVILEGES FOR ROLE auth_service_owner IN SCHEMA auth_schema"
             " GRANT SELECT ON TABLES TO institution_service_role",
             "GRANT auth_service_owner TO auth_service_role",
+            "ALTER ROLE auth_service_role SET statement_timeout = '1h'",
         ):
             conn.execute(stmt)
     assert not verify(fresh_db, topology).ok
     report = do_provision(fresh_db, topology)
     assert report.changed and not report.unrepaired
-    assert len(report.repaired) >= 6
+    assert len(report.repaired) >= 7
     result = verify(fresh_db, topology)
     assert result.ok, result.problems
     assert not do_provision(fresh_db, topology).repaired  # nothing left to do

@@ -108,3 +108,24 @@ def test_seventh_service_is_just_another_table() -> None:
     assert t.service("analytics").runtime_role == "analytics_service_role"
     # notification reads "*": the new service is covered without editing it.
     assert "analytics" in t.service("notification").reads
+
+
+def test_role_settings_defaults_and_overrides() -> None:
+    t = parse_topology('[defaults]\nstatement_timeout = "30s"\n[services.a]\n'
+                       '[services.b]\nstatement_timeout = "5min"\nlock_timeout = 2000\n')
+    assert dict(t.service("a").role_settings) == {"statement_timeout": "30s"}
+    assert dict(t.service("b").role_settings) == {"statement_timeout": "5min",
+                                                   "lock_timeout": "2000"}
+    assert dict(default_topology().service("user").role_settings) == {
+        "statement_timeout": "30s", "idle_in_transaction_session_timeout": "60s"}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[services.a]\nstatement_timeout = "30 s"\n', "must be a duration"),
+    ('[services.a]\nstatement_timeout = "1s; DROP ROLE x"\n', "must be a duration"),
+    ('[services.a]\nstatement_timeout = true\n', "must be a duration"),
+    ('[defaults]\nwork_mem = "1GB"\n[services.a]\n', "unknown key(s) 'work_mem'"),
+])
+def test_bad_role_settings_are_rejected(text: str, message: str) -> None:
+    with pytest.raises(TopologyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_topology(text)

@@ -62,6 +62,10 @@ CASES = [
      "user_service_role", "user_schema", "search_path"),
     ("ALTER TABLE application_schema.probe OWNER TO application_service_role",
      "application_service_role", "application_schema", "OWNER"),
+    ("ALTER ROLE auth_service_role SET statement_timeout = '1h'",
+     "auth_service_role", "", "statement_timeout"),
+    ("ALTER ROLE auth_service_role SET lock_timeout = '1s'",
+     "auth_service_role", "", "lock_timeout"),
 ]
 
 
@@ -85,6 +89,8 @@ def test_hand_made_change_is_named(
             "REVOKE auth_service_owner FROM auth_service_role",
             "REVOKE pg_read_all_data FROM institution_service_role",
             "ALTER ROLE user_service_role SET search_path = user_schema, shared_schema",
+            "ALTER ROLE auth_service_role SET statement_timeout = '30s'",
+            "ALTER ROLE auth_service_role RESET lock_timeout",
         ):
             _run(provisioned, undo)
 

@@ -102,6 +102,12 @@ END $do$;
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "auth_service_role" SET search_path = "auth_schema", "shared_schema";
 
+-- idle_in_transaction_session_timeout for auth_service_role, applied at login.
+ALTER ROLE "auth_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for auth_service_role, applied at login.
+ALTER ROLE "auth_service_role" SET "statement_timeout" = '30s';
+
 -- Runtime role of service user: logs in, owns nothing, never bypasses RLS.
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_role') THEN
@@ -112,6 +118,12 @@ END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "user_service_role" SET search_path = "user_schema", "shared_schema";
+
+-- idle_in_transaction_session_timeout for user_service_role, applied at login.
+ALTER ROLE "user_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for user_service_role, applied at login.
+ALTER ROLE "user_service_role" SET "statement_timeout" = '30s';
 
 -- Runtime role of service institution: logs in, owns nothing, never bypasses RLS.
 DO $do$ BEGIN
@@ -124,6 +136,12 @@ END $do$;
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "institution_service_role" SET search_path = "institution_schema", "shared_schema";
 
+-- idle_in_transaction_session_timeout for institution_service_role, applied at login.
+ALTER ROLE "institution_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for institution_service_role, applied at login.
+ALTER ROLE "institution_service_role" SET "statement_timeout" = '30s';
+
 -- Runtime role of service notification: logs in, owns nothing, never bypasses RLS.
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_role') THEN
@@ -134,6 +152,12 @@ END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "notification_service_role" SET search_path = "notification_schema", "shared_schema";
+
+-- idle_in_transaction_session_timeout for notification_service_role, applied at login.
+ALTER ROLE "notification_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for notification_service_role, applied at login.
+ALTER ROLE "notification_service_role" SET "statement_timeout" = '30s';
 
 -- Runtime role of service application: logs in, owns nothing, never bypasses RLS.
 DO $do$ BEGIN
@@ -146,6 +170,12 @@ END $do$;
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "application_service_role" SET search_path = "application_schema", "shared_schema";
 
+-- idle_in_transaction_session_timeout for application_service_role, applied at login.
+ALTER ROLE "application_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for application_service_role, applied at login.
+ALTER ROLE "application_service_role" SET "statement_timeout" = '30s';
+
 -- Runtime role of service internship: logs in, owns nothing, never bypasses RLS.
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_role') THEN
@@ -156,6 +186,12 @@ END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
 ALTER ROLE "internship_service_role" SET search_path = "internship_schema", "shared_schema";
+
+-- idle_in_transaction_session_timeout for internship_service_role, applied at login.
+ALTER ROLE "internship_service_role" SET "idle_in_transaction_session_timeout" = '60s';
+
+-- statement_timeout for internship_service_role, applied at login.
+ALTER ROLE "internship_service_role" SET "statement_timeout" = '30s';
 
 -- Schema auth_schema, owned by auth_service_owner.
 CREATE SCHEMA IF NOT EXISTS "auth_schema" AUTHORIZATION "auth_service_owner";

@@ -120,6 +120,14 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
                 sql.Identifier(svc.runtime_role), _ids(search_path_for(svc, topology))
             ),
         ))
+        for name, value in svc.role_settings:
+            # name is from topology.ROLE_SETTINGS and value matched a duration pattern;
+            # ALTER ROLE ... SET takes no bind parameters.
+            out.append(Statement(
+                f"{name} for {svc.runtime_role}, applied at login.",
+                sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                    sql.Identifier(svc.runtime_role), sql.Identifier(name), sql.Literal(value)),
+            ))
 
     for schema in topology.schemas:
         owner = topology.schema_owner(schema)

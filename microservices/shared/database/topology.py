@@ -12,6 +12,7 @@ a whole before anything uses it: an invalid topology raises
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,9 +25,17 @@ from .identifiers import validate_identifier
 
 ALL_OTHERS = "*"
 
-_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps"})
+# Server settings a topology may pin on a runtime role.  Role-level settings are
+# applied by PostgreSQL at login, so they hold behind transaction poolers, where
+# session SETs and startup options do not.
+ROLE_SETTINGS = frozenset({"statement_timeout", "lock_timeout",
+                           "idle_in_transaction_session_timeout"})
+_DURATION = re.compile(r"(0|[1-9][0-9]{0,8})(us|ms|s|min|h|d)?")
+
+_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps"}
+                          | ROLE_SETTINGS)
 _SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
-_TOP_KEYS = frozenset({"services", "shared"})
+_TOP_KEYS = frozenset({"services", "shared", "defaults"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Service:
     owner_role: str
     reads: tuple[str, ...] = ()
     django_apps: tuple[str, ...] = ()
+    role_settings: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,23 +148,27 @@ class Topology:
         if not isinstance(shared_raw, Mapping):
             raise TopologyError(f"{source}: [shared] must be a table.")
         _reject_unknown_keys(shared_raw, _SHARED_KEYS, f"{source} [shared]")
-        defaults = SharedSchema()
+        shared_defaults = SharedSchema()
         shared = SharedSchema(
             schema=validate_identifier(
-                shared_raw.get("schema", defaults.schema), f"[shared] schema in {source}"
+                shared_raw.get("schema", shared_defaults.schema), f"[shared] schema in {source}"
             ),
             owner_role=validate_identifier(
-                shared_raw.get("owner_role", defaults.owner_role),
+                shared_raw.get("owner_role", shared_defaults.owner_role),
                 f"[shared] owner_role in {source}",
             ),
             audit_table=validate_identifier(
-                shared_raw.get("audit_table", defaults.audit_table),
+                shared_raw.get("audit_table", shared_defaults.audit_table),
                 f"[shared] audit_table in {source}",
             ),
         )
 
+        defaults = data.get("defaults", {})
+        if not isinstance(defaults, Mapping):
+            raise TopologyError(f"{source}: [defaults] must be a table.")
+        _reject_unknown_keys(defaults, ROLE_SETTINGS, f"{source} [defaults]")
         services = [
-            _parse_service(name, raw_services[name], names, source) for name in names
+            _parse_service(name, raw_services[name], names, source, defaults) for name in names
         ]
         topology = cls(services=tuple(services), shared=shared)
         _check_unique(topology, source)
@@ -176,7 +190,27 @@ def _string_list(value: object, what: str) -> list[str]:
     return list(value)
 
 
-def _parse_service(name: str, raw: object, all_names: list[str], source: str) -> Service:
+def _role_settings(raw: Mapping[str, Any], defaults: Mapping[str, Any],
+                   where: str) -> tuple[tuple[str, str], ...]:
+    out: dict[str, str] = {}
+    for key in sorted(ROLE_SETTINGS):
+        value = raw.get(key, defaults.get(key))
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise TopologyError(f"{key} in {where} must be a duration like \"30s\", got {value!r}.")
+        text = str(value)
+        if not _DURATION.fullmatch(text):
+            raise TopologyError(
+                f"{key} in {where} must be a duration: a number with an optional unit "
+                f"(us, ms, s, min, h, d), e.g. \"30s\"; got {text!r}. Use \"0\" to disable."
+            )
+        out[key] = text
+    return tuple(out.items())
+
+
+def _parse_service(name: str, raw: object, all_names: list[str], source: str,
+                   defaults: Mapping[str, Any]) -> Service:
     where = f"{source} [services.{name}]"
     if not isinstance(raw, Mapping):
         raise TopologyError(f"{where} must be a table.")
@@ -223,6 +257,7 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str) ->
         owner_role=owner_role,
         reads=tuple(reads),
         django_apps=tuple(apps),
+        role_settings=_role_settings(raw, defaults, where),
     )
 
 

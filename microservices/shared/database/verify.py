@@ -28,7 +28,7 @@ from .provisioning import (
     READ_TABLE_PRIVILEGES,
     search_path_for,
 )
-from .topology import Topology
+from .topology import ROLE_SETTINGS, Topology
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")
@@ -44,7 +44,11 @@ class RoleState:
     name: str
     attributes: tuple[tuple[str, bool], ...]
     member_of: tuple[str, ...]
-    search_path: str | None
+    settings: tuple[tuple[str, str], ...]  # role-level, overridden by database-specific
+
+    @property
+    def search_path(self) -> str | None:
+        return dict(self.settings).get("search_path")
 
     def attr(self, name: str) -> bool:
         return dict(self.attributes)[name]
@@ -103,18 +107,18 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
         {"roles": roles},
     ):
         name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg = row
-        path = None
+        settings: dict[str, str] = {}
         for cfg in (role_cfg or [], db_cfg or []):  # the database-specific one wins
             for item in cfg:
-                if item.startswith("search_path="):
-                    path = item.split("=", 1)[1]
+                key, _eq, value = item.partition("=")
+                settings[key] = value
         state.roles[name] = RoleState(
             name=name,
             attributes=(("rolsuper", sup), ("rolcreaterole", crole), ("rolcreatedb", cdb),
                         ("rolcanlogin", login), ("rolreplication", repl),
                         ("rolbypassrls", bypass)),
             member_of=tuple(member_of),
-            search_path=path,
+            settings=tuple(sorted(settings.items())),
         )
 
     for role, schema, priv in q(
@@ -389,6 +393,15 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
         if rs.search_path != want_path:
             problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
                                     f"search_path is {rs.search_path!r}, expected {want_path!r}"))
+        have, want = dict(rs.settings), dict(svc.role_settings)
+        for key in sorted(ROLE_SETTINGS):
+            if have.get(key) == want.get(key):
+                continue
+            repair = (_q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
+                      if key in want else _q(f"ALTER ROLE {{}} RESET {key}", rid))
+            problems.append(Problem(rs.name, "", "role setting", key,
+                                    f"{key} is {have.get(key)!r}, expected {want.get(key)!r}",
+                                    repair))
     for owner in topology.owner_roles:
         os_ = state.roles.get(owner)
         if os_ is None:
