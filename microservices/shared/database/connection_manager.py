@@ -32,6 +32,7 @@ import asyncio
 import logging
 import select
 import threading
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -127,6 +128,15 @@ def pool_config(settings: Settings, service: Service, params: dict[str, Any]) ->
 
 OK, SUSPECT, DEAD = "ok", "suspect", "dead"
 
+# A connection used successfully less than this long ago can only be dead if the
+# server went down *and came back* within the interval.  Measured on this
+# machine kind with the embedded server, stop -> accepting connections again
+# takes ~235 ms (the postmaster's stop alone ~106 ms), so 25 ms leaves a wide
+# margin.  Skipping the check for such connections keeps the hot path free of
+# syscalls: under 16 threads each extra GIL release costs a full GIL hand-off
+# (benchmarks/connections.py shows it).
+RECHECK_IDLE_AFTER_S = 0.025
+
 
 def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     """Whether an idle pooled connection is usable, without a round trip.
@@ -156,7 +166,9 @@ def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
     return SUSPECT
 
 
-def _usable(conn: psycopg.Connection[Any]) -> bool:
+def _usable(conn: ServiceConnection) -> bool:
+    if time.monotonic() - conn.returned_at < RECHECK_IDLE_AFTER_S:
+        return True
     state = _idle_state(conn)
     if state != SUSPECT:
         return state == OK
@@ -167,7 +179,9 @@ def _usable(conn: psycopg.Connection[Any]) -> bool:
         return False
 
 
-async def _ausable(conn: psycopg.AsyncConnection[Any]) -> bool:
+async def _ausable(conn: AsyncServiceConnection) -> bool:
+    if time.monotonic() - conn.returned_at < RECHECK_IDLE_AFTER_S:
+        return True
     state = _idle_state(conn)
     if state != SUSPECT:
         return state == OK
@@ -241,7 +255,7 @@ class _ServicePool:
                     pool = ConnectionPool(
                         self.conninfo,
                         connection_class=ServiceConnection,
-                        kwargs={**self.kwargs, "cursor_factory": ContextCursor},
+                        kwargs=self.kwargs,
                         name=self.service.name,
                         min_size=self.config.min_size,
                         max_size=self.config.max_size,
@@ -265,7 +279,7 @@ class _ServicePool:
                     apool = AsyncConnectionPool(
                         self.conninfo,
                         connection_class=AsyncServiceConnection,
-                        kwargs={**self.kwargs, "cursor_factory": AsyncContextCursor},
+                        kwargs=self.kwargs,
                         name=f"{self.service.name}-async",
                         min_size=self.config.min_size,
                         max_size=self.config.max_size,
@@ -332,16 +346,17 @@ class _ServicePool:
 class Checkout:
     """Context manager returned by :meth:`ConnectionManager.get_connection`."""
 
-    __slots__ = ("_conn", "_entry", "_prologue")
+    __slots__ = ("_conn", "_entry", "_pool", "_prologue")
 
     def __init__(self, entry: _ServicePool, prologue: Prologue | None) -> None:
         self._entry = entry
         self._prologue = prologue
         self._conn: ServiceConnection | None = None
+        self._pool: ConnectionPool[ServiceConnection] | None = None
 
     def __enter__(self) -> ServiceConnection:
         entry = self._entry
-        pool = entry.sync_pool()
+        pool = self._pool = entry.sync_pool()
         # Bounded: each dead connection found is discarded and the pool drained, so
         # at most the connections that were idle at the restart are looked at.
         for _ in range(entry.config.max_size + 1):
@@ -357,7 +372,10 @@ class Checkout:
             pool.drain()  # the others are from before the restart too
         else:
             raise entry.timeout_error(pool.get_stats())
-        conn.request_prologue = self._prologue
+        # Only a checkout with a request context pays for the context-carrying cursor.
+        if self._prologue is not None:
+            conn.request_prologue = self._prologue
+            conn.cursor_factory = ContextCursor
         self._conn = conn
         with entry.stats.lock:
             entry.stats.checked_out += 1
@@ -365,15 +383,18 @@ class Checkout:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        conn, entry = self._conn, self._entry
-        assert conn is not None
-        conn.request_prologue = None
+        conn, entry, pool = self._conn, self._entry, self._pool
+        assert conn is not None and pool is not None
+        if self._prologue is not None:
+            conn.request_prologue = None
+            conn.cursor_factory = psycopg.Cursor
+        conn.returned_at = time.monotonic()
         self._conn = None
         with entry.stats.lock:
             entry.stats.checked_out -= 1
             if isinstance(exc, psycopg.Error):
                 entry.stats.errors += 1
-        entry.sync_pool().putconn(conn)  # rolls back anything left open
+        pool.putconn(conn)  # rolls back anything left open
 
 
 class AsyncCheckout:
@@ -404,7 +425,9 @@ class AsyncCheckout:
             await pool.drain()
         else:
             raise entry.timeout_error(pool.get_stats())
-        conn.request_prologue = self._prologue
+        if self._prologue is not None:
+            conn.request_prologue = self._prologue
+            conn.cursor_factory = AsyncContextCursor
         self._conn = conn
         with entry.stats.lock:
             entry.stats.checked_out += 1
@@ -414,7 +437,10 @@ class AsyncCheckout:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         conn, entry = self._conn, self._entry
         assert conn is not None
-        conn.request_prologue = None
+        if self._prologue is not None:
+            conn.request_prologue = None
+            conn.cursor_factory = psycopg.AsyncCursor
+        conn.returned_at = time.monotonic()
         self._conn = None
         with entry.stats.lock:
             entry.stats.checked_out -= 1

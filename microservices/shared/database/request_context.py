@@ -65,12 +65,37 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
     """A psycopg connection that can carry a request context for one checkout."""
 
     request_prologue: Prologue | None = None
+    returned_at: float = 0.0  # time.monotonic() when last returned to the pool
+    _prologue_cursor: psycopg.Cursor[TupleRow] | None = None
+
+    def prologue_cursor(self) -> psycopg.Cursor[TupleRow]:
+        """A plain cursor for the prologue, reused (it never reaches the caller)."""
+        cur = self._prologue_cursor
+        if cur is None:
+            cur = self._prologue_cursor = psycopg.Cursor(self)
+        return cur
 
 
 class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
     """The asyncio twin of :class:`ServiceConnection`."""
 
     request_prologue: Prologue | None = None
+    returned_at: float = 0.0
+    _prologue_cursor: psycopg.AsyncCursor[TupleRow] | None = None
+
+    def prologue_cursor(self) -> psycopg.AsyncCursor[TupleRow]:
+        cur = self._prologue_cursor
+        if cur is None:
+            cur = self._prologue_cursor = psycopg.AsyncCursor(self)
+        return cur
+
+
+def _prologue_cursor(conn: Any) -> Any:
+    """The connection's reusable prologue cursor (a fresh one on a plain connection)."""
+    if isinstance(conn, ServiceConnection | AsyncServiceConnection):
+        return conn.prologue_cursor()
+    return psycopg.AsyncCursor(conn) if isinstance(conn, psycopg.AsyncConnection) \
+        else psycopg.Cursor(conn)
 
 
 class ContextCursor(psycopg.Cursor[TupleRow]):
@@ -94,10 +119,10 @@ class ContextCursor(psycopg.Cursor[TupleRow]):
         if prologue is None:
             return super().execute(query, params, prepare=prepare, binary=binary)
         if self._pgconn.pipeline_status:  # the caller's pipeline: just queue ahead
-            psycopg.Cursor(self._conn).execute(*prologue)
+            _prologue_cursor(self._conn).execute(*prologue)
             return super().execute(query, params, prepare=prepare, binary=binary)
         with self._conn.pipeline():
-            psycopg.Cursor(self._conn).execute(*prologue)
+            _prologue_cursor(self._conn).execute(*prologue)
             super().execute(query, params, prepare=prepare, binary=binary)
         return self
 
@@ -107,7 +132,7 @@ class ContextCursor(psycopg.Cursor[TupleRow]):
         if prologue is None:
             return super().executemany(query, params_seq, returning=returning)
         with self._conn.pipeline():  # executemany rides it: one implicit transaction
-            psycopg.Cursor(self._conn).execute(*prologue)
+            _prologue_cursor(self._conn).execute(*prologue)
             super().executemany(query, params_seq, returning=returning)
         return None
 
@@ -115,7 +140,7 @@ class ContextCursor(psycopg.Cursor[TupleRow]):
                size: int = 1) -> Iterator[TupleRow]:
         prologue = self._prologue()
         if prologue is not None and _needs_separate_statement(self._conn, "stream()"):
-            psycopg.Cursor(self._conn).execute(*prologue)
+            _prologue_cursor(self._conn).execute(*prologue)
         yield from super().stream(query, params, binary=binary, size=size)
 
     @contextmanager
@@ -123,7 +148,7 @@ class ContextCursor(psycopg.Cursor[TupleRow]):
              writer: Any = None) -> Iterator[psycopg.Copy]:
         prologue = self._prologue()
         if prologue is not None and _needs_separate_statement(self._conn, "COPY"):
-            psycopg.Cursor(self._conn).execute(*prologue)
+            _prologue_cursor(self._conn).execute(*prologue)
         with super().copy(statement, params, writer=writer) as copy:
             yield copy
 
@@ -149,10 +174,10 @@ class AsyncContextCursor(psycopg.AsyncCursor[TupleRow]):
         if prologue is None:
             return await super().execute(query, params, prepare=prepare, binary=binary)
         if self._pgconn.pipeline_status:
-            await psycopg.AsyncCursor(self._conn).execute(*prologue)
+            await _prologue_cursor(self._conn).execute(*prologue)
             return await super().execute(query, params, prepare=prepare, binary=binary)
         async with self._conn.pipeline():
-            await psycopg.AsyncCursor(self._conn).execute(*prologue)
+            await _prologue_cursor(self._conn).execute(*prologue)
             await super().execute(query, params, prepare=prepare, binary=binary)
         return self
 
@@ -162,7 +187,7 @@ class AsyncContextCursor(psycopg.AsyncCursor[TupleRow]):
         if prologue is None:
             return await super().executemany(query, params_seq, returning=returning)
         async with self._conn.pipeline():
-            await psycopg.AsyncCursor(self._conn).execute(*prologue)
+            await _prologue_cursor(self._conn).execute(*prologue)
             await super().executemany(query, params_seq, returning=returning)
         return None
 
@@ -170,7 +195,7 @@ class AsyncContextCursor(psycopg.AsyncCursor[TupleRow]):
                      size: int = 1) -> AsyncIterator[TupleRow]:
         prologue = self._prologue()
         if prologue is not None and _needs_separate_statement(self._conn, "stream()"):
-            await psycopg.AsyncCursor(self._conn).execute(*prologue)
+            await _prologue_cursor(self._conn).execute(*prologue)
         async for row in super().stream(query, params, binary=binary, size=size):
             yield row
 
@@ -179,7 +204,7 @@ class AsyncContextCursor(psycopg.AsyncCursor[TupleRow]):
                    writer: Any = None) -> AsyncIterator[psycopg.AsyncCopy]:
         prologue = self._prologue()
         if prologue is not None and _needs_separate_statement(self._conn, "COPY"):
-            await psycopg.AsyncCursor(self._conn).execute(*prologue)
+            await _prologue_cursor(self._conn).execute(*prologue)
         async with super().copy(statement, params, writer=writer) as copy:
             yield copy
 

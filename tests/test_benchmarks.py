@@ -1,0 +1,25 @@
+"""The benchmark scripts keep working (they are run by hand; timings are not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_connection_benchmark_runs() -> None:
+    env = dict(os.environ)
+    if "EDULINK_TEST_DATABASE_URL" in env:
+        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "connections.py"),
+         "--seconds", "0.02", "--rounds", "1", "--threads", "2"],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    for path in ("a held connection", "b psycopg_pool", "c SQLAlchemy QueuePool",
+                 "d get_connection", "e get_connection(user_id)"):
+        assert path in result.stdout
+    assert "ratio to (a)" in result.stdout and "goals:" in result.stdout
