@@ -24,7 +24,13 @@ from rich.table import Table
 from . import lifecycle
 from .config import Settings, admin_conninfo, load_settings, mask_dsn, service_conninfo
 from .embedded import EmbeddedServer
-from .errors import ConfigError, EdulinkDBError, VerificationError
+from .errors import (
+    ConfigError,
+    EdulinkDBError,
+    MigrationValidationError,
+    VerificationError,
+)
+from .migrations import MigrationManager
 from .provisioning import render_postgresql_script
 from .verify import VerifyReport
 
@@ -72,7 +78,8 @@ def _progress(json_mode: bool) -> lifecycle.Progress:
 
 def _fail(exc: EdulinkDBError) -> NoReturn:
     code = EXIT_BAD_INPUT if isinstance(exc, ConfigError) else (
-        EXIT_DIFFERS if isinstance(exc, VerificationError) else EXIT_DATABASE)
+        EXIT_DIFFERS if isinstance(exc, VerificationError | MigrationValidationError)
+        else EXIT_DATABASE)
     err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
     raise typer.Exit(code)
 
@@ -136,6 +143,8 @@ def up(
         prov = report.provision
         out.print(f"database: {report.target}" + (" (embedded)" if report.embedded else ""),
                   highlight=False)
+        applied = sum(len(m["applied"]) + len(m["resumed"]) for m in report.migrations.values())
+        out.print(f"migrate: {applied} migration(s) applied", highlight=False)
         out.print(f"provision: {len(prov.created_roles)} roles created, "
                   f"{len(prov.passwords_set)} passwords set, "
                   f"{len(prov.repaired)} privileges repaired, "
@@ -312,6 +321,143 @@ def topology_cmd(topology: TopologyOption = None, json_out: JsonOption = False) 
     out.print(table)
     out.print(f"shared: {topo.shared.schema} (owner {topo.shared.owner_role}), append-only "
               f"{topo.shared.audit_table}", highlight=False)
+
+
+ServicesArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Services to act on (default: all in the topology).",
+                   show_default=False),
+]
+DirOption = Annotated[
+    Path | None,
+    typer.Option("--dir", "-d", envvar="EDULINK_DB_MIGRATIONS",
+                 help="Migrations root, one folder per service (default: the reference "
+                      "Edulink schema shipped with edulink-db).", show_default=False),
+]
+
+
+def _manager(topology: Path | None, directory: Path | None, quiet: bool) -> MigrationManager:
+    return MigrationManager(_settings(topology), directory,
+                            progress=(lambda _m: None) if quiet else _progress(False))
+
+
+@app.command()
+def migrate(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run.")] = False,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Apply pending migrations, service by service, each file in its own transaction.
+
+    Safe to run from many processes at once: a per-schema lock makes every file apply
+    exactly once. Validates first: an edited or missing applied file stops the run (exit 1).
+    """
+    try:
+        results = _manager(topology, directory, json_out).run_all_migrations(
+            services=services or None, dry_run=dry_run)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(results)
+        return
+    for name, r in results.items():
+        if dry_run:
+            out.print(f"{name}: {len(r['pending'])} pending"
+                      + (": " + ", ".join(r["pending"]) if r["pending"] else ""), highlight=False)
+        else:
+            done = r["applied"] + r["resumed"]
+            out.print(f"{name}: {len(done)} applied"
+                      + (f", {len(r['skipped'])} already applied by another process"
+                         if r["skipped"] else "")
+                      + (": " + ", ".join(done) if done else ""), highlight=False)
+
+
+migrations_app = typer.Typer(
+    help="Inspect and maintain migration history (status, validate, repair, baseline).",
+    no_args_is_help=True)
+app.add_typer(migrations_app, name="migrations")
+
+
+@migrations_app.command("status")
+def migrations_status(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Applied and pending migrations per service (exit 1 if history and files disagree)."""
+    try:
+        statuses = _manager(topology, directory, True).statuses(services or None)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    data = [st.as_dict() for st in statuses]
+    if json_out:
+        _print_json(data)
+    else:
+        table = Table(title="Migrations", title_justify="left")
+        for col in ("service", "schema", "applied", "last", "pending", "problems"):
+            table.add_column(col)
+        for st, d in zip(statuses, data, strict=True):
+            table.add_row(d["service"], d["schema"], str(d["applied_count"]),
+                          d["last_applied_version"] or "-",
+                          ", ".join(d["pending_migrations"]) or "-",
+                          "[red]" + "; ".join(st.problems) + "[/red]" if st.problems else "ok")
+        out.print(table)
+    raise typer.Exit(EXIT_OK if all(d["ok"] for d in data) else EXIT_DIFFERS)
+
+
+@migrations_app.command("validate")
+def migrations_validate(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+) -> None:
+    """Check that every applied migration file is unchanged and present (exit 1 if not)."""
+    try:
+        statuses = _manager(topology, directory, True).validate(services or None)
+    except MigrationValidationError as exc:
+        err.print(f"[red]validate failed:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(EXIT_DIFFERS) from None
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print(f"validate: OK ({len(statuses)} services)")
+
+
+@migrations_app.command("repair")
+def migrations_repair(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+) -> None:
+    """Accept the files as they are now: re-record checksums of edited files, mark
+    applied files that were deleted, and remove failed entries. Deliberate; prints each change.
+    """
+    try:
+        results = _manager(topology, directory, False).repair(services or None)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    changes = [f"{svc}: {c}" for svc, items in results.items() for c in items]
+    for line in changes:
+        out.print(line, highlight=False)
+    out.print(f"repair: {len(changes)} change(s)")
+
+
+@migrations_app.command("baseline")
+def migrations_baseline(
+    service: Annotated[str, typer.Argument(help="The service whose schema already exists.")],
+    version: Annotated[str, typer.Option("--version", "-v",
+                                         help="Files up to this version count as applied.")],
+    topology: TopologyOption = None,
+) -> None:
+    """Start history for a schema created before edulink-db: files up to VERSION are
+    treated as applied without running them."""
+    try:
+        _manager(topology, None, False).baseline(service, version)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print(f"{service}: baselined at version {version}")
 
 
 def main() -> None:

@@ -76,9 +76,19 @@ class Settings(BaseSettings):
     database_pool_check: bool = False
     database_pooler: PoolerMode = "auto"
 
+    # Migrations.
+    database_migration_lock_timeout: str = Field(
+        "2s", pattern=r"^\d+(us|ms|s|min|h)?$",
+        description="lock_timeout of migration transactions (a failed file is retried)")
+    database_migration_statement_timeout: str = Field(
+        "15min", pattern=r"^\d+(us|ms|s|min|h)?$")
+    database_migration_lock_wait: float = Field(
+        300.0, gt=0, description="seconds to wait for another process migrating a schema")
+
     # edulink-db itself.
     edulink_db_topology: Path | None = None
     edulink_db_home: Path | None = None
+    edulink_db_migrations: Path | None = None
 
     def __repr_args__(self) -> Any:  # never show even masked secrets' neighbours in URLs
         for key, value in super().__repr_args__():

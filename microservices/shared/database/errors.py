@@ -64,3 +64,19 @@ class PoolExhaustedError(ServiceConnectionError):
 
 class RequestContextError(EdulinkDBError):
     """An operation cannot carry the request context (user_id / readonly) as asked."""
+
+
+class MigrationFileError(ConfigError):
+    """A migration file or directory is invalid; nothing was run."""
+
+
+class MigrationValidationError(EdulinkDBError):
+    """Applied history and migration files disagree (edited, missing or failed files)."""
+
+
+class MigrationError(EdulinkDBError):
+    """A migration could not be applied; its transaction was rolled back."""
+
+
+class MigrationLockTimeout(MigrationError):
+    """Another process kept the schema's migration lock for longer than allowed."""

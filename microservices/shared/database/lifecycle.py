@@ -22,6 +22,7 @@ from .config import (
 )
 from .embedded import EmbeddedServer
 from .errors import ConfigError
+from .migrations import MigrationManager
 from .provisioning import ProvisionReport, provision
 from .topology import Service, Topology
 from .verify import VerifyReport, verify
@@ -101,28 +102,31 @@ class UpReport:
     embedded: bool
     provision: ProvisionReport
     verify: VerifyReport
-    steps: list[str] = field(default_factory=list)
+    migrations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "embedded": self.embedded,
             "provision": self.provision.as_dict(),
+            "migrations": self.migrations,
             "verify": self.verify.as_dict(),
         }
 
 
 def run_up(settings: Settings, *, progress: Progress = _quiet) -> UpReport:
-    """Start the embedded server if no database is configured, provision, verify."""
+    """Start the embedded server if no database is configured, provision, migrate
+    (EDULINK_DB_MIGRATIONS, else the reference Edulink schema), verify."""
     topology = settings.topology()  # validate before touching anything
     if settings.uses_embedded:
         EmbeddedServer(settings.home).start(progress)
     admin = admin_conninfo(settings)
     prov = run_provision(settings, topology, progress=progress)
+    migrations = MigrationManager(settings, progress=progress).run_all_migrations()
     progress("verifying privileges against the topology")
     ver = run_verify(settings, topology)
     return UpReport(target=mask_dsn(admin), embedded=settings.uses_embedded,
-                    provision=prov, verify=ver)
+                    provision=prov, verify=ver, migrations=migrations)
 
 
 @dataclass

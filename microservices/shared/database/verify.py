@@ -22,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from .direct import connect
+from .migrations import HISTORY_TABLE
 from .provisioning import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
@@ -271,6 +272,8 @@ def expected_access(topology: Topology) -> dict[tuple[str, str], Access]:
 
 
 def expected_relation_privileges(topology: Topology, rel: Relation, role: str) -> frozenset[str]:
+    if rel.name == HISTORY_TABLE:
+        return frozenset()  # migration history: the owner role's business only
     access = expected_access(topology).get((role, rel.schema), NO_ACCESS)
     if rel.schema == topology.shared.schema:
         is_audit = rel.name == topology.shared.audit_table and rel.kind in TABLE_KINDS

@@ -1,0 +1,212 @@
+"""Migration files: naming, parsing, checksums and validation (the script directory).
+
+A service's migrations are a directory of SQL files:
+
+    V1__create_profiles.sql       versioned: applied once, in numeric order
+    V1.1__add_index.sql           (V1_1 is the same version: Flyway's spelling)
+    V10__later.sql                V2 sorts before V10
+    R__reporting_views.sql        repeatable: re-applied whenever its content changes
+
+Everything here happens before any connection is made: a directory with a bad
+name, a duplicate version, an empty or non-UTF-8 file, or transaction control
+inside a file is rejected as a whole with :class:`~.errors.MigrationFileError`.
+
+Checksums are SHA-256 over the content with line endings normalised (CRLF and
+CR become LF, a UTF-8 BOM is dropped), so a checkout on Windows does not look
+like an edit.
+
+A file runs in one transaction unless it contains a statement PostgreSQL
+refuses inside one (CREATE INDEX CONCURRENTLY and friends) or says
+``-- edulink:transaction=off``; ``-- edulink:transaction=on`` forces a
+transaction (and PostgreSQL then rejects such statements).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import sqlparse
+
+from .errors import MigrationFileError
+
+_VERSIONED = re.compile(r"V(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>[^/\\]+)\.sql")
+_REPEATABLE = re.compile(r"R__(?P<description>[^/\\]+)\.sql")
+_DIRECTIVE = re.compile(r"^\s*--\s*edulink:transaction\s*=\s*(?P<value>on|off)\s*$",
+                        re.IGNORECASE | re.MULTILINE)
+
+# Statements PostgreSQL refuses to run inside a transaction block.
+_NON_TRANSACTIONAL = [
+    re.compile(p, re.IGNORECASE | re.DOTALL) for p in (
+        r"^CREATE\s+(UNIQUE\s+)?INDEX\s+CONCURRENTLY\b",
+        r"^DROP\s+INDEX\s+CONCURRENTLY\b",
+        r"^REINDEX\b.*\bCONCURRENTLY\b",
+        r"^VACUUM\b",
+        r"^(CREATE|DROP)\s+DATABASE\b",
+        r"^(CREATE|DROP)\s+TABLESPACE\b",
+        r"^ALTER\s+SYSTEM\b",
+        r"^ALTER\s+TABLE\b.*\bDETACH\s+PARTITION\b.*\bCONCURRENTLY\b",
+        r"^(CREATE|DROP)\s+SUBSCRIPTION\b",
+    )
+]
+_TRANSACTION_CONTROL = re.compile(
+    r"^(BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|ABORT|PREPARE\s+TRANSACTION|"
+    r"COMMIT\s+PREPARED|SAVEPOINT|RELEASE)\b", re.IGNORECASE)
+_PSQL_META = re.compile(r"^\\[a-zA-Z]")
+
+
+@dataclass(frozen=True)
+class SqlStatement:
+    """One statement of a file and the line it starts on (1-based)."""
+
+    text: str
+    line: int
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    """A parsed, validated migration file."""
+
+    path: Path
+    kind: str  # "versioned" | "repeatable"
+    version: tuple[int, ...] | None
+    description: str
+    checksum: str
+    statements: tuple[SqlStatement, ...]
+    transactional: bool
+
+    @property
+    def script(self) -> str:
+        return self.path.name
+
+    @property
+    def version_text(self) -> str | None:
+        return None if self.version is None else ".".join(map(str, self.version))
+
+    @property
+    def label(self) -> str:
+        return f"V{self.version_text}" if self.version is not None else f"R__{self.description}"
+
+
+def normalise(text: str) -> str:
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def checksum(text: str) -> str:
+    return hashlib.sha256(normalise(text).encode("utf-8")).hexdigest()
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'1.10' -> (1, 10); trailing zeros dropped so V1 and V1.0 are the same version."""
+    parts = [int(p) for p in re.split(r"[._]", text)]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def split_statements(text: str) -> list[SqlStatement]:
+    """Split SQL into statements (dollar quotes, comments and strings respected)."""
+    out: list[SqlStatement] = []
+    position = 0
+    for chunk in sqlparse.split(text):
+        code = sqlparse.format(chunk, strip_comments=True).strip()
+        start = text.find(chunk, position)
+        if start < 0:  # sqlparse normalised something: fall back to the last position
+            start = position
+        position = start + len(chunk)
+        if not code or code == ";":
+            continue
+        out.append(SqlStatement(text=chunk.strip(), line=text.count("\n", 0, start) + 1))
+    return out
+
+
+def _code(statement: SqlStatement) -> str:
+    return sqlparse.format(statement.text, strip_comments=True).strip()
+
+
+def parse_file(path: Path) -> MigrationFile:
+    name = path.name
+    versioned = _VERSIONED.fullmatch(name)
+    repeatable = _REPEATABLE.fullmatch(name)
+    if not versioned and not repeatable:
+        raise MigrationFileError(
+            f"{path}: cannot parse the file name. Use V<version>__<description>.sql "
+            "(e.g. V3__add_index.sql, V1.2__x.sql) or R__<description>.sql."
+        )
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MigrationFileError(
+            f"{path}: not valid UTF-8 (byte {exc.start}); save the file as UTF-8."
+        ) from None
+    text = normalise(raw)
+    statements = split_statements(text)
+    if not statements:
+        raise MigrationFileError(f"{path}: the file has no SQL statements.")
+    for stmt in statements:
+        code = _code(stmt)
+        if _PSQL_META.match(code):
+            raise MigrationFileError(
+                f"{path}, line {stmt.line}: psql meta-commands ({code.split()[0]}) are not "
+                "SQL; write the SQL they stand for."
+            )
+        if _TRANSACTION_CONTROL.match(code):
+            raise MigrationFileError(
+                f"{path}, line {stmt.line}: {code.split()[0].upper()} -- edulink-db runs each "
+                "file in its own transaction (or, for CONCURRENTLY and the like, statement by "
+                "statement); remove transaction control from the file."
+            )
+    detected = [s for s in statements if any(p.match(_code(s)) for p in _NON_TRANSACTIONAL)]
+    directive = _DIRECTIVE.search(text)
+    if directive is None:
+        transactional = not detected
+    else:
+        transactional = directive.group("value").lower() == "on"
+        if transactional and detected:
+            raise MigrationFileError(
+                f"{path}, line {detected[0].line}: the file says edulink:transaction=on but "
+                f"'{_code(detected[0]).split(chr(10))[0][:60]}' cannot run inside a "
+                "transaction; remove the directive."
+            )
+    match = versioned or repeatable
+    assert match is not None
+    return MigrationFile(
+        path=path,
+        kind="versioned" if versioned else "repeatable",
+        version=parse_version(versioned.group("version")) if versioned else None,
+        description=match.group("description"),
+        checksum=checksum(text),
+        statements=tuple(statements),
+        transactional=transactional,
+    )
+
+
+def load_directory(directory: Path) -> list[MigrationFile]:
+    """All migrations in *directory*: versioned in version order, then repeatables.
+
+    A missing directory means no migrations.  Files that are not ``.sql`` are
+    ignored (READMEs, editor backups), but ``.sql`` files must be well named.
+    """
+    if not directory.exists():
+        return []
+    if not directory.is_dir():
+        raise MigrationFileError(f"{directory} is not a directory.")
+    files = [parse_file(p) for p in sorted(directory.iterdir())
+             if p.is_file() and p.suffix == ".sql"]
+    versioned = sorted((f for f in files if f.kind == "versioned"),
+                       key=lambda f: f.version or ())
+    for a, b in pairwise(versioned):
+        if a.version == b.version:
+            raise MigrationFileError(
+                f"{directory}: {a.path.name} and {b.path.name} have the same version "
+                f"{a.version_text}; give one of them a new version."
+            )
+    repeatable = sorted((f for f in files if f.kind == "repeatable"),
+                        key=lambda f: f.description)
+    for a, b in pairwise(repeatable):
+        if a.description == b.description:
+            raise MigrationFileError(f"{directory}: two repeatable files named {a.path.name}.")
+    return versioned + repeatable
