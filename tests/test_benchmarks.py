@@ -23,3 +23,16 @@ def test_connection_benchmark_runs() -> None:
                  "d get_connection", "e get_connection(user_id)"):
         assert path in result.stdout
     assert "ratio to (a)" in result.stdout and "goals:" in result.stdout
+
+
+def test_migration_benchmark_runs() -> None:
+    env = dict(os.environ)
+    if "EDULINK_TEST_DATABASE_URL" in env:
+        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "migrations.py"),
+         "--files", "3", "--rounds", "1", "--schemas", "3"],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "yoyo-migrations (baseline)" in result.stdout
+    assert "history round trips" in result.stdout

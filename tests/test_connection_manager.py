@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -20,28 +17,7 @@ from microservices.shared.database.errors import (
     ServiceConnectionError,
     UnknownServiceError,
 )
-
-
-@contextmanager
-def protocol_trace(conn: psycopg.Connection[Any]) -> Iterator[list[str]]:
-    """Record the protocol messages the client sends (libpq's own trace)."""
-    sent: list[str] = []
-    with tempfile.TemporaryFile("w+") as fh:
-        conn.pgconn.trace(fh.fileno())
-        try:
-            yield sent
-        finally:
-            conn.pgconn.untrace()
-            fh.seek(0)
-            for line in fh.read().splitlines():
-                fields = line.split("\t")
-                if len(fields) > 3 and fields[1] == "F":
-                    sent.append(fields[3].split(" ")[0])
-
-
-def round_trips(messages: list[str]) -> int:
-    """Each Sync (extended protocol) or Query (simple protocol) waits for the server."""
-    return sum(1 for m in messages if m in ("Sync", "Query"))
+from microservices.shared.database.tracing import protocol_trace, round_trips
 
 
 def test_seed_api_connects_as_the_service_role(provisioned_db: dict[str, Any],

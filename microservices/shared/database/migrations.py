@@ -144,6 +144,15 @@ class ServiceStatus:
         }
 
 
+def _first_code_line(text: str, line: int) -> tuple[str, int]:
+    """The first line of a statement that is not a comment, and its line number."""
+    for offset, content in enumerate(text.splitlines()):
+        stripped = content.strip()
+        if stripped and not stripped.startswith("--"):
+            return stripped[:100], line + offset
+    return text[:100], line
+
+
 def _vtext(version: tuple[int, ...] | None) -> str | None:
     return None if version is None else ".".join(map(str, version))
 
@@ -234,6 +243,10 @@ class MigrateReport:
                 "pending": self.pending, "duration_s": round(self.duration_s, 3)}
 
 
+class _LostRace(Exception):
+    """The migration lock was taken by another process between looking and grabbing."""
+
+
 class SchemaMigrator:
     """Applies one service's migrations (the runtime context, in Alembic's terms)."""
 
@@ -254,6 +267,10 @@ class SchemaMigrator:
 
     # -- pieces ----------------------------------------------------------------
     def _session_settings(self, local: bool) -> tuple[str, list[Any]]:
+        # Non-transactional files (local=False) get no lock_timeout: CREATE INDEX
+        # CONCURRENTLY must wait for every older transaction in the database, which is
+        # expected and blocks nobody's reads or writes; statement_timeout still bounds it.
+        lock_timeout = self.settings.database_migration_lock_timeout if local else "0"
         return (
             "SELECT pg_catalog.set_config('lock_timeout', %s, {l}),"
             " pg_catalog.set_config('statement_timeout', %s, {l}),"
@@ -261,17 +278,30 @@ class SchemaMigrator:
             # A killed runner's backend notices within a second and releases the lock.
             " pg_catalog.set_config('client_connection_check_interval', '1s', {l}),"
             " pg_catalog.set_config('role', %s, {l})".replace("{l}", "true" if local else "false"),
-            [self.settings.database_migration_lock_timeout,
+            [lock_timeout,
              self.settings.database_migration_statement_timeout,
              self.search_path, self.service.owner_role],
         )
 
-    def _wait_for_lock(self, conn: psycopg.Connection[Any], session: bool) -> None:
+    def _try_lock(self, conn: psycopg.Connection[Any], session: bool) -> bool:
         fn = "pg_try_advisory_lock" if session else "pg_try_advisory_xact_lock"
-        query = f"SELECT pg_catalog.{fn}(%s, pg_catalog.hashtext(%s))"
+        row = conn.execute(f"SELECT pg_catalog.{fn}(%s, pg_catalog.hashtext(%s))",
+                           [LOCK_CLASS, self.lock_key]).fetchone()
+        return bool(row and row[0])
+
+    def _wait_for_lock(self, conn: psycopg.Connection[Any], session: bool) -> None:
+        """Wait until the schema's migration lock is ours (session) or free (xact).
+
+        For the transaction-level lock this runs *before* the transaction starts
+        and only reports that the lock was free a moment ago (in autocommit the
+        try-lock ends with its statement); the caller then takes it inside its
+        transaction and comes back here if it lost the race.  Waiting outside a
+        transaction matters: an open transaction, even an idle one, makes every
+        CREATE INDEX CONCURRENTLY in the database wait for it (flyway#1654).
+        """
         deadline = time.monotonic() + self.settings.database_migration_lock_wait
         delay, announced = 0.02, False
-        while not conn.execute(query, [LOCK_CLASS, self.lock_key]).fetchone()[0]:  # type: ignore[index]
+        while not self._try_lock(conn, session):
             if time.monotonic() > deadline:
                 raise MigrationLockTimeout(
                     f"{self.service.name}: another process has been migrating "
@@ -350,12 +380,12 @@ class SchemaMigrator:
                 position = exc.diag.statement_position
                 if position and position.isdigit():
                     line += stmt.text.count("\n", 0, int(position) - 1)
-                first = stmt.text.splitlines()[0][:80] if stmt.text else ""
+                first, first_line = _first_code_line(stmt.text, stmt.line)
                 detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
                 raise MigrationError(
                     f"{self.service.name}: {file.script} failed at line {line}: "
                     f"{exc.diag.message_primary or str(exc).strip()}{detail}\n"
-                    f"  statement: {first}\n"
+                    f"  statement (line {first_line}): {first}\n"
                     + ("  The file was rolled back; the history is unchanged. Fix it and run "
                        "migrate again." if file.transactional else
                        "  This file runs without a transaction: statements before this one "
@@ -366,10 +396,13 @@ class SchemaMigrator:
     # -- applying ---------------------------------------------------------------
     def _apply_transactional(self, conn: psycopg.Connection[Any], file: MigrationFile) -> str:
         settings_sql, settings_params = self._session_settings(local=True)
-        for attempt in range(1, LOCK_RETRIES + 1):
+        attempt = 1
+        while True:
+            self._wait_for_lock(conn, session=False)
             try:
                 with conn.transaction():
-                    self._wait_for_lock(conn, session=False)
+                    if not self._try_lock(conn, session=False):
+                        raise _LostRace
                     conn.execute(settings_sql, settings_params)
                     self._ensure_history(conn)
                     rank, state, _dirty = self._state_under_lock(conn, file)
@@ -380,6 +413,8 @@ class SchemaMigrator:
                     self._record(conn, rank, file,
                                  int((time.perf_counter() - started) * 1000), True)
                 return "applied"
+            except _LostRace:
+                continue  # another process took the lock between our look and our grab
             except psycopg.errors.LockNotAvailable as exc:
                 self._history_ready = False  # its creation may have been rolled back
                 if attempt == LOCK_RETRIES:
@@ -392,10 +427,10 @@ class SchemaMigrator:
                 self.progress(f"{self.service.name}: {file.script} hit lock_timeout; "
                               f"retrying ({attempt}/{LOCK_RETRIES})")
                 time.sleep(0.2 * attempt)
+                attempt += 1
             except BaseException:
                 self._history_ready = False
                 raise
-        raise AssertionError("unreachable")
 
     def _apply_non_transactional(self, file: MigrationFile) -> str:
         # A dedicated connection: session lock and settings die with it.
@@ -446,6 +481,8 @@ class SchemaMigrator:
                 + "\n  ".join(status.problems))
         if dry_run or not status.pending:
             return report
+        for file in status.pending:
+            file.parsed  # noqa: B018 - every pending file's SQL is checked before any runs
         started = time.perf_counter()
         self._history_ready = status.history_exists
         with connect(self.admin, purpose=f"migrate {self.service.name}") as conn:
@@ -466,46 +503,57 @@ class SchemaMigrator:
         if not status.history_exists:
             return done
         by_script = {f.script: f for f in status.files}
-        with connect(self.admin, purpose="repair migration history") as conn, \
-                conn.transaction():
-            self._wait_for_lock(conn, session=False)
-            conn.execute("SELECT pg_catalog.set_config('role', %s, true)",
-                         [self.service.owner_role])
-            for mismatch in status.mismatches:
-                conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE script = %s AND success"
-                                     ).format(self.history),
-                             [by_script[mismatch["script"]].checksum, mismatch["script"]])
-                done.append(f"{mismatch['script']}: checksum re-recorded")
-            for script in status.missing:
-                conn.execute(sql.SQL("UPDATE {} SET type = 'deleted' WHERE script = %s"
-                                     " AND type = 'versioned'").format(self.history), [script])
-                done.append(f"{script}: marked deleted")
-            for row in status.failed:
-                conn.execute(sql.SQL("DELETE FROM {} WHERE installed_rank = %s").format(
-                    self.history), [row.rank])
-                done.append(f"{row.script}: failed entry removed")
+        # Rare, deliberate operations: the session-level lock on a connection of their
+        # own, then one short transaction (the lock dies with the connection).
+        with connect(self.admin, purpose="repair migration history") as conn:
+            self._wait_for_lock(conn, session=True)
+            with conn.transaction():
+                self._repair_locked(conn, status, by_script, done)
         return done
+
+    def _repair_locked(self, conn: psycopg.Connection[Any], status: ServiceStatus,
+                       by_script: dict[str, MigrationFile], done: list[str]) -> None:
+        conn.execute("SELECT pg_catalog.set_config('role', %s, true)",
+                     [self.service.owner_role])
+        for mismatch in status.mismatches:
+            conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE script = %s AND success"
+                                 ).format(self.history),
+                         [by_script[mismatch["script"]].checksum, mismatch["script"]])
+            done.append(f"{mismatch['script']}: checksum re-recorded")
+        for script in status.missing:
+            conn.execute(sql.SQL("UPDATE {} SET type = 'deleted' WHERE script = %s"
+                                 " AND type = 'versioned'").format(self.history), [script])
+            done.append(f"{script}: marked deleted")
+        for row in status.failed:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE installed_rank = %s").format(
+                self.history), [row.rank])
+            done.append(f"{row.script}: failed entry removed")
 
     def baseline(self, version: str, description: str = "<< baseline >>") -> None:
         """Record that the schema already holds everything up to *version*."""
         parsed = parse_version(version)
-        with connect(self.admin, purpose="baseline migrations") as conn, conn.transaction():
-            self._wait_for_lock(conn, session=False)
-            settings_sql, settings_params = self._session_settings(local=True)
-            conn.execute(settings_sql, settings_params)
-            self._history_ready = False
-            self._ensure_history(conn)
-            count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.history)
-                                 ).fetchone()
-            if count and count[0]:
-                raise MigrationError(
-                    f"{self.service.name}: {self.service.schema} already has a migration "
-                    "history; baseline is only for a schema that was never migrated by "
-                    "edulink-db.")
-            conn.execute(sql.SQL(
-                "INSERT INTO {} (installed_rank, version, description, type, script, success)"
-                " VALUES (1, %s, %s, 'baseline', %s, true)").format(self.history),
-                [".".join(map(str, parsed)), description, description])
+        with connect(self.admin, purpose="baseline migrations") as conn:
+            self._wait_for_lock(conn, session=True)
+            with conn.transaction():
+                self._baseline_locked(conn, parsed, description)
+
+    def _baseline_locked(self, conn: psycopg.Connection[Any], parsed: tuple[int, ...],
+                         description: str) -> None:
+        settings_sql, settings_params = self._session_settings(local=True)
+        conn.execute(settings_sql, settings_params)
+        self._history_ready = False
+        self._ensure_history(conn)
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.history)
+                             ).fetchone()
+        if count and count[0]:
+            raise MigrationError(
+                f"{self.service.name}: {self.service.schema} already has a migration "
+                "history; baseline is only for a schema that was never migrated by "
+                "edulink-db.")
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (installed_rank, version, description, type, script, success)"
+            " VALUES (1, %s, %s, 'baseline', %s, true)").format(self.history),
+            [".".join(map(str, parsed)), description, description])
 
 
 class MigrationManager:
