@@ -16,7 +16,7 @@ def test_default_topology_matches_the_seed() -> None:
     reads = {s.name: set(s.reads) for s in t.services}
     assert reads == {
         "auth": set(),
-        "user": {"auth"},
+        "user": {"auth", "institution"},
         "institution": set(),
         "notification": {"auth", "user", "institution", "application", "internship"},
         "application": {"user", "institution", "internship"},

@@ -32,6 +32,8 @@ CASES = [
     # (hand-made change, role, schema, privilege that verify must name)
     ("GRANT SELECT ON auth_schema.probe TO institution_service_role",
      "institution_service_role", "auth_schema", "SELECT"),
+    ("GRANT SELECT ON notification_schema.probe TO user_service_role",
+     "user_service_role", "notification_schema", "SELECT"),
     ("GRANT INSERT ON auth_schema.probe TO user_service_role",
      "user_service_role", "auth_schema", "INSERT"),
     ("GRANT TRUNCATE ON user_schema.probe TO user_service_role",
@@ -98,7 +100,7 @@ def test_hand_made_change_is_named(
 def test_matrix_for_the_default_topology(provisioned: dict[str, Any]) -> None:
     report = verify(provisioned, default_topology())
     assert report.matrix["user_service_role"] == {
-        "auth_schema": "r", "user_schema": "rw", "institution_schema": "-",
+        "auth_schema": "r", "user_schema": "rw", "institution_schema": "r",
         "notification_schema": "-", "application_schema": "-", "internship_schema": "-",
         "shared_schema": "append",
     }

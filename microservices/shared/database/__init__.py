@@ -6,6 +6,8 @@ and a topology (``topology.py``) that says who may read what.  See README.md.
 
 from .errors import (
     ConfigError,
+    CrossServiceAccessError,
+    CrossServiceWriteError,
     DatabaseNotRunningError,
     DatabaseUnavailableError,
     EdulinkDBError,
@@ -28,6 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "CrossServiceAccessError",
+    "CrossServiceWriteError",
     "DatabaseNotRunningError",
     "DatabaseUnavailableError",
     "EdulinkDBError",

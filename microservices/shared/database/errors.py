@@ -80,3 +80,11 @@ class MigrationError(EdulinkDBError):
 
 class MigrationLockTimeout(MigrationError):
     """Another process kept the schema's migration lock for longer than allowed."""
+
+
+class CrossServiceAccessError(EdulinkDBError):
+    """A service asked for access to another service's data that the topology does not grant."""
+
+
+class CrossServiceWriteError(CrossServiceAccessError):
+    """A write to another service's data; only a service itself writes its schema."""

@@ -319,14 +319,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institu
 -- Sequences institution_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT USAGE, SELECT ON SEQUENCES TO "institution_service_role";
 
--- Cross-service read grant on institution_schema: notification_service_role, application_service_role, internship_service_role.
-GRANT USAGE ON SCHEMA "institution_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+-- Cross-service read grant on institution_schema: user_service_role, notification_service_role, application_service_role, internship_service_role.
+GRANT USAGE ON SCHEMA "institution_schema" TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
--- notification_service_role, application_service_role, internship_service_role may SELECT from institution_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "institution_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+-- user_service_role, notification_service_role, application_service_role, internship_service_role may SELECT from institution_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "institution_schema" TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
 -- ...including tables created later in institution_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role", "internship_service_role";
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
 -- notification_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "notification_schema" TO "notification_service_role";

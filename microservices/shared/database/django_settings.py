@@ -1,0 +1,276 @@
+"""Django integration: DATABASES and a router generated from the topology.
+
+    from microservices.shared.database.django_settings import (
+        configure_service_database,
+        configure_cross_service_databases,
+        get_database_router,
+    )
+
+    DATABASES = configure_service_database('user')
+    DATABASES.update(configure_cross_service_databases('user', ['auth', 'institution']))
+    DATABASE_ROUTERS = [get_database_router()]
+
+* ``'default'`` logs in as the service's runtime role.  Its search_path comes
+  from the role, so unqualified table names land in the service's schema, also
+  behind a transaction pooler.
+* ``manage.py migrate`` needs DDL, which runtime roles cannot do: run it with
+  ``EDULINK_DB_DJANGO_MIGRATE=1`` (or ``configure_service_database(...,
+  migrate=True)``).  ``'default'`` then logs in with the admin credentials
+  (``DATABASE_URL``) and acts as the service's owner role, with search_path set
+  to its schema, so tables get the right owner and schema, and the runtime role
+  gets its grants through default privileges.
+* A cross-service alias (named after the other service) still logs in as the
+  *requesting* service's role, so PostgreSQL's grants decide what it may read.
+  It is a Django test mirror of ``'default'``: the same database.  Models of
+  another service must name their table with its schema:
+  ``db_table = service_table('user', 'profiles_userprofile')``.
+* The router maps app labels to services (the topology's ``django_apps``,
+  overridden by the ``EDULINK_DB_APP_SERVICES`` setting; an app in neither
+  belongs to the ``'default'`` alias's service). Reads go to the owning service's
+  alias. Writes to another service's data raise ``CrossServiceWriteError``, and
+  PostgreSQL refuses them too. Relations are only allowed within one service, and
+  each service migrates only its own apps, on its own alias.
+
+Supported: Django 4.2 LTS (the first with psycopg 3) to 6.1. Django's own pool
+(``pool=True``) needs Django 5.1+.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import (
+    Settings,
+    admin_conninfo,
+    load_settings,
+    pooler_mode,
+    service_conninfo,
+)
+from .errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
+from .topology import Topology
+
+SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
+READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
+MIGRATE_ENV = "EDULINK_DB_DJANGO_MIGRATE"
+APP_SERVICES_SETTING = "EDULINK_DB_APP_SERVICES"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _settings(settings: Settings | None) -> Settings:
+    return settings or load_settings()
+
+
+def _django_version() -> tuple[int, int]:
+    try:
+        import django
+    except ImportError:  # pragma: no cover - the [django] extra
+        raise ConfigError("Django is not installed: pip install 'edulink-db[django]'") from None
+    return django.VERSION[0], django.VERSION[1]
+
+
+def service_table(service: str, table: str, *, settings: Settings | None = None) -> str:
+    """A schema-qualified ``db_table`` for a model of *service* used by another service.
+
+    Django passes a name that is already quoted through unchanged, so this
+    reaches ``"user_schema"."profiles_userprofile"`` whatever role is logged in.
+    """
+    from .identifiers import validate_identifier
+
+    schema = _settings(settings).topology().service(service).schema
+    validate_identifier(table, f"table name for service {service!r}")
+    return f'"{schema}"."{table}"'
+
+
+def _alias(params: dict[str, Any], *, service: str, readonly: bool,
+           options: dict[str, Any], pool: bool | dict[str, Any]) -> dict[str, Any]:
+    opts = dict(options)
+    if "sslmode" in params:
+        opts["sslmode"] = params["sslmode"]
+    if pool:
+        if _django_version() < (5, 1):
+            raise ConfigError("Django's connection pool (pool=True) needs Django 5.1 or "
+                              "newer; drop pool= or upgrade Django.")
+        opts["pool"] = pool if isinstance(pool, dict) else True
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": params.get("dbname", "postgres"),
+        "USER": params.get("user", ""),
+        "PASSWORD": params.get("password", ""),
+        "HOST": params.get("host", ""),
+        "PORT": str(params.get("port", "")),
+        "OPTIONS": opts,
+        # Django's pool requires CONN_MAX_AGE = 0; without it, connections are per request.
+        "CONN_MAX_AGE": 0,
+        SERVICE_KEY: service,
+        READONLY_KEY: readonly,
+    }
+
+
+def configure_service_database(
+    service: str,
+    *,
+    engine: str = "postgresql",
+    pool: bool | dict[str, Any] = False,
+    migrate: bool | None = None,
+    settings: Settings | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{'default': ...}`` for *service*: its runtime role, or its owner role for
+    ``migrate`` (default: the ``EDULINK_DB_DJANGO_MIGRATE`` environment variable).
+
+    *pool* turns on Django's psycopg pool (True, or a dict of psycopg_pool
+    arguments).  ``engine='mssql'`` emits settings for mssql-django instead.
+    """
+    settings = _settings(settings)
+    svc = settings.topology().service(service)
+    if engine == "mssql":
+        return {"default": _mssql_alias(svc.name, svc.runtime_role, settings)}
+    if engine != "postgresql":
+        raise ConfigError(f"Unknown engine {engine!r}; use 'postgresql' or 'mssql'.")
+    if migrate is None:
+        migrate = os.environ.get(MIGRATE_ENV, "").strip().lower() in _TRUE
+    options: dict[str, Any] = {}
+    if migrate:
+        params = admin_conninfo(settings)
+        if pooler_mode(settings, params) == "transaction":
+            raise ConfigError(
+                "Django migrations need a direct connection: DATABASE_URL points at a "
+                "transaction pooler (port 6543). Use the direct connection string.")
+        schemas = f'{svc.schema},{settings.topology().shared.schema}'
+        # Startup options are fine here: migrations never go through a transaction pooler.
+        options["options"] = f"-c role={svc.owner_role} -c search_path={schemas}"
+    else:
+        params = service_conninfo(svc, settings)
+        if pooler_mode(settings, params) == "transaction":
+            # No server-side prepared statements behind a transaction pooler.
+            options["prepare_threshold"] = None
+    return {"default": _alias(params, service=svc.name, readonly=False, options=options,
+                              pool=pool)}
+
+
+def configure_cross_service_databases(
+    service: str, targets: list[str], *, settings: Settings | None = None
+) -> dict[str, dict[str, Any]]:
+    """One read-only alias per service in *targets*, logged in as *service*'s role.
+
+    Raises CrossServiceAccessError at settings time for a target the topology
+    does not let *service* read.
+    """
+    settings = _settings(settings)
+    topology = settings.topology()
+    svc = topology.service(service)
+    params = service_conninfo(svc, settings)
+    options: dict[str, Any] = {}
+    if pooler_mode(settings, params) == "transaction":
+        options["prepare_threshold"] = None
+    out: dict[str, dict[str, Any]] = {}
+    for name in targets:
+        target = topology.service(name)
+        if target.name not in svc.reads:
+            raise CrossServiceAccessError(
+                f"Service {svc.name!r} may not read service {target.name!r} "
+                f"({target.schema}): the topology grants it {', '.join(svc.reads) or 'none'}. "
+                f"Add {target.name!r} to reads of [services.{svc.name}] if it should.")
+        alias = _alias(params, service=target.name, readonly=True, options=options, pool=False)
+        alias["TEST"] = {"MIRROR": "default"}  # the same database, seen through svc's role
+        out[target.name] = alias
+    return out
+
+
+def _mssql_alias(service: str, user: str, settings: Settings) -> dict[str, Any]:
+    host = settings.database_host or "localhost"
+    return {
+        "ENGINE": "mssql",
+        "NAME": settings.database_name,
+        "USER": user,
+        "PASSWORD": settings.service_override(
+            settings.topology().service(service), "PASSWORD") or "",
+        "HOST": host,
+        "PORT": str(settings.database_port if settings.database_port != 5432 else 1433),
+        "OPTIONS": {"driver": "ODBC Driver 18 for SQL Server", "extra_params": "Encrypt=yes"},
+        SERVICE_KEY: service,
+        READONLY_KEY: False,
+    }
+
+
+class EdulinkRouter:
+    """Django database router derived from the topology (a duck-typed router)."""
+
+    def __init__(self, topology: Topology | None = None) -> None:
+        self._topology = topology
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            self._topology = load_settings().topology()
+        return self._topology
+
+    # -- lookups ----------------------------------------------------------------
+    @staticmethod
+    def _databases() -> dict[str, dict[str, Any]]:
+        from django.conf import settings
+
+        dbs: dict[str, dict[str, Any]] = settings.DATABASES
+        return dbs
+
+    def own_service(self) -> str | None:
+        default = self._databases().get("default", {})
+        service = default.get(SERVICE_KEY)
+        return str(service) if service else None
+
+    def app_service(self, app_label: str) -> str | None:
+        from django.conf import settings
+
+        overrides: dict[str, str] = getattr(settings, APP_SERVICES_SETTING, {}) or {}
+        if app_label in overrides:
+            return self.topology.service(overrides[app_label]).name
+        for svc in self.topology.services:
+            if app_label in svc.django_apps:
+                return svc.name
+        return self.own_service()  # an app nobody claims belongs to this project
+
+    def alias_for(self, service: str | None) -> str | None:
+        if service is None or service == self.own_service():
+            return "default"
+        for alias, conf in self._databases().items():
+            if conf.get(SERVICE_KEY) == service:
+                return alias
+        return None
+
+    # -- Django's router protocol ----------------------------------------------------
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        service = self.app_service(model._meta.app_label)
+        alias = self.alias_for(service)
+        if alias is None:
+            raise CrossServiceAccessError(
+                f"{model._meta.label} belongs to service {service!r}, which this project "
+                f"({self.own_service()!r}) has no database alias for: add it with "
+                f"configure_cross_service_databases({self.own_service()!r}, [{service!r}]).")
+        return alias
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        service = self.app_service(model._meta.app_label)
+        own = self.own_service()
+        if service is not None and own is not None and service != own:
+            raise CrossServiceWriteError(
+                f"Service {own!r} may not write {model._meta.label}: it belongs to service "
+                f"{service!r} ({self.topology.service(service).schema}). Ask that service "
+                "to make the change.")
+        return "default"
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        return bool(self.app_service(obj1._meta.app_label)
+                    == self.app_service(obj2._meta.app_label))
+
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
+                      **hints: Any) -> bool | None:
+        conf = self._databases().get(db, {})
+        if conf.get(READONLY_KEY):
+            return False
+        alias_service = conf.get(SERVICE_KEY) or self.own_service()
+        return bool(self.app_service(app_label) == alias_service)
+
+
+def get_database_router() -> EdulinkRouter:
+    """The router for ``DATABASE_ROUTERS`` (an instance; Django accepts those)."""
+    return EdulinkRouter()

@@ -1,0 +1,37 @@
+"""A Django project with apps of three services, configured the way the seed says.
+
+EDULINK_DJANGO_SERVICE picks which service this process is: its 'default'
+alias logs in as that service's role (or as the owner, for migrate, with
+EDULINK_DB_DJANGO_MIGRATE=1). The application service also reads the user
+service's data through a read-only alias.
+"""
+
+import os
+
+from microservices.shared.database.django_settings import (
+    configure_cross_service_databases,
+    configure_service_database,
+    get_database_router,
+)
+
+SERVICE = os.environ.get("EDULINK_DJANGO_SERVICE", "user")
+
+SECRET_KEY = "edulink-db tests only"
+DEBUG = False
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",  # auth service (topology django_apps)
+    "django.contrib.auth",          # auth service
+    "profiles",                     # user service
+    "applications",                 # application service
+    "user_mirror",                  # user service's table, read by other services
+]
+
+DATABASES = configure_service_database(SERVICE)
+if SERVICE == "application":
+    DATABASES.update(configure_cross_service_databases("application", ["user"]))
+DATABASE_ROUTERS = [get_database_router()]
+# user_mirror is not in the topology: map it here (the override setting).
+EDULINK_DB_APP_SERVICES = {"user_mirror": "user"}
+TEST_RUNNER = "microservices.shared.database.django_test_runner.EdulinkTestRunner"
