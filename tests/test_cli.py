@@ -238,3 +238,103 @@ def test_up_recovers_after_the_server_was_killed(tmp_path: Path) -> None:
         assert json.loads(again.stdout)["verify"]["ok"]
     finally:
         run(["down"], tmp_path, env)
+
+
+SEED_SNIPPETS = '''
+import logging
+from datetime import datetime
+
+# Connection Management
+from microservices.shared.database.connection_manager import connection_manager
+
+with connection_manager.get_connection('user_service') as conn:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT * FROM user_schema.profiles_userprofile")
+        results = cursor.fetchall()
+
+health = connection_manager.health_check('user_service')
+print(f"Database health: {health}")
+
+# Cross-Schema Data Access
+from microservices.shared.database.cross_schema_access import (
+    get_user_profile_with_auth,
+    get_institution_details,
+    create_audit_log
+)
+
+user_data = get_user_profile_with_auth(
+    user_id="123",
+    requesting_service="application_service"
+)
+
+institution = get_institution_details(
+    institution_id="456",
+    requesting_service="user_service"
+)
+
+create_audit_log(
+    service_name="user_service",
+    action="profile_updated",
+    resource_type="user_profile",
+    resource_id="123",
+    user_id="123"
+)
+
+# Database Migrations
+from microservices.shared.database.migrations import MigrationManager
+
+migration_manager = MigrationManager()
+status = migration_manager.get_migration_status('user_service')
+print(f"Applied migrations: {status['applied_count']}")
+
+# Troubleshooting
+stats = connection_manager.get_pool_stats('user_service')
+print(f"Active connections: {stats['checked_out']}")
+
+from microservices.shared.database.cross_schema_access import cross_schema_manager
+can_access = cross_schema_manager.validate_access('user', 'auth_schema', 'read_only')
+
+if status['pending_count'] > 0:
+    print(f"Pending migrations: {status['pending_migrations']}")
+
+logging.getLogger('microservices.shared.database').setLevel(logging.DEBUG)
+
+def health_check():
+    db_health = connection_manager.health_check('user_service')
+    return {
+        'database': 'healthy' if db_health else 'unhealthy',
+        'timestamp': datetime.now().isoformat()
+    }
+
+print(health_check()['database'], user_data, institution, can_access)
+
+# Django Integration
+from microservices.shared.database.django_settings import (
+    configure_service_database,
+    configure_cross_service_databases,
+    get_database_router
+)
+
+DATABASES = configure_service_database('user')
+DATABASES.update(configure_cross_service_databases('user', ['auth', 'institution']))
+DATABASE_ROUTERS = [get_database_router()]
+print(sorted(DATABASES))
+connection_manager.close_all()
+'''
+
+
+def test_seed_snippets_run_as_written_after_up(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    env = clean_env()
+    try:
+        assert run(["up"], tmp_path, env).returncode == 0
+        result = subprocess.run([sys.executable, "-c", SEED_SNIPPETS], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "Database health: True" in result.stdout
+        assert "Applied migrations: 1" in result.stdout
+        assert "Active connections: 0" in result.stdout
+        assert "healthy None None True" in result.stdout
+        assert "['auth', 'default', 'institution']" in result.stdout
+    finally:
+        run(["down"], tmp_path, env)

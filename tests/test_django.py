@@ -103,13 +103,13 @@ def test_orm_cross_service_read_works_and_writes_fail_twice(migrated: dict[str, 
     assert result["read"] == "Grace" and result["read_alias"] == "user"
     assert "may not write user_mirror.ProfileMirror" in result["router_write"]
     assert "permission denied for table profiles_profile" in result["db_write"]
-    assert "permission denied for schema auth_schema" in result["auth_read"]
+    assert "permission denied for schema notification_schema" in result["other_read"]
     assert result["relation_allowed"] is False
 
 
 def test_ungranted_cross_service_alias_fails_at_settings_time(migrated: dict[str, Any]) -> None:
     error = scenario(migrated, "application", "settings_refuse_ungranted")["error"]
-    assert "'application' may not read service 'auth'" in error
+    assert "'application' may not read service 'notification'" in error
 
 
 def test_migrate_without_owner_mode_is_refused_by_postgres(migrated: dict[str, Any]) -> None:

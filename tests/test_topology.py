@@ -19,7 +19,7 @@ def test_default_topology_matches_the_seed() -> None:
         "user": {"auth", "institution"},
         "institution": set(),
         "notification": {"auth", "user", "institution", "application", "internship"},
-        "application": {"user", "institution", "internship"},
+        "application": {"auth", "user", "institution", "internship"},
         "internship": {"institution", "user"},
     }
     user = t.service("user")

@@ -52,12 +52,12 @@ def application_works(user_id: str) -> dict:
         out["db_write"] = "allowed"
     except django.db.utils.ProgrammingError as exc:
         out["db_write"] = str(exc).splitlines()[0]
-    try:  # no grant on auth for the application service
+    try:  # no grant on notification for the application service
         with connections["user"].cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM auth_schema.auth_user")
-        out["auth_read"] = "allowed"
+            cursor.execute("SELECT count(*) FROM notification_schema.django_migrations")
+        out["other_read"] = "allowed"
     except django.db.utils.ProgrammingError as exc:
-        out["auth_read"] = str(exc).splitlines()[0]
+        out["other_read"] = str(exc).splitlines()[0]
     app = JobApplication.objects.first()
     out["relation_allowed"] = django.db.router.allow_relation(app, mirror)
     return out
@@ -67,7 +67,7 @@ def settings_refuse_ungranted() -> dict:
     from microservices.shared.database.django_settings import configure_cross_service_databases
 
     try:
-        configure_cross_service_databases("application", ["auth"])
+        configure_cross_service_databases("application", ["notification"])
         return {"error": None}
     except CrossServiceAccessError as exc:
         return {"error": str(exc)}

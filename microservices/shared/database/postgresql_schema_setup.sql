@@ -271,14 +271,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" G
 -- Sequences auth_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT USAGE, SELECT ON SEQUENCES TO "auth_service_role";
 
--- Cross-service read grant on auth_schema: user_service_role, notification_service_role.
-GRANT USAGE ON SCHEMA "auth_schema" TO "user_service_role", "notification_service_role";
+-- Cross-service read grant on auth_schema: user_service_role, notification_service_role, application_service_role.
+GRANT USAGE ON SCHEMA "auth_schema" TO "user_service_role", "notification_service_role", "application_service_role";
 
--- user_service_role, notification_service_role may SELECT from auth_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "auth_schema" TO "user_service_role", "notification_service_role";
+-- user_service_role, notification_service_role, application_service_role may SELECT from auth_schema.
+GRANT SELECT ON ALL TABLES IN SCHEMA "auth_schema" TO "user_service_role", "notification_service_role", "application_service_role";
 
 -- ...including tables created later in auth_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role";
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role";
 
 -- user_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "user_schema" TO "user_service_role";
