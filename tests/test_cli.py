@@ -308,6 +308,24 @@ def health_check():
 
 print(health_check()['database'], user_data, institution, can_access)
 
+# Backup and Recovery
+from microservices.shared.database.backup import (
+    create_full_backup,
+    create_schema_backup,
+    restore_backup,
+    get_backup_status
+)
+
+backup = create_full_backup(compress=True)
+print(f"Backup created: {backup.backup_id}")
+
+schema_backup = create_schema_backup(['user_schema', 'auth_schema'])
+
+success = restore_backup('full_20240115_143022')
+
+status = get_backup_status()
+print(f"Total backups: {status['total_backups']}")
+
 # Django Integration
 from microservices.shared.database.django_settings import (
     configure_service_database,
@@ -336,5 +354,30 @@ def test_seed_snippets_run_as_written_after_up(tmp_path: Path) -> None:
         assert "Active connections: 0" in result.stdout
         assert "healthy None None True" in result.stdout
         assert "['auth', 'default', 'institution']" in result.stdout
+        assert "Backup created: full_" in result.stdout and "Total backups: 2" in result.stdout
     finally:
         run(["down"], tmp_path, env)
+
+
+def test_backup_cli_round_trip(fresh_db: dict[str, Any], tmp_path: Path) -> None:
+    from .conftest import do_provision
+
+    do_provision(fresh_db, default_topology())
+    env = configured_env(fresh_db, tmp_path / "home", default_topology())
+    made = run(["backup", "schema", "user_schema", "--json"], tmp_path, env)
+    assert made.returncode == 0, made.stderr
+    backup_id = json.loads(made.stdout)["backup_id"]
+    assert run(["backups", "verify", backup_id, "--deep"], tmp_path, env).returncode == 0
+    listed = json.loads(run(["backups", "list", "--json"], tmp_path, env).stdout)
+    assert [b["backup_id"] for b in listed] == [backup_id]
+    restored = run(["restore", backup_id, "--json"], tmp_path, env)
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["safety_backup"].startswith("prerestore_")
+    archive = tmp_path / "home" / "backups" / backup_id / f"{backup_id}.dump"
+    archive.write_bytes(archive.read_bytes()[:-10])
+    broken = run(["backups", "verify", backup_id], tmp_path, env)
+    assert broken.returncode == 1 and "truncated" in broken.stderr
+    assert run(["restore", backup_id], tmp_path, env).returncode == 3
+    assert run(["backup", "schema", "no_such_schema"], tmp_path, env).returncode == 2
+    assert run(["restore", "full_20240115_143022"], tmp_path, env).returncode == 3
+    assert run(["backup", "full", "--jobs", "2"], tmp_path, env).returncode == 2

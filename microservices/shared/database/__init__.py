@@ -5,6 +5,9 @@ and a topology (``topology.py``) that says who may read what.  See README.md.
 """
 
 from .errors import (
+    BackupCorruptError,
+    BackupError,
+    BackupNotFoundError,
     ConfigError,
     CrossServiceAccessError,
     CrossServiceWriteError,
@@ -29,6 +32,9 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackupCorruptError",
+    "BackupError",
+    "BackupNotFoundError",
     "ConfigError",
     "CrossServiceAccessError",
     "CrossServiceWriteError",

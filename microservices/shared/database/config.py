@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     database_migration_lock_wait: float = Field(
         300.0, gt=0, description="seconds to wait for another process migrating a schema")
 
+    # Backups.
+    edulink_db_backup_dir: Path | None = None
+    edulink_db_backup_verify: Literal["none", "basic", "deep"] = "none"
+    edulink_db_backup_keep_last: int = Field(7, ge=1)
+    edulink_db_backup_keep_days: float = Field(30.0, ge=0)
+    edulink_db_backup_max_age_hours: float = Field(26.0, gt=0)
+
     # edulink-db itself.
     edulink_db_topology: Path | None = None
     edulink_db_home: Path | None = None

@@ -88,3 +88,18 @@ class CrossServiceAccessError(EdulinkDBError):
 
 class CrossServiceWriteError(CrossServiceAccessError):
     """A write to another service's data; only a service itself writes its schema."""
+
+
+class BackupError(EdulinkDBError):
+    """A backup or restore could not be completed; nothing was changed by a restore."""
+
+
+class BackupNotFoundError(BackupError, KeyError):
+    """No complete backup has that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BackupCorruptError(BackupError):
+    """A backup's files do not match its manifest (flipped bytes, truncation, missing files)."""

@@ -139,6 +139,7 @@ class StatusReport:
     expected_roles: int = 0
     home: str = ""
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -163,4 +164,7 @@ def run_status(settings: Settings) -> StatusReport:
             report.provisioned_roles = int(row[0]) if row else 0
     except psycopg.OperationalError as exc:
         report.error = str(exc).strip().splitlines()[0]
+    from .backup import BackupManager  # local: backups are optional to status
+
+    report.warnings = [f"backups: {w}" for w in BackupManager(settings).status()["warnings"]]
     return report
