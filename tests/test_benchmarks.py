@@ -36,3 +36,14 @@ def test_migration_benchmark_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "yoyo-migrations (baseline)" in result.stdout
     assert "history round trips" in result.stdout
+
+
+def test_backup_benchmark_runs() -> None:
+    env = dict(os.environ)
+    if "EDULINK_TEST_DATABASE_URL" in env:
+        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "backup.py"), "--mb", "2", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "backup   plain" in result.stdout and "restore  plain" in result.stdout
