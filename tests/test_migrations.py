@@ -312,3 +312,11 @@ def test_two_services_migrate_in_parallel(fresh_db: dict[str, Any], tmp_path: Pa
     finally:
         slow.wait(timeout=60)
     assert slow.returncode == 0
+
+
+def test_provision_after_migrations_has_nothing_to_repair(db: dict[str, Any]) -> None:
+    """The schema-wide grants must not reach the history tables, even for a moment."""
+    manager().run_all_migrations()
+    report = do_provision(db, default_topology())
+    assert report.repaired == [] and not report.changed
+    assert verify(db, default_topology()).ok

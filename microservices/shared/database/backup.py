@@ -27,8 +27,10 @@ into an empty database, or onto another server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 RESTORE_LOCK_TIMEOUT = "60s"
+# Settings newer pg_restore versions put in a script's header: (first major, name).
+_VERSIONED_SETTINGS = [(17, "transaction_timeout")]
 
 
 def _quiet(_msg: str) -> None:
@@ -404,21 +408,59 @@ class BackupManager:
                 if schema != "public" and fresh:
                     prefix.write(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
                         sql.Identifier(schema)).as_string(None))
+        with connect(target, purpose="restore") as conn:
+            target_major = conn.info.server_version // 10000
         try:
-            with subprocess.Popen(restore_args, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE) as producer:
-                result = self._psql(target, major, [prefix.name, "-"], stdin=producer.stdout)
-                producer_err = producer.stderr.read().decode() if producer.stderr else ""
-                producer.wait()
+            code, psql_err, producer_code, producer_err = self._pump(
+                restore_args, target, major, prefix.name, target_major)
         finally:
             Path(prefix.name).unlink(missing_ok=True)
             if toc is not None:
                 toc.unlink(missing_ok=True)
-        if result.returncode != 0 or producer.returncode != 0:
-            detail = (result.stderr or producer_err).strip().splitlines()
+        if code != 0 or producer_code != 0:
+            detail = (psql_err or producer_err).strip().splitlines()
             raise BackupError(
                 f"Restore of {manifest.backup_id} failed and was rolled back; the database "
                 f"is unchanged. {' '.join(detail[-3:])}")
+
+    def _pump(self, restore_args: list[str], target: dict[str, Any], major: int,
+              prefix: str, target_major: int) -> tuple[int, str, int, str]:
+        """pg_restore's script into psql (one transaction), dropping header settings
+        the target does not know: pg_restore 18 writing a script cannot know the server
+        and emits e.g. ``SET transaction_timeout`` (PostgreSQL 17+)."""
+        unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
+        psql = find_tool("psql", major)
+        env = libpq_env(target)
+        env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
+        with tempfile.TemporaryFile() as psql_err, tempfile.TemporaryFile() as restore_err:
+            producer = subprocess.Popen(restore_args, stdout=subprocess.PIPE, stderr=restore_err)
+            consumer = subprocess.Popen(
+                [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                 "-f", prefix, "-f", "-"],
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err)
+            assert producer.stdout is not None and consumer.stdin is not None
+            try:
+                for _ in range(200):  # the header: settings come first
+                    line = producer.stdout.readline()
+                    if not line:
+                        break
+                    if not any(line.startswith(b"SET " + name + b" ") for name in unknown):
+                        consumer.stdin.write(line)
+                shutil.copyfileobj(producer.stdout, consumer.stdin, 1 << 20)
+            except BrokenPipeError:
+                pass  # psql stopped at an error: its exit code and stderr say which
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    consumer.stdin.close()
+            code = consumer.wait()
+            if code != 0:
+                producer.kill()
+            producer_code = producer.wait()
+            psql_err.seek(0)
+            restore_err.seek(0)
+            return (code, psql_err.read().decode(errors="replace"),
+                    0 if code != 0 else producer_code,
+                    restore_err.read().decode(errors="replace"))
 
     def _toc_for(self, manifest: Manifest, schemas: list[str]) -> Path:
         """A pg_restore list file with only *schemas*' entries.

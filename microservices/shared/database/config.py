@@ -85,6 +85,19 @@ class Settings(BaseSettings):
     database_migration_lock_wait: float = Field(
         300.0, gt=0, description="seconds to wait for another process migrating a schema")
 
+    # Monitoring (thresholds in the spirit of PgHero's defaults).
+    database_monitoring_enabled: bool = True
+    database_slow_query_log_ms: float = Field(500.0, gt=0, description="log statements slower")
+    database_slow_statement_ms: float = Field(20.0, gt=0, description="pg_stat_statements mean")
+    database_slow_statement_min_calls: int = Field(100, ge=1)
+    database_long_query_seconds: float = Field(60.0, gt=0)
+    database_idle_in_transaction_seconds: float = Field(60.0, gt=0)
+    database_connections_warn_ratio: float = Field(0.8, gt=0, le=1)
+    database_cache_hit_min: float = Field(0.99, ge=0, le=1)
+    database_xid_age_warn: int = Field(500_000_000, gt=0)
+    database_dead_tuple_ratio: float = Field(0.2, gt=0, le=1)
+    database_permission_error_threshold: int = Field(5, ge=1)
+
     # Backups.
     edulink_db_backup_dir: Path | None = None
     edulink_db_backup_verify: Literal["none", "basic", "deep"] = "none"

@@ -33,6 +33,7 @@ import logging
 import select
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -41,6 +42,7 @@ import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from . import metrics
 from .config import (
     Settings,
     conninfo_string,
@@ -229,6 +231,26 @@ class _ServicePool:
         self.config = pool_config(settings, service, self.params)
         self.conninfo = conninfo_string(self.params)
         self.stats = _Stats()
+        # Cursor classes: instrumented when monitoring is on; plain psycopg otherwise,
+        # so that turning monitoring off removes its cost entirely.
+        self.monitor: Any = None
+        if settings.database_monitoring_enabled:
+            from .instrumentation import (
+                AsyncInstrumentedContextCursor,
+                AsyncInstrumentedCursor,
+                InstrumentedContextCursor,
+                InstrumentedCursor,
+            )
+            from .monitoring import monitors
+
+            self.monitor = monitors.get(service.name, settings)
+            self.cursor: type[Any] = InstrumentedCursor
+            self.context_cursor: type[Any] = InstrumentedContextCursor
+            self.async_cursor: type[Any] = AsyncInstrumentedCursor
+            self.async_context_cursor: type[Any] = AsyncInstrumentedContextCursor
+        else:
+            self.cursor, self.context_cursor = psycopg.Cursor, ContextCursor
+            self.async_cursor, self.async_context_cursor = psycopg.AsyncCursor, AsyncContextCursor
         self.kwargs: dict[str, Any] = {
             "autocommit": True,
             "prepare_threshold": self.config.prepare_threshold,
@@ -238,6 +260,12 @@ class _ServicePool:
         self._lock = threading.Lock()
 
     # -- creation --------------------------------------------------------------
+    def _configure(self, conn: ServiceConnection) -> None:
+        conn.monitor = self.monitor  # once per new connection, not per checkout
+
+    async def _aconfigure(self, conn: AsyncServiceConnection) -> None:
+        conn.monitor = self.monitor
+
     def _probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
         server is reported at once and precisely, not as a pool timeout later."""
@@ -255,7 +283,8 @@ class _ServicePool:
                     pool = ConnectionPool(
                         self.conninfo,
                         connection_class=ServiceConnection,
-                        kwargs=self.kwargs,
+                        kwargs={**self.kwargs, "cursor_factory": self.cursor},
+                        configure=self._configure,
                         name=self.service.name,
                         min_size=self.config.min_size,
                         max_size=self.config.max_size,
@@ -279,7 +308,8 @@ class _ServicePool:
                     apool = AsyncConnectionPool(
                         self.conninfo,
                         connection_class=AsyncServiceConnection,
-                        kwargs=self.kwargs,
+                        kwargs={**self.kwargs, "cursor_factory": self.async_cursor},
+                        configure=self._aconfigure,
                         name=f"{self.service.name}-async",
                         min_size=self.config.min_size,
                         max_size=self.config.max_size,
@@ -375,7 +405,7 @@ class Checkout:
         # Only a checkout with a request context pays for the context-carrying cursor.
         if self._prologue is not None:
             conn.request_prologue = self._prologue
-            conn.cursor_factory = ContextCursor
+            conn.cursor_factory = entry.context_cursor
         self._conn = conn
         with entry.stats.lock:
             entry.stats.checked_out += 1
@@ -387,7 +417,7 @@ class Checkout:
         assert conn is not None and pool is not None
         if self._prologue is not None:
             conn.request_prologue = None
-            conn.cursor_factory = psycopg.Cursor
+            conn.cursor_factory = entry.cursor
         conn.returned_at = time.monotonic()
         self._conn = None
         with entry.stats.lock:
@@ -427,7 +457,7 @@ class AsyncCheckout:
             raise entry.timeout_error(pool.get_stats())
         if self._prologue is not None:
             conn.request_prologue = self._prologue
-            conn.cursor_factory = AsyncContextCursor
+            conn.cursor_factory = entry.async_context_cursor
         self._conn = conn
         with entry.stats.lock:
             entry.stats.checked_out += 1
@@ -439,7 +469,7 @@ class AsyncCheckout:
         assert conn is not None
         if self._prologue is not None:
             conn.request_prologue = None
-            conn.cursor_factory = psycopg.AsyncCursor
+            conn.cursor_factory = entry.async_cursor
         conn.returned_at = time.monotonic()
         self._conn = None
         with entry.stats.lock:
@@ -463,6 +493,7 @@ class ConnectionManager:
         self._aliases: dict[str, _ServicePool] = {}
         self._lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
+        _MANAGERS.add(self)
 
     def __repr__(self) -> str:
         return f"ConnectionManager(services={sorted(self._pools)})"
@@ -547,4 +578,17 @@ class ConnectionManager:
                 entry._sync = None
 
 
+_MANAGERS: weakref.WeakSet[ConnectionManager] = weakref.WeakSet()
+
+
+def _all_pool_stats() -> list[dict[str, Any]]:
+    out = []
+    for manager in list(_MANAGERS):
+        for entry in list(manager._pools.values()):
+            if entry._sync is not None or entry._async is not None:
+                out.append(entry.as_dict())
+    return out
+
+
+metrics.register(metrics.PoolCollector(_all_pool_stats))
 connection_manager = ConnectionManager()

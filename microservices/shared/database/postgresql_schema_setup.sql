@@ -280,6 +280,13 @@ GRANT SELECT ON ALL TABLES IN SCHEMA "auth_schema" TO "user_service_role", "noti
 -- ...including tables created later in auth_schema.
 ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role";
 
+-- The migration history in auth_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"auth_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "auth_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
+
 -- user_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "user_schema" TO "user_service_role";
 
@@ -303,6 +310,13 @@ GRANT SELECT ON ALL TABLES IN SCHEMA "user_schema" TO "notification_service_role
 
 -- ...including tables created later in user_schema.
 ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role", "internship_service_role";
+
+-- The migration history in user_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"user_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "user_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
 
 -- institution_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "institution_schema" TO "institution_service_role";
@@ -328,6 +342,13 @@ GRANT SELECT ON ALL TABLES IN SCHEMA "institution_schema" TO "user_service_role"
 -- ...including tables created later in institution_schema.
 ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
+-- The migration history in institution_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"institution_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "institution_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
+
 -- notification_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "notification_schema" TO "notification_service_role";
 
@@ -342,6 +363,13 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notifi
 
 -- Sequences notification_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notification_schema" GRANT USAGE, SELECT ON SEQUENCES TO "notification_service_role";
+
+-- The migration history in notification_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"notification_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "notification_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
 
 -- application_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "application_schema" TO "application_service_role";
@@ -367,6 +395,13 @@ GRANT SELECT ON ALL TABLES IN SCHEMA "application_schema" TO "notification_servi
 -- ...including tables created later in application_schema.
 ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT SELECT ON TABLES TO "notification_service_role";
 
+-- The migration history in application_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"application_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "application_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
+
 -- internship_service_role may use its own schema (no CREATE: no DDL).
 GRANT USAGE ON SCHEMA "internship_schema" TO "internship_service_role";
 
@@ -390,6 +425,13 @@ GRANT SELECT ON ALL TABLES IN SCHEMA "internship_schema" TO "notification_servic
 
 -- ...including tables created later in internship_schema.
 ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role";
+
+-- The migration history in internship_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
+DO $do$ BEGIN
+  IF pg_catalog.to_regclass('"internship_schema"."edulink_schema_history"') IS NOT NULL THEN
+    REVOKE ALL ON TABLE "internship_schema"."edulink_schema_history" FROM PUBLIC, "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+  END IF;
+END $do$;
 
 -- Every service (runtime and owner role) may use the shared schema.
 GRANT USAGE ON SCHEMA "shared_schema" TO "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role", "auth_service_owner", "user_service_owner", "institution_service_owner", "notification_service_owner", "application_service_owner", "internship_service_owner";

@@ -34,6 +34,7 @@ from psycopg import sql
 from .config import derive_service_conninfo
 from .direct import connect
 from .errors import ProvisioningError
+from .migrations import HISTORY_TABLE
 from .topology import Service, Topology
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,19 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
                                   "GRANT SELECT ON TABLES TO {}").format(o, s, rr)),
             ]
 
+        history = sql.Identifier(svc.schema, HISTORY_TABLE)
+        out.append(Statement(
+            f"The migration history in {svc.schema} is the owner's alone: undo what the "
+            "schema-wide grants just gave (same transaction, so never visible).",
+            sql.SQL(
+                "DO $do$ BEGIN\n"
+                "  IF pg_catalog.to_regclass({name}) IS NOT NULL THEN\n"
+                "    REVOKE ALL ON TABLE {history} FROM PUBLIC, {roles};\n"
+                "  END IF;\n"
+                "END $do$"
+            ).format(name=sql.Literal(history.as_string(None)), history=history,
+                     roles=_ids(runtime_roles)),
+        ))
     ss, so = sql.Identifier(shared.schema), sql.Identifier(shared.owner_role)
     audit = sql.Identifier(shared.schema, shared.audit_table)
     helper = sql.Identifier(shared.schema, RLS_HELPER)
@@ -265,6 +279,7 @@ class ProvisionReport:
     passwords_set: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     changed: bool = False
     duration_s: float = 0.0
 
@@ -278,6 +293,7 @@ class ProvisionReport:
             "passwords_set": self.passwords_set,
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
+            "notes": self.notes,
             "changed": self.changed,
             "duration_s": round(self.duration_s, 3),
         }
@@ -367,6 +383,26 @@ def _repair_drift(
         progress(f"repaired: {statement}")
 
 
+def _enable_statement_statistics(conn: psycopg.Connection[Any], report: ProvisionReport) -> None:
+    """Install pg_stat_statements where we may (monitoring reads it per role).
+
+    Best effort: it needs a superuser (or a platform that ships it installed, as
+    Supabase does) and shared_preload_libraries; without it monitoring degrades
+    gracefully, so a refusal is a note, not an error.
+    """
+    try:
+        with conn.transaction():
+            exists = conn.execute("SELECT 1 FROM pg_catalog.pg_extension"
+                                  " WHERE extname = 'pg_stat_statements'").fetchone()
+            if exists is None:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                report.notes.append("installed pg_stat_statements")
+    except psycopg.Error as exc:
+        report.notes.append("pg_stat_statements not installed "
+                            f"({exc.diag.message_primary}); monitoring works without it")
+    conn.commit()
+
+
 def _can_log_in(params: dict[str, Any]) -> bool:
     try:
         with psycopg.connect(**params, connect_timeout=10, autocommit=True):
@@ -452,6 +488,7 @@ def provision(
                 conn.commit()
                 report.passwords_set.append(svc.runtime_role)
 
+        _enable_statement_statistics(conn, report)
         after = read_catalog(conn, topology)
         conn.commit()
     report.changed = before != after or bool(report.passwords_set)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -66,6 +66,7 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
 
     request_prologue: Prologue | None = None
     returned_at: float = 0.0  # time.monotonic() when last returned to the pool
+    monitor: Any = None  # the service's monitoring.ServiceMonitor, when monitoring is on
     _prologue_cursor: psycopg.Cursor[TupleRow] | None = None
 
     def prologue_cursor(self) -> psycopg.Cursor[TupleRow]:
@@ -81,6 +82,7 @@ class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
 
     request_prologue: Prologue | None = None
     returned_at: float = 0.0
+    monitor: Any = None
     _prologue_cursor: psycopg.AsyncCursor[TupleRow] | None = None
 
     def prologue_cursor(self) -> psycopg.AsyncCursor[TupleRow]:
@@ -114,7 +116,7 @@ class ContextCursor(psycopg.Cursor[TupleRow]):
         *,
         prepare: bool | None = None,
         binary: bool | None = None,
-    ) -> ContextCursor:
+    ) -> Self:
         prologue = self._prologue()
         if prologue is None:
             return super().execute(query, params, prepare=prepare, binary=binary)
@@ -169,7 +171,7 @@ class AsyncContextCursor(psycopg.AsyncCursor[TupleRow]):
         *,
         prepare: bool | None = None,
         binary: bool | None = None,
-    ) -> AsyncContextCursor:
+    ) -> Self:
         prologue = self._prologue()
         if prologue is None:
             return await super().execute(query, params, prepare=prepare, binary=binary)
