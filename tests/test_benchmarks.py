@@ -47,3 +47,15 @@ def test_backup_benchmark_runs() -> None:
         capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert "backup   plain" in result.stdout and "restore  plain" in result.stdout
+
+
+def test_monitoring_benchmark_runs() -> None:
+    env = dict(os.environ)
+    if "EDULINK_TEST_DATABASE_URL" in env:
+        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "monitoring.py"),
+         "--seconds", "0.02", "--rounds", "2", "--threads", "2"],
+        capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "on/off" in result.stdout and "goal" in result.stdout

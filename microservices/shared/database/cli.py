@@ -266,16 +266,22 @@ def verify_cmd(
 @app.command("sql")
 def sql_cmd(
     topology: TopologyOption = None,
-    dialect: Annotated[str, typer.Option(help="postgresql")] = "postgresql",
+    dialect: Annotated[str, typer.Option(help="postgresql or sqlserver")] = "postgresql",
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Write to a file instead of stdout.")] = None,
 ) -> None:
-    """Print the setup script generated from the topology (postgresql_schema_setup.sql)."""
+    """Print the setup script generated from the topology: postgresql_schema_setup.sql, or
+    with --dialect sqlserver the T-SQL sqlserver_schema_setup.sql (sqlcmd, GO batches)."""
     try:
         settings = _settings(topology)
-        if dialect != "postgresql":
-            raise ConfigError(f"Unknown dialect {dialect!r}; supported: postgresql.")
-        script = render_postgresql_script(settings.topology())
+        if dialect == "postgresql":
+            script = render_postgresql_script(settings.topology())
+        elif dialect == "sqlserver":
+            from .sqlserver import render_sqlserver_script
+
+            script = render_sqlserver_script(settings.topology())
+        else:
+            raise ConfigError(f"Unknown dialect {dialect!r}; use postgresql or sqlserver.")
     except EdulinkDBError as exc:
         _fail(exc)
     if output:
