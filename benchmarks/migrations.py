@@ -35,23 +35,15 @@ from microservices.shared.database.topology import Topology, parse_topology
 from microservices.shared.database.tracing import protocol_trace, round_trips
 
 
-def write_migrations(root: Path, topology: Topology, files: int) -> None:
+def write_migrations(root: Path, topology: Topology, files: int, *,
+                     name: str = "V{i}__step_{i}.sql") -> None:
+    """--files small migrations per service; *name* follows the runner's naming
+    (yoyo applies files in lexical order, so it gets zero-padded names)."""
     for svc in topology.services:
         folder = root / svc.name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(1, files + 1):
-            (folder / f"V{i}__step_{i}.sql").write_text(
-                f"CREATE TABLE step_{i} (id int PRIMARY KEY, v text NOT NULL);\n"
-                f"INSERT INTO step_{i} VALUES ({i}, 'row {i}');\n")
-
-
-def write_yoyo(root: Path, topology: Topology, files: int) -> None:
-    """The same SQL, named as yoyo expects (lexical order = apply order)."""
-    for svc in topology.services:
-        folder = root / svc.name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(1, files + 1):
-            (folder / f"{i:04d}_step_{i}.sql").write_text(
+            (folder / name.format(i=i)).write_text(
                 f"CREATE TABLE step_{i} (id int PRIMARY KEY, v text NOT NULL);\n"
                 f"INSERT INTO step_{i} VALUES ({i}, 'row {i}');\n")
 
@@ -144,7 +136,7 @@ def main() -> int:
         ours_dir = Path(tempfile.mkdtemp(prefix="edulink-bench-ours-"))
         yoyo_dir = Path(tempfile.mkdtemp(prefix="edulink-bench-yoyo-"))
         write_migrations(ours_dir, topology, args.files)
-        write_yoyo(yoyo_dir, topology, args.files)
+        write_migrations(yoyo_dir, topology, args.files, name="{i:04d}_step_{i}.sql")
         ours: list[float] = []
         yoyo: list[float] = []
         for round_no in range(args.rounds):

@@ -10,52 +10,36 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_connection_benchmark_runs() -> None:
+def run_benchmark(script: str, *args: str) -> str:
+    """Run benchmarks/<script> with tiny sizes on the test server; return its output."""
     env = dict(os.environ)
     if "EDULINK_TEST_DATABASE_URL" in env:
         env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "connections.py"),
-         "--seconds", "0.02", "--rounds", "1", "--threads", "2"],
-        capture_output=True, text=True, timeout=300, env=env, check=False)
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                            capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_connection_benchmark_runs() -> None:
+    out = run_benchmark("connections.py", "--seconds", "0.02", "--rounds", "1",
+                        "--threads", "2")
     for path in ("a held connection", "b psycopg_pool", "c SQLAlchemy QueuePool",
                  "d get_connection", "e get_connection(user_id)"):
-        assert path in result.stdout
-    assert "ratio to (a)" in result.stdout and "goals:" in result.stdout
+        assert path in out
+    assert "ratio to (a)" in out and "goals:" in out
 
 
 def test_migration_benchmark_runs() -> None:
-    env = dict(os.environ)
-    if "EDULINK_TEST_DATABASE_URL" in env:
-        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "migrations.py"),
-         "--files", "3", "--rounds", "1", "--schemas", "3"],
-        capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "yoyo-migrations (baseline)" in result.stdout
-    assert "history round trips" in result.stdout
+    out = run_benchmark("migrations.py", "--files", "3", "--rounds", "1", "--schemas", "3")
+    assert "yoyo-migrations (baseline)" in out and "history round trips" in out
 
 
 def test_backup_benchmark_runs() -> None:
-    env = dict(os.environ)
-    if "EDULINK_TEST_DATABASE_URL" in env:
-        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "backup.py"), "--mb", "2", "--rounds", "1"],
-        capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "backup   plain" in result.stdout and "restore  plain" in result.stdout
+    out = run_benchmark("backup.py", "--mb", "2", "--rounds", "1")
+    assert "backup   plain" in out and "restore  plain" in out
 
 
 def test_monitoring_benchmark_runs() -> None:
-    env = dict(os.environ)
-    if "EDULINK_TEST_DATABASE_URL" in env:
-        env["EDULINK_BENCH_DATABASE_URL"] = env["EDULINK_TEST_DATABASE_URL"]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "monitoring.py"),
-         "--seconds", "0.02", "--rounds", "2", "--threads", "2"],
-        capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert result.returncode == 0, result.stderr
-    assert "on/off" in result.stdout and "goal" in result.stdout
+    out = run_benchmark("monitoring.py", "--seconds", "0.02", "--rounds", "2", "--threads", "2")
+    assert "on/off" in out and "goal" in out

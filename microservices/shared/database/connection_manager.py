@@ -342,6 +342,29 @@ class _ServicePool:
             f"DATABASE_MAX_OVERFLOW / EDULINK_DB_{self.service.name.upper()}_MAX_OVERFLOW."
         )
 
+    def lend(self, conn: ServiceConnection | AsyncServiceConnection,
+             prologue: Prologue | None, context_cursor: type[Any]) -> None:
+        """Bookkeeping when a connection goes to a caller. Only a checkout with a request
+        context pays for the context-carrying cursor."""
+        if prologue is not None:
+            conn.request_prologue = prologue
+            conn.cursor_factory = context_cursor
+        with self.stats.lock:
+            self.stats.checked_out += 1
+
+    def take_back(self, conn: ServiceConnection | AsyncServiceConnection,
+                  prologue: Prologue | None, base_cursor: type[Any],
+                  exc: BaseException | None) -> None:
+        """Bookkeeping when it comes back, before the pool gets it."""
+        if prologue is not None:
+            conn.request_prologue = None
+            conn.cursor_factory = base_cursor
+        conn.returned_at = time.monotonic()
+        with self.stats.lock:
+            self.stats.checked_out -= 1
+            if isinstance(exc, psycopg.Error):
+                self.stats.errors += 1
+
     def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
         with self.stats.lock:
             self.stats.lost += 1
@@ -402,28 +425,16 @@ class Checkout:
             pool.drain()  # the others are from before the restart too
         else:
             raise entry.timeout_error(pool.get_stats())
-        # Only a checkout with a request context pays for the context-carrying cursor.
-        if self._prologue is not None:
-            conn.request_prologue = self._prologue
-            conn.cursor_factory = entry.context_cursor
+        entry.lend(conn, self._prologue, entry.context_cursor)
         self._conn = conn
-        with entry.stats.lock:
-            entry.stats.checked_out += 1
         return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        conn, entry, pool = self._conn, self._entry, self._pool
+        conn, pool = self._conn, self._pool
         assert conn is not None and pool is not None
-        if self._prologue is not None:
-            conn.request_prologue = None
-            conn.cursor_factory = entry.cursor
-        conn.returned_at = time.monotonic()
         self._conn = None
-        with entry.stats.lock:
-            entry.stats.checked_out -= 1
-            if isinstance(exc, psycopg.Error):
-                entry.stats.errors += 1
+        self._entry.take_back(conn, self._prologue, self._entry.cursor, exc)
         pool.putconn(conn)  # rolls back anything left open
 
 
@@ -455,27 +466,16 @@ class AsyncCheckout:
             await pool.drain()
         else:
             raise entry.timeout_error(pool.get_stats())
-        if self._prologue is not None:
-            conn.request_prologue = self._prologue
-            conn.cursor_factory = entry.async_context_cursor
+        entry.lend(conn, self._prologue, entry.async_context_cursor)
         self._conn = conn
-        with entry.stats.lock:
-            entry.stats.checked_out += 1
         return conn
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         conn, entry = self._conn, self._entry
         assert conn is not None
-        if self._prologue is not None:
-            conn.request_prologue = None
-            conn.cursor_factory = entry.async_cursor
-        conn.returned_at = time.monotonic()
         self._conn = None
-        with entry.stats.lock:
-            entry.stats.checked_out -= 1
-            if isinstance(exc, psycopg.Error):
-                entry.stats.errors += 1
+        entry.take_back(conn, self._prologue, entry.async_cursor, exc)
         pool = await entry.async_pool(self._lock)
         await pool.putconn(conn)
 
