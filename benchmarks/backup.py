@@ -30,7 +30,7 @@ from psycopg import sql
 from benchmarks._server import bench_database
 from microservices.shared.database.backup import BackupManager
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.pg_tools import find_tool, libpq_env
+from microservices.shared.database.pg_tools import find_tool, libpq_env, tool_version
 
 
 def fill(admin: dict[str, Any], megabytes: int) -> int:
@@ -88,10 +88,21 @@ def main() -> int:
         with psycopg.connect(**admin) as conn:
             major = conn.info.server_version // 10000
         pg_dump, pg_restore = find_tool("pg_dump", major), find_tool("pg_restore", major)
+        # pg_restore 18 sends SET transaction_timeout even to older servers, which reject
+        # it (edulink-db filters it out); the plain baseline then uses the server's own
+        # pg_restore where one is installed.
+        # pg_restore 18 cannot be used as the plain baseline there, and an older pg_restore
+        # cannot read pg_dump 18's archives: on an older server the plain side uses the
+        # server's own pg_dump and pg_restore, where installed.
+        own = Path(f"/usr/lib/postgresql/{major}/bin")
+        older = tool_version(pg_restore) > major and (own / "pg_restore").exists()
+        plain_dump_tool = own / "pg_dump" if older else pg_dump
+        plain_restore_tool = own / "pg_restore" if older else pg_restore
+        print(f"edulink-db uses {pg_dump.parent}; plain uses {plain_dump_tool.parent}")
         plain_file = Path(tempfile.mkdtemp(prefix="edulink-bench-plain-")) / "plain.dump"
 
         def plain_dump() -> None:
-            subprocess.run([str(pg_dump), "-Fc", "-Z6", "-n", "user_schema",
+            subprocess.run([str(plain_dump_tool), "-Fc", "-Z6", "-n", "user_schema",
                             "-f", str(plain_file)], env=libpq_env(admin), check=True)
 
         backup_ids: list[str] = []
@@ -108,7 +119,8 @@ def main() -> int:
             targets = {"plain": fresh_db(base), "api": fresh_db(base)}
             try:
                 def plain_restore(t: dict[str, Any] = targets["plain"]) -> None:
-                    subprocess.run([str(pg_restore), "--single-transaction", "--exit-on-error",
+                    subprocess.run([str(plain_restore_tool), "--single-transaction",
+                                    "--exit-on-error",
                                     "-d", t["dbname"], str(plain_file)],
                                    env=libpq_env(t), check=True)
 
@@ -127,7 +139,7 @@ def main() -> int:
                 for target in targets.values():
                     drop_db(base, target)
         print(f"({args.rounds} rounds, median seconds; baseline = plain pg_dump/pg_restore, "
-              "same binary, custom format, gzip 6)")
+              "custom format, gzip 6; same binaries unless noted above)")
         for label, data in (("backup", dumps), ("restore", restores)):
             plain, api = statistics.median(data["plain"]), statistics.median(data["api"])
             print(f"  {label:8} plain {plain:6.2f} s   edulink-db {api:6.2f} s   "
