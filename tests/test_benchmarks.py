@@ -41,5 +41,5 @@ def test_backup_benchmark_runs() -> None:
 
 
 def test_monitoring_benchmark_runs() -> None:
-    out = run_benchmark("monitoring.py", "--seconds", "0.02", "--rounds", "2", "--threads", "2")
+    out = run_benchmark("monitoring.py", "--ops", "100", "--threads", "2")
     assert "on/off" in out and "goal" in out

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 def _monitor(conn: Any) -> ServiceMonitor | None:
-    monitor: ServiceMonitor | None = getattr(conn, "monitor", None)
+    # Pools hand out ServiceConnections, which always have the attribute.
+    monitor: ServiceMonitor | None = conn.monitor
     return monitor
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +46,11 @@ class ServiceMonitor:
         self.service = service
         self.slow_threshold_s = slow_threshold_s
         self._fingerprints: dict[str, tuple[str, str, str]] = {}
-        self._histograms: dict[str, Any] = {}
+        # Histogram buckets per query type, kept here under the counters' lock and
+        # exposed by MonitorCollector at scrape time: prometheus_client's own
+        # Histogram.observe would take two more locks on every statement.
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
         self._lock = threading.Lock()
         self.calls = 0
         self.errors = 0
@@ -56,13 +62,6 @@ class ServiceMonitor:
         self.permission_errors: deque[tuple[float, str]] = deque(maxlen=1000)
         self._slow_counter = metrics.SLOW_QUERIES.labels(self.service)
         self._permission_counter = metrics.PERMISSION_ERRORS.labels(self.service)
-
-    def _histogram(self, query_type: str) -> Any:
-        child = self._histograms.get(query_type)
-        if child is None:
-            child = self._histograms[query_type] = metrics.QUERY_DURATION.labels(
-                self.service, query_type)
-        return child
 
     def _fingerprint(self, query: Any, conn: Any) -> tuple[str, str, str]:
         text = query if isinstance(query, str) else None
@@ -91,12 +90,18 @@ class ServiceMonitor:
     def record(self, query_hash: str, query_type: str, duration: float, success: bool,
                sqlstate: str | None = None, text: str | None = None,
                message: str | None = None) -> None:
-        self._histogram(query_type).observe(duration)
+        index = bisect_left(metrics.BUCKETS, duration)
         now = time.monotonic()
         slow = duration > self.slow_threshold_s
         with self._lock:
             self.calls += 1
             self.total_time += duration
+            buckets = self.buckets.get(query_type)
+            if buckets is None:
+                buckets = self.buckets[query_type] = [0] * (len(metrics.BUCKETS) + 1)
+                self.sums[query_type] = 0.0
+            buckets[index] += 1
+            self.sums[query_type] += duration
             if not success:
                 self.errors += 1
             if slow:
@@ -208,6 +213,30 @@ def slow_threshold(settings: Settings, service: str) -> float:
 
 
 monitors = MonitorRegistry()
+
+
+class MonitorCollector(metrics.Collector):
+    """Exposes the monitors' query-duration histograms (edulink_db_query_duration_seconds)."""
+
+    def collect(self) -> Iterable[metrics.Metric]:
+        family = metrics.HistogramMetricFamily(
+            metrics.QUERY_DURATION_NAME,
+            "Duration of statements run through the connection manager.",
+            labels=["service", "query_type"])
+        for monitor in monitors.all():
+            with monitor._lock:
+                snapshot = {k: (list(v), monitor.sums[k]) for k, v in monitor.buckets.items()}
+            for query_type, (counts, total) in snapshot.items():
+                cumulative, running = [], 0
+                for bound, count in zip(metrics.BUCKETS, counts, strict=False):
+                    running += count
+                    cumulative.append((repr(float(bound)), running))
+                cumulative.append(("+Inf", running + counts[-1]))
+                family.add_metric([monitor.service, query_type], cumulative, sum_value=total)
+        yield family
+
+
+metrics.register(MonitorCollector())
 
 
 # -- the seed's API ------------------------------------------------------------------
