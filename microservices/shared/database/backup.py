@@ -64,6 +64,14 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+def _psql_env(target: dict[str, Any]) -> dict[str, str]:
+    """psql's environment: the target's credentials, and a restore that waits for locks
+    only so long (it replaces whole schemas, so it needs them all)."""
+    env = libpq_env(target)
+    env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
+    return env
+
+
 @dataclass
 class BackupInfo:
     """What create_*_backup returns (the seed reads ``backup_id``)."""
@@ -371,8 +379,7 @@ class BackupManager:
     def _psql(self, target: dict[str, Any], major: int, files: list[str],
               stdin: Any = None) -> subprocess.CompletedProcess[str]:
         psql = find_tool("psql", major)
-        env = libpq_env(target)
-        env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
+        env = _psql_env(target)
         args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
         for f in files:
             args += ["-f", f]
@@ -430,8 +437,7 @@ class BackupManager:
         and emits e.g. ``SET transaction_timeout`` (PostgreSQL 17+)."""
         unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
         psql = find_tool("psql", major)
-        env = libpq_env(target)
-        env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
+        env = _psql_env(target)
         with tempfile.TemporaryFile() as psql_err, tempfile.TemporaryFile() as restore_err:
             producer = subprocess.Popen(restore_args, stdout=subprocess.PIPE, stderr=restore_err)
             consumer = subprocess.Popen(

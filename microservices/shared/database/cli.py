@@ -74,7 +74,8 @@ def _settings(topology: Path | None) -> Settings:
     return load_settings(**overrides)
 
 
-def _progress(json_mode: bool) -> lifecycle.Progress:
+def _progress() -> lifecycle.Progress:
+    """Progress lines go to stderr, so that --json output on stdout stays parseable."""
     def show(msg: str) -> None:
         err.print(f"[dim]•[/dim] {msg}", highlight=False)
     return show
@@ -138,7 +139,7 @@ def up(
     """
     try:
         settings = _settings(topology)
-        report = lifecycle.run_up(settings, progress=_progress(json_out))
+        report = lifecycle.run_up(settings, progress=_progress())
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -171,7 +172,7 @@ def down() -> None:
             raise ConfigError("DATABASE_URL/DATABASE_HOST is set: 'down' only stops the "
                               "embedded server, and edulink-db never stops a server it did "
                               "not start.")
-        stopped = EmbeddedServer(settings.home).stop(_progress(False))
+        stopped = EmbeddedServer(settings.home).stop(_progress())
     except EdulinkDBError as exc:
         _fail(exc)
     out.print("stopped" if stopped else "not running")
@@ -225,7 +226,7 @@ def provision(
     """
     try:
         report = lifecycle.run_provision(
-            _settings(topology), rotate=rotate_passwords or [], progress=_progress(json_out))
+            _settings(topology), rotate=rotate_passwords or [], progress=_progress())
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -352,7 +353,7 @@ DirOption = Annotated[
 
 def _manager(topology: Path | None, directory: Path | None, quiet: bool) -> MigrationManager:
     return MigrationManager(_settings(topology), directory,
-                            progress=(lambda _m: None) if quiet else _progress(False))
+                            progress=(lambda _m: None) if quiet else _progress())
 
 
 @app.command()
@@ -490,7 +491,7 @@ CompressOption = Annotated[bool, typer.Option("--compress/--no-compress",
 
 def _backup_manager(quiet: bool = False) -> BackupManager:
     return BackupManager(_settings(None), progress=(lambda _m: None) if quiet
-                         else _progress(False))
+                         else _progress())
 
 
 def _print_backup(info: BackupInfo, json_out: bool) -> None:

@@ -110,7 +110,9 @@ class Settings(BaseSettings):
     edulink_db_home: Path | None = None
     edulink_db_migrations: Path | None = None
 
-    def __repr_args__(self) -> Any:  # never show even masked secrets' neighbours in URLs
+    def __repr_args__(self) -> Any:
+        # DATABASE_URL shows as a masked URL (host and user stay readable), instead of
+        # SecretStr's opaque '**********'.
         for key, value in super().__repr_args__():
             if key == "database_url" and value is not None:
                 yield key, mask_dsn(value.get_secret_value())
