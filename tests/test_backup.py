@@ -220,3 +220,41 @@ def test_retention_and_status(db: dict[str, Any], monkeypatch: pytest.MonkeyPatc
     assert sorted(m.prune(dry_run=True)) == sorted(ids[1:3])
     assert sorted(m.prune()) == sorted(ids[1:3])
     assert [b["backup_id"] for b in m.list_backups()] == [ids[0], ids[3], ids[4]]
+
+
+def test_rls_forced_tables_need_an_admin_that_bypasses_rls(
+    createrole_admin: dict[str, Any], unique_topology: Any, server: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """pg_dump turns row_security off and fails on FORCE RLS tables; --enable-row-security
+    would silently dump only visible rows. Refuse clearly instead, before dumping."""
+    do_provision(createrole_admin, unique_topology)
+    svc = unique_topology.services[1]
+    with psycopg.connect(**createrole_admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(svc.owner_role)))
+        conn.execute(sql.SQL("CREATE TABLE {} (owner_id text, body text)").format(
+            sql.Identifier(svc.schema, "notes")))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES ('a', 'x'), ('b', 'y')").format(
+            sql.Identifier(svc.schema, "notes")))
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(
+            sql.Identifier(svc.schema, "notes")))
+        conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(
+            sql.Identifier(svc.schema, "notes")))
+    service_env(monkeypatch, createrole_admin, unique_topology,
+                extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk")})
+    from .test_monitoring import _toml_of
+
+    topo_file = tmp_path / "topology.toml"
+    topo_file.write_text(_toml_of(unique_topology))
+    monkeypatch.setenv("EDULINK_DB_TOPOLOGY", str(topo_file))
+    m = manager()
+    with pytest.raises(BackupError, match="BYPASSRLS") as exc:
+        m.create_schema_backup([svc.schema])
+    assert f"{svc.schema}.notes" in str(exc.value)
+    assert m.list_backups() == [] and not m.store.partials()
+    with psycopg.connect(**server, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(
+            sql.Identifier(createrole_admin["user"])))
+    backup = m.create_schema_backup([svc.schema])
+    assert backup.row_counts[f"{svc.schema}.notes"] == 2
+    assert m.verify(backup.backup_id, deep=True)["ok"]

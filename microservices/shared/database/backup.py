@@ -140,6 +140,41 @@ def _toc_schema(line: str) -> str | None:
     return None
 
 
+def target_params(target_db: str | None, settings: Settings) -> dict[str, Any]:
+    if not target_db:
+        return admin_conninfo(settings)
+    try:
+        return dict(conninfo_to_dict(target_db))
+    except Exception:
+        raise ConfigError("--target-db is not a valid connection string.") from None
+
+
+def _require_rls_bypass(conn: psycopg.Connection[Any], schemas: list[str], action: str, *,
+                        archive_has_rls: bool = False) -> None:
+    """Refuse, before anything happens, a dump or restore that row-level security would
+    break: pg_dump and pg_restore turn row_security off and fail on tables whose policies
+    apply to them. (``--enable-row-security`` would instead dump only the rows the admin
+    may see: a silently incomplete backup.)"""
+    row = conn.execute("SELECT current_user, rolsuper OR rolbypassrls FROM pg_catalog.pg_roles"
+                       " WHERE rolname = current_user").fetchone()
+    assert row is not None
+    user, bypass = row
+    if bypass:
+        return
+    tables = [r[0] for r in conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY(%s) AND c.relrowsecurity"
+        " AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))"
+        " ORDER BY 1", [schemas]).fetchall()]
+    if tables or archive_has_rls:
+        what = ", ".join(tables) if tables else "tables with row-level security in the backup"
+        raise BackupError(
+            f"{action} {', '.join(schemas)} needs an admin that bypasses row-level security, "
+            f"and {user} does not: {what}. A superuser can run ALTER ROLE {user} BYPASSRLS "
+            "(Supabase's postgres has it), or use such a role for backups. Nothing was done.")
+
+
 class BackupManager:
     """Creates, verifies, restores and prunes backups in the backup directory
     (``EDULINK_DB_BACKUP_DIR``, default ``<edulink-db home>/backups``)."""
@@ -220,6 +255,7 @@ class BackupManager:
             if missing:
                 raise ConfigError(f"No schema {', '.join(missing)} in database "
                                   f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
+            _require_rls_bypass(snap, schemas, "Backing up")
             server_major = snap.info.server_version // 10000
             pg_dump = find_tool("pg_dump", server_major)
             target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
@@ -349,14 +385,10 @@ class BackupManager:
         self.progress(f"checking {backup_id} before touching anything")
         store.check_files(manifest)
         self._archive_tables(manifest)
-        admin = admin_conninfo(self.settings)
-        if target_db:
-            try:
-                target = dict(conninfo_to_dict(target_db))
-            except Exception:
-                raise ConfigError("--target-db is not a valid connection string.") from None
-        else:
-            target = admin
+        if self._archive_has_rls(manifest, chosen):
+            with connect(target_params(target_db, self.settings), purpose="restore") as conn:
+                _require_rls_bypass(conn, chosen, "Restoring", archive_has_rls=True)
+        target = target_params(target_db, self.settings)
         with connect(target, purpose="restore") as conn:
             existing = {r[0] for r in conn.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
@@ -467,6 +499,14 @@ class BackupManager:
             return (code, psql_err.read().decode(errors="replace"),
                     0 if code != 0 else producer_code,
                     restore_err.read().decode(errors="replace"))
+
+    def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
+        directory = self.store.path(manifest.backup_id)
+        pg_restore = find_tool("pg_restore", int(manifest.tool_version))
+        listing = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
+                                 capture_output=True, text=True, check=True).stdout
+        return any(" ROW SECURITY " in line and _toc_schema(line) in schemas
+                   for line in listing.splitlines())
 
     def _toc_for(self, manifest: Manifest, schemas: list[str]) -> Path:
         """A pg_restore list file with only *schemas*' entries.
