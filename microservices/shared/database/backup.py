@@ -182,6 +182,9 @@ class BackupManager:
     def __init__(self, settings: Settings | None = None, progress: Progress = _quiet) -> None:
         self._settings = settings
         self.progress = progress
+        # Tables of contents by backup id. A listing cannot go stale: backups never
+        # change, and check_files (checksums) runs before every use of one.
+        self._listings: dict[str, list[str]] = {}
 
     @property
     def settings(self) -> Settings:
@@ -306,8 +309,13 @@ class BackupManager:
         return {name: int(n) for name, n in rows}
 
     # -- verifying ------------------------------------------------------------------
-    def _archive_tables(self, manifest: Manifest) -> set[str]:
-        """pg_restore --list of the archive: proves it is readable; returns its tables."""
+    def _listing(self, manifest: Manifest) -> list[str]:
+        """The archive's table of contents (``pg_restore --list``), read once per backup
+        and manager: reading it proves the archive is readable, and restores, RLS checks
+        and subset selection all work from it."""
+        cached = self._listings.get(manifest.backup_id)
+        if cached is not None:
+            return cached
         directory = self.store.path(manifest.backup_id)
         pg_restore = find_tool("pg_restore", int(manifest.tool_version))
         result = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
@@ -315,8 +323,13 @@ class BackupManager:
         if result.returncode != 0:
             raise BackupError(f"pg_restore cannot read {manifest.backup_id}: "
                               f"{result.stderr.strip()}")
+        listing = self._listings[manifest.backup_id] = result.stdout.splitlines()
+        return listing
+
+    def _archive_tables(self, manifest: Manifest) -> set[str]:
+        """The tables whose data the archive holds."""
         tables = set()
-        for line in result.stdout.splitlines():
+        for line in self._listing(manifest):
             if " TABLE DATA " in line:
                 parts = line.split(" TABLE DATA ", 1)[1].split()
                 if len(parts) >= 2:
@@ -501,12 +514,8 @@ class BackupManager:
                     restore_err.read().decode(errors="replace"))
 
     def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
-        directory = self.store.path(manifest.backup_id)
-        pg_restore = find_tool("pg_restore", int(manifest.tool_version))
-        listing = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
-                                 capture_output=True, text=True, check=True).stdout
         return any(" ROW SECURITY " in line and _toc_schema(line) in schemas
-                   for line in listing.splitlines())
+                   for line in self._listing(manifest))
 
     def _toc_for(self, manifest: Manifest, schemas: list[str]) -> Path:
         """A pg_restore list file with only *schemas*' entries.
@@ -514,11 +523,7 @@ class BackupManager:
         ``pg_restore --schema`` would restore the objects but not the schema itself or
         its ACL, so a subset is selected from the archive's table of contents instead.
         """
-        directory = self.store.path(manifest.backup_id)
-        pg_restore = find_tool("pg_restore", int(manifest.tool_version))
-        listing = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
-                                 capture_output=True, text=True, check=True).stdout
-        kept = [line for line in listing.splitlines() if _toc_schema(line) in schemas]
+        kept = [line for line in self._listing(manifest) if _toc_schema(line) in schemas]
         with tempfile.NamedTemporaryFile("w", suffix=".toc", delete=False) as fh:
             fh.write("\n".join(kept) + "\n")
         return Path(fh.name)
@@ -544,6 +549,7 @@ class BackupManager:
         if not dry_run:
             for backup_id in doomed:
                 store.delete(backup_id)
+                self._listings.pop(backup_id, None)
             store.clean_partials()
         return doomed
 
