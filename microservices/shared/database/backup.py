@@ -282,7 +282,8 @@ class BackupManager:
                 if code != 0:
                     errors.seek(0)
                     raise BackupError(f"pg_dump failed (exit {code}): {errors.read().strip()}")
-            server_version = snap.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            # Reported by the server at connect: no query needed.
+            server_version = snap.info.parameter_status("server_version") or ""
             snap.rollback()
         (work / "preamble.sql").write_text(render_postgresql_script(self.settings.topology()))
         self.progress("checksumming files")

@@ -157,7 +157,7 @@ def run_status(settings: Settings) -> StatusReport:
         report.target = mask_dsn(admin)
         with psycopg.connect(**admin, connect_timeout=5, autocommit=True) as conn:
             report.running = True
-            report.server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            report.server_version = conn.info.parameter_status("server_version")
             row = conn.execute(
                 "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)", [roles]
             ).fetchone()
