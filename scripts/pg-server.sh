@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Start or stop a throwaway PostgreSQL cluster from Debian's packages, for tests.
 #
-#   scripts/pg-server.sh start VERSION DIR PORT   # prints a superuser URL on stdout
+#   scripts/pg-server.sh start VERSION DIR [PORT]  # prints a superuser URL on stdout
 #   scripts/pg-server.sh stop  VERSION DIR
+#
+# Without PORT (or with PORT=auto) the server listens on a port the kernel has just
+# handed out, and a start that loses that port to another process before binding it
+# retries on a fresh one.  Never pass a fixed port in the ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999): any outgoing connection may
+# hold it at that moment (tests/test_ports.py checks the repository for such ports).
 #
 # Installs postgresql-VERSION with apt-get when it is missing. Runs the server as
 # the 'postgres' OS user when invoked as root (PostgreSQL refuses to run as root).
@@ -21,7 +27,7 @@ as_pg() {
 
 case "$action" in
 start)
-  port=${4:?PORT}
+  port=${4:-auto}
   if [ ! -x "$bindir/postgres" ]; then
     echo "installing postgresql-$version with apt-get" >&2
     apt-get update -qq >&2
@@ -43,10 +49,30 @@ start)
     printf '%s' "$password" >"$dir/superuser.password"
     chmod 600 "$dir/superuser.password"
   fi
-  as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories= \
-        -c max_connections=300 -c shared_preload_libraries=pg_stat_statements" start >&2
-  echo "postgresql://postgres:$(cat "$dir/superuser.password")@127.0.0.1:$port/postgres"
+  log="$dir/data/server.log"
+  for attempt in 1 2 3 4 5; do
+    try_port=$port
+    if [ "$port" = auto ]; then
+      try_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    fi
+    offset=$(stat -c %s "$log" 2>/dev/null || echo 0)
+    if as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -c port=$try_port -c unix_socket_directories= \
+            -c max_connections=300 -c shared_preload_libraries=pg_stat_statements" start >&2
+    then
+      echo "postgresql://postgres:$(cat "$dir/superuser.password")@127.0.0.1:$try_port/postgres"
+      exit 0
+    fi
+    if [ "$port" = auto ] && tail -c +"$((offset + 1))" "$log" | grep -q "Address already in use"; then
+      echo "port $try_port was taken before the server bound it (attempt $attempt); retrying" >&2
+      continue
+    fi
+    echo "PostgreSQL $version did not start; server log $log:" >&2
+    tail -n 20 "$log" >&2 || true
+    exit 1
+  done
+  echo "PostgreSQL $version: no free port after 5 attempts" >&2
+  exit 1
   ;;
 stop)
   if [ -f "$dir/data/postmaster.pid" ]; then

@@ -45,8 +45,11 @@ def server() -> Iterator[dict[str, Any]]:
 
     from microservices.shared.database.embedded import EmbeddedServer
 
+    from .ports import free_port
+
     home = Path(tempfile.mkdtemp(prefix="edulink-test-")) / ".edulink-db"
-    emb = EmbeddedServer(home)
+    # A port the kernel just handed out; start() moves on if someone takes it first.
+    emb = EmbeddedServer(home, port=free_port())
     info = emb.start()
     try:
         yield emb.admin_params(info)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +30,7 @@ from microservices.shared.database.monitoring import (
 from microservices.shared.database.topology import default_topology
 
 from .conftest import do_provision, service_params
+from .ports import PortTaken, start_on_free_port
 
 CLI = [sys.executable, "-m", "microservices.shared.database"]
 
@@ -238,21 +239,28 @@ def test_cli_health_top_and_metrics(provisioned_db: dict[str, Any], tmp_path: Pa
     top = subprocess.run([*CLI, "top", "--once"], env=env, capture_output=True, text=True,
                          timeout=60, check=False)
     assert top.returncode == 0 and "notification" in top.stdout
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([*CLI, "metrics", "--port", str(port)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline, body = time.monotonic() + 30, ""
+
+    def start_exporter(port: int) -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen([*CLI, "metrics", "--port", str(port)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                             timeout=5) as response:
-                    body = response.read().decode()
-                break
+                    return proc, response.read().decode()
             except OSError:
+                if proc.poll() is not None:
+                    stderr = proc.communicate()[1]
+                    if "Address already in use" in " ".join(stderr.split()):
+                        raise PortTaken(port) from None
+                    raise AssertionError(f"exporter exited: {stderr}") from None
                 time.sleep(0.2)
+        proc.terminate()
+        raise AssertionError("exporter did not answer within 30 s")
+
+    _port, (server, body) = start_on_free_port(start_exporter)
+    try:
         assert "edulink_db_up 1.0" in body
         assert 'edulink_db_connections{service="user",state="idle"}' in body
         assert 'edulink_db_schema_size_bytes{service="user"}' in body
@@ -266,10 +274,15 @@ def test_metrics_mount_in_a_service_process() -> None:
     from microservices.shared.database.metrics import metrics_wsgi_app, start_metrics_server
 
     assert callable(metrics_wsgi_app())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = start_metrics_server(port, addr="127.0.0.1")
+    def start(port: int) -> Any:
+        try:
+            return start_metrics_server(port, addr="127.0.0.1")
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortTaken(port) from None
+            raise
+
+    port, server = start_on_free_port(start)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                     timeout=5) as response:

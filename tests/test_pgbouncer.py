@@ -24,12 +24,47 @@ from microservices.shared.database.connection_manager import ConnectionManager
 from microservices.shared.database.topology import default_topology
 
 from .conftest import SERVICE_PASSWORD
+from .ports import PortTaken, start_on_free_port
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _start_pgbouncer(binary: str, workdir: Path, port: int, databases: str,
+                     user: str | None) -> subprocess.Popen[bytes]:
+    """Start PgBouncer on *port*; raise PortTaken if another process holds the port."""
+    config = workdir / "pgbouncer.ini"
+    config.write_text(
+        f"[databases]\n{databases}"
+        "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+        f"listen_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\n"
+        f"auth_file = {workdir}/userlist.txt\npool_mode = transaction\n"
+        "max_client_conn = 500\ndefault_pool_size = 2\n"
+        f"logfile = {workdir}/pgbouncer.log\npidfile = {workdir}/pgbouncer.pid\n"
+    )
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        for path in [workdir, *workdir.iterdir()]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    proc = subprocess.Popen([binary, str(config)], user=user,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = workdir / "pgbouncer.log"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+                output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                text = (log.read_text() if log.exists() else "") + output
+                log.unlink(missing_ok=True)
+                if "Address already in use" in text:
+                    raise PortTaken(port) from None
+                raise RuntimeError(f"pgbouncer did not start: {text}") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -45,41 +80,15 @@ def pgbouncer(provisioned_db: dict[str, Any]) -> Iterator[dict[str, Any]]:
             pytest.fail("pgbouncer is not installed; .ci/run installs it with apt-get")
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
     workdir = Path(tempfile.mkdtemp(prefix="edulink-pgbouncer-"))
-    port = _free_port()
     db = provisioned_db["dbname"]
     server = f"host={provisioned_db['host']} port={provisioned_db['port']} dbname={db}"
     users = "\n".join(f'"{r}" "{SERVICE_PASSWORD}"' for r in default_topology().runtime_roles)
     (workdir / "userlist.txt").write_text(users + "\n")
-    (workdir / "pgbouncer.ini").write_text(
-        f"[databases]\n{db} = {server} pool_size=2\n{db}_one = {server} pool_size=1\n"
-        "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
-        f"listen_port = {port}\nunix_socket_dir =\nauth_type = scram-sha-256\n"
-        f"auth_file = {workdir}/userlist.txt\npool_mode = transaction\n"
-        "max_client_conn = 500\ndefault_pool_size = 2\n"
-        f"logfile = {workdir}/pgbouncer.log\npidfile = {workdir}/pgbouncer.pid\n"
-    )
-    user = None
-    if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        import pwd
-
-        entry = pwd.getpwnam("nobody")
-        for path in [workdir, *workdir.iterdir()]:
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-        user = "nobody"
-    proc = subprocess.Popen([binary, str(workdir / "pgbouncer.ini")], user=user,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    databases = f"{db} = {server} pool_size=2\n{db}_one = {server} pool_size=1\n"
+    user = "nobody" if os.geteuid() == 0 else None  # PgBouncer refuses to run as root
+    port, proc = start_on_free_port(
+        lambda p: _start_pgbouncer(binary, workdir, p, databases, user))
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = (workdir / "pgbouncer.log")
-                    raise RuntimeError("pgbouncer did not start: "
-                                       + (log.read_text() if log.exists() else "")) from None
-                time.sleep(0.1)
         yield {**provisioned_db, "host": "127.0.0.1", "port": str(port)}
     finally:
         proc.terminate()

@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 
 ADMIN_USER = "postgres"
 ADMIN_SECRET_KEY = "embedded:admin"  # noqa: S105 - a key name, not a secret
-DEFAULT_PORT = 54329
+# Below Linux's ephemeral range (32768-60999 by default), so the kernel never hands it
+# out as the local port of an outgoing connection or of a server that binds port 0.
+DEFAULT_PORT = 25432
+# A port found free can be taken before the server binds it; start then tries another.
+BIND_ATTEMPTS = 5
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60
 
@@ -236,19 +240,27 @@ class EmbeddedServer:
             else:
                 self._check_version()
             port = self._choose_port()
-            self._write_config(port)
-            progress(f"starting embedded PostgreSQL on {HOST}:{port}")
-            try:
-                self._run(
-                    "pg_ctl",
-                    ["-D", str(self.pgdata), "-l", str(self.log_path), "-w",
-                     "-t", str(START_TIMEOUT_S), "start"],
-                    timeout=START_TIMEOUT_S + 10,
-                )
-            except EmbeddedServerError as exc:
-                raise EmbeddedServerError(
-                    f"{exc}\nThe server log is at {self.log_path}:\n{self._log_tail()}"
-                ) from None
+            for attempt in range(1, BIND_ATTEMPTS + 1):
+                self._write_config(port)
+                progress(f"starting embedded PostgreSQL on {HOST}:{port}")
+                log_size = self._log_size()
+                try:
+                    self._run(
+                        "pg_ctl",
+                        ["-D", str(self.pgdata), "-l", str(self.log_path), "-w",
+                         "-t", str(START_TIMEOUT_S), "start"],
+                        timeout=START_TIMEOUT_S + 10,
+                    )
+                    break
+                except EmbeddedServerError as exc:
+                    if attempt < BIND_ATTEMPTS and self._lost_port_race(log_size):
+                        taken, port = port, _free_port()
+                        progress(f"port {taken} was taken before the server could bind it; "
+                                 f"trying {port}")
+                        continue
+                    raise EmbeddedServerError(
+                        f"{exc}\nThe server log is at {self.log_path}:\n{self._log_tail()}"
+                    ) from None
             self.state_path.write_text(json.dumps({"port": port}) + "\n")
             deadline = time.monotonic() + START_TIMEOUT_S
             while (info := self.running_info()) is None:
@@ -357,6 +369,23 @@ class EmbeddedServer:
 
             entry = pwd.getpwnam(user)
             os.chown(conf, entry.pw_uid, entry.pw_gid)
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _lost_port_race(self, log_offset: int) -> bool:
+        """Whether the start that wrote the log from *log_offset* on failed only because
+        another process bound the port first."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(log_offset)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return False
+        return "could not bind" in text and "Address already in use" in text
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
