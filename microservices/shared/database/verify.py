@@ -55,6 +55,8 @@ class RoleState:
     settings: tuple[tuple[str, str], ...]  # role-level, overridden by database-specific
     managed: bool = False  # carries provisioning.MANAGED_COMMENT
     connection_limit: int = -1  # pg_roles.rolconnlimit; -1 = unlimited
+    # Settings made with ALTER ROLE ... IN DATABASE (this one): repaired there.
+    database_setting_keys: tuple[str, ...] = ()
 
     @property
     def search_path(self) -> str | None:
@@ -89,12 +91,13 @@ class CatalogState:
     # max_connections, superuser_reserved_connections, reserved_connections, usable,
     # headroom, derived limit: provisioning.connection_budget_query.
     connection_budget: tuple[int, int, int, int, int, int] | None = None
+    database: str = ""
     queries: int = 0
 
 
 def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogState:
     """Read the catalog facts verify needs, in a constant number of queries."""
-    state = CatalogState()
+    state = CatalogState(database=conn.info.dbname)
     runtime = topology.runtime_roles
     roles = runtime + topology.owner_roles
     schemas = topology.schemas
@@ -123,6 +126,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
         (name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg,
          managed, connlimit) = row
         settings: dict[str, str] = {}
+        db_keys = tuple(sorted(item.partition("=")[0] for item in db_cfg or []))
         for cfg in (role_cfg or [], db_cfg or []):  # the database-specific one wins
             for item in cfg:
                 key, _eq, value = item.partition("=")
@@ -136,6 +140,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
             settings=tuple(sorted(settings.items())),
             managed=managed,
             connection_limit=connlimit,
+            database_setting_keys=db_keys,
         )
 
     budget = q(connection_budget_query(topology), {})
@@ -414,13 +419,20 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
                                     _q("REVOKE {} FROM {}", sql.Identifier(granted), rid)))
         want_path = ", ".join(search_path_for(svc, topology))
         if rs.search_path != want_path:
+            in_db = _in_database(state, rs, "search_path")
+            repair = (_q("ALTER ROLE {}{} RESET search_path", rid, in_db) if in_db
+                      else _q("ALTER ROLE {} SET search_path = {}", rid, sql.SQL(", ").join(
+                          sql.Identifier(s) for s in search_path_for(svc, topology))))
             problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
-                                    f"search_path is {rs.search_path!r}, expected {want_path!r}"))
+                                    f"search_path is {rs.search_path!r}, expected {want_path!r}",
+                                    repair))
         have, want = dict(rs.settings), dict(svc.role_settings)
         for key in sorted(ROLE_SETTINGS):
             if have.get(key) == want.get(key):
                 continue
-            repair = (_q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
+            in_db = _in_database(state, rs, key)
+            repair = (_q(f"ALTER ROLE {{}}{{}} RESET {key}", rid, in_db) if in_db
+                      else _q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
                       if key in want else _q(f"ALTER ROLE {{}} RESET {key}", rid))
             problems.append(Problem(rs.name, "", "role setting", key,
                                     f"{key} is {have.get(key)!r}, expected {want.get(key)!r}",
@@ -442,6 +454,14 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
                 problems.append(Problem(owner, "", "role", keyword, f"owner role has {keyword}",
                                         _q(f"ALTER ROLE {{}} NO{keyword}", oid_)))
     return problems
+
+
+def _in_database(state: CatalogState, rs: RoleState, key: str) -> sql.Composed | None:
+    """`` IN DATABASE <this one>`` when *key* is set there (it overrides the role-level
+    value, so that is where a repair must act), else None."""
+    if key in rs.database_setting_keys:
+        return _q(" IN DATABASE {}", sql.Identifier(state.database))
+    return None
 
 
 def _ownership_mark_problems(state: CatalogState) -> list[Problem]:
@@ -607,7 +627,9 @@ def _ownership_problems(state: CatalogState) -> list[Problem]:
         for role, kind_name, name in sorted(state.runtime_owned)
     ]
     problems += [
-        Problem(role, "", "database", priv, "runtime role may create schemas in the database")
+        Problem(role, "", "database", priv, "runtime role may create schemas in the database",
+                _q(f"REVOKE {priv} ON DATABASE {{}} FROM {{}}", sql.Identifier(state.database),
+                   sql.Identifier(role)))
         for role, priv in sorted(state.database_privileges)
     ]
     return problems
