@@ -76,12 +76,15 @@ UNADOPTABLE_ATTRIBUTES = ("rolsuper", "rolbypassrls", "rolreplication", "rolcrea
 
 # Connection budget of the runtime roles whose topology sets no connection_limit:
 # usable = max_connections - superuser_reserved_connections - reserved_connections
-# (16+), minus headroom for the provisioning admin, migrations, monitoring and
-# psql sessions: the larger of HEADROOM_MIN connections and HEADROOM_PERCENT % of
-# usable (rounded up).  What is left after explicit limits is split evenly, at
-# least 1 each.
-HEADROOM_MIN = 5
-HEADROOM_PERCENT = 10
+# (16+), minus headroom for the sessions that are not runtime roles: the
+# provisioning admin (1-2), one migrator per service while a deploy runs (6 in the
+# default topology), monitoring and a psql session.  That is about 10 on any server,
+# and a share of big servers (5 %, rounded up) for more of the same.  What is left
+# after explicit limits is split evenly, at least 1 each.  With max_connections = 200
+# (the embedded server): usable 197, headroom 10, 31 per service, so the default pool
+# (10 + 20 overflow) fits; Supabase's smallest plan (60) gives 7 per service.
+HEADROOM_MIN = 10
+HEADROOM_PERCENT = 5
 
 
 @dataclass(frozen=True)
