@@ -584,11 +584,15 @@ def _claim_roles(
         if is_admin:
             refused.append(f"{name}: {_refusal(name, attrs, True)}")
         elif marked:
-            if sup and not admin_super:
+            # Only a superuser may alter a superuser role at all, and on PostgreSQL 15 a
+            # REPLICATION role too; every later ALTER ROLE would fail, so say why now.
+            locked = "SUPERUSER" if sup else (
+                "REPLICATION" if repl and conn.info.server_version < 160000 else None)
+            if locked and not admin_super:
                 refused.append(
-                    f"{name}: edulink-db created it, but it has since been made SUPERUSER, and "
-                    f"only a superuser may change a superuser role: have one run "
-                    f"ALTER ROLE {name} NOSUPERUSER; (verify reports this too)")
+                    f"{name}: edulink-db created it, but it has since been given {locked}, "
+                    f"and only a superuser may alter such a role: have one run "
+                    f"ALTER ROLE {name} NO{locked}; (verify reports this too)")
         elif name in wanted:
             reason = _refusal(name, attrs, False)
             if reason is None:
