@@ -216,6 +216,14 @@ def provision(
         typer.Option("--rotate-passwords", "-r", metavar="SERVICE",
                      help="Issue a new generated password to SERVICE (repeatable)."),
     ] = None,
+    adopt: Annotated[
+        list[str] | None,
+        typer.Option("--adopt", metavar="ROLE",
+                     help="Take over ROLE, a topology role that exists but that edulink-db "
+                          "did not create: mark it and manage it from now on (repeatable). "
+                          "Never allowed for superusers, the admin, platform roles, or roles "
+                          "with BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create or update schemas, roles and grants so the database matches the topology.
@@ -226,14 +234,17 @@ def provision(
     """
     try:
         report = lifecycle.run_provision(
-            _settings(topology), rotate=rotate_passwords or [], progress=_progress())
+            _settings(topology), rotate=rotate_passwords or [], adopt=adopt or [],
+            progress=_progress())
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
         _print_json(report.as_dict())
     else:
+        adopted = (f"{len(report.adopted_roles)} adopted ({', '.join(report.adopted_roles)}), "
+                   if report.adopted_roles else "")
         out.print(f"provisioned {report.database} as {report.admin}: "
-                  f"{len(report.created_roles)} roles created, "
+                  f"{len(report.created_roles)} roles created, {adopted}"
                   f"{len(report.passwords_set)} passwords set, "
                   f"{len(report.repaired)} privileges repaired, "
                   f"{'changed' if report.changed else 'no changes'}", highlight=False)

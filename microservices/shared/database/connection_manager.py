@@ -268,11 +268,26 @@ class _ServicePool:
 
     def _probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
-        server is reported at once and precisely, not as a pool timeout later."""
+        server is reported at once and precisely, not as a pool timeout later.
+
+        The same connection reads the role's CONNECTION LIMIT (one catalog read per
+        pool opening, nothing per checkout) and warns when the pool may grow past it:
+        the connections beyond the limit would fail at the worst moment, under load.
+        """
         try:
-            psycopg.connect(self.conninfo, connect_timeout=10).close()
+            with psycopg.connect(self.conninfo, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute("SELECT rolconnlimit FROM pg_catalog.pg_roles"
+                                   " WHERE rolname = current_user").fetchone()
         except psycopg.OperationalError as exc:
             raise _classify_connect_error(self.service, self.params, exc) from None
+        limit = row[0] if row else -1
+        if 0 <= limit < self.config.max_size:
+            log.warning(
+                "service %s: pool max_size %d exceeds the CONNECTION LIMIT %d of role %s; "
+                "lower EDULINK_DB_%s_MAX_OVERFLOW / _POOL_SIZE or raise connection_limit in "
+                "the topology (every process of the service shares that limit)",
+                self.service.name, self.config.max_size, limit, self.service.runtime_role,
+                self.service.name.upper())
 
     def sync_pool(self) -> ConnectionPool[ServiceConnection]:
         pool = self._sync

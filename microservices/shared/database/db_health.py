@@ -25,8 +25,9 @@ import psycopg
 from psycopg import sql
 
 from .config import Settings
+from .errors import ConfigError
 from .fingerprint import fingerprint
-from .topology import Topology
+from .topology import Service, Topology
 
 OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
 _RANK = {OK: 0, DEGRADED: 1, UNHEALTHY: 2}
@@ -46,6 +47,7 @@ class DatabaseStats:
     schemas: dict[str, dict[str, int]] = field(default_factory=dict)
     statements: dict[str, dict[str, Any]] | None = None
     statements_note: str | None = None
+    connection_limits: dict[str, int] = field(default_factory=dict)  # role -> rolconnlimit
     queries: int = 0
 
 
@@ -72,14 +74,20 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
         return conn.execute(query, params).fetchall()
 
     (stats.server_version, stats.max_connections, stats.connections, stats.cache_hit_ratio,
-     stats.xid_age) = q(
+     stats.xid_age, limit_roles, limits) = q(
         "SELECT current_setting('server_version'), current_setting('max_connections')::int,"
         " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
         "   WHERE backend_type = 'client backend')::int,"
         " (SELECT sum(blks_hit)::float8 / nullif(sum(blks_hit) + sum(blks_read), 0)"
         "   FROM pg_catalog.pg_stat_database WHERE datname = current_database()),"
         " (SELECT age(datfrozenxid) FROM pg_catalog.pg_database"
-        "   WHERE datname = current_database())", [])[0]
+        "   WHERE datname = current_database()),"
+        # Each runtime role's CONNECTION LIMIT, in the same round trip.
+        " ARRAY(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
+        "   ORDER BY 1),"
+        " ARRAY(SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
+        "   ORDER BY rolname)", [roles, roles])[0]
+    stats.connection_limits = dict(zip(limit_roles, limits, strict=True))
 
     for role in roles:
         stats.roles[role] = _empty_role()
@@ -171,6 +179,33 @@ def _check(status: str, value: Any, threshold: Any, message: str,
     return out
 
 
+def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
+                            settings: Settings, svc: Service) -> None:
+    """The service's pool against its role's CONNECTION LIMIT (-1 = none)."""
+    from .connection_manager import pool_config
+
+    limit = stats.connection_limits.get(svc.runtime_role, -1)
+    if limit < 0:
+        return
+    try:
+        pool_max = pool_config(settings, svc, {}).max_size
+    except ConfigError:
+        return  # opening the pool reports the bad setting itself; health must not raise
+    if pool_max > limit:
+        checks[f"connection_limit:{svc.name}"] = _check(
+            DEGRADED, pool_max, limit,
+            f"{svc.name}'s pool may open {pool_max} connections, but role "
+            f"{svc.runtime_role} has CONNECTION LIMIT {limit}: connections beyond it fail "
+            "under load", svc.name)
+    role = stats.roles.get(svc.runtime_role, _empty_role())
+    in_use = sum(role[k] for k in ("active", "idle", "idle_in_transaction", "other"))
+    if in_use >= limit:
+        checks[f"connections_at_limit:{svc.name}"] = _check(
+            DEGRADED, in_use, limit,
+            f"{svc.runtime_role} holds {in_use} connections, its CONNECTION LIMIT is {limit}: "
+            "new connections of this service are refused", svc.name)
+
+
 def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology,
              suspicious: list[dict[str, str]], error: str | None = None) -> dict[str, Any]:
     """Turn statistics into checks and an overall status."""
@@ -224,6 +259,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
             checks[f"blocked:{svc.name}"] = _check(
                 DEGRADED, role["blocked"], 0, f"{svc.name} has {role['blocked']} query(ies) "
                 "waiting for a lock", svc.name)
+        _connection_limit_checks(checks, stats, settings, svc)
         dead, live = schema["dead_tuples"], schema["live_tuples"]
         if dead > 1000 and dead / max(dead + live, 1) > settings.database_dead_tuple_ratio:
             checks[f"dead_tuples:{svc.name}"] = _check(

@@ -103,3 +103,10 @@ class BackupNotFoundError(BackupError, KeyError):
 
 class BackupCorruptError(BackupError):
     """A backup's files do not match its manifest (flipped bytes, truncation, missing files)."""
+
+
+class ForeignRoleError(ProvisioningError):
+    """A topology role exists but edulink-db did not create it, or it may never be adopted.
+
+    Raised before provisioning changes anything.
+    """

@@ -68,6 +68,7 @@ def run_provision(
     topology: Topology | None = None,
     *,
     rotate: Iterable[str] = (),
+    adopt: Iterable[str] = (),
     progress: Progress = _quiet,
 ) -> ProvisionReport:
     topology = topology or settings.topology()
@@ -78,7 +79,7 @@ def run_provision(
     progress(f"provisioning {mask_dsn(admin)}")
     return provision(
         admin, topology, lambda svc: service_password(settings, svc),
-        rotate=rotate_names, progress=progress,
+        rotate=rotate_names, adopt=adopt, progress=progress,
     )
 
 

@@ -8,18 +8,50 @@
 -- (SCRAM verifiers computed client-side), or set them yourself with psql's
 -- \password <role>.  `edulink-db provision` additionally checks each service
 -- can log in, and `edulink-db verify` compares the result with the topology.
+--
+-- Roles: every role created here is marked with the comment
+-- 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment'.
+-- The script stops (and changes nothing) if a role it would create already exists
+-- without that mark: it belongs to someone else. Adopt one deliberately with
+-- `edulink-db provision --adopt ROLE`.
+--
+-- Connection limits: a service's `connection_limit` from the topology is written
+-- below as a number. For the others the script cannot know this server's
+-- max_connections, so it computes the limit when it runs, on the server itself:
+-- (max_connections - superuser_reserved_connections - reserved_connections
+--  - headroom) / number of such services, headroom = max(10, 5% of the rest),
+-- the same formula `edulink-db provision` and `edulink-db verify` use.
 
 BEGIN;
 
 -- Serialise concurrent provisioning runs (released at COMMIT).
 SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('edulink-db:provision'));
 
+-- Refuse to touch roles edulink-db did not create (they belong to someone else).
+DO $do$
+DECLARE foreign_roles text;
+BEGIN
+  SELECT pg_catalog.string_agg(rolname, ', ' ORDER BY rolname) INTO foreign_roles
+    FROM pg_catalog.pg_roles WHERE rolname = ANY('{auth_service_owner,user_service_owner,institution_service_owner,notification_service_owner,application_service_owner,internship_service_owner,shared_schema_owner,auth_service_role,user_service_role,institution_service_role,notification_service_role,application_service_role,internship_service_role}'::pg_catalog.name[])
+     AND NOT coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false);
+  IF foreign_roles IS NOT NULL THEN
+    RAISE EXCEPTION 'roles exist that edulink-db did not create: %', foreign_roles
+      USING HINT = 'Rename them in the topology, or adopt each deliberately with '
+                   'edulink-db provision --adopt ROLE.';
+  END IF;
+END $do$;
+
 -- Owner role auth_service_owner: owns a schema, cannot log in.
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'auth_service_owner') THEN
     CREATE ROLE "auth_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "auth_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'auth_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'auth_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as auth_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -29,8 +61,13 @@ GRANT "auth_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_owner') THEN
     CREATE ROLE "user_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "user_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'user_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'user_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as user_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -40,8 +77,13 @@ GRANT "user_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'institution_service_owner') THEN
     CREATE ROLE "institution_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "institution_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'institution_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'institution_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as institution_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -51,8 +93,13 @@ GRANT "institution_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_owner') THEN
     CREATE ROLE "notification_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "notification_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'notification_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'notification_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as notification_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -62,8 +109,13 @@ GRANT "notification_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'application_service_owner') THEN
     CREATE ROLE "application_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "application_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'application_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'application_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as application_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -73,8 +125,13 @@ GRANT "application_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_owner') THEN
     CREATE ROLE "internship_service_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "internship_service_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'internship_service_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'internship_service_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as internship_service_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -84,8 +141,13 @@ GRANT "internship_service_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'shared_schema_owner') THEN
     CREATE ROLE "shared_schema_owner" NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "shared_schema_owner" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'shared_schema_owner' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'shared_schema_owner';
+  END IF;
 END $do$;
 
 -- Let the provisioning admin act as shared_schema_owner (needed on PostgreSQL 16+ for CREATE SCHEMA AUTHORIZATION and ALTER DEFAULT PRIVILEGES FOR ROLE).
@@ -95,8 +157,13 @@ GRANT "shared_schema_owner" TO CURRENT_USER;
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'auth_service_role') THEN
     CREATE ROLE "auth_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "auth_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'auth_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'auth_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -112,8 +179,13 @@ ALTER ROLE "auth_service_role" SET "statement_timeout" = '30s';
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_role') THEN
     CREATE ROLE "user_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "user_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'user_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'user_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -129,8 +201,13 @@ ALTER ROLE "user_service_role" SET "statement_timeout" = '30s';
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'institution_service_role') THEN
     CREATE ROLE "institution_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "institution_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'institution_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'institution_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -146,8 +223,13 @@ ALTER ROLE "institution_service_role" SET "statement_timeout" = '30s';
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_role') THEN
     CREATE ROLE "notification_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "notification_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'notification_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'notification_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -163,8 +245,13 @@ ALTER ROLE "notification_service_role" SET "statement_timeout" = '30s';
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'application_service_role') THEN
     CREATE ROLE "application_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "application_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'application_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'application_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -180,8 +267,13 @@ ALTER ROLE "application_service_role" SET "statement_timeout" = '30s';
 DO $do$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_role') THEN
     CREATE ROLE "internship_service_role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "internship_service_role" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'internship_service_role' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'internship_service_role';
+  END IF;
 END $do$;
 
 -- search_path from the role, not the session: survives transaction poolers.
@@ -192,6 +284,17 @@ ALTER ROLE "internship_service_role" SET "idle_in_transaction_session_timeout" =
 
 -- statement_timeout for internship_service_role, applied at login.
 ALTER ROLE "internship_service_role" SET "statement_timeout" = '30s';
+
+-- Connection budget of auth_service_role, user_service_role, institution_service_role, notification_service_role, application_service_role, internship_service_role: derived from this server's max_connections (see the header).
+DO $do$
+DECLARE per_role int; r text;
+BEGIN
+  SELECT b.derived INTO per_role
+    FROM (SELECT mc, sr, rc, usable, headroom, GREATEST(1, (usable - headroom - 0) / 6) FROM (SELECT mc, sr, rc, usable, GREATEST(10, (usable * 5 + 99) / 100) AS headroom FROM (SELECT mc, sr, rc, mc - sr - rc AS usable FROM (SELECT pg_catalog.current_setting('max_connections')::int AS mc, pg_catalog.current_setting('superuser_reserved_connections')::int AS sr, coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0) AS rc) AS x) AS u) AS b) AS b(mc, sr, rc, usable, headroom, derived);
+  FOREACH r IN ARRAY '{auth_service_role,user_service_role,institution_service_role,notification_service_role,application_service_role,internship_service_role}'::text[] LOOP
+    EXECUTE pg_catalog.format('ALTER ROLE %I CONNECTION LIMIT %s', r, per_role);
+  END LOOP;
+END $do$;
 
 -- Schema auth_schema, owned by auth_service_owner.
 CREATE SCHEMA IF NOT EXISTS "auth_schema" AUTHORIZATION "auth_service_owner";

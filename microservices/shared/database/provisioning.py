@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +33,9 @@ from psycopg import sql
 
 from .config import derive_service_conninfo
 from .direct import connect
-from .errors import ProvisioningError
+from .errors import ForeignRoleError, ProvisioningError
 from .migrations import HISTORY_TABLE
-from .topology import Service, Topology
+from .topology import PLATFORM_RESERVED_ROLES, Service, Topology
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,40 @@ AUDIT_INSERT_COLUMNS = (
 RLS_HELPER = "current_user_id"
 RUNTIME_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 OWNER_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+
+# Every role edulink-db creates gets this comment, in the transaction that creates
+# it; provisioning touches no existing role without it (DESIGN.md: other software
+# owns roles on the same cluster).  Why a comment and not membership in a marker role:
+# - Who can forge it.  COMMENT ON ROLE needs CREATEROLE (PostgreSQL 15) or CREATEROLE
+#   plus ADMIN OPTION on that role (16+), and a superuser to comment on a superuser.
+#   Runtime and owner roles are NOCREATEROLE, so a compromised service cannot mark
+#   anything, itself included.  Whoever can forge it could already ALTER that role
+#   directly (same privilege), so forging gains nothing.  GRANT of a marker role needs
+#   ADMIN on the marker, which every CREATEROLE role holds on 15: no stronger.
+# - What it carries.  A comment carries no privilege.  A marker role is a real role:
+#   anything granted to it flows to every managed role, it can be dropped, and it would
+#   show up as a membership that verify must then exempt.
+# - Failure mode.  Someone overwriting the comment makes the role "foreign": provisioning
+#   then refuses it (fail closed) until `--adopt` marks it again.
+MANAGED_MARKER = "edulink-db managed"
+MANAGED_COMMENT = (f"{MANAGED_MARKER}: created by edulink-db provision; "
+                   "provisioning refuses roles without this comment")
+# Adopting a role that has any of these (and that edulink-db did not create) would
+# strip powers some other software relies on: refused even with --adopt.
+UNADOPTABLE_ATTRIBUTES = ("rolsuper", "rolbypassrls", "rolreplication", "rolcreaterole",
+                          "rolcreatedb")
+
+# Connection budget of the runtime roles whose topology sets no connection_limit:
+# usable = max_connections - superuser_reserved_connections - reserved_connections
+# (16+), minus headroom for the sessions that are not runtime roles: the
+# provisioning admin (1-2), one migrator per service while a deploy runs (6 in the
+# default topology), monitoring and a psql session.  That is about 10 on any server,
+# and a share of big servers (5 %, rounded up) for more of the same.  What is left
+# after explicit limits is split evenly, at least 1 each.  With max_connections = 200
+# (the embedded server): usable 197, headroom 10, 31 per service, so the default pool
+# (10 + 20 overflow) fits; Supabase's smallest plan (60) gives 7 per service.
+HEADROOM_MIN = 10
+HEADROOM_PERCENT = 5
 
 
 @dataclass(frozen=True)
@@ -70,17 +104,128 @@ def _privs(privileges: Iterable[str]) -> sql.Composable:
     return sql.SQL(", ").join(sql.SQL(p) for p in privileges)
 
 
-def _create_role(role: str, attributes: str) -> sql.Composed:
-    # CREATE ROLE has no IF NOT EXISTS.  The exception handler covers a role
-    # created concurrently from another database (advisory locks are per database).
-    return sql.SQL(
+class RoleCreation(sql.Composed):
+    """A statement that creates (and marks) one role; ``role`` names it.
+
+    Provisioning finds the roles it manages by looking for these in its own
+    statement list, so any role created through :func:`_create_role` is covered
+    by the ownership check, whatever kind of role it is.
+    """
+
+    def __init__(self, role: str, seq: Sequence[sql.Composable]) -> None:
+        super().__init__(seq)
+        self.role = role
+
+
+def managed_mark_sql(oid_expr: str) -> sql.Composed:
+    """SQL that is true when the role with OID *oid_expr* carries the edulink-db mark."""
+    # oid_expr is a constant column reference, never config.
+    return sql.SQL("coalesce(pg_catalog.starts_with(pg_catalog.shobj_description({}, "
+                   "'pg_authid'), {}), false)").format(sql.SQL(oid_expr),
+                                                       sql.Literal(MANAGED_MARKER))
+
+
+def _create_role(role: str, attributes: str) -> RoleCreation:
+    # CREATE ROLE has no IF NOT EXISTS.  The mark goes on in the same statement, so a
+    # role edulink-db created is never visible unmarked.  The exception handler covers
+    # a role created concurrently from another database (advisory locks are per
+    # database): that is fine if the other run was ours (marked), not if someone else
+    # created a role of that name in the window after the ownership check.
+    composed = sql.SQL(
         "DO $do$ BEGIN\n"
         "  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN\n"
         "    CREATE ROLE {role} {attributes};\n"
+        "    COMMENT ON ROLE {role} IS {comment};\n"
         "  END IF;\n"
-        "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;\n"
+        "EXCEPTION WHEN duplicate_object OR unique_violation THEN\n"
+        "  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles\n"
+        "                 WHERE rolname = {name} AND {marked}) THEN\n"
+        "    RAISE EXCEPTION 'role % was created concurrently by someone else', {name};\n"
+        "  END IF;\n"
         "END $do$"
-    ).format(name=sql.Literal(role), role=sql.Identifier(role), attributes=sql.SQL(attributes))
+    ).format(name=sql.Literal(role), role=sql.Identifier(role), attributes=sql.SQL(attributes),
+             comment=sql.Literal(MANAGED_COMMENT), marked=managed_mark_sql("oid"))
+    return RoleCreation(role, list(composed))
+
+
+def managed_roles(statements: Iterable[Statement]) -> list[str]:
+    """The roles *statements* create, in order: exactly the roles provisioning manages."""
+    return [s.query.role for s in statements if isinstance(s.query, RoleCreation)]
+
+
+def _foreign_role_guard(roles: list[str]) -> sql.Composed:
+    """Stop the run (and roll it back) if any of *roles* exists without the mark.
+
+    ``provision`` checks this itself first, with a better message and ``--adopt``;
+    this statement protects the psql script, which has no such check.
+    """
+    return sql.SQL(
+        "DO $do$\n"
+        "DECLARE foreign_roles text;\n"
+        "BEGIN\n"
+        "  SELECT pg_catalog.string_agg(rolname, ', ' ORDER BY rolname) INTO foreign_roles\n"
+        "    FROM pg_catalog.pg_roles WHERE rolname = ANY({roles}::pg_catalog.name[])\n"
+        "     AND NOT {marked};\n"
+        "  IF foreign_roles IS NOT NULL THEN\n"
+        "    RAISE EXCEPTION 'roles exist that edulink-db did not create: %', foreign_roles\n"
+        "      USING HINT = 'Rename them in the topology, or adopt each deliberately with '\n"
+        "                   'edulink-db provision --adopt ROLE.';\n"
+        "  END IF;\n"
+        "END $do$"
+    ).format(roles=sql.Literal(roles), marked=managed_mark_sql("oid"))
+
+
+def connection_budget_query(topology: Topology) -> sql.Composed:
+    """The server's connection budget for *topology*, as one row: max_connections,
+    superuser_reserved_connections, reserved_connections, usable, headroom, derived.
+
+    Run on the server being provisioned (and by verify), so the script,
+    ``provision`` and ``verify`` share one formula.  ``derived`` is the limit of
+    each runtime role without an explicit ``connection_limit``.
+    """
+    explicit = sum(s.connection_limit or 0 for s in topology.services)
+    derived = sum(1 for s in topology.services if s.connection_limit is None)
+    return sql.SQL(
+        "SELECT mc, sr, rc, usable, headroom,"
+        " GREATEST(1, (usable - headroom - {explicit}) / {derived})"
+        " FROM (SELECT mc, sr, rc, usable,"
+        " GREATEST({hmin}, (usable * {hpct} + 99) / 100) AS headroom"
+        " FROM (SELECT mc, sr, rc, mc - sr - rc AS usable"
+        " FROM (SELECT pg_catalog.current_setting('max_connections')::int AS mc,"
+        " pg_catalog.current_setting('superuser_reserved_connections')::int AS sr,"
+        # reserved_connections exists from PostgreSQL 16 on.
+        " coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0) AS rc"
+        ") AS x) AS u) AS b"
+    ).format(explicit=sql.Literal(explicit), derived=sql.Literal(max(derived, 1)),
+             hmin=sql.Literal(HEADROOM_MIN), hpct=sql.Literal(HEADROOM_PERCENT))
+
+
+def _connection_limit_statements(topology: Topology) -> list[Statement]:
+    out: list[Statement] = []
+    derived = [s.runtime_role for s in topology.services if s.connection_limit is None]
+    for svc in topology.services:
+        if svc.connection_limit is not None:
+            # ALTER ROLE takes no bind parameters; the value is a validated int.
+            out.append(Statement(
+                f"Connection budget of {svc.runtime_role} (topology connection_limit).",
+                sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                    sql.Identifier(svc.runtime_role), sql.Literal(svc.connection_limit))))
+    if derived:
+        out.append(Statement(
+            "Connection budget of " + ", ".join(derived) + ": derived from this server's "
+            "max_connections (see the header).",
+            sql.SQL(
+                "DO $do$\n"
+                "DECLARE per_role int; r text;\n"
+                "BEGIN\n"
+                "  SELECT b.derived INTO per_role\n"
+                "    FROM ({budget}) AS b(mc, sr, rc, usable, headroom, derived);\n"
+                "  FOREACH r IN ARRAY {roles}::text[] LOOP\n"
+                "    EXECUTE pg_catalog.format('ALTER ROLE %I CONNECTION LIMIT %s', r, per_role);\n"
+                "  END LOOP;\n"
+                "END $do$"
+            ).format(budget=connection_budget_query(topology), roles=sql.Literal(derived))))
+    return out
 
 
 def search_path_for(service: Service, topology: Topology) -> list[str]:
@@ -129,6 +274,8 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
                 sql.SQL("ALTER ROLE {} SET {} = {}").format(
                     sql.Identifier(svc.runtime_role), sql.Identifier(name), sql.Literal(value)),
             ))
+
+    out += _connection_limit_statements(topology)
 
     for schema in topology.schemas:
         owner = topology.schema_owner(schema)
@@ -235,6 +382,11 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
                   sql.SQL("GRANT INSERT ({}) ON TABLE {} TO {}").format(
                       _ids(AUDIT_INSERT_COLUMNS), audit, _ids(runtime_roles))),
     ]
+    # Right after the lock, before any statement touches a role: refuse roles that
+    # exist but were not created by edulink-db (nor adopted).
+    out.insert(1, Statement(
+        "Refuse to touch roles edulink-db did not create (they belong to someone else).",
+        _foreign_role_guard(managed_roles(out))))
     return out
 
 
@@ -252,6 +404,20 @@ def render_postgresql_script(topology: Topology) -> str:
         "-- (SCRAM verifiers computed client-side), or set them yourself with psql's",
         "-- \\password <role>.  `edulink-db provision` additionally checks each service",
         "-- can log in, and `edulink-db verify` compares the result with the topology.",
+        "--",
+        "-- Roles: every role created here is marked with the comment",
+        f"-- '{MANAGED_COMMENT}'.",
+        "-- The script stops (and changes nothing) if a role it would create already exists",
+        "-- without that mark: it belongs to someone else. Adopt one deliberately with",
+        "-- `edulink-db provision --adopt ROLE`.",
+        "--",
+        "-- Connection limits: a service's `connection_limit` from the topology is written",
+        "-- below as a number. For the others the script cannot know this server's",
+        "-- max_connections, so it computes the limit when it runs, on the server itself:",
+        "-- (max_connections - superuser_reserved_connections - reserved_connections",
+        f"--  - headroom) / number of such services, headroom = max({HEADROOM_MIN}, "
+        f"{HEADROOM_PERCENT}% of the rest),",
+        "-- the same formula `edulink-db provision` and `edulink-db verify` use.",
         "",
         "BEGIN;",
         "",
@@ -276,6 +442,7 @@ class ProvisionReport:
     server_version: int
     statements: int = 0
     created_roles: list[str] = field(default_factory=list)
+    adopted_roles: list[str] = field(default_factory=list)
     passwords_set: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     unrepaired: list[str] = field(default_factory=list)
@@ -290,6 +457,7 @@ class ProvisionReport:
             "server_version": self.server_version,
             "statements": self.statements,
             "created_roles": self.created_roles,
+            "adopted_roles": self.adopted_roles,
             "passwords_set": self.passwords_set,
             "repaired": self.repaired,
             "unrepaired": self.unrepaired,
@@ -304,7 +472,12 @@ def _diagnose(exc: psycopg.Error) -> str:
     text = diag.message_primary or str(exc).strip()
     if diag.message_detail:
         text += f" ({diag.message_detail})"
-    if diag.sqlstate == "42501" and "role" in text:
+    if diag.sqlstate == "42501" and ("superuser" in text.lower() or "attribute may" in text):
+        # 15: "must be superuser to change bypassrls attribute"; 16+: "Only roles with the
+        # BYPASSRLS attribute may change the BYPASSRLS attribute."
+        text += (". This repair needs a superuser (on PostgreSQL 16+, or an admin that has "
+                 "the attribute itself): have one run the statement")
+    elif diag.sqlstate == "42501" and "role" in text:
         text += (
             ". On PostgreSQL 16+ a CREATEROLE admin may only alter roles it created or "
             "holds ADMIN OPTION on: have the role's creator run "
@@ -350,6 +523,103 @@ def set_role_password(conn: psycopg.Connection[Any], role: str, password: str) -
     ).decode()
     conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
         sql.Identifier(role), sql.Literal(verifier)))
+
+
+def _refusal(name: str, attrs: dict[str, bool], is_admin: bool) -> str | None:
+    """Why *name* (not created by edulink-db) may never be adopted, or None."""
+    if is_admin:
+        return ("it is the provisioning admin itself (current_user/session_user); "
+                "provisioning would strip its LOGIN or powers")
+    if name in PLATFORM_RESERVED_ROLES:
+        return "it belongs to the platform (Supabase, PostgREST, PgBouncer or PostgreSQL)"
+    if name.startswith("pg_"):
+        return "pg_* roles are PostgreSQL's own"
+    held = [_ATTRIBUTE_KEYWORDS[a] for a in UNADOPTABLE_ATTRIBUTES if attrs[a]]
+    if held:
+        return (f"it has {', '.join(held)}: some other software relies on that power, and "
+                "edulink-db roles never have it")
+    return None
+
+
+_ATTRIBUTE_KEYWORDS = {"rolsuper": "SUPERUSER", "rolbypassrls": "BYPASSRLS",
+                       "rolreplication": "REPLICATION", "rolcreaterole": "CREATEROLE",
+                       "rolcreatedb": "CREATEDB"}
+
+
+def _claim_roles(
+    conn: psycopg.Connection[Any],
+    roles: list[str],
+    adopt: Iterable[str],
+    report: ProvisionReport,
+    progress: Callable[[str], None],
+) -> set[str]:
+    """Make sure every existing role of *roles* is edulink-db's to manage; return them.
+
+    Runs in the provisioning transaction, under its lock, before any statement
+    changes a role.  A role that exists without the mark is refused unless named
+    in *adopt*; then it is marked (and managed from here on).  Some roles are
+    refused even when named: see :func:`_refusal`.  Raises ForeignRoleError
+    naming every offending role, having changed nothing.
+    """
+    wanted = set(adopt)
+    unknown = sorted(wanted - set(roles))
+    if unknown:
+        raise ForeignRoleError(
+            f"Cannot adopt {', '.join(unknown)}: not a role of this topology (its roles are "
+            f"{', '.join(roles)}). Adopt only a role the topology names. Nothing was changed.")
+    rows = conn.execute(
+        sql.SQL("SELECT r.rolname, r.rolsuper, r.rolbypassrls, r.rolreplication,"
+                " r.rolcreaterole, r.rolcreatedb, r.rolname IN (current_user, session_user),"
+                " {marked},"
+                " (SELECT a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user)"
+                " FROM pg_catalog.pg_roles r WHERE r.rolname = ANY(%s)"
+                " ORDER BY r.rolname").format(marked=managed_mark_sql("r.oid")),
+        [roles]).fetchall()
+    foreign: list[str] = []
+    refused: list[str] = []
+    adopt_now: list[str] = []
+    for name, sup, bypass, repl, crole, cdb, is_admin, marked, admin_super in rows:
+        attrs = {"rolsuper": sup, "rolbypassrls": bypass, "rolreplication": repl,
+                 "rolcreaterole": crole, "rolcreatedb": cdb}
+        if is_admin:
+            refused.append(f"{name}: {_refusal(name, attrs, True)}")
+        elif marked:
+            # Only a superuser may alter a superuser role at all, and on PostgreSQL 15 a
+            # REPLICATION role too; every later ALTER ROLE would fail, so say why now.
+            locked = "SUPERUSER" if sup else (
+                "REPLICATION" if repl and conn.info.server_version < 160000 else None)
+            if locked and not admin_super:
+                refused.append(
+                    f"{name}: edulink-db created it, but it has since been given {locked}, "
+                    f"and only a superuser may alter such a role: have one run "
+                    f"ALTER ROLE {name} NO{locked}; (verify reports this too)")
+        elif name in wanted:
+            reason = _refusal(name, attrs, False)
+            if reason is None:
+                adopt_now.append(name)
+            else:
+                refused.append(f"{name}: cannot be adopted: {reason}")
+        else:
+            foreign.append(name)
+    if foreign or refused:
+        parts = ["Provisioning refused; nothing was changed."]
+        if foreign:
+            parts.append(
+                "These roles of the topology already exist, but edulink-db did not create "
+                f"them (no {MANAGED_MARKER!r} comment): {', '.join(foreign)}. Provisioning "
+                "would reset their passwords, revoke their memberships and change their "
+                "attributes, breaking whatever uses them. Rename them in the topology, or, "
+                "if a role really is this topology's, adopt it deliberately: "
+                + "edulink-db provision " + " ".join(f"--adopt {n}" for n in foreign)
+                + " (in Python: the adopt argument of provision).")
+        parts += refused
+        raise ForeignRoleError("\n  ".join(parts))
+    for name in adopt_now:
+        conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+            sql.Identifier(name), sql.Literal(MANAGED_COMMENT)))
+        report.adopted_roles.append(name)
+        progress(f"adopted role {name}: edulink-db manages it from now on")
+    return {r[0] for r in rows}
 
 
 def _repair_drift(
@@ -421,6 +691,7 @@ def provision(
     passwords: Callable[[Service], str | None],
     *,
     rotate: Iterable[str] = (),
+    adopt: Iterable[str] = (),
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> ProvisionReport:
     """Bring the database at *admin* in line with *topology*.
@@ -430,6 +701,13 @@ def provision(
     credentials).  Runtime roles get their password when created, when
     listed in *rotate*, or when logging in with the configured password fails.
     All DDL runs in one transaction: on any error nothing is changed.
+
+    Only roles edulink-db created (marked with :data:`MANAGED_COMMENT`) are
+    touched.  A topology role that exists unmarked raises ForeignRoleError
+    before anything changes, unless it is listed in *adopt*: then it is marked
+    and managed like the others.  Superusers, the admin itself, platform roles
+    and roles with BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB are never
+    adopted.
     """
     from .verify import read_catalog  # verify imports provisioning's constants
 
@@ -442,24 +720,25 @@ def provision(
         before = read_catalog(conn, topology)
         conn.commit()
         statements = provisioning_statements(topology)
+        roles = managed_roles(statements)
         existing: set[str] = set()
         current = "checking existing roles"
         try:
             for index, stmt in enumerate(statements):
                 current = stmt.comment
                 conn.execute(stmt.query)
-                if index == 0:  # holding the lock: now see which roles exist
-                    rows = conn.execute(
-                        "SELECT rolname FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
-                        [topology.runtime_roles + topology.owner_roles],
-                    ).fetchall()
-                    existing = {r[0] for r in rows}
+                if index == 0:  # holding the lock: now see which roles exist, and whose
+                    current = "checking that the existing roles are edulink-db's"
+                    try:
+                        existing = _claim_roles(conn, roles, adopt, report, progress)
+                    except ForeignRoleError:
+                        conn.rollback()
+                        raise
                     progress(f"provisioning {len(topology.services)} services in {database}")
             report.statements = len(statements)
             current = "repairing privileges that differ from the topology"
             _repair_drift(conn, topology, report, progress)
-            report.created_roles = [
-                r for r in topology.owner_roles + topology.runtime_roles if r not in existing]
+            report.created_roles = [r for r in roles if r not in existing]
             for svc in topology.services:
                 password = passwords(svc)
                 if password is not None and (

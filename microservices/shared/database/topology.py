@@ -32,8 +32,29 @@ ROLE_SETTINGS = frozenset({"statement_timeout", "lock_timeout",
                            "idle_in_transaction_session_timeout"})
 _DURATION = re.compile(r"(0|[1-9][0-9]{0,8})(us|ms|s|min|h|d)?")
 
-_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps"}
-                          | ROLE_SETTINGS)
+# CONNECTION LIMIT of a runtime role; when absent, provisioning derives it from the
+# server's max_connections (see provisioning.connection_budget_query).
+CONNECTION_LIMIT = "connection_limit"
+# Far above any real max_connections (PostgreSQL caps it at 262143); a typo guard.
+MAX_CONNECTION_LIMIT = 262_143
+
+# Roles that other software on the same cluster owns (DESIGN.md, "Roles: least
+# privilege enforced by PostgreSQL": roles are cluster-wide; Supabase's PostgREST
+# logs in as `authenticator`, a member of anon/authenticated/service_role).  A
+# topology naming one of them would hand a platform role to a service, and
+# provisioning would reset its password and memberships: refused everywhere,
+# not only on Supabase.  PostgreSQL's own pg_* roles are refused by
+# identifiers.identifier_problem.
+PLATFORM_RESERVED_ROLES = frozenset({
+    "postgres", "anon", "authenticated", "service_role", "authenticator", "dashboard_user",
+    "pgbouncer", "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker",
+    "supabase_admin", "supabase_auth_admin", "supabase_storage_admin",
+    "supabase_functions_admin", "supabase_realtime_admin", "supabase_replication_admin",
+    "supabase_read_only_user",
+})
+
+_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps",
+                           CONNECTION_LIMIT} | ROLE_SETTINGS)
 _SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
 _TOP_KEYS = frozenset({"services", "shared", "defaults"})
 
@@ -56,6 +77,8 @@ class Service:
     reads: tuple[str, ...] = ()
     django_apps: tuple[str, ...] = ()
     role_settings: tuple[tuple[str, str], ...] = ()
+    # CONNECTION LIMIT of runtime_role; None: derived from the server's max_connections.
+    connection_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +189,7 @@ class Topology:
         defaults = data.get("defaults", {})
         if not isinstance(defaults, Mapping):
             raise TopologyError(f"{source}: [defaults] must be a table.")
-        _reject_unknown_keys(defaults, ROLE_SETTINGS, f"{source} [defaults]")
+        _reject_unknown_keys(defaults, ROLE_SETTINGS | {CONNECTION_LIMIT}, f"{source} [defaults]")
         services = [
             _parse_service(name, raw_services[name], names, source, defaults) for name in names
         ]
@@ -258,7 +281,23 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str,
         reads=tuple(reads),
         django_apps=tuple(apps),
         role_settings=_role_settings(raw, defaults, where),
+        connection_limit=_connection_limit(raw, defaults, where),
     )
+
+
+def _connection_limit(raw: Mapping[str, Any], defaults: Mapping[str, Any],
+                      where: str) -> int | None:
+    value = raw.get(CONNECTION_LIMIT, defaults.get(CONNECTION_LIMIT))
+    if value is None:
+        return None
+    # bool is an int in Python; `connection_limit = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 1 <= value <= MAX_CONNECTION_LIMIT:
+        raise TopologyError(
+            f"{CONNECTION_LIMIT} in {where} must be a whole number of connections between 1 "
+            f"and {MAX_CONNECTION_LIMIT}, got {value!r}. Leave it out to derive it from the "
+            "server's max_connections.")
+    return value
 
 
 def _first_duplicate(pairs: Iterable[tuple[str, str]]) -> tuple[str, str, str] | None:
@@ -282,6 +321,12 @@ def _check_unique(topology: Topology, source: str) -> None:
         roles.append((s.runtime_role, f"runtime_role of service {s.name!r}"))
         roles.append((s.owner_role, f"owner_role of service {s.name!r}"))
     roles.append((topology.shared.owner_role, "[shared] owner_role"))
+    for role, what in roles:
+        if role in PLATFORM_RESERVED_ROLES:
+            raise TopologyError(
+                f"{source}: {what} is {role!r}, a role that the platform owns (Supabase, "
+                "PostgREST, PgBouncer or PostgreSQL itself). Provisioning would take it over "
+                "and break that software: choose a name of your own.")
     dup = _first_duplicate(roles)
     if dup:
         raise TopologyError(f"{source}: role {dup[0]!r} is used as both {dup[1]} and {dup[2]}; "

@@ -27,6 +27,8 @@ from .provisioning import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
     READ_TABLE_PRIVILEGES,
+    connection_budget_query,
+    managed_mark_sql,
     search_path_for,
 )
 from .topology import ROLE_SETTINGS, Topology
@@ -38,6 +40,11 @@ KIND_NAMES = {"r": "table", "p": "table", "v": "view", "m": "materialized view",
               "f": "foreign table", "S": "sequence"}
 DANGEROUS_ATTRIBUTES = ("rolsuper", "rolcreaterole", "rolcreatedb", "rolreplication",
                         "rolbypassrls")
+# The CREATE/ALTER ROLE keyword of each attribute (pg_roles column -> keyword; the
+# negation is NO + keyword).  Not derivable from the column name: rolsuper is SUPERUSER.
+ATTRIBUTE_KEYWORDS = {"rolsuper": "SUPERUSER", "rolcreaterole": "CREATEROLE",
+                      "rolcreatedb": "CREATEDB", "rolreplication": "REPLICATION",
+                      "rolbypassrls": "BYPASSRLS", "rolcanlogin": "LOGIN"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class RoleState:
     attributes: tuple[tuple[str, bool], ...]
     member_of: tuple[str, ...]
     settings: tuple[tuple[str, str], ...]  # role-level, overridden by database-specific
+    managed: bool = False  # carries provisioning.MANAGED_COMMENT
+    connection_limit: int = -1  # pg_roles.rolconnlimit; -1 = unlimited
+    # Settings made with ALTER ROLE ... IN DATABASE (this one): repaired there.
+    database_setting_keys: tuple[str, ...] = ()
 
     @property
     def search_path(self) -> str | None:
@@ -77,22 +88,26 @@ class CatalogState:
     default_privileges: set[tuple[str, str, str, str, str]] = field(default_factory=set)
     runtime_owned: set[tuple[str, str, str]] = field(default_factory=set)  # role, kind, name
     database_privileges: set[tuple[str, str]] = field(default_factory=set)
+    # max_connections, superuser_reserved_connections, reserved_connections, usable,
+    # headroom, derived limit: provisioning.connection_budget_query.
+    connection_budget: tuple[int, int, int, int, int, int] | None = None
+    database: str = ""
     queries: int = 0
 
 
 def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogState:
     """Read the catalog facts verify needs, in a constant number of queries."""
-    state = CatalogState()
+    state = CatalogState(database=conn.info.dbname)
     runtime = topology.runtime_roles
     roles = runtime + topology.owner_roles
     schemas = topology.schemas
 
-    def q(query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    def q(query: str | sql.Composed, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         state.queries += 1
         return conn.execute(query, params).fetchall()
 
     for row in q(
-        """
+        sql.SQL("""
         SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
                r.rolreplication, r.rolbypassrls,
                ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m
@@ -102,13 +117,16 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
                  WHERE s.setrole = r.oid AND s.setdatabase = 0),
                (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
                  JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
-                 WHERE s.setrole = r.oid AND d.datname = current_database())
+                 WHERE s.setrole = r.oid AND d.datname = current_database()),
+               {managed}, r.rolconnlimit
         FROM pg_catalog.pg_roles r WHERE r.rolname = ANY(%(roles)s)
-        """,
+        """).format(managed=managed_mark_sql("r.oid")),
         {"roles": roles},
     ):
-        name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg = row
+        (name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg,
+         managed, connlimit) = row
         settings: dict[str, str] = {}
+        db_keys = tuple(sorted(item.partition("=")[0] for item in db_cfg or []))
         for cfg in (role_cfg or [], db_cfg or []):  # the database-specific one wins
             for item in cfg:
                 key, _eq, value = item.partition("=")
@@ -120,7 +138,14 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
                         ("rolbypassrls", bypass)),
             member_of=tuple(member_of),
             settings=tuple(sorted(settings.items())),
+            managed=managed,
+            connection_limit=connlimit,
+            database_setting_keys=db_keys,
         )
+
+    budget = q(connection_budget_query(topology), {})
+    mc, sr, rc, usable, headroom, derived = (int(v) for v in budget[0])
+    state.connection_budget = (mc, sr, rc, usable, headroom, derived)
 
     for role, schema, priv in q(
         """
@@ -383,7 +408,7 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
                                     _q("ALTER ROLE {} LOGIN", rid)))
         for attr in DANGEROUS_ATTRIBUTES:
             if rs.attr(attr):
-                keyword = attr[3:].upper()
+                keyword = ATTRIBUTE_KEYWORDS[attr]
                 problems.append(Problem(rs.name, "", "role", keyword,
                                         f"runtime role has {keyword}; it must not",
                                         _q(f"ALTER ROLE {{}} NO{keyword}", rid)))
@@ -394,13 +419,20 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
                                     _q("REVOKE {} FROM {}", sql.Identifier(granted), rid)))
         want_path = ", ".join(search_path_for(svc, topology))
         if rs.search_path != want_path:
+            in_db = _in_database(state, rs, "search_path")
+            repair = (_q("ALTER ROLE {}{} RESET search_path", rid, in_db) if in_db
+                      else _q("ALTER ROLE {} SET search_path = {}", rid, sql.SQL(", ").join(
+                          sql.Identifier(s) for s in search_path_for(svc, topology))))
             problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
-                                    f"search_path is {rs.search_path!r}, expected {want_path!r}"))
+                                    f"search_path is {rs.search_path!r}, expected {want_path!r}",
+                                    repair))
         have, want = dict(rs.settings), dict(svc.role_settings)
         for key in sorted(ROLE_SETTINGS):
             if have.get(key) == want.get(key):
                 continue
-            repair = (_q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
+            in_db = _in_database(state, rs, key)
+            repair = (_q(f"ALTER ROLE {{}}{{}} RESET {key}", rid, in_db) if in_db
+                      else _q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
                       if key in want else _q(f"ALTER ROLE {{}} RESET {key}", rid))
             problems.append(Problem(rs.name, "", "role setting", key,
                                     f"{key} is {have.get(key)!r}, expected {want.get(key)!r}",
@@ -416,11 +448,73 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
             problems.append(Problem(owner, "", "role", "LOGIN",
                                     "owner role can log in; it must be NOLOGIN",
                                     _q("ALTER ROLE {} NOLOGIN", oid_)))
-        for attr in ("rolsuper", "rolbypassrls"):
+        for attr in DANGEROUS_ATTRIBUTES:
             if os_.attr(attr):
-                keyword = attr[3:].upper()
+                keyword = ATTRIBUTE_KEYWORDS[attr]
                 problems.append(Problem(owner, "", "role", keyword, f"owner role has {keyword}",
                                         _q(f"ALTER ROLE {{}} NO{keyword}", oid_)))
+    return problems
+
+
+def _in_database(state: CatalogState, rs: RoleState, key: str) -> sql.Composed | None:
+    """`` IN DATABASE <this one>`` when *key* is set there (it overrides the role-level
+    value, so that is where a repair must act), else None."""
+    if key in rs.database_setting_keys:
+        return _q(" IN DATABASE {}", sql.Identifier(state.database))
+    return None
+
+
+def _ownership_mark_problems(state: CatalogState) -> list[Problem]:
+    """Topology roles that exist but that edulink-db neither created nor adopted."""
+    return [
+        Problem(rs.name, "", "role", "NOT MANAGED",
+                "role exists but edulink-db did not create it (no 'edulink-db managed' "
+                "comment): provision refuses to touch it; rename it in the topology or run "
+                f"'edulink-db provision --adopt {rs.name}'")
+        for rs in sorted(state.roles.values(), key=lambda r: r.name) if not rs.managed
+    ]
+
+
+def expected_connection_limits(state: CatalogState, topology: Topology) -> dict[str, int]:
+    """runtime role -> the CONNECTION LIMIT it should have on this server."""
+    derived = state.connection_budget[5] if state.connection_budget else -1
+    return {s.runtime_role: s.connection_limit if s.connection_limit is not None else derived
+            for s in topology.services}
+
+
+def _connection_budget_problems(state: CatalogState, topology: Topology,
+                                warnings: list[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for role, want in expected_connection_limits(state, topology).items():
+        rs = state.roles.get(role)
+        if rs is None or rs.connection_limit == want:
+            continue
+        have = "unlimited" if rs.connection_limit < 0 else str(rs.connection_limit)
+        problems.append(Problem(role, "", "role", "CONNECTION LIMIT",
+                                f"connection limit is {have}, expected {want}",
+                                _q("ALTER ROLE {} CONNECTION LIMIT {}", sql.Identifier(role),
+                                   sql.Literal(want))))
+    if state.connection_budget is None:
+        return problems
+    max_conn, su_reserved, reserved, usable, headroom, _derived = state.connection_budget
+    present = [state.roles[r] for r in topology.runtime_roles if r in state.roles]
+    unlimited = [rs.name for rs in present if rs.connection_limit < 0]
+    total = sum(rs.connection_limit for rs in present if rs.connection_limit >= 0)
+    server = (f"max_connections {max_conn} - superuser_reserved_connections {su_reserved}"
+              f" - reserved_connections {reserved} = {usable}")
+    if unlimited or total > usable:
+        what = (f"{', '.join(unlimited)} may open unlimited connections" if unlimited
+                else f"the runtime roles' connection limits add up to {total}")
+        problems.append(Problem(
+            "*", "", "connection budget", "CONNECTION LIMIT",
+            f"{what}, more than the server allows non-superusers ({server}): one busy "
+            "service can then lock the others (and the admin) out. Lower connection_limit "
+            "in the topology, or raise max_connections."))
+    elif total > usable - headroom:
+        warnings.append(f"the runtime roles' connection limits add up to {total}, leaving "
+                        f"{usable - total} of {usable} usable connections ({server}) for the "
+                        f"admin, migrations and monitoring; the recommended headroom is "
+                        f"{headroom}")
     return problems
 
 
@@ -533,7 +627,9 @@ def _ownership_problems(state: CatalogState) -> list[Problem]:
         for role, kind_name, name in sorted(state.runtime_owned)
     ]
     problems += [
-        Problem(role, "", "database", priv, "runtime role may create schemas in the database")
+        Problem(role, "", "database", priv, "runtime role may create schemas in the database",
+                _q(f"REVOKE {priv} ON DATABASE {{}} FROM {{}}", sql.Identifier(state.database),
+                   sql.Identifier(role)))
         for role, priv in sorted(state.database_privileges)
     ]
     return problems
@@ -543,6 +639,8 @@ def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     """Every difference between *state* and what *topology* declares."""
     report = VerifyReport(catalog_queries=state.queries)
     report.problems += _role_problems(state, topology)
+    report.problems += _ownership_mark_problems(state)
+    report.problems += _connection_budget_problems(state, topology, report.warnings)
     report.problems += _schema_problems(state, topology, report.warnings)
     report.problems += _relation_problems(state, topology)
     report.problems += _default_privilege_problems(state, topology)
