@@ -103,3 +103,8 @@ class BackupNotFoundError(BackupError, KeyError):
 
 class BackupCorruptError(BackupError):
     """A backup's files do not match its manifest (flipped bytes, truncation, missing files)."""
+
+
+class BackupUntrustedError(BackupError):
+    """A backup that edulink-db cannot prove it took: unsigned or wrongly signed manifest,
+    a symbolic link, or a file owned by another user. Nothing of it is read or run."""
