@@ -498,6 +498,17 @@ class BackupManager:
             fh.write("\n".join(kept) + "\n")
         return Path(fh.name)
 
+    def sign(self, backup_id: str) -> Manifest:
+        """Sign a backup the operator vouches for (one taken before backups were signed,
+        or under another key). Its directory and files must still be real and ours, and
+        match the checksums its manifest records."""
+        store = self.store
+        manifest = store.load(backup_id, signed=False)
+        store.check_files(manifest)
+        self._archive_tables(manifest)
+        store.save(manifest)
+        return manifest
+
     # -- retention and status ---------------------------------------------------------
     def prune(self, *, dry_run: bool = False) -> list[str]:
         """Delete backups beyond EDULINK_DB_BACKUP_KEEP_LAST (per kind) that are also

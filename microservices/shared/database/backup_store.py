@@ -216,6 +216,10 @@ class BackupStore:
         return work
 
     # -- signatures ------------------------------------------------------------
+    @property
+    def has_key(self) -> bool:
+        return self._key is not None
+
     def _require_key(self) -> bytes:
         if self._key is None:
             raise BackupUntrustedError(
