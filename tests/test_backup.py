@@ -29,7 +29,9 @@ from .conftest import _create_database, _drop_database, do_provision, service_en
 def db(fresh_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
        tmp_path: Path) -> dict[str, Any]:
     do_provision(fresh_db, default_topology())
-    service_env(monkeypatch, fresh_db, extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk")})
+    # Its own home: the backup signing key goes into this test's secrets store.
+    service_env(monkeypatch, fresh_db, extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk"),
+                                              "EDULINK_DB_HOME": str(tmp_path / "home")})
     MigrationManager(load_settings()).run_all_migrations()
     with psycopg.connect(**fresh_db, autocommit=True) as conn:
         conn.execute("INSERT INTO user_schema.profiles_userprofile (user_id, first_name)"
@@ -240,7 +242,8 @@ def test_rls_forced_tables_need_an_admin_that_bypasses_rls(
         conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(
             sql.Identifier(svc.schema, "notes")))
     service_env(monkeypatch, createrole_admin, unique_topology,
-                extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk")})
+                extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk"),
+                       "EDULINK_DB_HOME": str(tmp_path / "home")})
     from .test_monitoring import _toml_of
 
     topo_file = tmp_path / "topology.toml"

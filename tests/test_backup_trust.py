@@ -139,7 +139,7 @@ def test_the_key_never_lives_in_the_backup_folder(db: dict[str, Any],  # noqa: F
     monkeypatch.setenv("EDULINK_DB_BACKUP_DIR", str(settings.home))
     with pytest.raises(ConfigError, match="must not travel with them"):
         manager().create_schema_backup(["user_schema"])
-    monkeypatch.delenv("EDULINK_DB_BACKUP_DIR")
+    monkeypatch.setenv("EDULINK_DB_BACKUP_DIR", str(settings.edulink_db_backup_dir))
     backup = manager().create_schema_backup(["user_schema"])
     secret_files = [p for p in backup.path.parent.rglob("*") if p.is_file()]
     key = settings.secret_store.get("backup_manifest_hmac_key")

@@ -19,6 +19,7 @@ Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -47,6 +48,8 @@ class DatabaseStats:
     statements: dict[str, dict[str, Any]] | None = None
     statements_note: str | None = None
     queries: int = 0
+    # Backup freshness: the first migration of each schema (its earliest known age).
+    first_migration: dict[str, datetime] = field(default_factory=dict)
 
 
 def _empty_role() -> dict[str, Any]:
@@ -131,6 +134,19 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
     ):
         stats.schemas[schema] = {"size_bytes": int(size), "dead_tuples": int(dead),
                                  "live_tuples": int(live)}
+
+    # Backup freshness: when each schema's migration history began (one query).
+    histories = [r[0] for r in q(
+        "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.relname = 'edulink_schema_history'"
+        " AND c.relkind = 'r' AND n.nspname = ANY(%s)", [topology.schemas])]
+    if histories:
+        union = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, min(installed_at) FROM {}").format(
+                sql.Identifier(schema, "edulink_schema_history")) for schema in histories)
+        for schema, first in q(union, histories):
+            if first is not None:
+                stats.first_migration[schema] = first
 
     ext = q("SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension"
             " WHERE extname = 'pg_stat_statements'", [])
@@ -239,6 +255,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
     checks["pg_stat_statements"] = _check(
         OK, stats.statements is not None, True,
         stats.statements_note or "per-role statement statistics available")
+    checks["backup_freshness"] = _backup_check(settings, stats)
     for item in suspicious:
         key = f"suspicious:{item['pattern']}:{item['service']}"
         checks.setdefault(key, _check(DEGRADED, item["detail"], None, item["detail"],
@@ -247,3 +264,23 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
     return {"overall_status": "healthy" if overall == OK else overall, "checks": checks,
             "suspicious": suspicious, "services": services,
             "long_running_queries": stats.long_running, "catalog_queries": stats.queries}
+
+
+def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
+    """Degraded when a schema's newest verified backup is older than twice its policy
+    interval (a schema younger than that is not overdue: see schedule.py)."""
+    from .errors import EdulinkDBError
+    from .schedule import backup_freshness
+
+    try:
+        fresh = backup_freshness(settings, sorted(stats.schemas), stats.first_migration)
+    except EdulinkDBError as exc:
+        return _check(DEGRADED, None, None, f"backup freshness unknown: {exc}")
+    overdue = [f for f in fresh if f.overdue]
+    ages = [f.age_s for f in fresh if f.age_s is not None]
+    oldest = round(max(ages)) if ages else None
+    if overdue:
+        return _check(DEGRADED, oldest, "2x policy interval",
+                      "backups overdue: " + "; ".join(f.message for f in overdue))
+    return _check(OK, oldest, "2x policy interval",
+                  f"{len(fresh)} schema(s) within their backup policy")

@@ -13,9 +13,10 @@ It is meant to run from cron every minute: a run takes only what is due, and a
 file lock in the backup folder makes a run that overlaps another do nothing.
 
 Freshness: a schema is overdue when its newest verified backup is older than twice
-its interval. PostgreSQL does not record when a schema was created, so edulink-db
-records when it first saw each schema (``.policy-state.json`` in the backup folder):
-a schema first seen less than two intervals ago is not overdue without a backup.
+its interval. PostgreSQL does not record when a schema was created; a schema's age is
+taken from its first migration (``edulink_schema_history``) and from when edulink-db
+first saw it (``.policy-state.json`` in the backup folder): a schema younger than two
+intervals is not overdue without a backup.
 """
 
 from __future__ import annotations
@@ -157,17 +158,21 @@ def update_state(root: Path, change: Callable[[dict[str, Any]], None]) -> dict[s
         return data
 
 
-def note_schemas(root: Path, present: list[str], now: datetime) -> dict[str, str]:
-    """Record when each present schema was first seen; return every first sighting."""
+def note_schemas(root: Path, present: list[str], now: datetime, *,
+                 create: bool = True) -> dict[str, str]:
+    """Record when each present schema was first seen; return every first sighting.
+    Without *create*, a backup folder that does not exist yet is left alone."""
     def change(data: dict[str, Any]) -> None:
         seen = data.setdefault("first_seen", {})
         for schema in present:
             seen.setdefault(schema, now.isoformat())
 
+    if not create and not root.is_dir():
+        return {}
     try:
         return dict(update_state(root, change).get("first_seen", {}))
-    except OSError:  # a read-only backup folder: count schemas as seen now
-        return dict.fromkeys(present, now.isoformat())
+    except OSError:  # a read-only backup folder: sightings are not recorded
+        return dict(read_state(root).get("first_seen", {}))
 
 
 @dataclass
@@ -181,9 +186,10 @@ class Freshness:
 
 
 def freshness(backups: list[Manifest], policy: Policy, present: list[str],
-              first_seen: dict[str, str], now: datetime) -> list[Freshness]:
-    """Per present schema: the newest verified backup's age, and whether it is overdue
-    (older than twice the interval; a schema first seen recently is not overdue)."""
+              first_seen: dict[str, datetime], now: datetime) -> list[Freshness]:
+    """Per present schema: the newest verified backup's age, and whether it is overdue:
+    older than twice the interval, or, without a backup, the schema known for longer
+    than that (*first_seen*: the earliest evidence of the schema; none = new)."""
     out = []
     for schema in present:
         every = policy.schema_every.get(schema)
@@ -194,8 +200,7 @@ def freshness(backups: list[Manifest], policy: Policy, present: list[str],
                                  False, f"{schema}: backups off"))
             continue
         since = age if age is not None else (
-            now - datetime.fromisoformat(first_seen.get(schema, now.isoformat()))
-        ).total_seconds()
+            now - first_seen.get(schema, now)).total_seconds()
         overdue = since > 2 * every
         if newest is None:
             msg = (f"{schema}: no verified backup, schema first seen {since / 3600:.1f} h ago"
@@ -214,14 +219,20 @@ def store_for(settings: Settings, *, create_key: bool) -> BackupStore:
 
 
 def backup_freshness(settings: Settings, present: list[str],
+                     first_migration: dict[str, datetime] | None = None,
                      now: datetime | None = None) -> list[Freshness]:
-    """Freshness of *present* schemas, for health checks and the exporter. Never creates
-    a signing key (no key: no trusted backups)."""
+    """Freshness of *present* schemas, for health checks and the exporter. A schema's
+    age is the earlier of its first sighting by edulink-db and its first migration
+    (PostgreSQL records no creation time). Creates neither a signing key (no key: no
+    trusted backups) nor the backup folder."""
     now = now or now_utc()
     store = store_for(settings, create_key=False)
     backups = store.backups() if store.has_key else []
-    first_seen = note_schemas(store.root, present, now)
-    return freshness(backups, load_policy(settings), present, first_seen, now)
+    evidence: dict[str, datetime] = dict(first_migration or {})
+    for schema, at in note_schemas(store.root, present, now, create=False).items():
+        seen = datetime.fromisoformat(at)
+        evidence[schema] = min(seen, evidence.get(schema, seen))
+    return freshness(backups, load_policy(settings), present, evidence, now)
 
 
 # -- backup auto ----------------------------------------------------------------------
