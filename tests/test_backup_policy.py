@@ -176,8 +176,13 @@ def test_health_exporter_and_status_follow_the_backups(
     assert health["checks"]["backup_freshness"]["status"] == "ok"  # a new database
     # Hours later, still without a backup: overdue (the schema's first migration dates it).
     later = datetime.now(UTC) + timedelta(hours=3)
+    from microservices.shared.database.db_health import _first_migrations
+
+    first = _first_migrations(settings, ["user_schema", "auth_schema"])
+    assert set(first) == {"user_schema", "auth_schema"}  # the fixture migrated them
     overdue = backup_freshness(settings, ["user_schema"], now=later,
-                               first_migration={"user_schema": datetime.now(UTC)})
+                               first_migration=lambda schemas: {
+                                   s: first[s] for s in schemas})
     assert overdue[0].overdue
     run_auto(manager())
     run_drill(manager())

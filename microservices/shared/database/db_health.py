@@ -48,8 +48,6 @@ class DatabaseStats:
     statements: dict[str, dict[str, Any]] | None = None
     statements_note: str | None = None
     queries: int = 0
-    # Backup freshness: the first migration of each schema (its earliest known age).
-    first_migration: dict[str, datetime] = field(default_factory=dict)
 
 
 def _empty_role() -> dict[str, Any]:
@@ -134,19 +132,6 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
     ):
         stats.schemas[schema] = {"size_bytes": int(size), "dead_tuples": int(dead),
                                  "live_tuples": int(live)}
-
-    # Backup freshness: when each schema's migration history began (one query).
-    histories = [r[0] for r in q(
-        "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
-        " ON n.oid = c.relnamespace WHERE c.relname = 'edulink_schema_history'"
-        " AND c.relkind = 'r' AND n.nspname = ANY(%s)", [topology.schemas])]
-    if histories:
-        union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT %s, min(installed_at) FROM {}").format(
-                sql.Identifier(schema, "edulink_schema_history")) for schema in histories)
-        for schema, first in q(union, histories):
-            if first is not None:
-                stats.first_migration[schema] = first
 
     ext = q("SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension"
             " WHERE extname = 'pg_stat_statements'", [])
@@ -266,6 +251,30 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
             "long_running_queries": stats.long_running, "catalog_queries": stats.queries}
 
 
+def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datetime]:
+    """When each schema's migration history began: its earliest known age (PostgreSQL
+    records no creation time). Two queries on a connection of their own, made only for
+    schemas without a verified backup, so the statistics above stay a fixed set."""
+    from .config import admin_conninfo
+    from .direct import connect
+
+    with connect(admin_conninfo(settings), purpose="date schemas for backup freshness") as c:
+        # Only histories the admin may read: a health check never fails on privileges.
+        histories = [r[0] for r in c.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relname = 'edulink_schema_history'"
+            " AND c.relkind = 'r' AND n.nspname = ANY(%s)"
+            " AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')", [schemas]).fetchall()]
+        if not histories:
+            return {}
+        rows = c.execute(sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, min(installed_at) FROM {}").format(
+                sql.Identifier(schema, "edulink_schema_history")) for schema in histories),
+            histories).fetchall()
+    return {schema: first for schema, first in rows if first is not None}
+
+
 def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
     """Degraded when a schema's newest verified backup is older than twice its policy
     interval (a schema younger than that is not overdue: see schedule.py)."""
@@ -273,8 +282,9 @@ def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
     from .schedule import backup_freshness
 
     try:
-        fresh = backup_freshness(settings, sorted(stats.schemas), stats.first_migration)
-    except EdulinkDBError as exc:
+        fresh = backup_freshness(settings, sorted(stats.schemas),
+                                 lambda schemas: _first_migrations(settings, schemas))
+    except (EdulinkDBError, psycopg.Error) as exc:
         return _check(DEGRADED, None, None, f"backup freshness unknown: {exc}")
     overdue = [f for f in fresh if f.overdue]
     ages = [f.age_s for f in fresh if f.age_s is not None]

@@ -218,17 +218,21 @@ def store_for(settings: Settings, *, create_key: bool) -> BackupStore:
                        key=backup_key(settings, create=create_key))
 
 
-def backup_freshness(settings: Settings, present: list[str],
-                     first_migration: dict[str, datetime] | None = None,
-                     now: datetime | None = None) -> list[Freshness]:
-    """Freshness of *present* schemas, for health checks and the exporter. A schema's
-    age is the earlier of its first sighting by edulink-db and its first migration
-    (PostgreSQL records no creation time). Creates neither a signing key (no key: no
-    trusted backups) nor the backup folder."""
+def backup_freshness(
+    settings: Settings, present: list[str],
+    first_migration: Callable[[list[str]], dict[str, datetime]] | None = None,
+    now: datetime | None = None,
+) -> list[Freshness]:
+    """Freshness of *present* schemas, for health checks and the exporter. A schema
+    without a verified backup is dated by the earlier of its first sighting by
+    edulink-db and *first_migration* (asked only for those schemas; PostgreSQL records
+    no creation time). Creates neither a signing key (no key: no trusted backups) nor
+    the backup folder."""
     now = now or now_utc()
     store = store_for(settings, create_key=False)
     backups = store.backups() if store.has_key else []
-    evidence: dict[str, datetime] = dict(first_migration or {})
+    unbacked = [s for s in present if newest_verified(backups, s) is None]
+    evidence = first_migration(unbacked) if first_migration and unbacked else {}
     for schema, at in note_schemas(store.root, present, now, create=False).items():
         seen = datetime.fromisoformat(at)
         evidence[schema] = min(seen, evidence.get(schema, seen))
