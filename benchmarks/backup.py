@@ -6,7 +6,8 @@ A user_schema table of at least --mb MB (heap + index) is backed up with
 BackupManager.create_schema_backup and with `pg_dump -Fc -Z6 -n user_schema` (the
 same binary, format and compression), then restored with BackupManager.restore
 into a fresh database and with `pg_restore --single-transaction` into another
-(the API restores in one transaction too). Rounds alternate which goes first;
+(the API restores in one transaction too, and
+checks row counts before it commits). Rounds alternate which goes first;
 the ratios are of median wall times.  Goal: <= 1.1 for both.
 """
 
@@ -82,6 +83,8 @@ def main() -> int:
         print(f"user_schema.big: {size / 1e6:.0f} MB")
         os.environ["DATABASE_URL"] = to_url(admin)
         os.environ["EDULINK_DB_BACKUP_DIR"] = tempfile.mkdtemp(prefix="edulink-bench-bk-")
+        # The manifest signing key goes to a throwaway secrets store, not the cwd's.
+        os.environ["EDULINK_DB_HOME"] = tempfile.mkdtemp(prefix="edulink-bench-home-")
         for name in ("AUTH", "USER", "INSTITUTION", "NOTIFICATION", "APPLICATION", "INTERNSHIP"):
             os.environ[f"EDULINK_DB_{name}_PASSWORD"] = password
         manager = BackupManager(load_settings())

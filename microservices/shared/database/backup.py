@@ -27,10 +27,8 @@ into an empty database, or onto another server.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
-import shutil
 import subprocess
 import tempfile
 import time
@@ -44,13 +42,21 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from .backup_store import BackupStore, FileEntry, Manifest, file_entries, now_utc
+from .backup_store import (
+    BackupStore,
+    FileEntry,
+    Manifest,
+    backup_key,
+    file_entries,
+    now_utc,
+)
 from .config import Settings, admin_conninfo, load_settings, mask_dsn
 from .direct import connect
 from .errors import BackupError, BackupNotFoundError, ConfigError
 from .identifiers import validate_identifier
 from .pg_tools import find_tool, libpq_env, tool_version
 from .provisioning import render_postgresql_script
+from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -194,8 +200,10 @@ class BackupManager:
 
     @property
     def store(self) -> BackupStore:
+        """The backup folder, with the signing key (generated on first use)."""
         root = self.settings.edulink_db_backup_dir or (self.settings.home / "backups")
-        return BackupStore(Path(root).expanduser().resolve())
+        return BackupStore(Path(root).expanduser().resolve(),
+                           key=backup_key(self.settings, create=True))
 
     # -- creating ---------------------------------------------------------------
     def create_full_backup(self, compress: bool = True, *, fmt: str = "custom",
@@ -373,7 +381,7 @@ class BackupManager:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
         target = {**admin, "dbname": scratch}
         try:
-            self._restore_into(manifest, target, manifest.schemas, fresh=True)
+            self._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
             with connect(target, purpose="count restored rows") as conn:
                 counts = self._count_rows(conn, manifest.schemas)
             return [f"{t}: manifest {n}, restored {counts.get(t)}"
@@ -417,102 +425,63 @@ class BackupManager:
             safety = self._backup("prerestore", replace, compress=True, fmt="custom",
                                   jobs=1, admin=target).backup_id
         fresh = not provisioned or not provisioned[0] or not existing
-        self._restore_into(manifest, target, chosen, fresh=fresh, replace=replace)
+        self._restore_into(manifest, target, chosen, fresh=fresh, replace=replace,
+                           safety=safety)
         return RestoreReport(backup_id=backup_id, schemas=chosen, target=mask_dsn(target),
                              safety_backup=safety, preamble_applied=fresh,
                              duration_s=round(time.perf_counter() - started, 3))
 
-    def _psql(self, target: dict[str, Any], major: int, files: list[str],
-              stdin: Any = None) -> subprocess.CompletedProcess[str]:
-        psql = find_tool("psql", major)
-        env = _psql_env(target)
-        args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction"]
-        for f in files:
-            args += ["-f", f]
-        return subprocess.run(args, env=env, stdin=stdin, capture_output=True, text=True,
-                              check=False)
-
     def _restore_into(self, manifest: Manifest, target: dict[str, Any], schemas: list[str],
-                      *, fresh: bool, replace: list[str] | None = None) -> None:
+                      *, fresh: bool, replace: list[str] | None = None,
+                      scratch: bool = False, safety: str | None = None) -> None:
+        """Restore *schemas* of *manifest* into *target* in one transaction that commits
+        only after pg_restore exited 0 and every table holds the manifest's row count
+        (see restore.py). *fresh*: apply the preamble first, in the same transaction.
+        *scratch*: a throwaway database; cluster-wide role settings are left alone."""
         directory = self.store.path(manifest.backup_id)
         major = int(manifest.tool_version)
+        opening = b""
         if fresh:
             self.progress("applying the backup's preamble (roles, schemas, grants)")
-            result = self._psql(target, major, [str(directory / "preamble.sql")])
-            if result.returncode != 0:
-                raise BackupError(f"Could not prepare the target database: "
-                                  f"{result.stderr.strip()}")
+            opening += preamble_sql(directory / "preamble.sql", keep_role_settings=not scratch)
         drop = [s for s in (replace if replace is not None else schemas) if s != "public"]
+        # The restore replaces whole schemas: objects created after the backup go too;
+        # and pg_restore recreates the schemas the preamble created already if fresh.
+        for schema in dict.fromkeys(drop + ([s for s in schemas if s != "public"]
+                                            if fresh else [])):
+            opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
+                sql.Identifier(schema)).as_string(None).encode()
         pg_restore = find_tool("pg_restore", major)
-        restore_args = [str(pg_restore), "--file=-", "--clean", "--if-exists"]
+        restore_args = [str(pg_restore), "--file=-", "--clean", "--if-exists",
+                        "--single-transaction"]
         toc: Path | None = None
         if set(schemas) != set(manifest.schemas):
             toc = self._toc_for(manifest, schemas)
             restore_args.append(f"--use-list={toc}")
         restore_args.append(str(directory / manifest.archive))
         self.progress(f"restoring {', '.join(schemas)} in one transaction")
-        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as prefix:
-            # The restore replaces whole schemas: objects created after the backup go too.
-            for schema in drop:
-                prefix.write(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
-                    sql.Identifier(schema)).as_string(None))
-            # pg_restore recreates the schemas; the preamble created them already if fresh.
-            for schema in schemas:
-                if schema != "public" and fresh:
-                    prefix.write(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
-                        sql.Identifier(schema)).as_string(None))
         with connect(target, purpose="restore") as conn:
             target_major = conn.info.server_version // 10000
+        # pg_restore 18 writing a script cannot know the server, and emits settings
+        # (e.g. transaction_timeout, PostgreSQL 17+) that older servers reject.
+        unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
+        psql_args = [str(find_tool("psql", major)), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                     "-f", "-"]
         try:
-            code, psql_err, producer_code, producer_err = self._pump(
-                restore_args, target, major, prefix.name, target_major)
-        finally:
-            Path(prefix.name).unlink(missing_ok=True)
-            if toc is not None:
-                toc.unlink(missing_ok=True)
-        if code != 0 or producer_code != 0:
-            detail = (psql_err or producer_err).strip().splitlines()
+            run_restore(restore_args, psql_args, _psql_env(target), opening=opening,
+                        check=count_check_sql(manifest.row_counts, schemas),
+                        drop_settings=unknown)
+        except RestoreOutcomeUnknownError:
+            raise
+        except BackupError as exc:
+            undo = (f" The schemas as they were before are also saved in backup {safety}."
+                    if safety else "")
             raise BackupError(
                 f"Restore of {manifest.backup_id} failed and was rolled back; the database "
-                f"is unchanged. {' '.join(detail[-3:])}")
-
-    def _pump(self, restore_args: list[str], target: dict[str, Any], major: int,
-              prefix: str, target_major: int) -> tuple[int, str, int, str]:
-        """pg_restore's script into psql (one transaction), dropping header settings
-        the target does not know: pg_restore 18 writing a script cannot know the server
-        and emits e.g. ``SET transaction_timeout`` (PostgreSQL 17+)."""
-        unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
-        psql = find_tool("psql", major)
-        env = _psql_env(target)
-        with tempfile.TemporaryFile() as psql_err, tempfile.TemporaryFile() as restore_err:
-            producer = subprocess.Popen(restore_args, stdout=subprocess.PIPE, stderr=restore_err)
-            consumer = subprocess.Popen(
-                [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                 "-f", prefix, "-f", "-"],
-                env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err)
-            assert producer.stdout is not None and consumer.stdin is not None
-            try:
-                for _ in range(200):  # the header: settings come first
-                    line = producer.stdout.readline()
-                    if not line:
-                        break
-                    if not any(line.startswith(b"SET " + name + b" ") for name in unknown):
-                        consumer.stdin.write(line)
-                shutil.copyfileobj(producer.stdout, consumer.stdin, 1 << 20)
-            except BrokenPipeError:
-                pass  # psql stopped at an error: its exit code and stderr say which
-            finally:
-                with contextlib.suppress(BrokenPipeError):
-                    consumer.stdin.close()
-            code = consumer.wait()
-            if code != 0:
-                producer.kill()
-            producer_code = producer.wait()
-            psql_err.seek(0)
-            restore_err.seek(0)
-            return (code, psql_err.read().decode(errors="replace"),
-                    0 if code != 0 else producer_code,
-                    restore_err.read().decode(errors="replace"))
+                f"is unchanged. {str(exc).rstrip('.')}.{undo}") from None
+        finally:
+            if toc is not None:
+                toc.unlink(missing_ok=True)
 
     def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
         return any(" ROW SECURITY " in line and _toc_schema(line) in schemas
@@ -528,6 +497,17 @@ class BackupManager:
         with tempfile.NamedTemporaryFile("w", suffix=".toc", delete=False) as fh:
             fh.write("\n".join(kept) + "\n")
         return Path(fh.name)
+
+    def sign(self, backup_id: str) -> Manifest:
+        """Sign a backup the operator vouches for (one taken before backups were signed,
+        or under another key). Its directory and files must still be real and ours, and
+        match the checksums its manifest records."""
+        store = self.store
+        manifest = store.load(backup_id, signed=False)
+        store.check_files(manifest)
+        self._archive_tables(manifest)
+        store.save(manifest)
+        return manifest
 
     # -- retention and status ---------------------------------------------------------
     def prune(self, *, dry_run: bool = False) -> list[str]:
@@ -566,9 +546,13 @@ class BackupManager:
         age = (now_utc() - newest.finished).total_seconds() if newest else None
         max_age = self.settings.edulink_db_backup_max_age_hours * 3600
         warnings = []
-        if newest is None:
-            warnings.append("no verified backup: run 'edulink-db backups verify ID' "
-                            "(or set EDULINK_DB_BACKUP_VERIFY=basic)")
+        if not backups:
+            warnings.append("no backups yet: take the first with 'edulink-db backup auto' "
+                            "(and run it from cron: see docs/backups.md)")
+        elif newest is None:
+            warnings.append(f"no verified backup: run 'edulink-db backups verify "
+                            f"{backups[-1].backup_id}' (backups taken by 'edulink-db backup "
+                            "auto' are verified as they are taken)")
         elif age is not None and age > max_age:
             warnings.append(f"the newest verified backup ({newest.backup_id}) is "
                             f"{age / 3600:.1f} h old (limit "

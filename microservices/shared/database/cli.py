@@ -541,13 +541,93 @@ def backup_schema(
     _print_backup(info, json_out)
 
 
+@backup_app.command("auto")
+def backup_auto(
+    every: Annotated[str | None, typer.Option(
+        "--every", help="Keep running: check what is due this often (e.g. 1m), for "
+                        "compose setups without cron.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Take what the policy says is due (EDULINK_DB_BACKUP_FULL_EVERY, ..._SCHEMA_EVERY),
+    verify it, prune by retention. Safe to run from cron every minute."""
+    from .schedule import parse_interval, run_auto
+
+    try:
+        pause = parse_interval(every, "--every") if every is not None else None
+    except EdulinkDBError as exc:
+        _fail(exc)
+    while True:
+        try:
+            report = run_auto(_backup_manager(json_out))
+        except EdulinkDBError as exc:
+            if pause is None:
+                _fail(exc)
+            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        else:
+            if json_out:
+                _print_json(report.as_dict())
+            elif report.busy:
+                out.print("backup auto: another run holds the backup folder; nothing done")
+            else:
+                taken = ", ".join(report.taken) or "nothing due"
+                out.print(f"backup auto: {taken}; pruned {len(report.pruned)}",
+                          highlight=False)
+        if pause is None:
+            return
+        try:
+            time.sleep(pause)
+        except KeyboardInterrupt:
+            return
+
+
+@backups_app.command("drill")
+def backups_drill(
+    backup_id: Annotated[str | None, typer.Argument(
+        help="The backup to drill (default: the newest verified one).")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Restore a backup into a scratch database (EDULINK_DB_DRILL_URL's server, else the
+    admin's), compare row counts, drop it. Exit 1 if the drill fails."""
+    from .drill import run_drill
+
+    try:
+        report = run_drill(_backup_manager(json_out), backup_id)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+    elif report.ok:
+        out.print(f"drill of {report.backup_id}: OK, {report.tables} tables and "
+                  f"{report.rows} rows restored into {report.scratch_database} on "
+                  f"{report.server} in {report.restore_seconds:.1f}s (RTO estimate); "
+                  "scratch database dropped", highlight=False)
+    else:
+        err.print(f"[red]drill of {report.backup_id} failed:[/red] {report.error} "
+                  "(scratch database dropped)", highlight=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_DIFFERS)
+
+
+@backups_app.command("sign")
+def backups_sign(backup_id: Annotated[str, typer.Argument(help="The backup to sign.")]
+                 ) -> None:
+    """Sign a backup you took and checked (one from before backups were signed, or signed
+    with an old key). Refused if it is a link, not yours, or fails its checksums."""
+    try:
+        manifest = _backup_manager().sign(backup_id)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print(f"{backup_id}: signed with key {manifest.key_id}", highlight=False)
+
+
 @backups_app.command("list")
 def backups_list(json_out: JsonOption = False) -> None:
-    """Complete backups, oldest first."""
+    """Complete backups, oldest first (and any refused as untrusted or damaged)."""
     try:
         manager = _backup_manager(True)
         items = manager.list_backups()
         status_report = manager.status()
+        refused = manager.store.scan()[1]
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -563,6 +643,8 @@ def backups_list(json_out: JsonOption = False) -> None:
                       ("deep " if v.get("deep") else "") + ("ok" if v.get("ok") else
                                                             ("FAILED" if v else "-")))
     out.print(table)
+    for name, why in refused:
+        out.print(f"[red]refused:[/red] {name}: {why}", highlight=False)
     for warning in status_report["warnings"]:
         out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 

@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     edulink_db_backup_keep_last: int = Field(7, ge=1)
     edulink_db_backup_keep_days: float = Field(30.0, ge=0)
     edulink_db_backup_max_age_hours: float = Field(26.0, gt=0)
+    # Backup policy, signing and drills (see schedule.py; intervals like "24h", "90m",
+    # "off"; a service's schema may override: EDULINK_DB_<SERVICE>_BACKUP_SCHEMA_EVERY).
+    edulink_db_backup_full_every: str = Field(
+        "24h", pattern=r"^\s*(off|\d+(\.\d+)?\s*(s|m|min|h|d)?)\s*$")
+    edulink_db_backup_schema_every: str = Field(
+        "1h", pattern=r"^\s*(off|\d+(\.\d+)?\s*(s|m|min|h|d)?)\s*$")
+    edulink_db_backup_key: SecretStr | None = Field(
+        None, description="HMAC key signing backup manifests (else generated into secrets)")
+    edulink_db_drill_url: SecretStr | None = Field(
+        None, description="server for 'backups drill' scratch databases (default: the admin's)")
 
     # edulink-db itself.
     edulink_db_topology: Path | None = None

@@ -19,6 +19,7 @@ Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -275,6 +276,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
     checks["pg_stat_statements"] = _check(
         OK, stats.statements is not None, True,
         stats.statements_note or "per-role statement statistics available")
+    checks["backup_freshness"] = _backup_check(settings, stats)
     for item in suspicious:
         key = f"suspicious:{item['pattern']}:{item['service']}"
         checks.setdefault(key, _check(DEGRADED, item["detail"], None, item["detail"],
@@ -283,3 +285,48 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
     return {"overall_status": "healthy" if overall == OK else overall, "checks": checks,
             "suspicious": suspicious, "services": services,
             "long_running_queries": stats.long_running, "catalog_queries": stats.queries}
+
+
+def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datetime]:
+    """When each schema's migration history began: its earliest known age (PostgreSQL
+    records no creation time). Two queries on a connection of their own, made only for
+    schemas without a verified backup, so the statistics above stay a fixed set."""
+    from .config import admin_conninfo
+    from .direct import connect
+
+    with connect(admin_conninfo(settings), purpose="date schemas for backup freshness") as c:
+        # Only histories the admin may read: a health check never fails on privileges.
+        histories = [r[0] for r in c.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relname = 'edulink_schema_history'"
+            " AND c.relkind = 'r' AND n.nspname = ANY(%s)"
+            " AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')", [schemas]).fetchall()]
+        if not histories:
+            return {}
+        rows = c.execute(sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, min(installed_at) FROM {}").format(
+                sql.Identifier(schema, "edulink_schema_history")) for schema in histories),
+            histories).fetchall()
+    return {schema: first for schema, first in rows if first is not None}
+
+
+def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
+    """Degraded when a schema's newest verified backup is older than twice its policy
+    interval (a schema younger than that is not overdue: see schedule.py)."""
+    from .errors import EdulinkDBError
+    from .schedule import backup_freshness
+
+    try:
+        fresh = backup_freshness(settings, sorted(stats.schemas),
+                                 lambda schemas: _first_migrations(settings, schemas))
+    except (EdulinkDBError, psycopg.Error) as exc:
+        return _check(DEGRADED, None, None, f"backup freshness unknown: {exc}")
+    overdue = [f for f in fresh if f.overdue]
+    ages = [f.age_s for f in fresh if f.age_s is not None]
+    oldest = round(max(ages)) if ages else None
+    if overdue:
+        return _check(DEGRADED, oldest, "2x policy interval",
+                      "backups overdue: " + "; ".join(f.message for f in overdue))
+    return _check(OK, oldest, "2x policy interval",
+                  f"{len(fresh)} schema(s) within their backup policy")

@@ -110,3 +110,8 @@ class ForeignRoleError(ProvisioningError):
 
     Raised before provisioning changes anything.
     """
+
+
+class BackupUntrustedError(BackupError):
+    """A backup that edulink-db cannot prove it took: unsigned or wrongly signed manifest,
+    a symbolic link, or a file owned by another user. Nothing of it is read or run."""

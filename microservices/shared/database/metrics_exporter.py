@@ -23,6 +23,7 @@ class DatabaseCollector(Collector):
         self.settings = settings
 
     def collect(self) -> Iterable[Metric]:
+        yield from self._backup_metrics()  # from the backup folder: even if the db is down
         topology = self.settings.topology()
         up = GaugeMetricFamily(f"{PREFIX}_up", "1 if the database answered this scrape.")
         try:
@@ -78,3 +79,40 @@ class DatabaseCollector(Collector):
                                  "Client sessions / max_connections.")
         used.add_metric([], stats.connections / max(stats.max_connections, 1))
         yield from (cache, xid, used)
+
+    def _backup_metrics(self) -> Iterable[Metric]:
+        """Age of each schema's newest verified backup, and the last drill's result."""
+        from datetime import datetime
+
+        from .backup_store import now_utc
+        from .schedule import newest_verified, read_state, store_for
+
+        try:
+            store = store_for(self.settings, create_key=False)
+            backups = store.backups() if store.has_key else []
+            schemas = self.settings.topology().schemas
+        except EdulinkDBError:
+            return
+        now = now_utc()
+        age = GaugeMetricFamily(f"{PREFIX}_backup_age_seconds",
+                                "Age of the newest verified backup holding the schema.",
+                                labels=["schema"])
+        for schema in schemas:
+            newest = newest_verified(backups, schema)
+            if newest is not None:
+                age.add_metric([schema], (now - newest.finished).total_seconds())
+        yield age
+        drill = read_state(store.root).get("last_drill")
+        if isinstance(drill, dict) and drill.get("at"):
+            ok = GaugeMetricFamily(f"{PREFIX}_backup_drill_success",
+                                   "1 if the last restore drill succeeded.")
+            ok.add_metric([], 1.0 if drill.get("ok") else 0.0)
+            at = GaugeMetricFamily(f"{PREFIX}_backup_drill_timestamp_seconds",
+                                   "When the last restore drill ran (Unix time).")
+            at.add_metric([], datetime.fromisoformat(drill["at"]).timestamp())
+            yield from (ok, at)
+            if drill.get("restore_seconds") is not None:
+                rto = GaugeMetricFamily(f"{PREFIX}_backup_drill_restore_seconds",
+                                        "How long the last drill's restore took (RTO).")
+                rto.add_metric([], float(drill["restore_seconds"]))
+                yield rto
