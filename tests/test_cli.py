@@ -39,6 +39,7 @@ def configured_env(admin: dict[str, Any], home: Path, topology: Topology) -> dic
     env = clean_env(DATABASE_URL=to_url(admin), EDULINK_DB_HOME=str(home))
     for svc in topology.services:
         env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+        env[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = SERVICE_PASSWORD
     return env
 
 
@@ -151,7 +152,8 @@ def test_up_as_createrole_only_admin(
         assert verify.returncode == 1
         assert victim.runtime_role in verify.stdout
     finally:
-        drop_roles(server, topology.runtime_roles + topology.owner_roles)
+        drop_roles(server, topology.runtime_roles + topology.owner_roles
+                   + topology.migrator_roles)
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ ROLE_SETTINGS = frozenset({"statement_timeout", "lock_timeout",
                            "idle_in_transaction_session_timeout"})
 _DURATION = re.compile(r"(0|[1-9][0-9]{0,8})(us|ms|s|min|h|d)?")
 
-_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps"}
+_SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "migrator_role", "reads",
+                           "django_apps"}
                           | ROLE_SETTINGS)
 _SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
 _TOP_KEYS = frozenset({"services", "shared", "defaults"})
@@ -47,12 +48,18 @@ class Service:
     ``owner_role`` is a NOLOGIN role that owns the schema and every object in
     it; migrations act as it.  ``reads`` names the services whose schemas the
     runtime role may SELECT from.
+
+    ``migrator_role`` is the LOGIN role migrations connect as.  Its only
+    membership is ``owner_role`` (NOINHERIT, with ``role`` defaulting to the
+    owner at login), so whatever SQL a migration file runs, it can never act
+    with more than the owner's authority.
     """
 
     name: str
     schema: str
     runtime_role: str
     owner_role: str
+    migrator_role: str
     reads: tuple[str, ...] = ()
     django_apps: tuple[str, ...] = ()
     role_settings: tuple[tuple[str, str], ...] = ()
@@ -119,6 +126,10 @@ class Topology:
     @property
     def runtime_roles(self) -> list[str]:
         return [s.runtime_role for s in self.services]
+
+    @property
+    def migrator_roles(self) -> list[str]:
+        return [s.migrator_role for s in self.services]
 
     @property
     def owner_roles(self) -> list[str]:
@@ -222,6 +233,9 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str,
     owner_role = validate_identifier(
         raw.get("owner_role", f"{name}_service_owner"), f"owner_role in {where}"
     )
+    migrator_role = validate_identifier(
+        raw.get("migrator_role", f"{name}_service_migrator"), f"migrator_role in {where}"
+    )
     reads_raw = _string_list(raw.get("reads", []), f"reads in {where}")
     if ALL_OTHERS in reads_raw:
         if reads_raw != [ALL_OTHERS]:
@@ -258,6 +272,7 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str,
         reads=tuple(reads),
         django_apps=tuple(apps),
         role_settings=_role_settings(raw, defaults, where),
+        migrator_role=migrator_role,
     )
 
 
@@ -281,6 +296,7 @@ def _check_unique(topology: Topology, source: str) -> None:
     for s in topology.services:
         roles.append((s.runtime_role, f"runtime_role of service {s.name!r}"))
         roles.append((s.owner_role, f"owner_role of service {s.name!r}"))
+        roles.append((s.migrator_role, f"migrator_role of service {s.name!r}"))
     roles.append((topology.shared.owner_role, "[shared] owner_role"))
     dup = _first_duplicate(roles)
     if dup:
