@@ -220,7 +220,7 @@ def test_concurrent_up_on_a_fresh_project(tmp_path: Path) -> None:
         reports = [json.loads(stdout) for stdout, _stderr in outputs]
         assert all(r["verify"]["ok"] for r in reports)
         created = sorted(len(r["provision"]["created_roles"]) for r in reports)
-        assert created == [0, 0, 13]
+        assert created == [0, 0, 19]  # 6 runtime, 6 migrator, 6 + 1 owner roles
     finally:
         run(["down"], tmp_path, env)
 
