@@ -283,3 +283,25 @@ def test_django_migrate_settings_never_carry_the_admin(setup: Setup) -> None:
     assert db["USER"] == setup.me.migrator_role
     assert db["PASSWORD"] == SERVICE_PASSWORD
     assert setup.admin["password"] not in repr(db)
+
+
+def test_inheriting_membership_is_reported_and_repaired(
+        fresh_db: dict[str, Any], server: dict[str, Any], server_version: int) -> None:
+    """PostgreSQL 16+: the INHERIT option lives on the grant, not only on the role."""
+    if server_version < 160000:
+        pytest.skip("grant-level INHERIT exists from PostgreSQL 16 (on 15 rolinherit decides)")
+    topology = parse_topology(unique_topology_text(services=1), source="inherit topology")
+    me = topology.services[0]
+    try:
+        do_provision(fresh_db, topology)
+        with psycopg.connect(**fresh_db, autocommit=True) as conn:
+            conn.execute(sql.SQL("GRANT {} TO {} WITH INHERIT TRUE").format(
+                sql.Identifier(me.owner_role), sql.Identifier(me.migrator_role)))
+        problems = [p for p in verify(fresh_db, topology).problems
+                    if p.role == me.migrator_role]
+        assert [p.privilege for p in problems] == [f"INHERIT {me.owner_role}"]
+        assert do_provision(fresh_db, topology).repaired
+        assert verify(fresh_db, topology).ok
+    finally:
+        drop_roles(server, topology.runtime_roles + topology.owner_roles
+                   + topology.migrator_roles)
