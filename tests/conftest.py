@@ -94,11 +94,16 @@ def service_passwords(_service: Service) -> str:
 
 
 def do_provision(admin: dict[str, Any], topology: Topology, **kw: Any) -> ProvisionReport:
+    kw.setdefault("migrator_passwords", service_passwords)
     return provision(admin, topology, service_passwords, **kw)
 
 
 def service_params(admin: dict[str, Any], service: Service) -> dict[str, Any]:
     return derive_service_conninfo(admin, service, SERVICE_PASSWORD)
+
+
+def migrator_params(admin: dict[str, Any], service: Service) -> dict[str, Any]:
+    return derive_service_conninfo(admin, service, SERVICE_PASSWORD, kind="migrator")
 
 
 def unique_topology_text(services: int = 6, suffix: str | None = None) -> str:
@@ -159,7 +164,7 @@ def unique_topology(server: dict[str, Any]) -> Iterator[Topology]:
     try:
         yield topo
     finally:
-        drop_roles(server, topo.runtime_roles + topo.owner_roles)
+        drop_roles(server, topo.runtime_roles + topo.owner_roles + topo.migrator_roles)
 
 
 @pytest.fixture
@@ -198,7 +203,7 @@ def unique_topology_7(server: dict[str, Any]) -> Iterator[Topology]:
     try:
         yield topo
     finally:
-        drop_roles(server, topo.runtime_roles + topo.owner_roles)
+        drop_roles(server, topo.runtime_roles + topo.owner_roles + topo.migrator_roles)
 
 
 @pytest.fixture
@@ -234,6 +239,7 @@ def service_env(monkeypatch: pytest.MonkeyPatch, admin: dict[str, Any],
     monkeypatch.setenv("DATABASE_URL", to_url(admin))
     for svc in (topology or default_topology()).services:
         monkeypatch.setenv(f"EDULINK_DB_{svc.name.upper()}_PASSWORD", SERVICE_PASSWORD)
+        monkeypatch.setenv(f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD", SERVICE_PASSWORD)
     for key, value in (extra or {}).items():
         monkeypatch.setenv(key, value)
     _dotenv.cache_clear()

@@ -39,6 +39,7 @@ def configured_env(admin: dict[str, Any], home: Path, topology: Topology) -> dic
     env = clean_env(DATABASE_URL=to_url(admin), EDULINK_DB_HOME=str(home))
     for svc in topology.services:
         env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+        env[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = SERVICE_PASSWORD
     return env
 
 
@@ -151,7 +152,8 @@ def test_up_as_createrole_only_admin(
         assert verify.returncode == 1
         assert victim.runtime_role in verify.stdout
     finally:
-        drop_roles(server, topology.runtime_roles + topology.owner_roles)
+        drop_roles(server, topology.runtime_roles + topology.owner_roles
+                   + topology.migrator_roles)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +220,7 @@ def test_concurrent_up_on_a_fresh_project(tmp_path: Path) -> None:
         reports = [json.loads(stdout) for stdout, _stderr in outputs]
         assert all(r["verify"]["ok"] for r in reports)
         created = sorted(len(r["provision"]["created_roles"]) for r in reports)
-        assert created == [0, 0, 13]
+        assert created == [0, 0, 19]  # 6 runtime, 6 migrator, 6 + 1 owner roles
     finally:
         run(["down"], tmp_path, env)
 

@@ -39,6 +39,7 @@ def env_for(admin: dict[str, Any], service: str, *, migrate: bool = False) -> di
     })
     for svc in default_topology().services:
         env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+        env[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = SERVICE_PASSWORD
     if migrate:
         env["EDULINK_DB_DJANGO_MIGRATE"] = "1"
     return env
@@ -162,9 +163,10 @@ def test_settings_shape(monkeypatch: pytest.MonkeyPatch, provisioned_db: dict[st
                                              if kk != "PASSWORD"}
                                          for k, v in DATABASES.items()})
     migrate = configure_service_database("user", migrate=True, settings=settings)["default"]
-    assert migrate["USER"] == provisioned_db["user"]
-    assert migrate["OPTIONS"]["options"] == (
-        "-c role=user_service_owner -c search_path=user_schema,shared_schema")
+    # The migrator, never the admin; the owner switch is the migrator's role default.
+    assert migrate["USER"] == "user_service_migrator"
+    assert "options" not in migrate["OPTIONS"]
+    assert provisioned_db["password"] not in repr(migrate)
     monkeypatch.setenv("DATABASE_POOLER", "transaction")
     pooled = configure_service_database("user", settings=load_settings())["default"]
     assert pooled["OPTIONS"]["prepare_threshold"] is None

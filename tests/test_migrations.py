@@ -62,6 +62,7 @@ def cli_env(admin: dict[str, Any]) -> dict[str, str]:
     env["DATABASE_URL"] = to_url(admin)
     for svc in default_topology().services:
         env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+        env[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = SERVICE_PASSWORD
     return env
 
 

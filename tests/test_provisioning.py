@@ -87,7 +87,8 @@ def test_failure_midway_rolls_everything_back(
     assert blocked in message and "rolled back" in message
     with psycopg.connect(**superuser_db) as conn:
         roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s)",
-                             [unique_topology.runtime_roles + unique_topology.owner_roles]
+                             [unique_topology.runtime_roles + unique_topology.owner_roles
+                              + unique_topology.migrator_roles]
                              ).fetchone()
         schemas = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = ANY(%s)",
                                [unique_topology.schemas]).fetchone()

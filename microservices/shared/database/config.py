@@ -16,6 +16,8 @@ Services never use the admin credentials: :func:`service_conninfo` swaps in
 the service's runtime role and its password (``EDULINK_DB_<SERVICE>_PASSWORD``,
 else the generated one in ``<home>/secrets.json``), or takes a whole
 ``EDULINK_DB_<SERVICE>_URL`` for a service that lives on another server.
+Migrations log in as the service's migrator role the same way
+(``EDULINK_DB_<SERVICE>_MIGRATOR_PASSWORD`` / ``_MIGRATOR_URL``).
 
 Passwords are held as ``SecretStr`` and masked by :func:`mask_dsn` wherever a
 DSN is shown.
@@ -291,40 +293,60 @@ def service_user_name(admin_user: str, role: str) -> str:
     return role
 
 
-def service_password_key(service: Service) -> str:
-    return f"service:{service.runtime_role}"
+# Which of a service's two LOGIN roles a connection is for: the runtime role the
+# service's processes use, or the migrator that migrations use.
+LoginKind = Literal["runtime", "migrator"]
 
 
-def service_conninfo(service: Service, settings: Settings | None = None) -> dict[str, Any]:
-    """Connection parameters for *service*'s runtime role."""
+def login_role(service: Service, kind: LoginKind = "runtime") -> str:
+    """The LOGIN role of *service* for *kind*."""
+    return service.migrator_role if kind == "migrator" else service.runtime_role
+
+
+def login_override_key(kind: LoginKind, key: str) -> str:
+    """The suffix of a per-service variable: ``PASSWORD`` or ``MIGRATOR_PASSWORD`` etc."""
+    return f"MIGRATOR_{key}" if kind == "migrator" else key
+
+
+def service_password_key(service: Service, kind: LoginKind = "runtime") -> str:
+    """The secrets-store key of the generated password of *service*'s *kind* role."""
+    return f"service:{login_role(service, kind)}"
+
+
+def service_conninfo(service: Service, settings: Settings | None = None, *,
+                     kind: LoginKind = "runtime") -> dict[str, Any]:
+    """Connection parameters for *service*'s runtime role (or its migrator).
+
+    ``EDULINK_DB_<SERVICE>_URL`` / ``_PASSWORD`` configure the runtime role,
+    ``EDULINK_DB_<SERVICE>_MIGRATOR_URL`` / ``_MIGRATOR_PASSWORD`` the migrator.
+    """
     settings = settings or load_settings()
-    url = settings.service_override(service, "URL")
+    variable = f"EDULINK_DB_{service.name.upper()}_{login_override_key(kind, 'URL')}"
+    url = settings.service_override(service, login_override_key(kind, "URL"))
     if url:
         try:
             params = dict(conninfo_to_dict(url))
         except Exception:
-            raise ConfigError(
-                f"EDULINK_DB_{service.name.upper()}_URL is not a valid connection string."
-            ) from None
+            raise ConfigError(f"{variable} is not a valid connection string.") from None
         return _with_sslmode(params, settings)
-    password = settings.service_override(service, "PASSWORD") or settings.secret_store.get(
-        service_password_key(service)
-    )
+    password = settings.service_override(
+        service, login_override_key(kind, "PASSWORD")) or settings.secret_store.get(
+        service_password_key(service, kind))
     if password is None:
         raise ConfigError(
-            f"No password for {service.runtime_role}: set EDULINK_DB_{service.name.upper()}"
-            f"_PASSWORD, or run 'edulink-db provision' to generate one into "
-            f"{settings.secret_store.path}."
+            f"No password for {login_role(service, kind)}: set EDULINK_DB_"
+            f"{service.name.upper()}_{login_override_key(kind, 'PASSWORD')}, or run "
+            f"'edulink-db provision' to generate one into {settings.secret_store.path}."
         )
-    return derive_service_conninfo(admin_conninfo(settings), service, password)
+    return derive_service_conninfo(admin_conninfo(settings), service, password, kind=kind)
 
 
 def derive_service_conninfo(
-    admin: dict[str, Any], service: Service, password: str
+    admin: dict[str, Any], service: Service, password: str, *, kind: LoginKind = "runtime"
 ) -> dict[str, Any]:
     """The admin's connection parameters with the service's role and password swapped in."""
     params = dict(admin)
-    params["user"] = service_user_name(str(params.get("user", "")), service.runtime_role)
+    params["user"] = service_user_name(str(params.get("user", "")), login_role(service, kind))
     params["password"] = password
     return params
 

@@ -15,10 +15,11 @@
   behind a transaction pooler.
 * ``manage.py migrate`` needs DDL, which runtime roles cannot do: run it with
   ``EDULINK_DB_DJANGO_MIGRATE=1`` (or ``configure_service_database(...,
-  migrate=True)``).  ``'default'`` then logs in with the admin credentials
-  (``DATABASE_URL``) and acts as the service's owner role, with search_path set
-  to its schema, so tables get the right owner and schema, and the runtime role
-  gets its grants through default privileges.
+  migrate=True)``).  ``'default'`` then logs in as the service's migrator role
+  (``EDULINK_DB_<SERVICE>_MIGRATOR_PASSWORD`` or the generated one), whose
+  role-level defaults make it the owner role with search_path set to its schema:
+  tables get the right owner and schema, the runtime role gets its grants
+  through default privileges, and the admin's credentials never reach Django.
 * A cross-service alias (named after the other service) still logs in as the
   *requesting* service's role, so PostgreSQL's grants decide what it may read.
   It is a Django test mirror of ``'default'``: the same database.  Models of
@@ -42,7 +43,6 @@ from typing import Any
 
 from .config import (
     Settings,
-    admin_conninfo,
     load_settings,
     pooler_mode,
     service_conninfo,
@@ -131,14 +131,13 @@ def configure_service_database(
         migrate = os.environ.get(MIGRATE_ENV, "").strip().lower() in _TRUE
     options: dict[str, Any] = {}
     if migrate:
-        params = admin_conninfo(settings)
+        # The owner switch and search_path are the migrator's role-level defaults
+        # (provisioning sets them), so nothing here can be talked out of them.
+        params = service_conninfo(svc, settings, kind="migrator")
         if pooler_mode(settings, params) == "transaction":
             raise ConfigError(
                 "Django migrations need a direct connection: DATABASE_URL points at a "
                 "transaction pooler (port 6543). Use the direct connection string.")
-        schemas = f'{svc.schema},{settings.topology().shared.schema}'
-        # Startup options are fine here: migrations never go through a transaction pooler.
-        options["options"] = f"-c role={svc.owner_role} -c search_path={schemas}"
     else:
         params = service_conninfo(svc, settings)
         if pooler_mode(settings, params) == "transaction":

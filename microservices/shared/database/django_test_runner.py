@@ -11,7 +11,8 @@ would never get their tables.
 
 This runner creates ``test_<NAME>`` with the admin credentials (DATABASE_URL or
 the embedded server), provisions it from the topology, migrates *every* writable
-alias as its service's owner role, points all aliases at it, and drops it
+alias as its service's migrator role (which acts as the owner role), points all
+aliases at it, and drops it
 afterwards (``--keepdb`` keeps it).
 """
 
@@ -27,7 +28,7 @@ from psycopg import sql
 
 from .config import admin_conninfo, load_settings
 from .django_settings import READONLY_KEY, SERVICE_KEY, configure_service_database
-from .lifecycle import service_password
+from .lifecycle import migrator_password, service_password
 from .provisioning import provision
 
 _SWAPPED = ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
@@ -50,7 +51,8 @@ class EdulinkTestRunner(DiscoverRunner):  # type: ignore[misc]  # Django ships n
             if not exists or not self.keepdb:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         test_admin = {**admin, "dbname": name}
-        provision(test_admin, settings.topology(), lambda svc: service_password(settings, svc))
+        provision(test_admin, settings.topology(), lambda svc: service_password(settings, svc),
+                  migrator_passwords=lambda svc: migrator_password(settings, svc))
         old_names = {}
         from django.conf import settings as django_settings
 

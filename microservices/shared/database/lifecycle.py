@@ -14,9 +14,12 @@ from typing import Any
 import psycopg
 
 from .config import (
+    LoginKind,
     Settings,
     admin_conninfo,
     derive_service_conninfo,
+    login_override_key,
+    login_role,
     mask_dsn,
     service_password_key,
 )
@@ -34,32 +37,43 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def service_password(settings: Settings, service: Service) -> str | None:
-    """The password *service* logs in with, generating and storing one if needed.
+def service_password(settings: Settings, service: Service,
+                     kind: LoginKind = "runtime") -> str | None:
+    """The password *service*'s *kind* role logs in with, generating and storing one
+    if needed.
 
-    None when the service has its own ``EDULINK_DB_<SERVICE>_URL``: its
-    credentials are managed where that server is.
+    None when the service has its own ``EDULINK_DB_<SERVICE>_URL`` (or
+    ``_MIGRATOR_URL``): its credentials are managed where that server is.
     """
-    if settings.service_override(service, "URL"):
+    if settings.service_override(service, login_override_key(kind, "URL")):
         return None
-    explicit = settings.service_override(service, "PASSWORD")
+    explicit = settings.service_override(service, login_override_key(kind, "PASSWORD"))
     if explicit:
         return explicit
     return settings.secret_store.get_or_create(
-        service_password_key(service), lambda: secrets.token_urlsafe(32)
+        service_password_key(service, kind), lambda: secrets.token_urlsafe(32)
     )
 
 
-def rotate_password(settings: Settings, service: Service) -> str:
-    """Store a new generated password for *service* (provision then applies it)."""
-    if settings.service_override(service, "PASSWORD"):
+def migrator_password(settings: Settings, service: Service) -> str | None:
+    """:func:`service_password` of the service's migrator role."""
+    return service_password(settings, service, "migrator")
+
+
+def rotate_password(settings: Settings, service: Service,
+                    kind: LoginKind = "runtime") -> str | None:
+    """Store a new generated password for *service*'s *kind* role (provision then
+    applies it).  None for a migrator whose password is managed outside edulink-db."""
+    variable = f"EDULINK_DB_{service.name.upper()}_{login_override_key(kind, 'PASSWORD')}"
+    if settings.service_override(service, login_override_key(kind, "PASSWORD")):
+        if kind == "migrator":
+            return None  # rotating a service rotates its runtime password; this one is external
         raise ConfigError(
-            f"EDULINK_DB_{service.name.upper()}_PASSWORD is set, so the password of "
-            f"{service.runtime_role} is managed outside edulink-db: change it there, then run "
-            "'edulink-db provision' to apply it."
+            f"{variable} is set, so the password of {login_role(service, kind)} is managed "
+            "outside edulink-db: change it there, then run 'edulink-db provision' to apply it."
         )
     value = secrets.token_urlsafe(32)
-    settings.secret_store.set(service_password_key(service), value)
+    settings.secret_store.set(service_password_key(service, kind), value)
     return value
 
 
@@ -75,10 +89,12 @@ def run_provision(
     rotate_names = [topology.service(name).name for name in rotate]
     for name in rotate_names:
         rotate_password(settings, topology.service(name))
+        rotate_password(settings, topology.service(name), "migrator")
     admin = admin_conninfo(settings)
     progress(f"provisioning {mask_dsn(admin)}")
     return provision(
         admin, topology, lambda svc: service_password(settings, svc),
+        migrator_passwords=lambda svc: migrator_password(settings, svc),
         rotate=rotate_names, adopt=adopt, progress=progress,
     )
 

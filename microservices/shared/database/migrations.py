@@ -19,7 +19,13 @@ How a run works, per service (see :mod:`.migration_files` for the files):
   on the schema's history table (so another service's migration never waits on
   it, and a transaction pooler cannot strand it).  Under the lock the history
   is read again, so of several processes racing, exactly one applies each file
-  and the others skip it.  Statements run as the owner role with
+  and the others skip it.  The runner logs in as the service's **migrator
+  role**, never as the admin: its only membership is the owner role, which it
+  becomes at login, so no statement in a file can act with more than the
+  owner's authority.  A statement that leaves the owner role (SET ROLE, RESET
+  ROLE, SET SESSION AUTHORIZATION, set_config('role', ...), also inside DO
+  blocks) or a file that grants its schema's objects to a role the topology
+  does not name is refused and rolled back.  Statements run as the owner role with
   ``search_path`` = the service schema, ``lock_timeout`` (default 2s; a file
   that hits it is retried) and ``statement_timeout`` (default 15min).  On
   failure the file is rolled back, the history is unchanged, and the error
@@ -45,7 +51,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .config import Settings, admin_conninfo, load_settings, pooler_mode
+from .config import Settings, load_settings, pooler_mode, service_conninfo
 from .direct import connect
 from .errors import (
     ConfigError,
@@ -54,7 +60,7 @@ from .errors import (
     MigrationLockTimeout,
     MigrationValidationError,
 )
-from .migration_files import MigrationFile, load_directory, parse_version
+from .migration_files import MigrationFile, SqlStatement, load_directory, parse_version
 from .topology import Service, Topology
 
 HISTORY_TABLE = "edulink_schema_history"
@@ -247,13 +253,68 @@ class _LostRace(Exception):
     """The migration lock was taken by another process between looking and grabbing."""
 
 
-class SchemaMigrator:
-    """Applies one service's migrations (the runtime context, in Alembic's terms)."""
+# Explicit ACL entries in a service's schema (the schema, its relations, columns,
+# functions and types), the owner's default privileges, and its large objects.
+# Entries the topology allows are filtered out; whatever remains was granted to a
+# role the topology does not name for this schema.
+_FOREIGN_GRANTS = """
+SELECT kind, object, CASE WHEN grantee = 0 THEN 'PUBLIC'
+                          ELSE pg_catalog.pg_get_userbyid(grantee)::text END, privilege
+FROM (
+  SELECT 'schema' AS kind, n.nspname::text AS object, a.grantee, a.privilege_type AS privilege
+    FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) a WHERE n.oid = %(ns)s::oid
+  UNION ALL
+  SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, c.oid::regclass::text,
+         a.grantee, a.privilege_type
+    FROM pg_catalog.pg_class c, aclexplode(c.relacl) a WHERE c.relnamespace = %(ns)s::oid
+  UNION ALL
+  SELECT 'column', c.oid::regclass::text || '.' || pg_catalog.quote_ident(att.attname),
+         a.grantee, a.privilege_type
+    FROM pg_catalog.pg_attribute att
+    JOIN pg_catalog.pg_class c ON c.oid = att.attrelid, aclexplode(att.attacl) a
+   WHERE c.relnamespace = %(ns)s::oid
+  UNION ALL
+  SELECT 'function', p.oid::regprocedure::text, a.grantee, a.privilege_type
+    FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a WHERE p.pronamespace = %(ns)s::oid
+  UNION ALL
+  SELECT 'type', t.oid::regtype::text, a.grantee, a.privilege_type
+    FROM pg_catalog.pg_type t, aclexplode(t.typacl) a WHERE t.typnamespace = %(ns)s::oid
+  UNION ALL
+  SELECT 'default privileges on ' || d.defaclobjtype::text, coalesce(dn.nspname::text, '*'),
+         a.grantee, a.privilege_type
+    FROM pg_catalog.pg_default_acl d
+    LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = d.defaclnamespace,
+         aclexplode(d.defaclacl) a
+   WHERE d.defaclrole = %(owner)s::oid
+  UNION ALL
+  SELECT 'large object', l.oid::text, a.grantee, a.privilege_type
+    FROM pg_catalog.pg_largeobject_metadata l, aclexplode(l.lomacl) a
+   WHERE l.lomowner = %(owner)s::oid
+) acl
+WHERE NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(own)s))
+  -- PostgreSQL's own defaults for functions and types.
+  AND NOT (grantee = 0 AND kind IN ('function', 'type', 'default privileges on f',
+                                    'default privileges on T')
+           AND privilege IN ('EXECUTE', 'USAGE'))
+  -- The topology's cross-service reads: USAGE on the schema, SELECT on tables.
+  AND NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(readers)s)
+           AND ((kind = 'schema' AND privilege = 'USAGE')
+                OR (kind IN ('table', 'column', 'default privileges on r')
+                    AND privilege = 'SELECT')))
+"""
 
-    def __init__(self, admin: dict[str, Any], topology: Topology, service: Service,
+
+class SchemaMigrator:
+    """Applies one service's migrations (the runtime context, in Alembic's terms).
+
+    *login* are the connection parameters of the service's migrator role
+    (:func:`~.config.service_conninfo` with ``kind='migrator'``), never the admin's.
+    """
+
+    def __init__(self, login: dict[str, Any], topology: Topology, service: Service,
                  files: list[MigrationFile], settings: Settings,
                  progress: Progress = _quiet) -> None:
-        self.admin = admin
+        self.login = login
         self.topology = topology
         self.service = service
         self.files = files
@@ -369,10 +430,24 @@ class SchemaMigrator:
             [rank, file.version_text, file.description, file.kind, file.script, file.checksum,
              ms, success])
 
+    def _failure(self, file: MigrationFile, stmt: SqlStatement, line: int,
+                 reason: str) -> MigrationError:
+        first, first_line = _first_code_line(stmt.text, stmt.line)
+        return MigrationError(
+            f"{self.service.name}: {file.script} failed at line {line}: {reason}\n"
+            f"  statement (line {first_line}): {first}\n"
+            + ("  The file was rolled back; the history is unchanged. Fix it and run "
+               "migrate again." if file.transactional else
+               "  This file runs without a transaction: statements before this one "
+               "stay applied. Fix the cause and run migrate again (the file runs "
+               "again, so keep its statements idempotent).")
+        )
+
     def _run_statements(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
         for stmt in file.statements:
             try:
-                conn.execute(stmt.text)  # trusted: the migration file's own SQL
+                conn.execute(stmt.text)  # runs with the owner role's authority, no more
+                row = conn.execute("SELECT current_user").fetchone()
             except psycopg.errors.LockNotAvailable:
                 raise
             except psycopg.Error as exc:
@@ -380,18 +455,57 @@ class SchemaMigrator:
                 position = exc.diag.statement_position
                 if position and position.isdigit():
                     line += stmt.text.count("\n", 0, int(position) - 1)
-                first, first_line = _first_code_line(stmt.text, stmt.line)
                 detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-                raise MigrationError(
-                    f"{self.service.name}: {file.script} failed at line {line}: "
-                    f"{exc.diag.message_primary or str(exc).strip()}{detail}\n"
-                    f"  statement (line {first_line}): {first}\n"
-                    + ("  The file was rolled back; the history is unchanged. Fix it and run "
-                       "migrate again." if file.transactional else
-                       "  This file runs without a transaction: statements before this one "
-                       "stay applied. Fix the cause and run migrate again (the file runs "
-                       "again, so keep its statements idempotent).")
-                ) from None
+                reason = f"{exc.diag.message_primary or str(exc).strip()}{detail}"
+                if exc.diag.sqlstate == "42501":
+                    reason += (f". Migrations of {self.service.name} run as "
+                               f"{self.service.owner_role}, which may change only "
+                               f"{self.service.schema}")
+                raise self._failure(file, stmt, line, reason) from None
+            # The migrator can only be its owner role or itself (NOINHERIT: no
+            # privileges); either way a file that switches roles is refused, so
+            # nothing it did after the switch is ever committed.
+            if row is None or row[0] != self.service.owner_role:
+                raise self._failure(
+                    file, stmt, stmt.line,
+                    f"the statement switched the role to {row[0] if row else None!r}; "
+                    f"migrations of {self.service.name} run as {self.service.owner_role} "
+                    "and must not change role (SET ROLE, RESET ROLE, SET SESSION "
+                    "AUTHORIZATION, set_config('role', ...))")
+
+    def _foreign_grants(self, conn: psycopg.Connection[Any]) -> set[tuple[str, str, str, str]]:
+        """ACL entries in the service's schema for roles the topology does not name."""
+        own = [self.service.owner_role, self.service.runtime_role]
+        readers = [s.runtime_role for s in self.topology.readers_of(self.service)]
+        rows = conn.execute(
+            "SELECT n.oid, r.oid FROM pg_catalog.pg_namespace n, pg_catalog.pg_roles r"
+            " WHERE n.nspname = %s AND r.rolname = %s",
+            [self.service.schema, self.service.owner_role]).fetchone()
+        if rows is None:
+            return set()
+        found = conn.execute(_FOREIGN_GRANTS, {"ns": rows[0], "owner": rows[1], "own": own,
+                                               "readers": readers}).fetchall()
+        return {(str(k), str(o), str(g), str(p)) for k, o, g, p in found}
+
+    def _run_file(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
+        """Run *file*'s statements; refuse it if it granted access the topology does
+        not declare (to another service, to PUBLIC, to an unrelated role)."""
+        before = self._foreign_grants(conn)
+        self._run_statements(conn, file)
+        added = sorted(self._foreign_grants(conn) - before)
+        if added:
+            grants = "; ".join(f"{priv} on {kind} {obj} to {grantee}"
+                               for kind, obj, grantee, priv in added)
+            raise MigrationError(
+                f"{self.service.name}: {file.script} grants {grants}, which the topology "
+                f"does not declare: only {self.service.runtime_role} (and, read-only, the "
+                f"services whose 'reads' name {self.service.name}) may access "
+                f"{self.service.schema}. "
+                + ("The file was rolled back; the history is unchanged. Declare the access "
+                   "in the topology (reads) instead." if file.transactional else
+                   "This file runs without a transaction, so the grant stays: revoke it "
+                   "(or run 'edulink-db provision', which removes undeclared grants).")
+            )
 
     # -- applying ---------------------------------------------------------------
     def _apply_transactional(self, conn: psycopg.Connection[Any], file: MigrationFile) -> str:
@@ -409,7 +523,7 @@ class SchemaMigrator:
                     if state == "applied":
                         return "skipped"
                     started = time.perf_counter()
-                    self._run_statements(conn, file)
+                    self._run_file(conn, file)
                     self._record(conn, rank, file,
                                  int((time.perf_counter() - started) * 1000), True)
                 return "applied"
@@ -434,7 +548,7 @@ class SchemaMigrator:
 
     def _apply_non_transactional(self, file: MigrationFile) -> str:
         # A dedicated connection: session lock and settings die with it.
-        with connect(self.admin, purpose="run a non-transactional migration") as conn:
+        with connect(self.login, purpose="run a non-transactional migration") as conn:
             self._wait_for_lock(conn, session=True)
             settings_sql, settings_params = self._session_settings(local=False)
             conn.execute(settings_sql, settings_params)
@@ -451,7 +565,7 @@ class SchemaMigrator:
             else:
                 self._record(conn, rank, file, 0, False)  # in progress: a crash leaves this
             started = time.perf_counter()
-            self._run_statements(conn, file)
+            self._run_file(conn, file)
             conn.execute(sql.SQL(
                 "UPDATE {} SET success = true, execution_ms = %s, checksum = %s,"
                 " installed_at = pg_catalog.now() WHERE installed_rank = %s").format(self.history),
@@ -485,11 +599,21 @@ class SchemaMigrator:
             file.parsed  # noqa: B018 - every pending file's SQL is checked before any runs
         started = time.perf_counter()
         self._history_ready = status.history_exists
-        with connect(self.admin, purpose=f"migrate {self.service.name}") as conn:
+        with connect(self.login, purpose=f"migrate {self.service.name}") as conn:
             for file in status.pending:
                 self.progress(f"{self.service.name}: applying {file.script}")
-                outcome = (self._apply_transactional(conn, file) if file.transactional
-                           else self._apply_non_transactional(file))
+                try:
+                    outcome = (self._apply_transactional(conn, file) if file.transactional
+                               else self._apply_non_transactional(file))
+                except psycopg.Error as exc:
+                    # Outside the file's own statements (history, locks): still a clear
+                    # error, never a raw driver traceback.
+                    raise MigrationError(
+                        f"{self.service.name}: {file.script} could not be recorded: "
+                        f"{exc.diag.message_primary or str(exc).strip()}. The file was "
+                        "rolled back if it ran in a transaction; run 'edulink-db verify' "
+                        "to check the service's roles."
+                    ) from None
                 {"applied": report.applied, "skipped": report.skipped,
                  "resumed": report.resumed}[outcome].append(file.script)
         report.duration_s = time.perf_counter() - started
@@ -505,7 +629,7 @@ class SchemaMigrator:
         by_script = {f.script: f for f in status.files}
         # Rare, deliberate operations: the session-level lock on a connection of their
         # own, then one short transaction (the lock dies with the connection).
-        with connect(self.admin, purpose="repair migration history") as conn:
+        with connect(self.login, purpose="repair migration history") as conn:
             self._wait_for_lock(conn, session=True)
             with conn.transaction():
                 self._repair_locked(conn, status, by_script, done)
@@ -532,7 +656,7 @@ class SchemaMigrator:
     def baseline(self, version: str, description: str = "<< baseline >>") -> None:
         """Record that the schema already holds everything up to *version*."""
         parsed = parse_version(version)
-        with connect(self.admin, purpose="baseline migrations") as conn:
+        with connect(self.login, purpose="baseline migrations") as conn:
             self._wait_for_lock(conn, session=True)
             with conn.transaction():
                 self._baseline_locked(conn, parsed, description)
@@ -585,9 +709,11 @@ class MigrationManager:
     def _topology(self) -> Topology:
         return self.settings.topology()
 
-    def _admin(self) -> dict[str, Any]:
-        admin = admin_conninfo(self.settings)
-        if pooler_mode(self.settings, admin) == "transaction":
+    def _login(self, service: Service) -> dict[str, Any]:
+        """The migrator role's connection parameters: migrations never log in as the
+        admin, so no migration file can use the admin's authority."""
+        login = service_conninfo(service, self.settings, kind="migrator")
+        if pooler_mode(self.settings, login) == "transaction":
             raise MigrationError(
                 "Migrations need a direct (or session-mode) connection, but DATABASE_URL "
                 "points at a transaction pooler (port 6543 or DATABASE_POOLER=transaction): "
@@ -595,7 +721,7 @@ class MigrationManager:
                 "and CREATE INDEX CONCURRENTLY. Use the direct connection string "
                 "(Supabase: port 5432, db.<project>.supabase.co)."
             )
-        return admin
+        return login
 
     def _dir_for(self, service: Service, directory: str | Path | None) -> Path:
         if directory is not None:
@@ -623,7 +749,8 @@ class MigrationManager:
 
     def statuses(self, services: Iterable[str] | None = None,
                  directory: str | Path | None = None) -> list[ServiceStatus]:
-        """Status of several services, reading all histories in two queries."""
+        """Status of several services; each history is read as its service's migrator
+        (the history is the owner role's alone), in two queries per service."""
         topology = self._topology()
         if directory is not None:
             self._root = Path(directory)
@@ -631,16 +758,16 @@ class MigrationManager:
         chosen = [topology.service(s) for s in services] if services else list(
             topology.services)
         files = {s.name: load_directory(self._dir_for(s, None)) for s in chosen}
-        with connect(self._admin(), purpose="read migration history") as conn:
-            histories = read_histories(conn, chosen)
-        return [compute_status(s, files[s.name], histories[s.schema][1],
-                               histories[s.schema][0]) for s in chosen]
+        return [self._status_for(s, files[s.name]) for s in chosen]
 
-    def _status_one(self, service: Service, directory: str | Path | None) -> ServiceStatus:
-        files = load_directory(self._dir_for(service, directory))
-        with connect(self._admin(), purpose="read migration history") as conn:
+    def _status_for(self, service: Service, files: list[MigrationFile]) -> ServiceStatus:
+        with connect(self._login(service),
+                     purpose=f"read the migration history of {service.name}") as conn:
             exists, rows = read_histories(conn, [service])[service.schema]
         return compute_status(service, files, rows, exists)
+
+    def _status_one(self, service: Service, directory: str | Path | None) -> ServiceStatus:
+        return self._status_for(service, load_directory(self._dir_for(service, directory)))
 
     def get_migration_status(self, service: str, directory: str | Path | None = None
                              ) -> dict[str, Any]:
@@ -655,8 +782,8 @@ class MigrationManager:
         topology = self._topology()
         svc = topology.service(service)
         status = self._status_one(svc, directory)
-        migrator = SchemaMigrator(self._admin(), topology, svc, status.files, self.settings,
-                                  self.progress)
+        migrator = SchemaMigrator(self._login(svc), topology, svc, status.files,
+                                  self.settings, self.progress)
         return migrator.migrate(status, dry_run=dry_run).as_dict()
 
     def run_all_migrations(self, directory: str | Path | None = None, *,
@@ -672,11 +799,10 @@ class MigrationManager:
             raise MigrationValidationError(
                 "Migration history and files disagree; nothing was run:\n  "
                 + "\n  ".join(problems))
-        admin = self._admin()
         results: dict[str, dict[str, Any]] = {}
         for st in statuses:
             svc = topology.service(st.service)
-            migrator = SchemaMigrator(admin, topology, svc, st.files, self.settings,
+            migrator = SchemaMigrator(self._login(svc), topology, svc, st.files, self.settings,
                                       self.progress)
             results[svc.name] = migrator.migrate(st, dry_run=dry_run).as_dict()
         return results
@@ -693,9 +819,9 @@ class MigrationManager:
     def repair(self, services: Iterable[str] | None = None,
                directory: str | Path | None = None) -> dict[str, list[str]]:
         topology = self._topology()
-        admin = self._admin()
         return {
-            st.service: SchemaMigrator(admin, topology, topology.service(st.service), st.files,
+            st.service: SchemaMigrator(self._login(topology.service(st.service)), topology,
+                                       topology.service(st.service), st.files,
                                        self.settings, self.progress).repair(st)
             for st in self.statuses(services, directory)
         }
@@ -708,5 +834,5 @@ class MigrationManager:
         except ValueError:
             raise ConfigError(f"Baseline version {version!r} is not a version like 3 or 1.2."
                               ) from None
-        SchemaMigrator(self._admin(), topology, svc, [], self.settings,
+        SchemaMigrator(self._login(svc), topology, svc, [], self.settings,
                        self.progress).baseline(version)

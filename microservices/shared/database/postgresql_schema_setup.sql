@@ -4,8 +4,8 @@
 --
 -- Run as a role with CREATEROLE and CREATE on the database (Supabase's `postgres`
 -- user is enough; superuser is not needed). Idempotent: safe to run again.
--- Runtime roles are created WITHOUT passwords: `edulink-db provision` sets them
--- (SCRAM verifiers computed client-side), or set them yourself with psql's
+-- Runtime and migrator roles are created WITHOUT passwords: `edulink-db provision`
+-- sets them (SCRAM verifiers computed client-side), or set them yourself with psql's
 -- \password <role>.  `edulink-db provision` additionally checks each service
 -- can log in, and `edulink-db verify` compares the result with the topology.
 --
@@ -32,7 +32,7 @@ DO $do$
 DECLARE foreign_roles text;
 BEGIN
   SELECT pg_catalog.string_agg(rolname, ', ' ORDER BY rolname) INTO foreign_roles
-    FROM pg_catalog.pg_roles WHERE rolname = ANY('{auth_service_owner,user_service_owner,institution_service_owner,notification_service_owner,application_service_owner,internship_service_owner,shared_schema_owner,auth_service_role,user_service_role,institution_service_role,notification_service_role,application_service_role,internship_service_role}'::pg_catalog.name[])
+    FROM pg_catalog.pg_roles WHERE rolname = ANY('{auth_service_owner,user_service_owner,institution_service_owner,notification_service_owner,application_service_owner,internship_service_owner,shared_schema_owner,auth_service_role,user_service_role,institution_service_role,notification_service_role,application_service_role,internship_service_role,auth_service_migrator,user_service_migrator,institution_service_migrator,notification_service_migrator,application_service_migrator,internship_service_migrator}'::pg_catalog.name[])
      AND NOT coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false);
   IF foreign_roles IS NOT NULL THEN
     RAISE EXCEPTION 'roles exist that edulink-db did not create: %', foreign_roles
@@ -295,6 +295,138 @@ BEGIN
     EXECUTE pg_catalog.format('ALTER ROLE %I CONNECTION LIMIT %s', r, per_role);
   END LOOP;
 END $do$;
+
+-- Migrator role of service auth: logs in to run migrations, acts only as auth_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'auth_service_migrator') THEN
+    CREATE ROLE "auth_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "auth_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'auth_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'auth_service_migrator';
+  END IF;
+END $do$;
+
+-- auth_service_migrator's one membership: auth_service_owner.
+GRANT "auth_service_owner" TO "auth_service_migrator";
+
+-- auth_service_migrator is auth_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "auth_service_migrator" SET role = 'auth_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "auth_service_migrator" SET search_path = "auth_schema", "shared_schema";
+
+-- Migrator role of service user: logs in to run migrations, acts only as user_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'user_service_migrator') THEN
+    CREATE ROLE "user_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "user_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'user_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'user_service_migrator';
+  END IF;
+END $do$;
+
+-- user_service_migrator's one membership: user_service_owner.
+GRANT "user_service_owner" TO "user_service_migrator";
+
+-- user_service_migrator is user_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "user_service_migrator" SET role = 'user_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "user_service_migrator" SET search_path = "user_schema", "shared_schema";
+
+-- Migrator role of service institution: logs in to run migrations, acts only as institution_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'institution_service_migrator') THEN
+    CREATE ROLE "institution_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "institution_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'institution_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'institution_service_migrator';
+  END IF;
+END $do$;
+
+-- institution_service_migrator's one membership: institution_service_owner.
+GRANT "institution_service_owner" TO "institution_service_migrator";
+
+-- institution_service_migrator is institution_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "institution_service_migrator" SET role = 'institution_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "institution_service_migrator" SET search_path = "institution_schema", "shared_schema";
+
+-- Migrator role of service notification: logs in to run migrations, acts only as notification_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'notification_service_migrator') THEN
+    CREATE ROLE "notification_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "notification_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'notification_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'notification_service_migrator';
+  END IF;
+END $do$;
+
+-- notification_service_migrator's one membership: notification_service_owner.
+GRANT "notification_service_owner" TO "notification_service_migrator";
+
+-- notification_service_migrator is notification_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "notification_service_migrator" SET role = 'notification_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "notification_service_migrator" SET search_path = "notification_schema", "shared_schema";
+
+-- Migrator role of service application: logs in to run migrations, acts only as application_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'application_service_migrator') THEN
+    CREATE ROLE "application_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "application_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'application_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'application_service_migrator';
+  END IF;
+END $do$;
+
+-- application_service_migrator's one membership: application_service_owner.
+GRANT "application_service_owner" TO "application_service_migrator";
+
+-- application_service_migrator is application_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "application_service_migrator" SET role = 'application_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "application_service_migrator" SET search_path = "application_schema", "shared_schema";
+
+-- Migrator role of service internship: logs in to run migrations, acts only as internship_service_owner.
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'internship_service_migrator') THEN
+    CREATE ROLE "internship_service_migrator" LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    COMMENT ON ROLE "internship_service_migrator" IS 'edulink-db managed: created by edulink-db provision; provisioning refuses roles without this comment';
+  END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles
+                 WHERE rolname = 'internship_service_migrator' AND coalesce(pg_catalog.starts_with(pg_catalog.shobj_description(oid, 'pg_authid'), 'edulink-db managed'), false)) THEN
+    RAISE EXCEPTION 'role % was created concurrently by someone else', 'internship_service_migrator';
+  END IF;
+END $do$;
+
+-- internship_service_migrator's one membership: internship_service_owner.
+GRANT "internship_service_owner" TO "internship_service_migrator";
+
+-- internship_service_migrator is internship_service_owner from login on (and after RESET ROLE).
+ALTER ROLE "internship_service_migrator" SET role = 'internship_service_owner';
+
+-- Unqualified names in migrations land in the service's schema.
+ALTER ROLE "internship_service_migrator" SET search_path = "internship_schema", "shared_schema";
 
 -- Schema auth_schema, owned by auth_service_owner.
 CREATE SCHEMA IF NOT EXISTS "auth_schema" AUTHORIZATION "auth_service_owner";

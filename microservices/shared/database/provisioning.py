@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .config import derive_service_conninfo
+from .config import LoginKind, derive_service_conninfo, login_role
 from .direct import connect
 from .errors import ForeignRoleError, ProvisioningError
 from .migrations import HISTORY_TABLE
@@ -51,6 +51,14 @@ AUDIT_INSERT_COLUMNS = (
 RLS_HELPER = "current_user_id"
 RUNTIME_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
 OWNER_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+# NOINHERIT: the migrator holds no privilege of its own, not even through its
+# membership; it only acts by *being* the owner role (SET ROLE).  So a migration
+# that escapes the owner role (SET ROLE NONE, set_config('role', 'none', ...))
+# is left with nothing.  On PostgreSQL 16+ the attribute also makes the
+# membership grant default to INHERIT FALSE; on 15 the attribute itself is what
+# counts.  One statement, same meaning on both.
+MIGRATOR_ROLE_ATTRIBUTES = (
+    "LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
 
 # Every role edulink-db creates gets this comment, in the transaction that creates
 # it; provisioning touches no existing role without it (DESIGN.md: other software
@@ -233,6 +241,34 @@ def search_path_for(service: Service, topology: Topology) -> list[str]:
     return [service.schema, topology.shared.schema]
 
 
+def migrator_statements(svc: Service, topology: Topology) -> list[Statement]:
+    """The migrator role of *svc*: logs in, and can only ever be its owner role.
+
+    ``ALTER ROLE ... SET role`` makes the owner the role-level default of the
+    ``role`` setting: every login starts as the owner (objects a migration or
+    Django's ``migrate`` creates are the owner's), and RESET ROLE, RESET ALL,
+    DISCARD ALL and SET SESSION AUTHORIZATION DEFAULT all lead back to the
+    owner, never to the admin.  Checked on PostgreSQL 15 and 18: the default is
+    applied at login and validated against the membership (16+ needs the
+    grant's SET option, which GRANT gives by default).
+    """
+    m, o = sql.Identifier(svc.migrator_role), sql.Identifier(svc.owner_role)
+    return [
+        Statement(f"Migrator role of service {svc.name}: logs in to run migrations, "
+                  f"acts only as {svc.owner_role}.",
+                  _create_role(svc.migrator_role, MIGRATOR_ROLE_ATTRIBUTES)),
+        Statement(f"{svc.migrator_role}'s one membership: {svc.owner_role}.",
+                  sql.SQL("GRANT {} TO {}").format(o, m)),
+        Statement(f"{svc.migrator_role} is {svc.owner_role} from login on "
+                  "(and after RESET ROLE).",
+                  sql.SQL("ALTER ROLE {} SET role = {}").format(
+                      m, sql.Literal(svc.owner_role))),
+        Statement("Unqualified names in migrations land in the service's schema.",
+                  sql.SQL("ALTER ROLE {} SET search_path = {}").format(
+                      m, _ids(search_path_for(svc, topology)))),
+    ]
+
+
 def provisioning_statements(topology: Topology) -> list[Statement]:
     """Every statement that brings a database in line with *topology*, in order."""
     shared = topology.shared
@@ -276,6 +312,8 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
             ))
 
     out += _connection_limit_statements(topology)
+    for svc in topology.services:
+        out += migrator_statements(svc, topology)
 
     for schema in topology.schemas:
         owner = topology.schema_owner(schema)
@@ -400,8 +438,8 @@ def render_postgresql_script(topology: Topology) -> str:
         "--",
         "-- Run as a role with CREATEROLE and CREATE on the database (Supabase's `postgres`",
         "-- user is enough; superuser is not needed). Idempotent: safe to run again.",
-        "-- Runtime roles are created WITHOUT passwords: `edulink-db provision` sets them",
-        "-- (SCRAM verifiers computed client-side), or set them yourself with psql's",
+        "-- Runtime and migrator roles are created WITHOUT passwords: `edulink-db provision`",
+        "-- sets them (SCRAM verifiers computed client-side), or set them yourself with psql's",
         "-- \\password <role>.  `edulink-db provision` additionally checks each service",
         "-- can log in, and `edulink-db verify` compares the result with the topology.",
         "--",
@@ -685,11 +723,31 @@ def _can_log_in(params: dict[str, Any]) -> bool:
         raise
 
 
+def _logins(
+    topology: Topology,
+    passwords: Callable[[Service], str | None],
+    migrator_passwords: Callable[[Service], str | None] | None,
+) -> list[tuple[Service, LoginKind, str]]:
+    """Every LOGIN role whose password edulink-db manages: (service, kind, password)."""
+    out: list[tuple[Service, LoginKind, str]] = []
+    sources: list[tuple[LoginKind, Callable[[Service], str | None] | None]] = [
+        ("runtime", passwords), ("migrator", migrator_passwords)]
+    for kind, source in sources:
+        if source is None:
+            continue
+        for svc in topology.services:
+            password = source(svc)
+            if password is not None:
+                out.append((svc, kind, password))
+    return out
+
+
 def provision(
     admin: dict[str, Any],
     topology: Topology,
     passwords: Callable[[Service], str | None],
     *,
+    migrator_passwords: Callable[[Service], str | None] | None = None,
     rotate: Iterable[str] = (),
     adopt: Iterable[str] = (),
     progress: Callable[[str], None] = lambda _msg: None,
@@ -698,8 +756,11 @@ def provision(
 
     *passwords* returns the password a service should log in with (``None``
     when the service is configured with its own URL and manages its own
-    credentials).  Runtime roles get their password when created, when
-    listed in *rotate*, or when logging in with the configured password fails.
+    credentials); *migrator_passwords* likewise for its migrator role (without
+    it, migrator roles get no password and cannot log in until one is set).
+    Runtime and migrator roles get their password when created, when their
+    service is listed in *rotate*, or when logging in with the configured
+    password fails.
     All DDL runs in one transaction: on any error nothing is changed.
 
     Only roles edulink-db created (marked with :data:`MANAGED_COMMENT`) are
@@ -713,6 +774,7 @@ def provision(
 
     started = time.perf_counter()
     rotate_set = set(rotate)
+    logins = _logins(topology, passwords, migrator_passwords)
     with connect(admin, purpose="provision", autocommit=False) as conn:
         user, database, version = check_admin(conn)
         conn.commit()
@@ -739,13 +801,12 @@ def provision(
             current = "repairing privileges that differ from the topology"
             _repair_drift(conn, topology, report, progress)
             report.created_roles = [r for r in roles if r not in existing]
-            for svc in topology.services:
-                password = passwords(svc)
-                if password is not None and (
-                        svc.runtime_role not in existing or svc.name in rotate_set):
-                    current = f"setting the password of {svc.runtime_role}"
-                    set_role_password(conn, svc.runtime_role, password)
-                    report.passwords_set.append(svc.runtime_role)
+            for svc, kind, password in logins:
+                role = login_role(svc, kind)
+                if role not in existing or svc.name in rotate_set:
+                    current = f"setting the password of {role}"
+                    set_role_password(conn, role, password)
+                    report.passwords_set.append(role)
             conn.commit()
         except psycopg.Error as exc:
             conn.rollback()
@@ -756,16 +817,16 @@ def provision(
 
         # A role that existed already keeps its password unless the configured
         # one no longer works (e.g. the secrets file was replaced).
-        for svc in topology.services:
-            password = passwords(svc)
-            if password is None or svc.runtime_role in report.passwords_set:
+        for svc, kind, password in logins:
+            role = login_role(svc, kind)
+            if role in report.passwords_set:
                 continue
-            params = derive_service_conninfo(admin, svc, password)
+            params = derive_service_conninfo(admin, svc, password, kind=kind)
             if not _can_log_in(params):
-                progress(f"configured password of {svc.runtime_role} was rejected: resetting it")
-                set_role_password(conn, svc.runtime_role, password)
+                progress(f"configured password of {role} was rejected: resetting it")
+                set_role_password(conn, role, password)
                 conn.commit()
-                report.passwords_set.append(svc.runtime_role)
+                report.passwords_set.append(role)
 
         _enable_statement_statistics(conn, report)
         after = read_catalog(conn, topology)

@@ -54,7 +54,7 @@ PLATFORM_RESERVED_ROLES = frozenset({
 })
 
 _SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps",
-                           CONNECTION_LIMIT} | ROLE_SETTINGS)
+                           "migrator_role", CONNECTION_LIMIT} | ROLE_SETTINGS)
 _SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
 _TOP_KEYS = frozenset({"services", "shared", "defaults"})
 
@@ -68,12 +68,18 @@ class Service:
     ``owner_role`` is a NOLOGIN role that owns the schema and every object in
     it; migrations act as it.  ``reads`` names the services whose schemas the
     runtime role may SELECT from.
+
+    ``migrator_role`` is the LOGIN role migrations connect as.  Its only
+    membership is ``owner_role`` (NOINHERIT, with ``role`` defaulting to the
+    owner at login), so whatever SQL a migration file runs, it can never act
+    with more than the owner's authority.
     """
 
     name: str
     schema: str
     runtime_role: str
     owner_role: str
+    migrator_role: str
     reads: tuple[str, ...] = ()
     django_apps: tuple[str, ...] = ()
     role_settings: tuple[tuple[str, str], ...] = ()
@@ -142,6 +148,10 @@ class Topology:
     @property
     def runtime_roles(self) -> list[str]:
         return [s.runtime_role for s in self.services]
+
+    @property
+    def migrator_roles(self) -> list[str]:
+        return [s.migrator_role for s in self.services]
 
     @property
     def owner_roles(self) -> list[str]:
@@ -245,6 +255,9 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str,
     owner_role = validate_identifier(
         raw.get("owner_role", f"{name}_service_owner"), f"owner_role in {where}"
     )
+    migrator_role = validate_identifier(
+        raw.get("migrator_role", f"{name}_service_migrator"), f"migrator_role in {where}"
+    )
     reads_raw = _string_list(raw.get("reads", []), f"reads in {where}")
     if ALL_OTHERS in reads_raw:
         if reads_raw != [ALL_OTHERS]:
@@ -282,6 +295,7 @@ def _parse_service(name: str, raw: object, all_names: list[str], source: str,
         django_apps=tuple(apps),
         role_settings=_role_settings(raw, defaults, where),
         connection_limit=_connection_limit(raw, defaults, where),
+        migrator_role=migrator_role,
     )
 
 
@@ -320,6 +334,7 @@ def _check_unique(topology: Topology, source: str) -> None:
     for s in topology.services:
         roles.append((s.runtime_role, f"runtime_role of service {s.name!r}"))
         roles.append((s.owner_role, f"owner_role of service {s.name!r}"))
+        roles.append((s.migrator_role, f"migrator_role of service {s.name!r}"))
     roles.append((topology.shared.owner_role, "[shared] owner_role"))
     for role, what in roles:
         if role in PLATFORM_RESERVED_ROLES:

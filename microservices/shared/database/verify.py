@@ -92,6 +92,12 @@ class CatalogState:
     # headroom, derived limit: provisioning.connection_budget_query.
     connection_budget: tuple[int, int, int, int, int, int] | None = None
     database: str = ""
+    # Migrator roles: (member, granted) memberships whose privileges the member
+    # inherits (PostgreSQL 16+: the grant's INHERIT option; on 15 the role's
+    # INHERIT attribute decides, see RoleState), and what migrators hold themselves.
+    inheriting_grants: set[tuple[str, str]] = field(default_factory=set)
+    migrator_privileges: set[tuple[str, str, str, str, str]] = field(
+        default_factory=set)  # role, kind, schema, name, privilege
     queries: int = 0
 
 
@@ -99,7 +105,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
     """Read the catalog facts verify needs, in a constant number of queries."""
     state = CatalogState(database=conn.info.dbname)
     runtime = topology.runtime_roles
-    roles = runtime + topology.owner_roles
+    roles = runtime + topology.owner_roles + topology.migrator_roles
     schemas = topology.schemas
 
     def q(query: str | sql.Composed, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -109,7 +115,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
     for row in q(
         sql.SQL("""
         SELECT r.rolname, r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolcanlogin,
-               r.rolreplication, r.rolbypassrls,
+               r.rolreplication, r.rolbypassrls, r.rolinherit,
                ARRAY(SELECT g.rolname::text FROM pg_catalog.pg_auth_members m
                      JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                      WHERE m.member = r.oid ORDER BY 1),
@@ -123,7 +129,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
         """).format(managed=managed_mark_sql("r.oid")),
         {"roles": roles},
     ):
-        (name, sup, crole, cdb, login, repl, bypass, member_of, role_cfg, db_cfg,
+        (name, sup, crole, cdb, login, repl, bypass, inherit, member_of, role_cfg, db_cfg,
          managed, connlimit) = row
         settings: dict[str, str] = {}
         db_keys = tuple(sorted(item.partition("=")[0] for item in db_cfg or []))
@@ -135,7 +141,7 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
             name=name,
             attributes=(("rolsuper", sup), ("rolcreaterole", crole), ("rolcreatedb", cdb),
                         ("rolcanlogin", login), ("rolreplication", repl),
-                        ("rolbypassrls", bypass)),
+                        ("rolbypassrls", bypass), ("rolinherit", inherit)),
             member_of=tuple(member_of),
             settings=tuple(sorted(settings.items())),
             managed=managed,
@@ -253,7 +259,69 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
             state.database_privileges.add((role, name))
         else:
             state.runtime_owned.add((role, kind, name))
+    _read_migrators(conn, topology, q, state)
     return state
+
+
+def _read_migrators(conn: psycopg.Connection[Any], topology: Topology,
+                    q: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]],
+                    state: CatalogState) -> None:
+    """What migrator roles hold by themselves (they should hold nothing: they act
+    only by becoming their owner role) and, on 16+, which memberships inherit."""
+    migrators = topology.migrator_roles
+    if conn.info.server_version >= 160000:
+        for member, granted in q(
+            """
+            SELECT m.rolname, g.rolname FROM pg_catalog.pg_auth_members a
+            JOIN pg_catalog.pg_roles m ON m.oid = a.member
+            JOIN pg_catalog.pg_roles g ON g.oid = a.roleid
+            WHERE m.rolname = ANY(%(migrators)s) AND a.inherit_option
+            """,
+            {"migrators": migrators},
+        ):
+            state.inheriting_grants.add((member, granted))
+    for role, kind, schema, name, priv in q(
+        """
+        WITH mg AS (SELECT oid, rolname FROM pg_catalog.pg_roles
+                    WHERE rolname = ANY(%(migrators)s))
+        SELECT mg.rolname, 'schema', n.nspname::text, '', p.priv
+          FROM mg CROSS JOIN pg_catalog.pg_namespace n
+          CROSS JOIN unnest(ARRAY['USAGE', 'CREATE']) AS p(priv)
+         WHERE n.nspname = ANY(%(schemas)s)
+           AND pg_catalog.has_schema_privilege(mg.oid, n.oid, p.priv)
+        UNION ALL
+        SELECT mg.rolname, CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
+               n.nspname::text, c.relname::text, p.priv
+          FROM mg CROSS JOIN pg_catalog.pg_class c
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          CROSS JOIN unnest(%(privs)s::text[]) AS p(priv)
+         WHERE n.nspname = ANY(%(schemas)s)
+           AND CASE
+             WHEN c.relkind = 'S' THEN p.priv = ANY(%(seq_privs)s::text[])
+                  AND pg_catalog.has_sequence_privilege(mg.oid, c.oid, p.priv)
+             WHEN c.relkind <> ALL(%(kinds)s::"char"[]) THEN false
+             WHEN p.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+                  THEN pg_catalog.has_any_column_privilege(mg.oid, c.oid, p.priv)
+             WHEN p.priv = 'USAGE' THEN false
+             ELSE pg_catalog.has_table_privilege(mg.oid, c.oid, p.priv)
+           END
+        UNION ALL
+        SELECT mg.rolname, 'owns schema', n.nspname::text, '', 'OWNER'
+          FROM pg_catalog.pg_namespace n JOIN mg ON mg.oid = n.nspowner
+        UNION ALL
+        SELECT mg.rolname, 'owns relation', '', c.oid::regclass::text, 'OWNER'
+          FROM pg_catalog.pg_class c JOIN mg ON mg.oid = c.relowner
+        UNION ALL
+        SELECT mg.rolname, 'owns function', '', p.oid::regprocedure::text, 'OWNER'
+          FROM pg_catalog.pg_proc p JOIN mg ON mg.oid = p.proowner
+        UNION ALL
+        SELECT mg.rolname, 'database', '', current_database()::text, 'CREATE'
+          FROM mg WHERE pg_catalog.has_database_privilege(mg.oid, current_database(), 'CREATE')
+        """,
+        {"migrators": migrators, "schemas": topology.schemas, "kinds": list(TABLE_KINDS),
+         "privs": [*_table_privileges(conn), "USAGE"], "seq_privs": list(SEQUENCE_PRIVILEGES)},
+    ):
+        state.migrator_privileges.add((role, kind, schema, name, priv))
 
 
 def _table_privileges(conn: psycopg.Connection[Any]) -> list[str]:
@@ -518,6 +586,82 @@ def _connection_budget_problems(state: CatalogState, topology: Topology,
     return problems
 
 
+def _migrator_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    """Migrator roles, as strictly as runtime roles: LOGIN, no dangerous attribute,
+    NOINHERIT, exactly one membership (its owner role, not inherited), ``role``
+    and ``search_path`` defaults, and no privilege or object of its own."""
+    problems: list[Problem] = []
+    for svc in topology.services:
+        name = svc.migrator_role
+        rs = state.roles.get(name)
+        if rs is None:
+            problems.append(Problem(name, "", "role", "",
+                                    "migrator role does not exist; run 'edulink-db provision'"))
+            continue
+        mid, oid_ = sql.Identifier(name), sql.Identifier(svc.owner_role)
+        if not rs.attr("rolcanlogin"):
+            problems.append(Problem(name, "", "role", "LOGIN",
+                                    "migrator role cannot log in (NOLOGIN)",
+                                    _q("ALTER ROLE {} LOGIN", mid)))
+        for attr in DANGEROUS_ATTRIBUTES:
+            if rs.attr(attr):
+                keyword = ATTRIBUTE_KEYWORDS[attr]
+                problems.append(Problem(name, "", "role", keyword,
+                                        f"migrator role has {keyword}; it must not",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", mid)))
+        if rs.attr("rolinherit"):
+            problems.append(Problem(name, "", "role", "INHERIT",
+                                    "migrator role has INHERIT; it must act only by being "
+                                    f"{svc.owner_role} (NOINHERIT)",
+                                    _q("ALTER ROLE {} NOINHERIT", mid)))
+        for granted in sorted(set(rs.member_of) - {svc.owner_role}):
+            problems.append(Problem(name, "", "role", f"MEMBER OF {granted}",
+                                    f"migrator role is a member of {granted}; its only "
+                                    f"membership must be {svc.owner_role}",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), mid)))
+        if svc.owner_role not in rs.member_of:
+            problems.append(Problem(name, "", "role", f"MEMBER OF {svc.owner_role}",
+                                    f"migrator role is not a member of {svc.owner_role}, so "
+                                    "migrations cannot run",
+                                    _q("GRANT {} TO {}", oid_, mid)))
+        elif (name, svc.owner_role) in state.inheriting_grants:
+            problems.append(Problem(name, "", "role", f"INHERIT {svc.owner_role}",
+                                    f"migrator role inherits {svc.owner_role}'s privileges; "
+                                    "the membership must be WITH INHERIT FALSE",
+                                    _q("GRANT {} TO {} WITH INHERIT FALSE", oid_, mid)))
+        have = dict(rs.settings)
+        if have.get("role") != svc.owner_role:
+            problems.append(Problem(name, "", "role setting", "role",
+                                    f"role is {have.get('role')!r}, expected "
+                                    f"{svc.owner_role!r}",
+                                    _q("ALTER ROLE {} SET role = {}", mid,
+                                       sql.Literal(svc.owner_role))))
+        want_path = search_path_for(svc, topology)
+        if rs.search_path != ", ".join(want_path):
+            problems.append(Problem(name, svc.schema, "role setting", "search_path",
+                                    f"search_path is {rs.search_path!r}, expected "
+                                    f"{', '.join(want_path)!r}",
+                                    _q("ALTER ROLE {} SET search_path = {}", mid,
+                                       sql.SQL(", ").join(map(sql.Identifier, want_path)))))
+        if rs.attr("rolinherit") or (name, svc.owner_role) in state.inheriting_grants:
+            continue  # what it holds comes from the owner: fix the inheritance first
+        for role, kind, schema, obj, priv in sorted(state.migrator_privileges):
+            if role != name:
+                continue
+            repair: sql.Composed | None = None
+            # priv and kind come from constants in the catalog query, never from names.
+            if kind == "schema":
+                repair = _q(f"REVOKE {priv} ON SCHEMA {{}} FROM {{}}",
+                            sql.Identifier(schema), mid)
+            elif kind in ("TABLE", "SEQUENCE"):
+                repair = _q(f"REVOKE {priv} ON {kind} {{}} FROM {{}}",
+                            sql.Identifier(schema, obj), mid)
+            problems.append(Problem(name, schema, f"{kind.lower()} {obj}".strip(), priv,
+                                    f"migrator role itself has {priv}; it must hold nothing "
+                                    f"but its membership in {svc.owner_role}", repair))
+    return problems
+
+
 def _schema_problems(
     state: CatalogState, topology: Topology, warnings: list[str]
 ) -> list[Problem]:
@@ -641,6 +785,7 @@ def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     report.problems += _role_problems(state, topology)
     report.problems += _ownership_mark_problems(state)
     report.problems += _connection_budget_problems(state, topology, report.warnings)
+    report.problems += _migrator_problems(state, topology)
     report.problems += _schema_problems(state, topology, report.warnings)
     report.problems += _relation_problems(state, topology)
     report.problems += _default_privilege_problems(state, topology)
