@@ -103,3 +103,11 @@ class BackupNotFoundError(BackupError, KeyError):
 
 class BackupCorruptError(BackupError):
     """A backup's files do not match its manifest (flipped bytes, truncation, missing files)."""
+
+
+class InvalidIdentifierValueError(EdulinkDBError, ValueError):
+    """An id, or another argument, given to a cross-service helper is malformed (wrong
+    type, empty, too long, NUL or other control characters, a limit out of range).
+
+    Raised before any SQL is sent; the message names the argument, never echoes its value.
+    """
