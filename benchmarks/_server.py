@@ -36,7 +36,9 @@ def bench_database(rows: int = 10_000) -> Iterator[tuple[dict[str, Any], Topolog
     if url:
         base = dict(conninfo_to_dict(url))
     else:
-        server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="edulink-bench-")) / ".edulink-db")
+        scratch = Path(tempfile.mkdtemp(prefix="edulink-bench-"))
+        scratch.chmod(0o711)  # as root, the server's OS user must pass through (not list)
+        server = EmbeddedServer(scratch / ".edulink-db")
         base = server.admin_params(server.start())
     dbname = f"edulink_bench_{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(16)

