@@ -379,8 +379,9 @@ def migrate(
     try:
         results = _manager(topology, directory, json_out).run_all_migrations(
             services=services or None, dry_run=dry_run, strict=strict)
-    except MigrationLintError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, markup=True)
+    except MigrationLintError as exc:  # findings contain [brackets]: escape, not markup
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
         raise typer.Exit(EXIT_DIFFERS) from None
     except EdulinkDBError as exc:
         _fail(exc)

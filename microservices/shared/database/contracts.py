@@ -389,7 +389,7 @@ class _Analysis:
 
     def _on_AlterDefaultPrivilegesStmt(self, body: dict[str, Any], text: str,
                                        line_of: Any) -> None:
-        self._on_GrantStmt(body.get("action", {}).get("GrantStmt", {}), text, line_of)
+        self._on_GrantStmt(body.get("action", {}), text, line_of)
 
     def _on_DoStmt(self, body: dict[str, Any], text: str, line_of: Any) -> None:
         language, source, location = "plpgsql", None, None
@@ -522,7 +522,7 @@ def _called_functions(node: Any) -> Iterator[str]:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            call = item.get("FuncCall")
+            call = item.get("FuncCall") or item.get("funccall")  # the latter: CALL
             if isinstance(call, dict):
                 names = call.get("funcname", [])
                 if names and "String" in names[-1]:
