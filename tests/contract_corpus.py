@@ -261,3 +261,24 @@ SAFE: list[tuple[str, str, str]] = [
      "-- edulink:ignore squawk/require-concurrent-index-creation reason: tiny table\n"
      "CREATE INDEX authentication_permission_name_idx ON authentication_permission (name);"),
 ]
+
+BREAKING += [
+    ("marker-inside-string-is-no-marker", "auth",
+     "SELECT 'x\n-- edulink:allow-dynamic-sql reason: hidden in a string';\n"
+     "DO $$ DECLARE q text := 'select 1'; BEGIN EXECUTE q; END $$;"),
+    ("marker-inside-do-body-is-no-marker", "auth",
+     "DO $$ DECLARE q text := 'select 1'; BEGIN\n"
+     "-- edulink:allow-dynamic-sql reason: inside the body\n  EXECUTE q; END $$;"),
+    ("function-called-from-do", "auth",
+     "CREATE FUNCTION tidy() RETURNS void LANGUAGE sql AS\n"
+     "  'DROP TABLE authentication_user';\nDO $$ BEGIN PERFORM tidy(); END $$;"),
+    ("nested-do-in-execute", "auth",
+     "DO $a$ BEGIN EXECUTE 'DO $b$ BEGIN ALTER TABLE authentication_user DROP COLUMN id;"
+     " END $b$'; END $a$;"),
+    ("unknown-marker", "auth", "-- edulink:allow-everything reason: please\nSELECT 1;"),
+]
+SAFE += [
+    ("block-comment-marker", "auth",
+     "/* edulink:allow-dynamic-sql reason: builds partition names only */\n"
+     "DO $$ DECLARE q text := 'select 1'; BEGIN EXECUTE q; END $$;"),
+]

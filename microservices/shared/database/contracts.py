@@ -62,7 +62,7 @@ _DYNAMIC_PLPGSQL = {  # statement kind -> key of its run-time query
     "PLpgSQL_stmt_open": "dynquery",
     "PLpgSQL_stmt_return_query": "dynquery",
 }
-_MARKER = re.compile(r"--\s*edulink:(?P<kind>[a-z-]+)(?P<rest>[^\n]*)")
+_MARKER = re.compile(r"(?:--|/\*)\s*edulink:(?P<kind>[a-z-]+)(?P<rest>[^\n]*?)\s*(?:\*/)?$")
 _REASON = re.compile(r"\breason:\s*(?P<reason>\S.*)$")
 _FIRST_TOKEN = re.compile(rb"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 
@@ -110,7 +110,7 @@ def read_markers(path: str, text: str) -> Markers:
     out = Markers()
     if "edulink:" not in text:
         return out
-    for number, content in enumerate(text.splitlines(), start=1):
+    for number, content in _comments(text):
         for m in _MARKER.finditer(content):
             kind, rest = m.group("kind"), m.group("rest").strip()
             reason_m = _REASON.search(rest)
@@ -157,6 +157,19 @@ def read_markers(path: str, text: str) -> Markers:
                     f"unknown marker edulink:{kind}; known: edulink:ignore, "
                     "edulink:allow-dynamic-sql, edulink:transaction."))
     return out
+
+
+def _comments(text: str) -> Iterator[tuple[int, str]]:
+    """(1-based line, text) of each top-level SQL comment.  Only real comments count:
+    a marker inside a string literal (or a DO body) is not a marker."""
+    raw = text.encode("utf-8")
+    try:
+        tokens = pg.scan(text)
+    except pg.ParseError:
+        return  # the file does not even tokenise; the analysis reports it
+    for token in tokens:
+        if token.name in ("SQL_COMMENT", "C_COMMENT"):
+            yield _line_at(raw, token.start), raw[token.start:token.end + 1].decode("utf-8")
 
 
 @dataclass(frozen=True)
