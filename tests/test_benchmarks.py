@@ -43,3 +43,8 @@ def test_backup_benchmark_runs() -> None:
 def test_monitoring_benchmark_runs() -> None:
     out = run_benchmark("monitoring.py", "--ops", "100", "--threads", "2")
     assert "on/off" in out and "goal" in out
+
+
+def test_lint_benchmark_runs() -> None:
+    out = run_benchmark("lint.py", "--files", "10", "--rounds", "1", "--no-migrate")
+    assert "squawk alone, one run per file (baseline)" in out and "10 files at once" in out

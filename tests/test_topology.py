@@ -129,3 +129,61 @@ def test_role_settings_defaults_and_overrides() -> None:
 def test_bad_role_settings_are_rejected(text: str, message: str) -> None:
     with pytest.raises(TopologyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_topology(text)
+
+
+# -- column-level exposure (issue 12) ------------------------------------------------
+
+def test_default_topology_exposes_what_the_helpers_read_and_no_secret() -> None:
+    from microservices.shared.database.topology import looks_secret
+
+    t = default_topology()
+    assert t.exposed_columns("auth") == {
+        "authentication_user": ("id", "email", "is_active", "is_staff", "last_login")}
+    assert "password_hash" not in t.exposed_columns("auth")["authentication_user"]
+    assert set(t.exposed_columns("institution")) == {
+        "institutions_institution", "institutions_program"}
+    assert t.exposed_columns("notification") == {}
+    for svc in t.services:
+        for columns in t.exposed_columns(svc).values():
+            assert not any(looks_secret(c) for c in columns)
+
+
+@pytest.mark.parametrize("column", [
+    "password_hash", "passwd", "token_hash", "api_key", "apikey", "client_secret", "otp_seed",
+    "salt", "pin", "private_key", "credentials", "reset_token", "accesstoken", "passwordhash"])
+def test_secret_looking_columns_need_the_marker(column: str) -> None:
+    text = f'[services.auth.exposes]\nauthentication_user = ["id", "{column}"]\n'
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text)
+    msg = str(info.value)
+    assert "'auth'" in msg and f"authentication_user.{column}" in msg
+    assert f'"{column}!secret-ok"' in msg
+    marked = parse_topology(text.replace(f'"{column}"', f'"{column}!secret-ok"'))
+    assert marked.exposed_columns("auth") == {"authentication_user": ("id", column)}
+
+
+@pytest.mark.parametrize("column", ["shipping_address", "keyboard_layout", "hashtag_count",
+                                    "spinner", "email", "id", "display_name"])
+def test_ordinary_columns_need_no_marker(column: str) -> None:
+    t = parse_topology(f'[services.auth.exposes]\nt = ["{column}"]\n')
+    assert t.exposed_columns("auth") == {"t": (column,)}
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ('t = ["id", "x; DROP TABLE y"]', "lower-case letters"),
+    ('"Bad Table" = ["id"]', "table name"),
+    ('t = ["Id"]', "lower-case letters"),
+    ('t = ["*"]', "'*' is not allowed"),
+    ('t = []', "exposes nothing"),
+    ('t = ["id", "id"]', "listed twice"),
+    ('t = "id"', "list of strings"),
+    ('t = ["!secret-ok"]', "must not be empty"),
+])
+def test_bad_exposes_are_rejected(body: str, why: str) -> None:
+    with pytest.raises(TopologyError, match=why):
+        parse_topology(f"[services.auth.exposes]\n{body}\n")
+
+
+def test_exposes_must_be_a_table() -> None:
+    with pytest.raises(TopologyError, match="must be a table"):
+        parse_topology('[services.auth]\nexposes = ["id"]\n')

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import lifecycle
@@ -31,6 +32,8 @@ from .errors import (
     BackupNotFoundError,
     ConfigError,
     EdulinkDBError,
+    MigrationFileError,
+    MigrationLintError,
     MigrationValidationError,
     VerificationError,
 )
@@ -374,15 +377,23 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run.")] = False,
     topology: TopologyOption = None,
     json_out: JsonOption = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Also refuse on lint warnings (lock hazards), not only on "
+                         "contract breaks.")] = False,
 ) -> None:
     """Apply pending migrations, service by service, each file in its own transaction.
 
     Safe to run from many processes at once: a per-schema lock makes every file apply
-    exactly once. Validates first: an edited or missing applied file stops the run (exit 1).
+    exactly once. Validates first: an edited or missing applied file stops the run (exit 1),
+    and so does a pending file that breaks another service's reads (see 'migrations lint').
     """
     try:
         results = _manager(topology, directory, json_out).run_all_migrations(
-            services=services or None, dry_run=dry_run)
+            services=services or None, dry_run=dry_run, strict=strict)
+    except MigrationLintError as exc:  # findings contain [brackets]: escape, not markup
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(EXIT_DIFFERS) from None
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -449,6 +460,47 @@ def migrations_validate(
     except EdulinkDBError as exc:
         _fail(exc)
     out.print(f"validate: OK ({len(statuses)} services)")
+
+
+@migrations_app.command("lint")
+def migrations_lint(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 on warnings too.")] = False,
+) -> None:
+    """Check every migration file without a database: contract breaks (errors: a column
+    or table another service reads is dropped, renamed, retyped or moved) and lock
+    hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict."""
+    from .lint import lint
+    from .migration_files import load_directory
+
+    try:
+        settings = _settings(topology)
+        topo = settings.topology()
+        manager = MigrationManager(settings, directory)
+        if not manager.root.is_dir():
+            raise MigrationFileError(f"Migrations directory {manager.root} does not exist.")
+        chosen = [topo.service(s) for s in services] if services else list(topo.services)
+        items = [(svc, f) for svc in chosen if manager._dir_for(svc, None).is_dir()
+                 for f in load_directory(manager._dir_for(svc, None))]
+        findings = lint(topo, items)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    errors = sum(f.severity == "error" for f in findings)
+    if json_out:
+        _print_json([f.as_dict() for f in findings])
+    else:
+        for f in findings:
+            colour = "red" if f.severity == "error" else "yellow"
+            out.print(f"{escape(f.file)}:{f.line}: [{colour}]{f.severity}[/{colour}] "
+                      f"[bold]{escape(f.rule)}[/bold] {escape(f.message)}", highlight=False,
+                      soft_wrap=True)
+        out.print(f"lint: {len(items)} file(s), {errors} error(s), "
+                  f"{len(findings) - errors} warning(s)", highlight=False)
+    raise typer.Exit(EXIT_DIFFERS if errors or (strict and findings) else EXIT_OK)
 
 
 @migrations_app.command("repair")

@@ -7,6 +7,8 @@ never contain a password: DSNs are masked before they are put in a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class EdulinkDBError(Exception):
     """Base class of every error raised by edulink-db."""
@@ -123,3 +125,23 @@ class InvalidIdentifierValueError(EdulinkDBError, ValueError):
 
     Raised before any SQL is sent; the message names the argument, never echoes its value.
     """
+
+
+class LintToolError(ConfigError):
+    """A tool the migration linter needs (squawk) is missing or failed."""
+
+
+class MigrationLintError(MigrationError):
+    """Pending migrations have lint findings that block ``migrate``; nothing was run.
+
+    ``findings`` holds the :class:`~.contracts.Finding` objects.
+    """
+
+    def __init__(self, message: str, findings: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
+
+
+class ContractViolationError(MigrationLintError):
+    """A pending migration would drop, rename, retype or move a column (or table) that
+    another service reads; nothing was run."""

@@ -777,20 +777,26 @@ class MigrationManager:
         return self._status_one(svc, directory).as_dict()
 
     def run_service_migrations(self, service: str, directory: str | Path | None = None, *,
-                               dry_run: bool = False) -> dict[str, Any]:
-        """Apply *service*'s pending migrations from *directory*; returns the report."""
+                               dry_run: bool = False, strict: bool = False) -> dict[str, Any]:
+        """Apply *service*'s pending migrations from *directory*; returns the report.
+
+        Every pending file is checked against the service contracts first (and, with
+        *strict*, for lock hazards); any finding refuses the whole run."""
         topology = self._topology()
         svc = topology.service(service)
         status = self._status_one(svc, directory)
+        _check_contracts(topology, [status], strict)
         migrator = SchemaMigrator(self._login(svc), topology, svc, status.files,
                                   self.settings, self.progress)
         return migrator.migrate(status, dry_run=dry_run).as_dict()
 
     def run_all_migrations(self, directory: str | Path | None = None, *,
                            services: Iterable[str] | None = None,
-                           dry_run: bool = False) -> dict[str, dict[str, Any]]:
+                           dry_run: bool = False,
+                           strict: bool = False) -> dict[str, dict[str, Any]]:
         """Every service in turn (one subfolder per service). Services are migrated
-        sequentially; parallel processes are safe thanks to the per-schema locks."""
+        sequentially; parallel processes are safe thanks to the per-schema locks.
+        Every pending file of every service is contract-checked before any runs."""
         topology = self._topology()
         statuses = self.statuses(services, directory)
         problems = [p for st in statuses for p in
@@ -799,6 +805,7 @@ class MigrationManager:
             raise MigrationValidationError(
                 "Migration history and files disagree; nothing was run:\n  "
                 + "\n  ".join(problems))
+        _check_contracts(topology, statuses, strict)
         results: dict[str, dict[str, Any]] = {}
         for st in statuses:
             svc = topology.service(st.service)
@@ -836,3 +843,12 @@ class MigrationManager:
                               ) from None
         SchemaMigrator(self._login(svc), topology, svc, [], self.settings,
                        self.progress).baseline(version)
+
+
+def _check_contracts(topology: Topology, statuses: list[ServiceStatus], strict: bool) -> None:
+    """Service contracts (issue 12): refuse before anything runs if a pending file
+    breaks what another service reads (or, with *strict*, has lint warnings)."""
+    from .lint import check_pending
+
+    check_pending(topology, [(topology.service(st.service), f)
+                             for st in statuses for f in st.pending], strict=strict)

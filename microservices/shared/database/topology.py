@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ PLATFORM_RESERVED_ROLES = frozenset({
 })
 
 _SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps",
-                           "migrator_role", CONNECTION_LIMIT} | ROLE_SETTINGS)
+                           "migrator_role", CONNECTION_LIMIT, "exposes"} | ROLE_SETTINGS)
 _SHARED_KEYS = frozenset({"schema", "owner_role", "audit_table"})
 _TOP_KEYS = frozenset({"services", "shared", "defaults"})
 
@@ -85,6 +85,9 @@ class Service:
     role_settings: tuple[tuple[str, str], ...] = ()
     # CONNECTION LIMIT of runtime_role; None: derived from the server's max_connections.
     connection_limit: int | None = None
+    # Keep this the last field (column-level exposure, issue 12): the tables and
+    # columns this service lets its readers SELECT, in declaration order.
+    exposes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,15 @@ class Topology:
     def readers_of(self, service: Service) -> list[Service]:
         """Services granted read access to *service*'s schema."""
         return [s for s in self.services if service.name in s.reads]
+
+    def exposed_columns(self, service: Service | str) -> dict[str, tuple[str, ...]]:
+        """The tables *service* exposes to its readers and, per table, the columns.
+
+        Everything not listed is private to the service: readers get no grant on it,
+        and migrations may change it freely.
+        """
+        svc = service if isinstance(service, Service) else self.service(service)
+        return dict(self.service(svc.name).exposes)
 
     @property
     def schemas(self) -> list[str]:
@@ -203,6 +215,8 @@ class Topology:
         services = [
             _parse_service(name, raw_services[name], names, source, defaults) for name in names
         ]
+        services = [replace(s, exposes=_parse_exposes(s.name, raw_services[s.name], source))
+                    for s in services]
         topology = cls(services=tuple(services), shared=shared)
         _check_unique(topology, source)
         return topology
@@ -312,6 +326,63 @@ def _connection_limit(raw: Mapping[str, Any], defaults: Mapping[str, Any],
             f"and {MAX_CONNECTION_LIMIT}, got {value!r}. Leave it out to derive it from the "
             "server's max_connections.")
     return value
+
+
+# -- column-level exposure (issue 12) ---------------------------------------------
+SECRET_OK_MARKER = "!secret-ok"  # noqa: S105 - a marker in TOML, not a password
+# Name parts that suggest a credential.  Matched per underscore-separated word (so
+# "shipping" is not a "pin"), plus compounds written as one word ("passwordhash").
+_SECRET_WORDS = frozenset({
+    "password", "passwd", "pwd", "passphrase", "token", "secret", "hash", "hashed", "key",
+    "apikey", "otp", "totp", "hotp", "mfa", "salt", "pin", "private", "credential",
+    "credentials", "cred", "creds", "nonce",
+})
+_SECRET_STEMS = ("password", "passwd", "secret", "token", "credential", "apikey", "privatekey")
+
+
+def looks_secret(column: str) -> bool:
+    """Whether a column name suggests a credential (password, token, key, salt...)."""
+    words = column.lower().split("_")
+    return any(w in _SECRET_WORDS or any(stem in w for stem in _SECRET_STEMS)
+               for w in words if w)
+
+
+def _parse_exposes(name: str, raw: Mapping[str, Any],
+                   source: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[services.<name>.exposes]``: ``table = ["col", "secret_col!secret-ok", ...]``."""
+    where = f"{source} [services.{name}.exposes]"
+    value = raw.get("exposes", {})
+    if not isinstance(value, Mapping):
+        raise TopologyError(
+            f"{where} must be a table of table = [\"column\", ...] entries, got {value!r}.")
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for table, raw_columns in value.items():
+        validate_identifier(table, f"table name in {where}")
+        entries = _string_list(raw_columns, f"{where} {table}")
+        if not entries:
+            raise TopologyError(
+                f"{where} {table}: an empty column list exposes nothing; remove the entry.")
+        columns: list[str] = []
+        for entry in entries:
+            column, marked = entry, entry.endswith(SECRET_OK_MARKER)
+            if marked:
+                column = entry[:-len(SECRET_OK_MARKER)]
+            if column == "*":
+                raise TopologyError(
+                    f"{where} {table}: '*' is not allowed; list the columns readers need, "
+                    "so that columns added later stay private.")
+            validate_identifier(column, f"column of table {table!r} in {where}")
+            if looks_secret(column) and not marked:
+                raise TopologyError(
+                    f"Service {name!r} exposes {table}.{column}, whose name looks like a "
+                    f"secret (password, token, hash, key, salt...). Remove it from {where}, "
+                    f"or, if readers really need it, mark it explicitly: "
+                    f"{table} = [..., \"{column}{SECRET_OK_MARKER}\"].")
+            if column in columns:
+                raise TopologyError(f"{where} {table}: column {column!r} is listed twice.")
+            columns.append(column)
+        out.append((table, tuple(columns)))
+    return tuple(out)
 
 
 def _first_duplicate(pairs: Iterable[tuple[str, str]]) -> tuple[str, str, str] | None:
