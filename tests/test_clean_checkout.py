@@ -423,3 +423,19 @@ def test_classifier_lets_plain_statements_through(text: str) -> None:
 ])
 def test_classifier_flags_anything_that_may_touch_the_session(text: str) -> None:
     assert not statement_is_clean(text)
+
+
+def test_dirty_statement_is_marked_even_while_another_is_vouched_for(
+        provisioned_db: dict[str, Any], manager_for: Any) -> None:
+    # Another thread's clean statement may be in flight on the same connection (its
+    # vouch still counted) when this one reaches wait(): our cursors mark it anyway.
+    manager: ConnectionManager = manager_for(provisioned_db, **ONE)
+    with manager.get_connection("user") as conn:
+        conn.vouched += 1
+        try:
+            conn.execute("SET app.leak = 'secret'")
+        finally:
+            conn.vouched -= 1
+    with manager.get_connection("user") as conn:
+        assert conn.execute(
+            "SELECT coalesce(current_setting('app.leak', true), '')").fetchone() == ("",)

@@ -116,11 +116,12 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
             cur = self._prologue_cursor = psycopg.Cursor(self)
         return cur
 
-    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-        # The one funnel of every psycopg operation on this connection.
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        # The one funnel of every psycopg operation on this connection.  (Explicit
+        # arguments: this is on every statement's path; *args would cost more.)
         if not self.vouched:
             self.session_dirty = True
-        return super().wait(gen, *args, **kwargs)
+        return super().wait(gen, interval, timeout)
 
     def commit(self) -> None:
         self.vouched += 1
@@ -168,10 +169,11 @@ class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
             cur = self._prologue_cursor = psycopg.AsyncCursor(self)
         return cur
 
-    async def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+    async def wait(self, gen: Any, interval: float = 0.1,
+                   timeout: float | None = None) -> Any:
         if not self.vouched:
             self.session_dirty = True
-        return await super().wait(gen, *args, **kwargs)
+        return await super().wait(gen, interval, timeout)
 
     async def commit(self) -> None:
         self.vouched += 1
@@ -265,6 +267,22 @@ def _unvouch(conn: Any) -> None:
     conn.vouched -= 1
 
 
+def _clean_and_vouched(query: Any, conn: Any) -> bool:
+    """Vouch for *query* if it is clean (the caller then unvouches); else mark dirty."""
+    if is_clean(query, conn):
+        return _vouch(conn)
+    _dirty(conn)
+    return False
+
+
+def _dirty(conn: Any) -> None:
+    """Mark the session dirty before a statement that may change it.  Not left to
+    wait(): another thread's vouched-for statement on the same connection could be
+    in flight at that moment."""
+    if isinstance(conn, ServiceConnection | AsyncServiceConnection):
+        conn.session_dirty = True
+
+
 def _run_prologue(conn: psycopg.Connection[Any], prologue: Prologue) -> None:
     vouched = _vouch(conn)  # set_config(..., true): transaction-local by construction
     try:
@@ -302,18 +320,23 @@ class CleanCursor(psycopg.Cursor[TupleRow]):
         prepare: bool | None = None,
         binary: bool | None = None,
     ) -> Self:
-        conn = self._conn
-        if not is_clean(query, conn) or not _vouch(conn):
+        conn: Any = self._conn
+        # Inlined (every statement passes here): a str found clean in the cache.
+        if not (statement_is_clean(query) if type(query) is str else is_clean(query, conn)):
+            _dirty(conn)
             return super().execute(query, params, prepare=prepare, binary=binary)
+        if not isinstance(conn, ServiceConnection):
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        conn.vouched += 1
         try:
             return super().execute(query, params, prepare=prepare, binary=binary)
         finally:
-            _unvouch(conn)
+            conn.vouched -= 1
 
     def executemany(self, query: Any, params_seq: Iterable[Any], *,
                     returning: bool = False) -> None:
         conn = self._conn
-        if not is_clean(query, conn) or not _vouch(conn):
+        if not _clean_and_vouched(query, conn):
             return super().executemany(query, params_seq, returning=returning)
         try:
             return super().executemany(query, params_seq, returning=returning)
@@ -325,6 +348,7 @@ class CleanCursor(psycopg.Cursor[TupleRow]):
         rows = super().stream(query, params, binary=binary, size=size)
         assert isinstance(rows, Generator)
         if not is_clean(query, self._conn):
+            _dirty(self._conn)
             yield from rows
             return
         # Vouch step by step, never across a yield: the caller's code runs there.
@@ -352,6 +376,7 @@ class CleanCursor(psycopg.Cursor[TupleRow]):
              writer: Any = None) -> Iterator[psycopg.Copy]:
         conn = self._conn
         if not is_clean(statement, conn):
+            _dirty(conn)
             with super().copy(statement, params, writer=writer) as copy:
                 yield copy
             return
@@ -387,7 +412,7 @@ class ContextCursor(CleanCursor):
         if prologue is None:
             return super().execute(query, params, prepare=prepare, binary=binary)
         conn = self._conn
-        vouched = is_clean(query, conn) and _vouch(conn)
+        vouched = _clean_and_vouched(query, conn)
         try:
             if self._pgconn.pipeline_status:  # the caller's pipeline: just queue ahead
                 _run_prologue(conn, prologue)
@@ -406,7 +431,7 @@ class ContextCursor(CleanCursor):
         if prologue is None:
             return super().executemany(query, params_seq, returning=returning)
         conn = self._conn
-        vouched = is_clean(query, conn) and _vouch(conn)
+        vouched = _clean_and_vouched(query, conn)
         try:
             with conn.pipeline():  # executemany rides it: one implicit transaction
                 _run_prologue(conn, prologue)
@@ -445,7 +470,7 @@ class AsyncCleanCursor(psycopg.AsyncCursor[TupleRow]):
         binary: bool | None = None,
     ) -> Self:
         conn = self._conn
-        if not is_clean(query, conn) or not _vouch(conn):
+        if not _clean_and_vouched(query, conn):
             return await super().execute(query, params, prepare=prepare, binary=binary)
         try:
             return await super().execute(query, params, prepare=prepare, binary=binary)
@@ -455,7 +480,7 @@ class AsyncCleanCursor(psycopg.AsyncCursor[TupleRow]):
     async def executemany(self, query: Any, params_seq: Iterable[Any], *,
                           returning: bool = False) -> None:
         conn = self._conn
-        if not is_clean(query, conn) or not _vouch(conn):
+        if not _clean_and_vouched(query, conn):
             return await super().executemany(query, params_seq, returning=returning)
         try:
             return await super().executemany(query, params_seq, returning=returning)
@@ -466,6 +491,7 @@ class AsyncCleanCursor(psycopg.AsyncCursor[TupleRow]):
                      size: int = 1) -> AsyncIterator[TupleRow]:
         rows = super().stream(query, params, binary=binary, size=size)
         if not is_clean(query, self._conn):
+            _dirty(self._conn)
             async for row in rows:
                 yield row
             return
@@ -493,6 +519,7 @@ class AsyncCleanCursor(psycopg.AsyncCursor[TupleRow]):
                    writer: Any = None) -> AsyncIterator[psycopg.AsyncCopy]:
         conn = self._conn
         if not is_clean(statement, conn):
+            _dirty(conn)
             async with super().copy(statement, params, writer=writer) as copy:
                 yield copy
             return
@@ -526,7 +553,7 @@ class AsyncContextCursor(AsyncCleanCursor):
         if prologue is None:
             return await super().execute(query, params, prepare=prepare, binary=binary)
         conn = self._conn
-        vouched = is_clean(query, conn) and _vouch(conn)
+        vouched = _clean_and_vouched(query, conn)
         try:
             if self._pgconn.pipeline_status:
                 await _arun_prologue(conn, prologue)
@@ -545,7 +572,7 @@ class AsyncContextCursor(AsyncCleanCursor):
         if prologue is None:
             return await super().executemany(query, params_seq, returning=returning)
         conn = self._conn
-        vouched = is_clean(query, conn) and _vouch(conn)
+        vouched = _clean_and_vouched(query, conn)
         try:
             async with conn.pipeline():
                 await _arun_prologue(conn, prologue)
