@@ -439,3 +439,17 @@ def test_dirty_statement_is_marked_even_while_another_is_vouched_for(
     with manager.get_connection("user") as conn:
         assert conn.execute(
             "SELECT coalesce(current_setting('app.leak', true), '')").fetchone() == ("",)
+
+
+def test_swapped_cursor_factories_do_not_reach_the_next_checkout(
+        provisioned_db: dict[str, Any], manager_for: Any) -> None:
+    manager: ConnectionManager = manager_for(provisioned_db, **ONE)
+    with manager.get_connection("user") as conn:
+        conn.server_cursor_factory = psycopg.ServerCursor  # skips user_id
+        conn.cursor_factory = psycopg.ClientCursor
+    with manager.get_connection("user", user_id="u6") as conn, conn.transaction(), \
+            conn.cursor("mine") as cur:
+        cur.execute("SELECT DISTINCT owner_id FROM notes")
+        assert cur.fetchall() == [("u6",)]
+    with manager.get_connection("user") as conn:
+        assert type(conn.cursor()) is not psycopg.ClientCursor

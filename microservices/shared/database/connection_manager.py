@@ -374,7 +374,11 @@ class _ServicePool:
         """Bookkeeping when it comes back, before the pool gets it."""
         if prologue is not None:
             conn.request_prologue = None
-            conn.cursor_factory = base_cursor
+        # Always: a checkout may have swapped the factories for classes that skip the
+        # request context or the session accounting (two attribute stores).
+        conn.cursor_factory = base_cursor
+        conn.server_cursor_factory = ContextServerCursor \
+            if isinstance(conn, ServiceConnection) else AsyncContextServerCursor
         conn.returned_at = time.monotonic()
         with self.stats.lock:
             self.stats.checked_out -= 1
