@@ -2,12 +2,17 @@
 
     python benchmarks/connections.py [--seconds 0.5] [--rounds 5] [--threads 16]
 
-Paths, all logged in as user_service_role, autocommit where the library allows:
+Paths, all logged in as user_service_role, autocommit where the library allows;
+the connection manager runs with monitoring ON (its default, as users run it):
   (a) one held psycopg connection (per thread)     -- the baseline
   (b) raw psycopg_pool, autocommit=True             -- what we build on
   (c) SQLAlchemy QueuePool, defaults (rollback on return)
   (d) connection_manager.get_connection('user')
   (e) connection_manager.get_connection('user', user_id=...)
+  (f) raw psycopg_pool with reset= running session_state.RESET_SESSION on every
+      return (in psycopg_pool's worker): the "always reset" design that the
+      connection manager does NOT use; it resets only checkouts that may have
+      changed their session (see session_state.py), so a clean one pays nothing.
 Queries: SELECT 1, and a primary-key read from a 10,000-row table.
 
 Rounds are interleaved (a b c d e, then the next round in another order) so that
@@ -41,6 +46,7 @@ from sqlalchemy.pool import QueuePool
 from benchmarks._server import bench_database, service_params
 from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.connection_manager import ConnectionManager
+from microservices.shared.database.session_state import RESET_SESSION
 
 QUERIES = {
     "SELECT 1": ("SELECT 1", lambda rng: None),
@@ -59,6 +65,14 @@ def build_paths(params: dict[str, Any], manager: ConnectionManager, threads: int
     pool = ConnectionPool(conninfo, min_size=size, max_size=size, open=True,
                           kwargs={"autocommit": True})
     pool.wait()
+
+    def reset(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(RESET_SESSION, prepare=False)
+
+    rpool = ConnectionPool(conninfo, min_size=size, max_size=size, open=True,
+                           kwargs={"autocommit": True}, reset=reset)
+    rpool.wait()
+
     def creator() -> Any:  # a DBAPI connection, as QueuePool expects
         return psycopg.connect(conninfo)
 
@@ -78,6 +92,12 @@ def build_paths(params: dict[str, Any], manager: ConnectionManager, threads: int
     def pool_factory() -> Op:
         def op(rng: random.Random) -> None:
             with pool.connection() as conn:
+                conn.execute(query, make_args(rng)).fetchall()
+        return op
+
+    def reset_pool_factory() -> Op:
+        def op(rng: random.Random) -> None:
+            with rpool.connection() as conn:
                 conn.execute(query, make_args(rng)).fetchall()
         return op
 
@@ -109,6 +129,7 @@ def build_paths(params: dict[str, Any], manager: ConnectionManager, threads: int
         for conn in held:
             conn.close()
         pool.close()
+        rpool.close()
         qpool.dispose()
 
     return {
@@ -117,6 +138,7 @@ def build_paths(params: dict[str, Any], manager: ConnectionManager, threads: int
         "c SQLAlchemy QueuePool": sqlalchemy_factory,
         "d get_connection": manager_factory,
         "e get_connection(user_id)": manager_user_factory,
+        "f psycopg_pool, always reset": reset_pool_factory,
     }, cleanup
 
 
@@ -162,6 +184,9 @@ def main() -> int:
         params = service_params(admin, topology, password)
         os.environ["DATABASE_URL"] = to_url(admin)
         os.environ["EDULINK_DB_USER_PASSWORD"] = password
+        # As users run it: monitoring is on by default; make sure no stray setting
+        # measures the cheaper unmonitored path instead.
+        os.environ["DATABASE_MONITORING_ENABLED"] = "true"
         failures = []
         for threads in (1, args.threads):
             # Pools as large as the thread count, like (b): psycopg_pool hands out
@@ -169,6 +194,7 @@ def main() -> int:
             os.environ["EDULINK_DB_USER_POOL_SIZE"] = str(threads)
             os.environ["EDULINK_DB_USER_MAX_OVERFLOW"] = "0"
             manager = ConnectionManager(load_settings())
+            assert manager.settings.database_monitoring_enabled
             for qname, (query, make_args) in QUERIES.items():
                 paths, cleanup = build_paths(params, manager, threads, query, make_args)
                 rates: dict[str, list[float]] = {name: [] for name in paths}

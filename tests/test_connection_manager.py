@@ -43,10 +43,16 @@ def test_plain_read_costs_one_round_trip(provisioned_db: dict[str, Any],
     with manager.get_connection("user") as conn, protocol_trace(conn) as sent:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     assert round_trips(sent) == 1, sent
-    # ... and returning it to the pool costs none (no RESET/ROLLBACK).
-    with manager.get_connection("user") as conn, protocol_trace(conn) as sent:
+    # ... and returning it to the pool costs none (no RESET/ROLLBACK). The trace must
+    # enclose the checkout (it is read when its own block ends), on a pool of one.
+    one: ConnectionManager = manager_for(provisioned_db, EDULINK_DB_USER_POOL_SIZE="1",
+                                         EDULINK_DB_USER_MAX_OVERFLOW="0")
+    with one.get_connection("user") as conn:
         pass
-    assert round_trips(sent) == 0, sent
+    with protocol_trace(conn) as sent, one.get_connection("user") as same:
+        assert same is conn
+        same.execute("SELECT 1")
+    assert round_trips(sent) == 1, sent
 
 
 def test_user_context_costs_one_round_trip_per_statement(

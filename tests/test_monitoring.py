@@ -27,6 +27,7 @@ from microservices.shared.database.monitoring import (
     monitors,
     record_query_execution,
 )
+from microservices.shared.database.request_context import CleanCursor
 from microservices.shared.database.topology import default_topology
 
 from .conftest import do_provision, service_params
@@ -85,7 +86,8 @@ def test_monitoring_can_be_switched_off(provisioned_db: dict[str, Any],
                                              DATABASE_MONITORING_ENABLED="false")
     before = get_service_performance("auth")["calls"]
     with manager.get_connection("auth") as conn:
-        assert type(conn.cursor()) is psycopg.Cursor  # not even a subclass on the hot path
+        # Not the instrumented cursor: only the session-state accounting remains.
+        assert type(conn.cursor()) is CleanCursor
         conn.execute("SELECT 1")
     record_query_execution("auth", "auth_schema", "x", 0.1, True, "SELECT")
     assert get_service_performance("auth")["calls"] == before

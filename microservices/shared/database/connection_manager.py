@@ -20,6 +20,14 @@ read-only, for this checkout only: both travel with every statement as
 transaction-local settings (see :mod:`.request_context`), so nothing survives
 into the next checkout or leaks through a transaction pooler.
 
+Nothing else a checkout does to its session reaches the next one either: a
+checkout that ran anything not provably free of session effects (a session
+``SET``, ``set_config(..., false)``, ``pg_advisory_lock``, ``DECLARE ... WITH
+HOLD``, a temporary table, ``LISTEN``, ``PREPARE``, ``DO``, any application
+function, a cursor class of its own ...; see :mod:`.session_state`) is reset
+with one extra round trip before the pool gets the connection back, and closed
+if that fails.  A checkout that changed nothing pays nothing.
+
 Pools are built on psycopg_pool, opened lazily on first use, and thread-safe.
 Sizes: min = ``DATABASE_POOL_SIZE``, max = min + ``DATABASE_MAX_OVERFLOW``,
 checkout timeout ``DATABASE_POOL_TIMEOUT``; each can be overridden per service
@@ -40,6 +48,7 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from . import metrics
@@ -59,13 +68,18 @@ from .errors import (
     ServiceConnectionError,
 )
 from .request_context import (
+    AsyncCleanCursor,
     AsyncContextCursor,
+    AsyncContextServerCursor,
     AsyncServiceConnection,
+    CleanCursor,
     ContextCursor,
+    ContextServerCursor,
     Prologue,
     ServiceConnection,
     make_prologue,
 )
+from .session_state import RESET_SESSION
 from .topology import Service
 
 log = logging.getLogger(__name__)
@@ -249,8 +263,8 @@ class _ServicePool:
             self.async_cursor: type[Any] = AsyncInstrumentedCursor
             self.async_context_cursor: type[Any] = AsyncInstrumentedContextCursor
         else:
-            self.cursor, self.context_cursor = psycopg.Cursor, ContextCursor
-            self.async_cursor, self.async_context_cursor = psycopg.AsyncCursor, AsyncContextCursor
+            self.cursor, self.context_cursor = CleanCursor, ContextCursor
+            self.async_cursor, self.async_context_cursor = AsyncCleanCursor, AsyncContextCursor
         self.kwargs: dict[str, Any] = {
             "autocommit": True,
             "prepare_threshold": self.config.prepare_threshold,
@@ -262,9 +276,11 @@ class _ServicePool:
     # -- creation --------------------------------------------------------------
     def _configure(self, conn: ServiceConnection) -> None:
         conn.monitor = self.monitor  # once per new connection, not per checkout
+        conn.server_cursor_factory = ContextServerCursor
 
     async def _aconfigure(self, conn: AsyncServiceConnection) -> None:
         conn.monitor = self.monitor
+        conn.server_cursor_factory = AsyncContextServerCursor
 
     def _probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
@@ -373,12 +389,81 @@ class _ServicePool:
         """Bookkeeping when it comes back, before the pool gets it."""
         if prologue is not None:
             conn.request_prologue = None
-            conn.cursor_factory = base_cursor
+        # Always: a checkout may have swapped the factories for classes that skip the
+        # request context or the session accounting (two attribute stores).
+        conn.cursor_factory = base_cursor
+        conn.server_cursor_factory = ContextServerCursor \
+            if isinstance(conn, ServiceConnection) else AsyncContextServerCursor
         conn.returned_at = time.monotonic()
         with self.stats.lock:
             self.stats.checked_out -= 1
             if isinstance(exc, psycopg.Error):
                 self.stats.errors += 1
+
+    # -- session state -----------------------------------------------------------------
+    def needs_reset(self, conn: ServiceConnection | AsyncServiceConnection) -> bool:
+        """Whether the checkout may have left state behind (see :mod:`.session_state`).
+        The common clean checkout costs these few attribute reads, no round trip."""
+        return (conn.session_dirty or conn.vouched != 0 or conn.row_factory is not tuple_row
+                or conn.prepare_threshold != self.config.prepare_threshold)
+
+    def _restore_attributes(self, conn: ServiceConnection | AsyncServiceConnection) -> None:
+        # Client-side settings a checkout may have changed; none of these sends
+        # anything on an idle autocommit connection.
+        conn.row_factory = tuple_row
+        conn.prepare_threshold = self.config.prepare_threshold
+
+    def reset_failed(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                     exc: BaseException) -> None:
+        with self.stats.lock:
+            self.stats.lost += 1
+        log.warning("service %s: could not reset a returned connection's session (%s); "
+                    "closing it", self.service.name, type(exc).__name__)
+
+    def reset(self, conn: ServiceConnection) -> None:
+        """Remove every kind of session state, or close the connection (the pool then
+        replaces it). Never raises for database errors."""
+        conn.vouched += 1
+        try:
+            status = conn.pgconn.transaction_status
+            if status == TransactionStatus.ACTIVE:
+                raise psycopg.OperationalError("connection returned mid-operation")
+            if status != TransactionStatus.IDLE:
+                conn.rollback()
+            conn.autocommit = True
+            conn.isolation_level = conn.read_only = conn.deferrable = None
+            self._restore_attributes(conn)
+            with psycopg.Cursor(conn) as cur:  # plain: the reset is not the app's query
+                cur.execute(RESET_SESSION, prepare=False)
+            conn.session_dirty = False
+        except psycopg.Error as exc:
+            self.reset_failed(conn, exc)
+            conn.close()
+        finally:
+            conn.vouched = 0
+
+    async def areset(self, conn: AsyncServiceConnection) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        conn.vouched += 1
+        try:
+            status = conn.pgconn.transaction_status
+            if status == TransactionStatus.ACTIVE:
+                raise psycopg.OperationalError("connection returned mid-operation")
+            if status != TransactionStatus.IDLE:
+                await conn.rollback()
+            await conn.set_autocommit(True)
+            await conn.set_isolation_level(None)
+            await conn.set_read_only(None)
+            await conn.set_deferrable(None)
+            self._restore_attributes(conn)
+            async with psycopg.AsyncCursor(conn) as cur:
+                await cur.execute(RESET_SESSION, prepare=False)
+            conn.session_dirty = False
+        except psycopg.Error as exc:
+            self.reset_failed(conn, exc)
+            await conn.close()
+        finally:
+            conn.vouched = 0
 
     def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
         with self.stats.lock:
@@ -440,16 +525,20 @@ class Checkout:
             pool.drain()  # the others are from before the restart too
         else:
             raise entry.timeout_error(pool.get_stats())
+        if conn.session_dirty:  # never expected: every dirty return was reset
+            entry.reset(conn)
         entry.lend(conn, self._prologue, entry.context_cursor)
         self._conn = conn
         return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        conn, pool = self._conn, self._pool
+        conn, pool, entry = self._conn, self._pool, self._entry
         assert conn is not None and pool is not None
         self._conn = None
-        self._entry.take_back(conn, self._prologue, self._entry.cursor, exc)
+        entry.take_back(conn, self._prologue, entry.cursor, exc)
+        if entry.needs_reset(conn):
+            entry.reset(conn)
         pool.putconn(conn)  # rolls back anything left open
 
 
@@ -481,6 +570,8 @@ class AsyncCheckout:
             await pool.drain()
         else:
             raise entry.timeout_error(pool.get_stats())
+        if conn.session_dirty:
+            await entry.areset(conn)
         entry.lend(conn, self._prologue, entry.async_context_cursor)
         self._conn = conn
         return conn
@@ -491,6 +582,8 @@ class AsyncCheckout:
         assert conn is not None
         self._conn = None
         entry.take_back(conn, self._prologue, entry.async_cursor, exc)
+        if entry.needs_reset(conn):
+            await entry.areset(conn)
         pool = await entry.async_pool(self._lock)
         await pool.putconn(conn)
 

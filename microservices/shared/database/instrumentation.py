@@ -15,9 +15,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Self
 
 import psycopg
-from psycopg.rows import TupleRow
 
-from .request_context import AsyncContextCursor, ContextCursor
+from .request_context import AsyncCleanCursor, AsyncContextCursor, CleanCursor, ContextCursor
 
 if TYPE_CHECKING:
     from .monitoring import ServiceMonitor
@@ -29,7 +28,7 @@ def _monitor(conn: Any) -> ServiceMonitor | None:
     return monitor
 
 
-class InstrumentedCursor(psycopg.Cursor[TupleRow]):
+class InstrumentedCursor(CleanCursor):
     """A psycopg cursor that records each statement's duration and outcome."""
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
@@ -66,7 +65,7 @@ class InstrumentedContextCursor(InstrumentedCursor, ContextCursor):
     """Records statements and carries the request context (MRO: timing outermost)."""
 
 
-class AsyncInstrumentedCursor(psycopg.AsyncCursor[TupleRow]):
+class AsyncInstrumentedCursor(AsyncCleanCursor):
     """The asyncio twin of :class:`InstrumentedCursor`."""
 
     async def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
