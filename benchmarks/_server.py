@@ -47,7 +47,8 @@ def bench_database(rows: int = 10_000) -> Iterator[tuple[dict[str, Any], Topolog
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     admin = {**base, "dbname": dbname}
     try:
-        provision(admin, topology, lambda _svc: password, rotate=topology.service_names())
+        provision(admin, topology, lambda _svc: password, migrator_passwords=lambda _svc: password,
+                  rotate=topology.service_names())
         with psycopg.connect(**admin, autocommit=True) as conn:
             conn.execute("SET ROLE user_service_owner")
             conn.execute("CREATE TABLE user_schema.bench_items (id int PRIMARY KEY,"
@@ -68,3 +69,10 @@ def bench_database(rows: int = 10_000) -> Iterator[tuple[dict[str, Any], Topolog
 def service_params(admin: dict[str, Any], topology: Topology, password: str,
                    service: str = "user") -> dict[str, Any]:
     return derive_service_conninfo(admin, topology.service(service), password)
+
+
+def export_passwords(topology: Topology, password: str) -> None:
+    """Let settings find *password* for every runtime and migrator role of *topology*."""
+    for svc in topology.services:
+        os.environ[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = password
+        os.environ[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = password

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg import sql
 
-from benchmarks._server import bench_database
+from benchmarks._server import bench_database, export_passwords
 from microservices.shared.database import migrations
 from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.contracts import analyse_migration
@@ -119,7 +119,9 @@ def migrate_cost(topology: Topology, rounds: int) -> None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
             target = {**admin, "dbname": dbname}
             try:
-                provision(target, topology, lambda _svc: password)
+                provision(target, topology, lambda _svc: password,
+                          migrator_passwords=lambda _svc: password)
+                export_passwords(topology, password)
                 os.environ["DATABASE_URL"] = to_url(target)
                 original = migrations._check_contracts
                 if not check:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from psycopg import sql
 
-from benchmarks._server import bench_database
+from benchmarks._server import bench_database, export_passwords
 from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.migrations import MigrationManager, read_histories
 from microservices.shared.database.provisioning import provision
@@ -53,7 +53,8 @@ def fresh_db(base: dict[str, Any], topology: Topology, password: str) -> dict[st
     with psycopg.connect(**base, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     admin = {**base, "dbname": name}
-    provision(admin, topology, lambda _s: password)
+    provision(admin, topology, lambda _s: password, migrator_passwords=lambda _s: password)
+    export_passwords(topology, password)
     return admin
 
 
@@ -131,8 +132,7 @@ def main() -> int:
 
     with bench_database(rows=1) as (bench_admin, topology, password):
         base = {**bench_admin, "dbname": "postgres"}
-        for svc in topology.services:
-            os.environ[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = password
+        export_passwords(topology, password)
         ours_dir = Path(tempfile.mkdtemp(prefix="edulink-bench-ours-"))
         yoyo_dir = Path(tempfile.mkdtemp(prefix="edulink-bench-yoyo-"))
         write_migrations(ours_dir, topology, args.files)
