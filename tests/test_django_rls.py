@@ -23,10 +23,12 @@ from .test_pgbouncer import pgbouncer  # noqa: F401 - the fixture, shared
 
 django = pytest.importorskip("django")
 
-# (name, extra environment): without persistent connections, with them, with Django's pool.
+# Extra environment: without persistent connections, with them, with Django's pool ...
 CONNECTION_MODES = [
     pytest.param({}, id="per-request"),
     pytest.param({"EDULINK_DJANGO_CONN_MAX_AGE": "600"}, id="conn-max-age"),
+    # Django's ServerBindingCursor: the pipelined path instead of one multi-statement query.
+    pytest.param({"EDULINK_DJANGO_SERVER_BINDING": "1"}, id="server-binding"),
     pytest.param({"EDULINK_DJANGO_POOL": "1"}, id="pool",
                  marks=pytest.mark.skipif(django.VERSION < (5, 1),
                                           reason="Django's pool needs Django 5.1")),
@@ -112,6 +114,10 @@ def test_rls_user_context_manager(
     assert "read-only transaction" in out["readonly_write"]
     assert out["unchanged"] == f"user {first[:8]}"
     assert out["thread"] == []
+    assert out["raw_sql"] == {
+        "no_params": ["a%b", first], "list_params": ["x%", first],
+        "dict_params": ["y", first], "rowcount": 1, "multi": [first],
+        "executemany_rowcount": 2}
 
 
 def test_cross_service_read_only_alias_carries_the_user(
@@ -158,3 +164,12 @@ def test_control_naive_session_set_middleware_leaks_through_pgbouncer(
     print(f"naive middleware leak test: {out}")
     assert out["errors"] == []
     assert out["leaks"] + out["after_leaks"] > 0
+
+
+def test_benchmark_script_runs() -> None:
+    """benchmarks/django_rls.py keeps working (its timings are not asserted)."""
+    from .test_benchmarks import run_benchmark
+
+    out = run_benchmark("django_rls.py", "--seconds", "0.02", "--rounds", "1")
+    assert "a plain Django (baseline)" in out and "c rls_user block" in out
+    assert "goals: (c)/(a)" in out

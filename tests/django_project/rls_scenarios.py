@@ -135,6 +135,31 @@ def context_manager(first: str, second: str) -> dict:
     with rls_user(first):
         out["unchanged"] = Profile.objects.get(user_id=first).display_name
     out["thread"] = _in_new_thread(first)
+    out["raw_sql"] = _raw_sql(first)
+    return out
+
+
+def _raw_sql(user_id: str) -> dict:
+    """Raw SQL on Django's cursor, every parameter style, carries the user too."""
+    out: dict = {}
+    with rls_user(user_id), connection.cursor() as cursor:
+        cursor.execute("SELECT 'a%b', shared_schema.current_user_id()")  # no params
+        out["no_params"] = list(cursor.fetchone())
+        cursor.execute("SELECT %s || '%%', shared_schema.current_user_id()", ["x"])
+        out["list_params"] = list(cursor.fetchone())
+        cursor.execute("SELECT %(v)s::text, shared_schema.current_user_id()", {"v": "y"})
+        out["dict_params"] = list(cursor.fetchone())
+        cursor.execute("UPDATE profiles_profile SET display_name = display_name")
+        out["rowcount"] = cursor.rowcount
+        if connection.settings_dict["OPTIONS"].get("server_side_binding"):
+            out["multi"] = [user_id]  # the extended protocol takes one statement only
+        else:
+            cursor.execute("SELECT shared_schema.current_user_id(); SELECT 2")
+            out["multi"] = list(cursor.fetchone())
+        cursor.executemany(  # executemany: pipelined instead
+            "UPDATE profiles_profile SET display_name = display_name WHERE user_id = %s",
+            [[user_id], [user_id]])
+        out["executemany_rowcount"] = cursor.rowcount
     return out
 
 

@@ -29,10 +29,14 @@ INSTALLED_APPS = [
 ]
 
 # EDULINK_DJANGO_POOL=1: Django's own psycopg pool (Django >= 5.1);
-# EDULINK_DJANGO_CONN_MAX_AGE: persistent connections (seconds).
+# EDULINK_DJANGO_CONN_MAX_AGE: persistent connections (seconds);
+# EDULINK_DJANGO_SERVER_BINDING=1: server-side parameter binding.
 DATABASES = configure_service_database(SERVICE, pool=os.environ.get("EDULINK_DJANGO_POOL") == "1")
 if SERVICE == "application":
     DATABASES.update(configure_cross_service_databases("application", ["user"]))
+if os.environ.get("EDULINK_DJANGO_SERVER_BINDING") == "1":  # Django's ServerBindingCursor
+    for alias in DATABASES.values():
+        alias["OPTIONS"]["server_side_binding"] = True
 if os.environ.get("EDULINK_DJANGO_CONN_MAX_AGE"):
     for alias in DATABASES.values():
         alias["CONN_MAX_AGE"] = int(os.environ["EDULINK_DJANGO_CONN_MAX_AGE"])
