@@ -1,6 +1,6 @@
 """Django ORM primary-key reads with and without the RLS user context, side by side.
 
-    python benchmarks/django_rls.py [--seconds 0.5] [--rounds 7]
+    python benchmarks/django_rls.py [--seconds 0.2] [--rounds 15]
 
 One process, one Django connection as user_service_role (settings from
 configure_service_database('user'), persistent connection), autocommit:
@@ -94,8 +94,8 @@ def _setup_django(admin: dict[str, Any], password: str) -> tuple[Any, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=0.5, help="per path and round")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=0.2, help="per path and round")
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
 
     with bench_database(ROWS) as (admin, _topology, password):
