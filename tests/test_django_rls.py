@@ -84,6 +84,7 @@ def test_async_view_through_the_async_middleware(
         assert out["requests"][user_id] == {"visible": [user_id], "count": 1,
                                             "listed": [user_id]}
     assert out["anonymous"] == {"visible": [], "count": 0, "listed": []}
+    assert out["concurrent"] == [[u, [u]] for u in users[:2] * 3]
     assert out["after"] == []
 
 
@@ -118,6 +119,22 @@ def test_rls_user_context_manager(
         "no_params": ["a%b", first], "list_params": ["x%", first],
         "dict_params": ["y", first], "rowcount": 1, "multi": [first],
         "executemany_rowcount": 2}
+
+
+def test_careless_use_gets_clear_errors_and_ids_stay_data(
+    provisioned_db: dict[str, Any], users: list[str]
+) -> None:
+    out = rls_scenario(provisioned_db, "user", "careless")
+    for name in ("empty", "nul"):
+        assert "empty user id (or one with a NUL byte)" in out[name]
+    for name in ("bool", "object"):
+        assert "takes a user id (str, int or uuid.UUID)" in out[name]
+    assert "names no configured database alias: ['nope']" in out["alias"]
+    assert "after 'django.contrib.auth.middleware.AuthenticationMiddleware'" in out["no_user"]
+    tricky = "x'); SELECT set_config('app.current_user_id', 'y', false); --%s%%"
+    assert out["tricky"] == tricky
+    assert out["tricky_params"] == [tricky, "p"]
+    assert out["tricky_after"] is None  # nothing reached the session
 
 
 def test_cross_service_read_only_alias_carries_the_user(

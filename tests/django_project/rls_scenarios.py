@@ -67,6 +67,11 @@ def middleware_async(*user_ids: str) -> dict:
             response = await client.get("/visible-async", **_as(user_id))
             out["requests"][user_id] = response.json()
         out["anonymous"] = (await client.get("/visible-async")).json()
+        # Concurrent requests of different users on one event loop: one context per task.
+        responses = await asyncio.gather(*[
+            AsyncClient().get("/visible-async", **_as(u)) for u in user_ids * 3])
+        out["concurrent"] = [[u, r.json()["visible"]]
+                             for u, r in zip(user_ids * 3, responses, strict=True)]
         return out
 
     result = asyncio.run(run())
@@ -171,6 +176,42 @@ def _in_new_thread(user_id: str) -> list[str]:
         worker.start()
         worker.join()
     return seen
+
+
+def careless() -> dict:
+    """What a careless caller gets: clear errors, no query run as anybody."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.http import HttpRequest
+
+    from microservices.shared.database.django_rls import RLSUserMiddleware
+    from microservices.shared.database.errors import RequestContextError
+
+    out: dict = {}
+    for name, bad in {"empty": "", "bool": True, "object": object(), "nul": "a\x00b"}.items():
+        try:
+            with rls_user(bad):
+                out[name] = "allowed"
+        except RequestContextError as exc:
+            out[name] = str(exc)
+    try:
+        with rls_user("u", using="nope"):
+            out["alias"] = "allowed"
+    except RequestContextError as exc:
+        out["alias"] = str(exc)
+    try:  # placed before authentication: request.user is missing
+        RLSUserMiddleware(lambda request: None)(HttpRequest())
+        out["no_user"] = "allowed"
+    except ImproperlyConfigured as exc:
+        out["no_user"] = str(exc)
+    # Quotes, percent signs and placeholders in a user id are data, never SQL or format.
+    tricky = "x'); SELECT set_config('app.current_user_id', 'y', false); --%s%%"
+    with rls_user(tricky), connection.cursor() as cursor:
+        cursor.execute("SELECT shared_schema.current_user_id()")
+        out["tricky"] = cursor.fetchone()[0]
+        cursor.execute("SELECT shared_schema.current_user_id(), %s", ["p"])
+        out["tricky_params"] = list(cursor.fetchone())
+    out["tricky_after"] = _setting()
+    return out
 
 
 def mirror(user_id: str) -> dict:
