@@ -15,6 +15,7 @@ django.setup()
 
 from django.db import connection, connections, transaction  # noqa: E402
 
+from microservices.shared.database.django_rls import rls_user  # noqa: E402
 from microservices.shared.database.errors import (  # noqa: E402
     CrossServiceAccessError,
     CrossServiceWriteError,
@@ -24,11 +25,13 @@ from microservices.shared.database.errors import (  # noqa: E402
 def user_creates_profile(user_id: str) -> dict:
     from profiles.models import Profile
 
-    Profile.objects.create(user_id=uuid.UUID(user_id), display_name="Grace")
+    with rls_user(user_id):  # the table has FORCE RLS on the request user
+        Profile.objects.create(user_id=uuid.UUID(user_id), display_name="Grace")
+        count = Profile.objects.filter(user_id=user_id).count()
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_user")
         role = cursor.fetchone()[0]
-    return {"count": Profile.objects.filter(user_id=user_id).count(), "role": role}
+    return {"count": count, "role": role}
 
 
 def application_works(user_id: str) -> dict:
@@ -38,7 +41,8 @@ def application_works(user_id: str) -> dict:
     out: dict = {}
     JobApplication.objects.create(profile_id=uuid.UUID(user_id), position="Intern")
     out["applications"] = JobApplication.objects.count()
-    mirror = ProfileMirror.objects.get(user_id=user_id)  # cross-service read, granted
+    with rls_user(user_id):  # cross-service read, granted; RLS applies there too
+        mirror = ProfileMirror.objects.get(user_id=user_id)
     out["read"] = mirror.display_name
     out["read_alias"] = ProfileMirror.objects.all().db
     try:  # the router refuses

@@ -28,10 +28,30 @@ INSTALLED_APPS = [
     "user_mirror",                  # user service's table, read by other services
 ]
 
-DATABASES = configure_service_database(SERVICE)
+# EDULINK_DJANGO_POOL=1: Django's own psycopg pool (Django >= 5.1);
+# EDULINK_DJANGO_CONN_MAX_AGE: persistent connections (seconds);
+# EDULINK_DJANGO_SERVER_BINDING=1: server-side parameter binding.
+DATABASES = configure_service_database(SERVICE, pool=os.environ.get("EDULINK_DJANGO_POOL") == "1")
 if SERVICE == "application":
     DATABASES.update(configure_cross_service_databases("application", ["user"]))
+if os.environ.get("EDULINK_DJANGO_SERVER_BINDING") == "1":  # Django's ServerBindingCursor
+    for alias in DATABASES.values():
+        alias["OPTIONS"]["server_side_binding"] = True
+if os.environ.get("EDULINK_DJANGO_CONN_MAX_AGE"):
+    for alias in DATABASES.values():
+        alias["CONN_MAX_AGE"] = int(os.environ["EDULINK_DJANGO_CONN_MAX_AGE"])
 DATABASE_ROUTERS = [get_database_router()]
 # user_mirror is not in the topology: map it here (the override setting).
 EDULINK_DB_APP_SERVICES = {"user_mirror": "user"}
 TEST_RUNNER = "microservices.shared.database.django_test_runner.EdulinkTestRunner"
+
+ROOT_URLCONF = "edulink_site.urls"
+ALLOWED_HOSTS = ["testserver"]
+# Row-level security: the RLS middleware comes after authentication.
+# EDULINK_DJANGO_RLS=naive swaps in the session-level SET the issue warns about.
+MIDDLEWARE = [
+    "edulink_site.auth.HeaderAuthenticationMiddleware",
+    "edulink_site.auth.NaiveSessionSetMiddleware"
+    if os.environ.get("EDULINK_DJANGO_RLS") == "naive"
+    else "microservices.shared.database.django_rls.RLSUserMiddleware",
+]

@@ -1,5 +1,22 @@
 from django.db import migrations, models
 
+# The seed's security model on this table: FORCE RLS on shared_schema.current_user_id().
+# FORCE makes the policy bind the table's owner too; without a request user,
+# current_user_id() is NULL and the policy matches nothing.  (In the initial
+# migration, so that tests may add a 0002 of their own.)
+ROW_LEVEL_SECURITY = [
+    "ALTER TABLE profiles_profile ENABLE ROW LEVEL SECURITY",
+    "ALTER TABLE profiles_profile FORCE ROW LEVEL SECURITY",
+    "CREATE POLICY profile_owner ON profiles_profile FOR ALL"
+    " USING (user_id::text = shared_schema.current_user_id())"
+    " WITH CHECK (user_id::text = shared_schema.current_user_id())",
+]
+NO_ROW_LEVEL_SECURITY = [
+    "DROP POLICY profile_owner ON profiles_profile",
+    "ALTER TABLE profiles_profile NO FORCE ROW LEVEL SECURITY",
+    "ALTER TABLE profiles_profile DISABLE ROW LEVEL SECURITY",
+]
+
 
 class Migration(migrations.Migration):
     initial = True
@@ -15,4 +32,5 @@ class Migration(migrations.Migration):
                 ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
         ),
+        migrations.RunSQL(ROW_LEVEL_SECURITY, NO_ROW_LEVEL_SECURITY),
     ]

@@ -1,0 +1,179 @@
+"""Django ORM primary-key reads with and without the RLS user context, side by side.
+
+    python benchmarks/django_rls.py [--seconds 0.2] [--rounds 15]
+
+One process, one Django connection as user_service_role (settings from
+configure_service_database('user'), persistent connection), autocommit:
+  (a) Item.objects.get(pk=...), django_rls not installed      -- the baseline
+  (b) the same, wrapper installed, no user (anonymous requests)
+  (c) the same inside one rls_user(...) block (a request's queries)
+  (d) rls_user(...) entered and left around every read
+  (e) as (c), on a FORCE ROW LEVEL SECURITY table whose policy reads
+      shared_schema.current_user_id() (PostgreSQL's policy work included)
+Rounds are interleaved in a shuffled order; each round gives each path's ratio
+to (a) in that round, and the table shows the medians.
+Goal (issue 14): (c)/(a) <= 1.25 -- time per read, Django's own overhead included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+
+from benchmarks._server import bench_database
+from microservices.shared.database.config import to_url
+
+ROWS = 10_000
+USER = "bench-user-1"
+GOAL = 1.25
+
+
+def _prepare_rls_table(admin: dict[str, Any]) -> None:
+    with psycopg.connect(**admin, autocommit=True) as conn:
+        conn.execute("SET ROLE user_service_owner")
+        conn.execute("CREATE TABLE user_schema.bench_owned (id int PRIMARY KEY,"
+                     " owner text NOT NULL, payload text NOT NULL)")
+        conn.execute("INSERT INTO user_schema.bench_owned"
+                     " SELECT i, %s, md5(i::text) FROM generate_series(1, %s) i", [USER, ROWS])
+        conn.execute("ALTER TABLE user_schema.bench_owned ENABLE ROW LEVEL SECURITY")
+        conn.execute("ALTER TABLE user_schema.bench_owned FORCE ROW LEVEL SECURITY")
+        conn.execute("CREATE POLICY owner_only ON user_schema.bench_owned"
+                     " USING (owner = shared_schema.current_user_id())")
+        conn.execute("RESET ROLE")
+        conn.execute("ANALYZE user_schema.bench_owned")
+
+
+def _setup_django(admin: dict[str, Any], password: str) -> tuple[Any, Any]:
+    for key in [k for k in os.environ if k.startswith(("DATABASE_", "EDULINK_DB_"))]:
+        del os.environ[key]
+    os.environ["DATABASE_URL"] = to_url(admin)
+    os.environ["EDULINK_DB_USER_PASSWORD"] = password
+
+    import django
+    from django.conf import settings
+
+    from microservices.shared.database.django_settings import configure_service_database
+
+    databases = configure_service_database("user")
+    databases["default"]["CONN_MAX_AGE"] = None  # one held connection: measure the query path
+    settings.configure(DATABASES=databases, INSTALLED_APPS=["django.contrib.contenttypes"],
+                       USE_TZ=True, DEFAULT_AUTO_FIELD="django.db.models.BigAutoField")
+    django.setup()
+    from django.db import models
+
+    class Item(models.Model):  # type: ignore[misc]
+        payload = models.TextField()
+
+        class Meta:
+            app_label = "contenttypes"  # any installed app: the table is not managed
+            db_table = "bench_items"
+            managed = False
+
+    class Owned(models.Model):  # type: ignore[misc]
+        owner = models.TextField()
+        payload = models.TextField()
+
+        class Meta:
+            app_label = "contenttypes"
+            db_table = "bench_owned"
+            managed = False
+
+    return Item, Owned
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.2, help="per path and round")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+
+    with bench_database(ROWS) as (admin, _topology, password):
+        _prepare_rls_table(admin)
+        item, owned = _setup_django(admin, password)
+        from django.db import connection
+
+        from microservices.shared.database import django_rls
+
+        rng = random.Random(14)
+
+        def without_wrapper() -> None:
+            if django_rls._rls_execute in connection.execute_wrappers:
+                connection.execute_wrappers.remove(django_rls._rls_execute)
+
+        def with_wrapper() -> None:
+            django_rls.install()
+            django_rls._install_on(connection)
+
+        def read(model: Any) -> Callable[[], None]:
+            def op() -> None:
+                model.objects.get(pk=rng.randint(1, ROWS))
+            return op
+
+        def per_read_context() -> None:
+            with django_rls.rls_user(USER):
+                item.objects.get(pk=rng.randint(1, ROWS))
+
+        # name -> (setup, context user or None, operation)
+        paths: dict[str, tuple[Callable[[], None], str | None, Callable[[], None]]] = {
+            "a plain Django (baseline)": (without_wrapper, None, read(item)),
+            "b wrapper, no user": (with_wrapper, None, read(item)),
+            "c rls_user block": (with_wrapper, USER, read(item)),
+            "d rls_user per read": (with_wrapper, None, per_read_context),
+            "e rls_user, FORCE RLS table": (with_wrapper, USER, read(owned)),
+        }
+        with django_rls.rls_user(USER):  # warm up and check the RLS table answers
+            owned.objects.get(pk=1)
+        rates: dict[str, list[float]] = {name: [] for name in paths}
+        ratios: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(paths)
+        for _ in range(args.rounds):
+            rng.shuffle(order)
+            this_round: dict[str, float] = {}
+            for name in order:
+                setup, user, op = paths[name]
+                setup()
+                if user is None:
+                    this_round[name] = _rate(op, args.seconds)
+                else:
+                    with django_rls.rls_user(user):  # one block, many reads: a request
+                        this_round[name] = _rate(op, args.seconds)
+            for name, rate in this_round.items():
+                rates[name].append(rate)
+                ratios[name].append(this_round["a plain Django (baseline)"] / rate)
+        connection.close()
+
+    print(f"Django ORM pk read, {args.rounds} rounds x {args.seconds}s per path "
+          f"(median reads/s; time per read relative to (a) in the same round)")
+    for name in paths:
+        print(f"  {name:<30} {statistics.median(rates[name]):>9,.0f}/s   "
+              f"time ratio to (a) {statistics.median(ratios[name]):.3f}")
+    ratio = statistics.median(ratios["c rls_user block"])
+    print(f"goals: (c)/(a) = {ratio:.3f} <= {GOAL} "
+          f"{'met' if ratio <= GOAL else 'NOT met'}")
+
+
+def _rate(op: Callable[[], None], seconds: float) -> float:
+    for _ in range(50):  # warm up
+        op()
+    count, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        for _ in range(20):
+            op()
+        count += 20
+    return count / (time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()
