@@ -8,6 +8,7 @@ import secrets
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from microservices.shared.database.provisioning import provision
 from microservices.shared.database.topology import Topology, default_topology
 
 warnings.filterwarnings("ignore", module="platformdirs")
+
+BENCH_USER_CONNECTIONS = 120
 
 
 @contextlib.contextmanager
@@ -42,7 +45,12 @@ def bench_database(rows: int = 10_000) -> Iterator[tuple[dict[str, Any], Topolog
         base = server.admin_params(server.start())
     dbname = f"edulink_bench_{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(16)
+    # The benchmarks open many connections as user_service_role at once (every path's
+    # pool, 16 threads each): give it a budget of its own instead of the derived share.
     topology = default_topology()
+    topology = replace(topology, services=tuple(
+        replace(s, connection_limit=BENCH_USER_CONNECTIONS) if s.name == "user" else s
+        for s in topology.services))
     with psycopg.connect(**base, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     admin = {**base, "dbname": dbname}

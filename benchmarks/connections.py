@@ -15,6 +15,13 @@ the connection manager runs with monitoring ON (its default, as users run it):
       changed their session (see session_state.py), so a clean one pays nothing.
 Queries: SELECT 1, and a primary-key read from a 10,000-row table.
 
+The asyncio variant runs --tasks concurrent tasks (default 50) in one event loop
+over --async-connections connections (default 10: a role's connection limit is
+shared by every process of a service):
+  (a) held psycopg AsyncConnections, handed to tasks through an asyncio.Queue
+  (d) connection_manager.get_async_connection('user')
+  (e) connection_manager.get_async_connection('user', user_id=...)
+
 Rounds are interleaved (a b c d e, then the next round in another order) so that
 machine noise hits every path alike. Each round gives every path's rate and its
 ratio to (a) *in that round*; the table shows the medians over rounds, which
@@ -26,6 +33,7 @@ d never below b.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import statistics
@@ -172,12 +180,101 @@ def run_path(factory: Callable[[], Op], threads: int, seconds: float) -> tuple[i
     return sum(counts), time.perf_counter() - t0
 
 
+AsyncOp = Callable[[random.Random], Any]  # returns an awaitable
+
+
+async def run_async_path(op: AsyncOp, tasks: int, seconds: float) -> tuple[int, float]:
+    """Run *tasks* concurrent tasks doing *op* for *seconds*; return (operations, elapsed)."""
+    counts = [0] * tasks
+    for i in range(tasks):  # warm every connection
+        await op(random.Random(i))
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+
+    async def task(i: int) -> None:
+        rng = random.Random(i)
+        n = 0
+        while time.perf_counter() < stop_at:
+            await op(rng)
+            n += 1
+        counts[i] = n
+
+    await asyncio.gather(*(task(i) for i in range(tasks)))
+    return sum(counts), time.perf_counter() - t0
+
+
+async def async_variant(params: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The asyncio variant: e/a with --tasks tasks over --async-connections connections."""
+    size = args.async_connections
+    os.environ["EDULINK_DB_USER_POOL_SIZE"] = str(size)
+    os.environ["EDULINK_DB_USER_MAX_OVERFLOW"] = "0"
+    manager = ConnectionManager(load_settings())
+    conninfo = make_conninfo(**{k: str(v) for k, v in params.items()})
+    held: asyncio.Queue[psycopg.AsyncConnection[Any]] = asyncio.Queue()
+    for _ in range(size):
+        held.put_nowait(await psycopg.AsyncConnection.connect(conninfo, autocommit=True))
+    failures: list[str] = []
+    try:
+        for qname, (query, make_args) in QUERIES.items():
+            async def held_op(rng: random.Random, query: str = query,
+                              make_args: Any = make_args) -> None:
+                conn = await held.get()
+                try:
+                    await (await conn.execute(query, make_args(rng))).fetchall()
+                finally:
+                    held.put_nowait(conn)
+
+            async def manager_op(rng: random.Random, query: str = query,
+                                 make_args: Any = make_args) -> None:
+                async with manager.get_async_connection("user") as conn:
+                    await (await conn.execute(query, make_args(rng))).fetchall()
+
+            async def manager_user_op(rng: random.Random, query: str = query,
+                                      make_args: Any = make_args) -> None:
+                async with manager.get_async_connection(
+                        "user", user_id=f"u{rng.randrange(1000)}") as conn:
+                    await (await conn.execute(query, make_args(rng))).fetchall()
+
+            paths: dict[str, AsyncOp] = {
+                "a held connections": held_op,
+                "d get_async_connection": manager_op,
+                "e get_async_connection(user_id)": manager_user_op,
+            }
+            rates: dict[str, list[float]] = {name: [] for name in paths}
+            names = list(paths)
+            order = random.Random(size)
+            for _ in range(args.rounds):
+                order.shuffle(names)
+                for name in names:
+                    n, t = await run_async_path(paths[name], args.tasks, args.seconds)
+                    rates[name].append(n / t)
+            base = rates["a held connections"]
+            print(f"\n{qname}, asyncio: {args.tasks} tasks over {size} connections "
+                  f"({args.rounds} rounds x {args.seconds}s per path; medians)")
+            print(f"  {'path':32} {'ops/s':>10} {'ratio to (a)':>13}")
+            ratio = {}
+            for name, r in rates.items():
+                ratio[name] = statistics.median(x / y for x, y in zip(r, base, strict=True))
+                print(f"  {name:32} {statistics.median(r):10,.0f} {ratio[name]:13.2f}")
+            e = ratio["e get_async_connection(user_id)"]
+            if e < 0.5:
+                failures.append(f"{qname}, asyncio {args.tasks} tasks: e/a = {e:.2f} < 0.5")
+    finally:
+        while not held.empty():
+            await held.get_nowait().close()
+        await manager.aclose_all()
+    return failures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=0.15, help="per path per round")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=16, help="the multi-threaded case")
+    parser.add_argument("--tasks", type=int, default=50, help="the asyncio case's tasks")
+    parser.add_argument("--async-connections", type=int, default=10,
+                        help="connections the asyncio case's tasks share")
     args = parser.parse_args()
 
     with bench_database() as (admin, topology, password):
@@ -228,6 +325,7 @@ def main() -> int:
                 if d_over_b < 1:
                     failures.append(f"{qname}, {label}: d/b = {d_over_b:.2f} < 1")
             manager.close_all()
+        failures += asyncio.run(async_variant(params, args))
     print("\ngoals: " + ("all met" if not failures else "MISSED: " + "; ".join(failures)))
     return 0
 
