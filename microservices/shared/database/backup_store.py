@@ -185,6 +185,13 @@ def _owned_real(path: Path, what: str, fix: str) -> os.stat_result:
         raise BackupUntrustedError(
             f"{what} {path} is owned by uid {st.st_uid}, not by the user running edulink-db "
             f"(uid {os.geteuid()}); someone else could have written it. {fix}")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Checksums are checked before pg_restore reads the files: another user who may
+        # write here could swap a file in between, and pg_restore's SQL runs as the admin.
+        raise BackupUntrustedError(
+            f"{what} {path} is writable by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); one of them could replace it after it was "
+            f"checked. If you trust its content, run chmod -R go-w on it; otherwise: {fix}")
     return st
 
 

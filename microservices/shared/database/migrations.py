@@ -253,6 +253,25 @@ class _LostRace(Exception):
     """The migration lock was taken by another process between looking and grabbing."""
 
 
+class _NeedsNoTransaction(Exception):
+    """The statement refused to run inside a transaction block (and did nothing)."""
+
+
+# After every statement: who we are, and which shared catalogs of roles this
+# transaction has written (ALTER ROLE, COMMENT ON ROLE, GRANT role, ALTER ROLE SET:
+# each takes RowExclusiveLock, held until the transaction ends).  Shared catalogs
+# have database 0 in pg_locks; pg_shdepend is written by ordinary DDL (owners, ACLs).
+_AFTER_STATEMENT = """
+SELECT current_user, ARRAY(
+  SELECT DISTINCT c.relname::text FROM pg_catalog.pg_locks l
+    JOIN pg_catalog.pg_class c ON c.oid = l.relation
+   WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
+     AND l.database = 0 AND l.mode <> 'AccessShareLock' AND c.relisshared
+     AND c.relname <> 'pg_shdepend'
+   ORDER BY 1)
+"""
+
+
 # Explicit ACL entries in a service's schema (the schema, its relations, columns,
 # functions and types), the owner's default privileges, and its large objects.
 # Entries the topology allows are filtered out; whatever remains was granted to a
@@ -445,33 +464,62 @@ class SchemaMigrator:
 
     def _run_statements(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
         for stmt in file.statements:
+            if file.transactional:
+                self._run_statement(conn, file, stmt, in_own_transaction=False)
+                continue
+            # Statement by statement, yet each in a transaction of its own wherever
+            # PostgreSQL allows one, so that the checks after it can still roll it back.
             try:
-                conn.execute(stmt.text)  # runs with the owner role's authority, no more
-                row = conn.execute("SELECT current_user").fetchone()
-            except psycopg.errors.LockNotAvailable:
-                raise
-            except psycopg.Error as exc:
-                line = stmt.line
-                position = exc.diag.statement_position
-                if position and position.isdigit():
-                    line += stmt.text.count("\n", 0, int(position) - 1)
-                detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-                reason = f"{exc.diag.message_primary or str(exc).strip()}{detail}"
-                if exc.diag.sqlstate == "42501":
-                    reason += (f". Migrations of {self.service.name} run as "
-                               f"{self.service.owner_role}, which may change only "
-                               f"{self.service.schema}")
-                raise self._failure(file, stmt, line, reason) from None
-            # The migrator can only be its owner role or itself (NOINHERIT: no
-            # privileges); either way a file that switches roles is refused, so
-            # nothing it did after the switch is ever committed.
-            if row is None or row[0] != self.service.owner_role:
-                raise self._failure(
-                    file, stmt, stmt.line,
-                    f"the statement switched the role to {row[0] if row else None!r}; "
-                    f"migrations of {self.service.name} run as {self.service.owner_role} "
-                    "and must not change role (SET ROLE, RESET ROLE, SET SESSION "
-                    "AUTHORIZATION, set_config('role', ...))")
+                with conn.transaction():
+                    self._run_statement(conn, file, stmt, in_own_transaction=True)
+            except _NeedsNoTransaction:
+                self._run_statement(conn, file, stmt, in_own_transaction=False)
+
+    def _run_statement(self, conn: psycopg.Connection[Any], file: MigrationFile,
+                       stmt: SqlStatement, *, in_own_transaction: bool) -> None:
+        try:
+            conn.execute(stmt.text)  # runs with the owner role's authority, no more
+            row = conn.execute(_AFTER_STATEMENT).fetchone()
+        except psycopg.errors.ActiveSqlTransaction:
+            # CREATE INDEX CONCURRENTLY and the like refuse a transaction block before
+            # doing anything; they run on their own (and cannot hide other statements).
+            if in_own_transaction:
+                raise _NeedsNoTransaction from None
+            raise
+        except psycopg.errors.LockNotAvailable:
+            raise
+        except psycopg.Error as exc:
+            line = stmt.line
+            position = exc.diag.statement_position
+            if position and position.isdigit():
+                line += stmt.text.count("\n", 0, int(position) - 1)
+            detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
+            reason = f"{exc.diag.message_primary or str(exc).strip()}{detail}"
+            if exc.diag.sqlstate == "42501":
+                reason += (f". Migrations of {self.service.name} run as "
+                           f"{self.service.owner_role}, which may change only "
+                           f"{self.service.schema}")
+            raise self._failure(file, stmt, line, reason) from None
+        # The migrator can only be its owner role or itself (NOINHERIT: no
+        # privileges); either way a file that switches roles is refused, so
+        # nothing it did after the switch is ever committed.
+        if row is None or row[0] != self.service.owner_role:
+            raise self._failure(
+                file, stmt, stmt.line,
+                f"the statement switched the role to {row[0] if row else None!r}; "
+                f"migrations of {self.service.name} run as {self.service.owner_role} "
+                "and must not change role (SET ROLE, RESET ROLE, SET SESSION "
+                "AUTHORIZATION, set_config('role', ...))")
+        # Inside one statement (a DO block) a file may still become the migrator
+        # (SET ROLE to the session user is always allowed) and switch back; an
+        # ordinary role may change its own password and role-level settings.  Any
+        # such write leaves a lock on a shared role catalog until the transaction ends.
+        if row[1]:
+            raise self._failure(
+                file, stmt, stmt.line,
+                f"the statement changed roles (it wrote {', '.join(row[1])}): migrations "
+                "may not alter roles, their passwords, settings, comments or memberships "
+                "(not even their own migrator's); 'edulink-db provision' manages roles")
 
     def _foreign_grants(self, conn: psycopg.Connection[Any]) -> set[tuple[str, str, str, str]]:
         """ACL entries in the service's schema for roles the topology does not name."""

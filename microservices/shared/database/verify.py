@@ -521,6 +521,14 @@ def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
                 keyword = ATTRIBUTE_KEYWORDS[attr]
                 problems.append(Problem(owner, "", "role", keyword, f"owner role has {keyword}",
                                         _q(f"ALTER ROLE {{}} NO{keyword}", oid_)))
+        # Every migration runs as the owner role, with whatever it inherits: a membership
+        # in pg_read_all_data, pg_execute_server_program or another service's role
+        # would hand that to every migration file.  Owner roles are members of nothing.
+        for granted in os_.member_of:
+            problems.append(Problem(owner, "", "role", f"MEMBER OF {granted}",
+                                    f"owner role is a member of {granted}; every migration "
+                                    "runs as the owner and would inherit its privileges",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), oid_)))
     return problems
 
 
