@@ -62,7 +62,7 @@ def _tables(admin: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def _can(conn: psycopg.Connection[Any], query: sql.Composable) -> bool:
+def _can(conn: psycopg.Connection[Any], query: sql.Composed | sql.SQL) -> bool:
     try:
         with conn.transaction(force_rollback=True):
             conn.execute(query)
