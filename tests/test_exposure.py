@@ -304,3 +304,81 @@ def test_script_alone_upgrades_and_grants(migrated: tuple[dict[str, Any], Path])
     report = verify(admin, TOPOLOGY)
     assert report.ok, report.problems
     assert probe_exposure(admin) == []
+
+
+def test_observed_reads_report_reads_beyond_the_exposure(
+        migrated: tuple[dict[str, Any], Path]) -> None:
+    """Reads that succeeded under a hand-made (or pre-upgrade) table grant are listed
+    per role and table with the columns the topology does not expose."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from microservices.shared.database.cli import app
+    from microservices.shared.database.observed_reads import observed_reads
+
+    admin, _root = migrated
+    _run(admin, "GRANT SELECT ON auth_schema.authentication_user TO user_service_role")
+    user, application = TOPOLOGY.service("user"), TOPOLOGY.service("application")
+    with psycopg.connect(**service_params(admin, user), autocommit=True) as conn:
+        for _ in range(2):
+            conn.execute("SELECT u.email, u.password_hash FROM auth_schema.authentication_user u"
+                         " WHERE u.id = %s", ["00000000-0000-0000-0000-000000000000"])
+        conn.execute("SELECT id, email FROM auth_schema.authentication_user WHERE is_active")
+        conn.execute("SELECT p.first_name, (SELECT created_at FROM"
+                     " auth_schema.authentication_user a WHERE a.id = p.user_id)"
+                     " FROM profiles_userprofile p")
+        conn.execute("SELECT count(*) FROM auth_schema.authentication_user")
+    with psycopg.connect(**service_params(admin, application), autocommit=True) as conn:
+        conn.execute("SELECT i.name, p.code FROM institution_schema.institutions_institution i"
+                     " JOIN institution_schema.institutions_program p"
+                     " ON p.institution_id = i.id")
+    report = observed_reads(admin, TOPOLOGY)
+    assert report.available, report.note
+    assert [(r.role, r.schema, r.table, r.columns) for r in report.reads] == [
+        ("user_service_role", "auth_schema", "authentication_user",
+         ("password_hash", "created_at"))]
+    assert report.reads[0].calls == 3
+    assert report.unparsed == 0
+
+    result = CliRunner().invoke(app, ["reads", "--json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert data["reads"][0]["columns"] == ["password_hash", "created_at"]
+    assert "password_hash" not in json.dumps(data["reads"][0]["queryids"])
+
+    _run(admin, "DROP EXTENSION pg_stat_statements")
+    missing = observed_reads(admin, TOPOLOGY)
+    assert not missing.available and missing.reads == []
+    assert "not installed" in missing.note
+
+
+RESOLVER_CASES = [
+    ("SELECT * FROM auth_schema.authentication_user",
+     {"id", "email", "password_hash"}),
+    ("SELECT u.* FROM auth_schema.authentication_user u JOIN profiles_userprofile p"
+     " ON p.user_id = u.id", {"id", "email", "password_hash"}),
+    ("SELECT u FROM auth_schema.authentication_user u", {"id", "email", "password_hash"}),
+    ("SELECT email FROM auth_schema.authentication_user WHERE id = $1", {"email", "id"}),
+    ("WITH x AS (SELECT password_hash AS h FROM auth_schema.authentication_user)"
+     " SELECT h FROM x", {"password_hash"}),
+    ("SELECT s.e FROM (SELECT a.email AS e FROM auth_schema.authentication_user a) s",
+     {"email"}),
+    ("SELECT first_name FROM profiles_userprofile p WHERE EXISTS (SELECT 1 FROM"
+     " auth_schema.authentication_user a WHERE a.id = p.user_id AND password_hash = $1)",
+     {"id", "password_hash"}),
+    ("SELECT count(*) FROM auth_schema.authentication_user", set()),
+]
+
+
+@pytest.mark.parametrize(("text", "columns"), RESOLVER_CASES,
+                         ids=[c[0][:50] for c in RESOLVER_CASES])
+def test_observed_reads_resolve_columns_scope_by_scope(text: str, columns: set[str]) -> None:
+    from microservices.shared.database.observed_reads import _statement_reads
+
+    catalog = {("auth_schema", "authentication_user"): ["id", "email", "password_hash"],
+               ("user_schema", "profiles_userprofile"): ["id", "user_id", "first_name"]}
+    reads = _statement_reads(text, catalog, ["user_schema", "shared_schema"])
+    assert reads is not None
+    assert {c for s, t, c in reads if t == "authentication_user" and c} == columns
+    assert ("auth_schema", "authentication_user", None) in reads
