@@ -521,7 +521,9 @@ DECLARE cols text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
     INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
    WHERE a.attrelid = pg_catalog.to_regclass('"auth_schema"."authentication_user"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
      AND NOT a.attisdropped AND a.attname = ANY('{id,email,is_active,is_staff,last_login}'::pg_catalog.name[]);
   IF cols IS NOT NULL THEN
     EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"auth_schema"."authentication_user"', '"user_service_role", "notification_service_role", "application_service_role"');
@@ -565,7 +567,9 @@ DECLARE cols text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
     INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
    WHERE a.attrelid = pg_catalog.to_regclass('"user_schema"."profiles_userprofile"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
      AND NOT a.attisdropped AND a.attname = ANY('{id,user_id,first_name,last_name,phone,bio,created_at,updated_at}'::pg_catalog.name[]);
   IF cols IS NOT NULL THEN
     EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"user_schema"."profiles_userprofile"', '"notification_service_role", "application_service_role", "internship_service_role"');
@@ -578,7 +582,9 @@ DECLARE cols text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
     INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
    WHERE a.attrelid = pg_catalog.to_regclass('"user_schema"."profiles_profile"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
      AND NOT a.attisdropped AND a.attname = ANY('{id,user_id,display_name}'::pg_catalog.name[]);
   IF cols IS NOT NULL THEN
     EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"user_schema"."profiles_profile"', '"notification_service_role", "application_service_role", "internship_service_role"');
@@ -622,7 +628,9 @@ DECLARE cols text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
     INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
    WHERE a.attrelid = pg_catalog.to_regclass('"institution_schema"."institutions_institution"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
      AND NOT a.attisdropped AND a.attname = ANY('{id,code,name,kind,country,website,created_at}'::pg_catalog.name[]);
   IF cols IS NOT NULL THEN
     EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"institution_schema"."institutions_institution"', '"user_service_role", "notification_service_role", "application_service_role", "internship_service_role"');
@@ -635,7 +643,9 @@ DECLARE cols text;
 BEGIN
   SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
     INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
    WHERE a.attrelid = pg_catalog.to_regclass('"institution_schema"."institutions_program"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
      AND NOT a.attisdropped AND a.attname = ANY('{id,institution_id,code,name,level,duration_years}'::pg_catalog.name[]);
   IF cols IS NOT NULL THEN
     EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"institution_schema"."institutions_program"', '"user_service_role", "notification_service_role", "application_service_role", "internship_service_role"');
