@@ -71,8 +71,11 @@ def expected_operations(topology: Topology, role: str, schema: str) -> set[str]:
     svc = topology.service(role)
     if schema == svc.schema:
         return {"SELECT", "INSERT", "UPDATE", "DELETE"}
-    if schema in {s.schema for s in topology.readable_services(svc)}:
-        return {"SELECT"}
+    readable = {s.schema: s for s in topology.readable_services(svc)}
+    if schema in readable:
+        # Readers get column grants on exposed tables only; the probe table is never
+        # exposed, so even a reader can do nothing with it.
+        return {"SELECT"} if "probe" in dict(readable[schema].exposes) else set()
     if schema == topology.shared.schema:
         return {"INSERT"}
     return set()

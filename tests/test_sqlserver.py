@@ -71,13 +71,19 @@ def test_everything_the_topology_implies_is_present(topology: Topology) -> None:
         assert (f"GRANT SELECT, INSERT, UPDATE, DELETE, EXECUTE ON SCHEMA::[{svc.schema}] "
                 f"TO [{role}]") in script
         for other in topology.services:
-            read = f"GRANT SELECT ON SCHEMA::[{other.schema}] TO [{role}]"
-            assert (read in script) == (other.name in svc.reads), (role, other.name)
+            # Never a schema-level read: it would cover every column and future table.
+            assert f"GRANT SELECT ON SCHEMA::[{other.schema}] TO [{role}]" not in script
+            for table, columns in other.exposes:
+                for column in columns:
+                    grant = (f"GRANT SELECT ([{column}]) ON OBJECT::[{other.schema}]."
+                             f"[{table}] TO [{role}]")
+                    assert (grant in script) == (other.name in svc.reads), (role, grant)
         assert f"DENY ALTER, CONTROL, TAKE OWNERSHIP ON SCHEMA::[{svc.schema}] TO [{role}]" \
             in script
         assert f"GRANT INSERT ON [shared_schema].[audit_log] TO [{role}]" in script
         assert f"DENY SELECT, UPDATE, DELETE, ALTER ON [shared_schema].[audit_log] TO [{role}]" \
             in script
+    assert "password_hash" not in script and "token_hash" not in script
     assert "SESSION_CONTEXT(N''current_user_id'')" in script
     assert "CREATE SECURITY POLICY [user_schema].[user_profile_policy]" in script
     assert "CHECK (db_role = USER_NAME())" in script

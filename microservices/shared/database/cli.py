@@ -106,8 +106,20 @@ def _render_verify(report: VerifyReport) -> None:
         table.add_row(role, *[
             f"[red]{row[s]}[/red]" if row[s].endswith("!") else row[s] for s in schemas])
     out.print(table)
-    out.print("rw = SELECT/INSERT/UPDATE/DELETE + sequences, r = SELECT, append = INSERT into "
-              "the audit log only, - = no access, ! = differs from the topology", style="dim")
+    out.print("rw = SELECT/INSERT/UPDATE/DELETE + sequences, r = SELECT, cols = SELECT on "
+              "exposed columns only, usage = USAGE (no exposed table exists yet), append = "
+              "INSERT into the audit log only, - = no access, ! = differs from the topology",
+              style="dim")
+    if report.exposure:
+        exposure = Table(title="Exposure (column-level SELECT granted to readers)",
+                         title_justify="left")
+        for column in ("service", "table", "columns", "readers", "state"):
+            exposure.add_column(column)
+        for e in report.exposure:
+            state = e.state if e.state != "differs" else f"[red]{e.state}[/red]"
+            exposure.add_row(e.service, f"{e.schema}.{e.table}", ", ".join(e.columns),
+                             ", ".join(e.readers) or "-", state)
+        out.print(exposure)
     for warning in report.warnings:
         out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     if report.ok:
@@ -275,6 +287,49 @@ def verify_cmd(
         _print_json(report.as_dict())
     else:
         _render_verify(report)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_DIFFERS)
+
+
+@app.command("reads")
+def reads_cmd(
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Reads of other services' data that pg_stat_statements saw beyond the exposure.
+
+    Parses every statement each runtime role ran in this database and lists, per role
+    and table, the columns it read that the topology does not expose to it, with call
+    counts and queryids (never query texts). Exit code 1 when there are any: the
+    topology no longer matches the code.
+    """
+    from .observed_reads import observed_reads
+
+    try:
+        settings = _settings(topology)
+        report = observed_reads(admin_conninfo(settings), settings.topology())
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+    else:
+        if report.note:
+            out.print(f"note: {report.note}", style="dim", highlight=False)
+        if report.available:
+            out.print(f"{report.statements} statement(s) of runtime roles read, "
+                      f"{report.unparsed} unparsable, {report.hidden} withheld",
+                      highlight=False)
+        if report.ok:
+            out.print("[green]reads: nothing beyond the exposure[/green]")
+        else:
+            table = Table(title="Reads beyond the exposure (pg_stat_statements)",
+                          title_justify="left")
+            for column in ("role", "table", "columns", "calls", "why", "queryids"):
+                table.add_column(column)
+            for r in report.reads:
+                table.add_row(r.role, f"{r.schema}.{r.table}",
+                              ", ".join(r.columns) or "(the table)", str(r.calls),
+                              escape(r.reason), ", ".join(map(str, r.queryids[:5])))
+            out.print(table)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_DIFFERS)
 
 

@@ -280,33 +280,34 @@ _FOREIGN_GRANTS = """
 SELECT kind, object, CASE WHEN grantee = 0 THEN 'PUBLIC'
                           ELSE pg_catalog.pg_get_userbyid(grantee)::text END, privilege
 FROM (
-  SELECT 'schema' AS kind, n.nspname::text AS object, a.grantee, a.privilege_type AS privilege
+  SELECT 'schema' AS kind, n.nspname::text AS object, a.grantee, a.privilege_type AS privilege,
+         NULL::text AS rel_col
     FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) a WHERE n.oid = %(ns)s::oid
   UNION ALL
   SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, c.oid::regclass::text,
-         a.grantee, a.privilege_type
+         a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_class c, aclexplode(c.relacl) a WHERE c.relnamespace = %(ns)s::oid
   UNION ALL
   SELECT 'column', c.oid::regclass::text || '.' || pg_catalog.quote_ident(att.attname),
-         a.grantee, a.privilege_type
+         a.grantee, a.privilege_type, c.relname::text || '.' || att.attname::text
     FROM pg_catalog.pg_attribute att
     JOIN pg_catalog.pg_class c ON c.oid = att.attrelid, aclexplode(att.attacl) a
-   WHERE c.relnamespace = %(ns)s::oid
+   WHERE c.relnamespace = %(ns)s::oid AND NOT att.attisdropped
   UNION ALL
-  SELECT 'function', p.oid::regprocedure::text, a.grantee, a.privilege_type
+  SELECT 'function', p.oid::regprocedure::text, a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a WHERE p.pronamespace = %(ns)s::oid
   UNION ALL
-  SELECT 'type', t.oid::regtype::text, a.grantee, a.privilege_type
+  SELECT 'type', t.oid::regtype::text, a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_type t, aclexplode(t.typacl) a WHERE t.typnamespace = %(ns)s::oid
   UNION ALL
   SELECT 'default privileges on ' || d.defaclobjtype::text, coalesce(dn.nspname::text, '*'),
-         a.grantee, a.privilege_type
+         a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_default_acl d
     LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = d.defaclnamespace,
          aclexplode(d.defaclacl) a
    WHERE d.defaclrole = %(owner)s::oid
   UNION ALL
-  SELECT 'large object', l.oid::text, a.grantee, a.privilege_type
+  SELECT 'large object', l.oid::text, a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_largeobject_metadata l, aclexplode(l.lomacl) a
    WHERE l.lomowner = %(owner)s::oid
 ) acl
@@ -315,11 +316,26 @@ WHERE NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(own)s))
   AND NOT (grantee = 0 AND kind IN ('function', 'type', 'default privileges on f',
                                     'default privileges on T')
            AND privilege IN ('EXECUTE', 'USAGE'))
-  -- The topology's cross-service reads: USAGE on the schema, SELECT on tables.
+  -- The topology's cross-service reads: USAGE on the schema when the service exposes
+  -- something, and SELECT on exactly the exposed columns.  Never a table-level SELECT
+  -- or a default privilege: those would cover columns nobody exposed.
   AND NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(readers)s)
-           AND ((kind = 'schema' AND privilege = 'USAGE')
-                OR (kind IN ('table', 'column', 'default privileges on r')
-                    AND privilege = 'SELECT')))
+           AND ((kind = 'schema' AND privilege = 'USAGE' AND %(exposes)s)
+                OR (kind = 'column' AND privilege = 'SELECT'
+                    AND rel_col = ANY(%(exposed)s::text[]))))
+"""
+# The exposed columns of one schema that exist but that a reader cannot SELECT.
+_MISSING_EXPOSURE = """
+SELECT c.relname::text, a.attname::text
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  CROSS JOIN pg_catalog.pg_roles r
+ WHERE n.nspname = %(schema)s AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+   AND c.relname::text || '.' || a.attname::text = ANY(%(exposed)s::text[])
+   AND r.rolname = ANY(%(readers)s)
+   AND NOT pg_catalog.has_column_privilege(r.oid, c.oid, a.attnum, 'SELECT')
+ GROUP BY c.relname, a.attname, a.attnum ORDER BY c.relname, a.attnum
 """
 
 
@@ -531,15 +547,45 @@ class SchemaMigrator:
             [self.service.schema, self.service.owner_role]).fetchone()
         if rows is None:
             return set()
-        found = conn.execute(_FOREIGN_GRANTS, {"ns": rows[0], "owner": rows[1], "own": own,
-                                               "readers": readers}).fetchall()
+        found = conn.execute(_FOREIGN_GRANTS, {
+            "ns": rows[0], "owner": rows[1], "own": own, "readers": readers,
+            "exposes": bool(self.service.exposes), "exposed": self._exposed_names()}).fetchall()
         return {(str(k), str(o), str(g), str(p)) for k, o, g, p in found}
+
+    def _exposed_names(self) -> list[str]:
+        # 'table.column'; names are validated identifiers, so the dot is unambiguous.
+        return [f"{table}.{column}" for table, columns in self.service.exposes
+                for column in columns]
+
+    def _grant_exposure(self, conn: psycopg.Connection[Any]) -> None:
+        """Grant the readers the exposed columns a file just created (or re-created).
+
+        Provisioning runs before the tables exist, and column grants never cover
+        columns added later, so this step is what makes a new exposed column
+        readable.  It runs as the owner role, which may GRANT on its own tables, and
+        costs one catalog query when nothing is missing.
+        """
+        readers = [s.runtime_role for s in self.topology.readers_of(self.service)]
+        if not readers or not self.service.exposes:
+            return
+        missing = conn.execute(_MISSING_EXPOSURE, {
+            "schema": self.service.schema, "exposed": self._exposed_names(),
+            "readers": readers}).fetchall()
+        by_table: dict[str, list[str]] = {}
+        for table, column in missing:
+            by_table.setdefault(table, []).append(column)
+        for table, columns in by_table.items():
+            conn.execute(sql.SQL("GRANT SELECT ({}) ON TABLE {} TO {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)),
+                sql.Identifier(self.service.schema, table),
+                sql.SQL(", ").join(map(sql.Identifier, readers))))
 
     def _run_file(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
         """Run *file*'s statements; refuse it if it granted access the topology does
         not declare (to another service, to PUBLIC, to an unrelated role)."""
         before = self._foreign_grants(conn)
         self._run_statements(conn, file)
+        self._grant_exposure(conn)
         added = sorted(self._foreign_grants(conn) - before)
         if added:
             grants = "; ".join(f"{priv} on {kind} {obj} to {grantee}"

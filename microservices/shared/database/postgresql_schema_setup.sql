@@ -506,14 +506,29 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" G
 -- Sequences auth_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT USAGE, SELECT ON SEQUENCES TO "auth_service_role";
 
--- Cross-service read grant on auth_schema: user_service_role, notification_service_role, application_service_role.
+-- Readers of auth_schema (user_service_role, notification_service_role, application_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
+REVOKE SELECT ON ALL TABLES IN SCHEMA "auth_schema" FROM "user_service_role", "notification_service_role", "application_service_role";
+
+-- ...and no SELECT on tables auth_service_owner creates later (the migration runner grants the exposed columns after each file).
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" REVOKE SELECT ON TABLES FROM "user_service_role", "notification_service_role", "application_service_role";
+
+-- Cross-service readers of auth_schema: user_service_role, notification_service_role, application_service_role.
 GRANT USAGE ON SCHEMA "auth_schema" TO "user_service_role", "notification_service_role", "application_service_role";
 
--- user_service_role, notification_service_role, application_service_role may SELECT from auth_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "auth_schema" TO "user_service_role", "notification_service_role", "application_service_role";
-
--- ...including tables created later in auth_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role";
+-- auth exposes authentication_user (id, email, is_active, is_staff, last_login) to user_service_role, notification_service_role, application_service_role.
+DO $do$
+DECLARE cols text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+   WHERE a.attrelid = pg_catalog.to_regclass('"auth_schema"."authentication_user"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+     AND NOT a.attisdropped AND a.attname = ANY('{id,email,is_active,is_staff,last_login}'::pg_catalog.name[]);
+  IF cols IS NOT NULL THEN
+    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"auth_schema"."authentication_user"', '"user_service_role", "notification_service_role", "application_service_role"');
+  END IF;
+END $do$;
 
 -- The migration history in auth_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN
@@ -537,14 +552,44 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" G
 -- Sequences user_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT USAGE, SELECT ON SEQUENCES TO "user_service_role";
 
--- Cross-service read grant on user_schema: notification_service_role, application_service_role, internship_service_role.
+-- Readers of user_schema (notification_service_role, application_service_role, internship_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
+REVOKE SELECT ON ALL TABLES IN SCHEMA "user_schema" FROM "notification_service_role", "application_service_role", "internship_service_role";
+
+-- ...and no SELECT on tables user_service_owner creates later (the migration runner grants the exposed columns after each file).
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" REVOKE SELECT ON TABLES FROM "notification_service_role", "application_service_role", "internship_service_role";
+
+-- Cross-service readers of user_schema: notification_service_role, application_service_role, internship_service_role.
 GRANT USAGE ON SCHEMA "user_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
 
--- notification_service_role, application_service_role, internship_service_role may SELECT from user_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "user_schema" TO "notification_service_role", "application_service_role", "internship_service_role";
+-- user exposes profiles_userprofile (id, user_id, first_name, last_name, phone, bio, created_at, updated_at) to notification_service_role, application_service_role, internship_service_role.
+DO $do$
+DECLARE cols text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+   WHERE a.attrelid = pg_catalog.to_regclass('"user_schema"."profiles_userprofile"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+     AND NOT a.attisdropped AND a.attname = ANY('{id,user_id,first_name,last_name,phone,bio,created_at,updated_at}'::pg_catalog.name[]);
+  IF cols IS NOT NULL THEN
+    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"user_schema"."profiles_userprofile"', '"notification_service_role", "application_service_role", "internship_service_role"');
+  END IF;
+END $do$;
 
--- ...including tables created later in user_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role", "internship_service_role";
+-- user exposes profiles_profile (id, user_id, display_name) to notification_service_role, application_service_role, internship_service_role.
+DO $do$
+DECLARE cols text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+   WHERE a.attrelid = pg_catalog.to_regclass('"user_schema"."profiles_profile"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+     AND NOT a.attisdropped AND a.attname = ANY('{id,user_id,display_name}'::pg_catalog.name[]);
+  IF cols IS NOT NULL THEN
+    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"user_schema"."profiles_profile"', '"notification_service_role", "application_service_role", "internship_service_role"');
+  END IF;
+END $do$;
 
 -- The migration history in user_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN
@@ -568,14 +613,44 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institu
 -- Sequences institution_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT USAGE, SELECT ON SEQUENCES TO "institution_service_role";
 
--- Cross-service read grant on institution_schema: user_service_role, notification_service_role, application_service_role, internship_service_role.
+-- Readers of institution_schema (user_service_role, notification_service_role, application_service_role, internship_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
+REVOKE SELECT ON ALL TABLES IN SCHEMA "institution_schema" FROM "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+
+-- ...and no SELECT on tables institution_service_owner creates later (the migration runner grants the exposed columns after each file).
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" REVOKE SELECT ON TABLES FROM "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+
+-- Cross-service readers of institution_schema: user_service_role, notification_service_role, application_service_role, internship_service_role.
 GRANT USAGE ON SCHEMA "institution_schema" TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
--- user_service_role, notification_service_role, application_service_role, internship_service_role may SELECT from institution_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "institution_schema" TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+-- institution exposes institutions_institution (id, code, name, kind, country, website, created_at) to user_service_role, notification_service_role, application_service_role, internship_service_role.
+DO $do$
+DECLARE cols text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+   WHERE a.attrelid = pg_catalog.to_regclass('"institution_schema"."institutions_institution"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+     AND NOT a.attisdropped AND a.attname = ANY('{id,code,name,kind,country,website,created_at}'::pg_catalog.name[]);
+  IF cols IS NOT NULL THEN
+    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"institution_schema"."institutions_institution"', '"user_service_role", "notification_service_role", "application_service_role", "internship_service_role"');
+  END IF;
+END $do$;
 
--- ...including tables created later in institution_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT SELECT ON TABLES TO "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
+-- institution exposes institutions_program (id, institution_id, code, name, level, duration_years) to user_service_role, notification_service_role, application_service_role, internship_service_role.
+DO $do$
+DECLARE cols text;
+BEGIN
+  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    INTO cols FROM pg_catalog.pg_attribute a
+    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+   WHERE a.attrelid = pg_catalog.to_regclass('"institution_schema"."institutions_program"') AND a.attnum > 0
+     AND c.relkind = ANY('{r,p,v,m,f}'::"char"[])
+     AND NOT a.attisdropped AND a.attname = ANY('{id,institution_id,code,name,level,duration_years}'::pg_catalog.name[]);
+  IF cols IS NOT NULL THEN
+    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, '"institution_schema"."institutions_program"', '"user_service_role", "notification_service_role", "application_service_role", "internship_service_role"');
+  END IF;
+END $do$;
 
 -- The migration history in institution_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN
@@ -621,14 +696,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "applica
 -- Sequences application_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT USAGE, SELECT ON SEQUENCES TO "application_service_role";
 
--- Cross-service read grant on application_schema: notification_service_role.
-GRANT USAGE ON SCHEMA "application_schema" TO "notification_service_role";
+-- Readers of application_schema (notification_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
+REVOKE SELECT ON ALL TABLES IN SCHEMA "application_schema" FROM "notification_service_role";
 
--- notification_service_role may SELECT from application_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "application_schema" TO "notification_service_role";
+-- ...and no SELECT on tables application_service_owner creates later (the migration runner grants the exposed columns after each file).
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" REVOKE SELECT ON TABLES FROM "notification_service_role";
 
--- ...including tables created later in application_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT SELECT ON TABLES TO "notification_service_role";
+-- application exposes nothing: its readers need no USAGE on application_schema.
+REVOKE USAGE ON SCHEMA "application_schema" FROM "notification_service_role";
 
 -- The migration history in application_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN
@@ -652,14 +727,14 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internsh
 -- Sequences internship_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT USAGE, SELECT ON SEQUENCES TO "internship_service_role";
 
--- Cross-service read grant on internship_schema: notification_service_role, application_service_role.
-GRANT USAGE ON SCHEMA "internship_schema" TO "notification_service_role", "application_service_role";
+-- Readers of internship_schema (notification_service_role, application_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
+REVOKE SELECT ON ALL TABLES IN SCHEMA "internship_schema" FROM "notification_service_role", "application_service_role";
 
--- notification_service_role, application_service_role may SELECT from internship_schema.
-GRANT SELECT ON ALL TABLES IN SCHEMA "internship_schema" TO "notification_service_role", "application_service_role";
+-- ...and no SELECT on tables internship_service_owner creates later (the migration runner grants the exposed columns after each file).
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" REVOKE SELECT ON TABLES FROM "notification_service_role", "application_service_role";
 
--- ...including tables created later in internship_schema.
-ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT SELECT ON TABLES TO "notification_service_role", "application_service_role";
+-- internship exposes nothing: its readers need no USAGE on internship_schema.
+REVOKE USAGE ON SCHEMA "internship_schema" FROM "notification_service_role", "application_service_role";
 
 -- The migration history in internship_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN

@@ -10,7 +10,9 @@ What it creates, per service: a NOLOGIN owner role that owns the schema and
 everything in it; a LOGIN runtime role with a role-level ``search_path`` (own
 schema first, then the shared schema) and exactly the grants the topology
 declares, including ALTER DEFAULT PRIVILEGES so that tables the owner creates
-later are covered; PUBLIC's default access to the schema revoked.  Plus the
+later are covered; PUBLIC's default access to the schema revoked.  Other
+services' runtime roles get column-level SELECT on exactly the columns the
+topology exposes (``reader_statements``), never a table-level grant.  Plus the
 shared schema with the append-only audit log and the RLS helper
 ``current_user_id()``.
 
@@ -42,7 +44,6 @@ log = logging.getLogger(__name__)
 PROVISION_LOCK = "edulink-db:provision"
 OWN_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 OWN_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT")
-READ_TABLE_PRIVILEGES = ("SELECT",)
 # Columns a service may set when it writes an audit entry.  id, occurred_at and
 # db_role are filled by the database, so the log records who really wrote it.
 AUDIT_INSERT_COLUMNS = (
@@ -269,6 +270,75 @@ def migrator_statements(svc: Service, topology: Topology) -> list[Statement]:
     ]
 
 
+def exposure_grant(schema: str, table: str, columns: Iterable[str],
+                   readers: Iterable[str]) -> sql.Composed:
+    """A DO block granting SELECT on those of *columns* that exist, when *table* exists.
+
+    Migrations create the tables after provisioning, and a column may be exposed
+    before the migration that adds it runs: the block grants what exists now and
+    does nothing else (the migration runner grants the rest after each file).
+    Every name reaches the block as an already-quoted constant (sql.Identifier),
+    and the one dynamic statement is assembled from those with %s only.
+    """
+    qualified = sql.Identifier(schema, table).as_string(None)
+    return sql.SQL(
+        "DO $do$\n"
+        "DECLARE cols text;\n"
+        "BEGIN\n"
+        "  SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', '"
+        " ORDER BY a.attnum)\n"
+        "    INTO cols FROM pg_catalog.pg_attribute a\n"
+        "    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid\n"
+        "   WHERE a.attrelid = pg_catalog.to_regclass({table}) AND a.attnum > 0\n"
+        "     AND c.relkind = ANY('{{r,p,v,m,f}}'::\"char\"[])\n"
+        "     AND NOT a.attisdropped AND a.attname = ANY({columns}::pg_catalog.name[]);\n"
+        "  IF cols IS NOT NULL THEN\n"
+        "    EXECUTE pg_catalog.format('GRANT SELECT (%s) ON TABLE %s TO %s', cols, {table},"
+        " {readers});\n"
+        "  END IF;\n"
+        "END $do$"
+    ).format(table=sql.Literal(qualified), columns=sql.Literal(list(columns)),
+             readers=sql.Literal(_ids(readers).as_string(None)))
+
+
+def reader_statements(svc: Service, topology: Topology) -> list[Statement]:
+    """What *svc*'s readers get: exactly the exposed columns, never a whole table.
+
+    Each run first takes away every SELECT the readers hold in the schema (REVOKE on
+    a table also revokes its column grants) and then grants the exposure, in the
+    same transaction, so nobody ever sees the gap.  That also upgrades a database
+    provisioned with the old table-level grants and their ALTER DEFAULT PRIVILEGES.
+    A column grant never covers a column added later: new columns stay private
+    until the topology exposes them.
+    """
+    readers = [reader.runtime_role for reader in topology.readers_of(svc)]
+    if not readers:
+        return []
+    s, o, rr = sql.Identifier(svc.schema), sql.Identifier(svc.owner_role), _ids(readers)
+    who = ", ".join(readers)
+    out = [
+        Statement(f"Readers of {svc.schema} ({who}) get no table-level SELECT: drop any, "
+                  "with the column grants it carries; the exposure is granted below.",
+                  sql.SQL("REVOKE SELECT ON ALL TABLES IN SCHEMA {} FROM {}").format(s, rr)),
+        Statement(f"...and no SELECT on tables {svc.owner_role} creates later "
+                  "(the migration runner grants the exposed columns after each file).",
+                  sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
+                          "REVOKE SELECT ON TABLES FROM {}").format(o, s, rr)),
+    ]
+    if not svc.exposes:
+        out.append(Statement(f"{svc.name} exposes nothing: its readers need no USAGE on "
+                             f"{svc.schema}.",
+                             sql.SQL("REVOKE USAGE ON SCHEMA {} FROM {}").format(s, rr)))
+        return out
+    out.append(Statement(f"Cross-service readers of {svc.schema}: {who}.",
+                         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, rr)))
+    for table, columns in svc.exposes:
+        out.append(Statement(
+            f"{svc.name} exposes {table} ({', '.join(columns)}) to {who}.",
+            exposure_grant(svc.schema, table, columns, readers)))
+    return out
+
+
 def provisioning_statements(topology: Topology) -> list[Statement]:
     """Every statement that brings a database in line with *topology*, in order."""
     shared = topology.shared
@@ -346,19 +416,7 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
                       sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
                               "GRANT {} ON SEQUENCES TO {}").format(o, s, seq, r)),
         ]
-        readers = [reader.runtime_role for reader in topology.readers_of(svc)]
-        if readers:
-            rr = _ids(readers)
-            who = ", ".join(readers)
-            out += [
-                Statement(f"Cross-service read grant on {svc.schema}: {who}.",
-                          sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, rr)),
-                Statement(f"{who} may SELECT from {svc.schema}.",
-                          sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(s, rr)),
-                Statement(f"...including tables created later in {svc.schema}.",
-                          sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
-                                  "GRANT SELECT ON TABLES TO {}").format(o, s, rr)),
-            ]
+        out += reader_statements(svc, topology)
 
         history = sql.Identifier(svc.schema, HISTORY_TABLE)
         out.append(Statement(
@@ -677,18 +735,31 @@ def _repair_drift(
     """
     from .verify import compare, read_catalog
 
-    for problem in compare(read_catalog(conn, topology), topology).problems:
-        if problem.repair is None:
-            continue
-        statement = problem.repair.as_string(conn)
-        try:
-            with conn.transaction():
-                conn.execute(problem.repair)
-        except psycopg.Error as exc:
-            report.unrepaired.append(f"{statement}: {_diagnose(exc)}")
-            continue
-        report.repaired.append(statement)
-        progress(f"repaired: {statement}")
+    # A repair can uncover another difference: REVOKE SELECT ON a table also revokes
+    # the column grants on it, so a reader's hand-made table grant, once revoked,
+    # leaves its exposed columns to grant again.  So look again after repairing, a
+    # bounded number of times, never repeating a statement.
+    attempted: set[str] = set()
+    for _round in range(3):
+        repaired_any = False
+        for problem in compare(read_catalog(conn, topology), topology).problems:
+            if problem.repair is None:
+                continue
+            statement = problem.repair.as_string(conn)
+            if statement in attempted:
+                continue
+            attempted.add(statement)
+            try:
+                with conn.transaction():
+                    conn.execute(problem.repair)
+            except psycopg.Error as exc:
+                report.unrepaired.append(f"{statement}: {_diagnose(exc)}")
+                continue
+            repaired_any = True
+            report.repaired.append(statement)
+            progress(f"repaired: {statement}")
+        if not repaired_any:
+            return
 
 
 def _enable_statement_statistics(conn: psycopg.Connection[Any], report: ProvisionReport) -> None:

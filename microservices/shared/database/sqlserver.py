@@ -75,6 +75,17 @@ def _login(service: Service) -> str:
     )
 
 
+def column_grant(schema: str, table: str, column: str, role: str) -> str:
+    """GRANT SELECT on one exposed column, if the table and the column exist yet.
+
+    As on PostgreSQL, a column grant never covers columns added later; tables are
+    created by migrations after this script, so run it again after migrating.
+    """
+    return (f"IF COL_LENGTH({n(f'{q(schema)}.{q(table)}')}, {n(column)}) IS NOT NULL "
+            + _exec(f"GRANT SELECT ({q(column)}) ON OBJECT::{q(schema)}.{q(table)} "
+                    f"TO {q(role)}"))
+
+
 def _principal_exists(name: str) -> str:
     return f"NOT EXISTS (SELECT 1 FROM sys.database_principals WHERE name = {n(name)})"
 
@@ -103,8 +114,14 @@ def batches(topology: Topology) -> list[tuple[str, str]]:
         grants = [
             _exec(f"GRANT SELECT, INSERT, UPDATE, DELETE, EXECUTE ON SCHEMA::{q(svc.schema)} "
                   f"TO {q(role)}"),
-            *[_exec(f"GRANT SELECT ON SCHEMA::{q(other.schema)} TO {q(role)}")
+            # Readers get the exposed columns, never the schema: a schema-level SELECT
+            # would cover every column and every table created later.  REVOKE drops the
+            # schema-level grant an older script made.
+            *[_exec(f"REVOKE SELECT ON SCHEMA::{q(other.schema)} FROM {q(role)}")
               for other in topology.readable_services(svc)],
+            *[column_grant(other.schema, table, column, role)
+              for other in topology.readable_services(svc)
+              for table, columns in other.exposes for column in columns],
             # No DDL: not on its own schema, nor anywhere in the database.
             *[_exec(f"DENY ALTER, CONTROL, TAKE OWNERSHIP ON SCHEMA::{q(schema)} TO {q(role)}")
               for schema in topology.schemas],

@@ -26,7 +26,6 @@ from .migrations import HISTORY_TABLE
 from .provisioning import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
-    READ_TABLE_PRIVILEGES,
     connection_budget_query,
     managed_mark_sql,
     search_path_for,
@@ -98,6 +97,12 @@ class CatalogState:
     inheriting_grants: set[tuple[str, str]] = field(default_factory=set)
     migrator_privileges: set[tuple[str, str, str, str, str]] = field(
         default_factory=set)  # role, kind, schema, name, privilege
+    # SELECT on the columns of relations outside each runtime role's own schema:
+    # (role, schema, relation, column) -> True when it comes with a table-level SELECT.
+    # role 'PUBLIC' = an explicit column grant to PUBLIC.
+    column_reads: dict[tuple[str, str, str, str], bool] = field(default_factory=dict)
+    # The columns of the relations the topology exposes that exist, in attnum order.
+    exposed_relation_columns: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     queries: int = 0
 
 
@@ -210,7 +215,9 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
             WHEN c.relkind = 'S' THEN p.priv = ANY(%(seq_privs)s::text[])
                  AND pg_catalog.has_sequence_privilege(r.oid, c.oid, p.priv)
             WHEN c.relkind <> ALL(%(kinds)s::"char"[]) THEN false
-            WHEN p.priv IN ('SELECT', 'INSERT', 'UPDATE', 'REFERENCES')
+            -- SELECT: table-level only; column-level reads are read below, per column.
+            WHEN p.priv = 'SELECT' THEN pg_catalog.has_table_privilege(r.oid, c.oid, p.priv)
+            WHEN p.priv IN ('INSERT', 'UPDATE', 'REFERENCES')
                  THEN pg_catalog.has_any_column_privilege(r.oid, c.oid, p.priv)
             WHEN p.priv = 'USAGE' THEN false
             ELSE pg_catalog.has_table_privilege(r.oid, c.oid, p.priv)
@@ -260,7 +267,59 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
         else:
             state.runtime_owned.add((role, kind, name))
     _read_migrators(conn, topology, q, state)
+    _read_column_reads(topology, q, state)
     return state
+
+
+def _read_column_reads(topology: Topology,
+                       q: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]],
+                       state: CatalogState) -> None:
+    """Who may SELECT which column outside their own schema, in one query.
+
+    has_column_privilege counts table-level grants, grants to PUBLIC and through
+    membership, so this is what a role can really read; the flag says whether a
+    table-level SELECT is behind it (has_table_privilege ignores column grants).
+    Rows with role NULL list the existing columns of the exposed relations, so a
+    missing grant can be told from a column that does not exist.
+    """
+    exposed = [f"{svc.schema}.{table}" for svc in topology.services
+               for table, _cols in svc.exposes]
+    for role, schema, name, column, whole, _attnum in q(
+        """
+        WITH rt AS (
+          SELECT r.oid, r.rolname, o.own
+            FROM unnest(%(runtime)s::text[], %(own)s::text[]) AS o(role, own)
+            JOIN pg_catalog.pg_roles r ON r.rolname = o.role),
+        cols AS (
+          SELECT n.nspname, c.oid AS relid, c.relname, a.attnum, a.attname, a.attacl
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+                 AND a.attnum > 0 AND NOT a.attisdropped
+           WHERE n.nspname = ANY(%(schemas)s) AND c.relkind = ANY(%(kinds)s::"char"[]))
+        SELECT rt.rolname::text, cols.nspname::text, cols.relname::text, cols.attname::text,
+               pg_catalog.has_table_privilege(rt.oid, cols.relid, 'SELECT'), cols.attnum
+          FROM cols CROSS JOIN rt
+         WHERE cols.nspname <> rt.own
+           AND pg_catalog.has_column_privilege(rt.oid, cols.relid, cols.attnum, 'SELECT')
+        UNION ALL
+        SELECT 'PUBLIC', cols.nspname::text, cols.relname::text, cols.attname::text, false,
+               cols.attnum
+          FROM cols, aclexplode(cols.attacl) x
+         WHERE x.grantee = 0 AND x.privilege_type = 'SELECT'
+        UNION ALL
+        SELECT NULL, cols.nspname::text, cols.relname::text, cols.attname::text, false,
+               cols.attnum
+          FROM cols WHERE cols.nspname || '.' || cols.relname = ANY(%(exposed)s::text[])
+        ORDER BY 2, 3, 6
+        """,
+        {"runtime": topology.runtime_roles, "own": [s.schema for s in topology.services],
+         "schemas": topology.schemas, "kinds": list(TABLE_KINDS), "exposed": exposed},
+    ):
+        if role is None:
+            state.exposed_relation_columns.setdefault((schema, name), []).append(column)
+        else:
+            state.column_reads[(role, schema, name, column)] = whole
 
 
 def _read_migrators(conn: psycopg.Connection[Any], topology: Topology,
@@ -349,13 +408,15 @@ def expected_access(topology: Topology) -> dict[tuple[str, str], Access]:
     """(runtime role, schema) -> the access the topology declares."""
     out: dict[tuple[str, str], Access] = {}
     for svc in topology.services:
-        readable = {s.schema for s in topology.readable_services(svc)}
+        # A readable service that exposes nothing gives its readers nothing, not even
+        # USAGE; the others give USAGE plus column grants (see _column_problems).
+        readable = {s.schema for s in topology.readable_services(svc) if s.exposes}
         for schema in topology.schemas:
             if schema == svc.schema:
                 acc = Access("rw", True, frozenset(OWN_TABLE_PRIVILEGES),
                              frozenset(OWN_SEQUENCE_PRIVILEGES))
             elif schema in readable:
-                acc = Access("r", True, frozenset(READ_TABLE_PRIVILEGES), frozenset())
+                acc = Access("cols", True, frozenset(), frozenset())
             elif schema == topology.shared.schema:
                 acc = Access("audit", True, frozenset(), frozenset())
             else:
@@ -381,9 +442,6 @@ def expected_default_privileges(topology: Topology) -> set[tuple[str, str, str, 
             out.add((svc.owner_role, svc.schema, "r", svc.runtime_role, priv))
         for priv in OWN_SEQUENCE_PRIVILEGES:
             out.add((svc.owner_role, svc.schema, "S", svc.runtime_role, priv))
-        for reader in topology.readers_of(svc):
-            for priv in READ_TABLE_PRIVILEGES:
-                out.add((svc.owner_role, svc.schema, "r", reader.runtime_role, priv))
     return out
 
 
@@ -421,6 +479,23 @@ def _grantee(role: str) -> sql.Composable:
     return sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
 
 
+@dataclass(frozen=True)
+class ExposureRow:
+    """One exposed relation as the database has it: which columns its readers get."""
+
+    service: str
+    schema: str
+    table: str
+    columns: tuple[str, ...]
+    readers: tuple[str, ...]
+    state: str  # 'granted', 'differs' or 'not created yet'
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "schema": self.schema, "table": self.table,
+                "columns": list(self.columns), "readers": list(self.readers),
+                "state": self.state}
+
+
 @dataclass
 class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
@@ -428,6 +503,7 @@ class VerifyReport:
     matrix: dict[str, dict[str, str]] = field(default_factory=dict)
     catalog_queries: int = 0
     logins_checked: int = 0
+    exposure: list[ExposureRow] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -437,6 +513,7 @@ class VerifyReport:
         return {
             "ok": self.ok,
             "matrix": self.matrix,
+            "exposure": [e.as_dict() for e in self.exposure],
             "problems": [p.as_dict() for p in self.problems],
             "warnings": self.warnings,
             "catalog_queries": self.catalog_queries,
@@ -716,6 +793,7 @@ def _schema_problems(
 
 def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]:
     problems: list[Problem] = []
+    own_schema = {s.runtime_role: s.schema for s in topology.services}
     held: dict[tuple[str, str, str], set[str]] = {}
     for role, schema, name, priv in state.relation_privileges:
         held.setdefault((role, schema, name), set()).add(priv)
@@ -733,6 +811,8 @@ def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]
         for role in topology.runtime_roles:
             want = expected_relation_privileges(topology, rel, role)
             got = held.get((role, rel.schema, rel.name), set())
+            if rel.kind != "S" and rel.schema != own_schema[role]:
+                got = got - {"SELECT"}  # reads outside its own schema: _column_problems
             for priv in sorted(got - want):
                 problems.append(Problem(role, rel.schema, obj, priv,
                                         f"has {priv}, which the topology does not grant",
@@ -748,6 +828,92 @@ def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]
                                 _q(f"REVOKE {priv} ON {on} {{}} FROM PUBLIC",
                                    sql.Identifier(schema, name))))
     return problems
+
+
+def _column_list(columns: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, columns))
+
+
+def _column_problems(state: CatalogState, topology: Topology,
+                     warnings: list[str]) -> tuple[list[Problem], list[ExposureRow]]:
+    """Reads outside each runtime role's own schema, against the exposure.
+
+    A reader may SELECT exactly the exposed columns of the services it reads, and
+    only through column grants: a table-level SELECT is drift even when the table
+    has no other column today, because it covers every column added later.
+    """
+    problems: list[Problem] = []
+    readable: dict[tuple[str, str, str], tuple[list[str], bool]] = {}
+    public: dict[tuple[str, str], list[str]] = {}
+    for (role, schema, name, column), whole in state.column_reads.items():
+        if role == "PUBLIC":
+            public.setdefault((schema, name), []).append(column)
+            continue
+        cols, was_whole = readable.get((role, schema, name), ([], False))
+        cols.append(column)
+        readable[(role, schema, name)] = (cols, was_whole or whole)
+    for (schema, name), cols in sorted(public.items()):
+        problems.append(Problem(
+            "PUBLIC", schema, f"table {name}", f"SELECT ({', '.join(cols)})",
+            f"every role can read {name}.({', '.join(cols)}) through a column grant to PUBLIC",
+            _q("REVOKE SELECT ({}) ON TABLE {} FROM PUBLIC", _column_list(cols),
+               sql.Identifier(schema, name))))
+    for svc in topology.services:
+        role = svc.runtime_role
+        reads = {s.schema: s for s in topology.readable_services(svc)}
+        for (r, schema, name), (cols, whole) in sorted(readable.items()):
+            if r != role:
+                continue
+            owner = reads.get(schema)
+            exposed = set(dict(owner.exposes).get(name, ())) if owner else set()
+            table = sql.Identifier(schema, name)
+            extra = [c for c in cols if c not in exposed]
+            whose = (f"{owner.name} exposes to it only ({', '.join(sorted(exposed))})"
+                     if owner is not None and exposed else f"{name} is not exposed to {svc.name}")
+            if whole:
+                problems.append(Problem(
+                    role, schema, f"table {name}", "SELECT",
+                    "has table-level SELECT: every column, and every column added later, "
+                    f"is readable, including ({', '.join(extra) or 'none today'}); {whose}",
+                    _q("REVOKE SELECT ON TABLE {} FROM {}", table, sql.Identifier(role))))
+            elif extra:
+                problems.append(Problem(
+                    role, schema, f"table {name}", f"SELECT ({', '.join(extra)})",
+                    f"can read {name}.({', '.join(extra)}) beyond the exposure; {whose}",
+                    _q("REVOKE SELECT ({}) ON TABLE {} FROM {}", _column_list(extra), table,
+                       sql.Identifier(role))))
+    rows: list[ExposureRow] = []
+    for owner in topology.services:
+        readers = [r.runtime_role for r in topology.readers_of(owner)]
+        for name, columns in owner.exposes:
+            present = state.exposed_relation_columns.get((owner.schema, name))
+            if present is None:
+                rows.append(ExposureRow(owner.name, owner.schema, name, columns,
+                                        tuple(readers), "not created yet"))
+                continue
+            absent = [c for c in columns if c not in present]
+            if absent:
+                warnings.append(f"{owner.name} exposes {owner.schema}.{name}.("
+                                f"{', '.join(absent)}), which does not exist: readers get "
+                                "the other exposed columns; fix the topology or the migrations")
+            state_label = "granted"
+            for role in readers:
+                cols, _whole = readable.get((role, owner.schema, name), ([], False))
+                missing = [c for c in columns if c in present and c not in cols]
+                if missing:
+                    state_label = "differs"
+                    problems.append(Problem(
+                        role, owner.schema, f"table {name}", f"SELECT ({', '.join(missing)})",
+                        f"cannot read {name}.({', '.join(missing)}), which {owner.name} "
+                        "exposes to it",
+                        _q("GRANT SELECT ({}) ON TABLE {} TO {}", _column_list(missing),
+                           sql.Identifier(owner.schema, name), sql.Identifier(role))))
+            if any(p.schema == owner.schema and p.object == f"table {name}"
+                   and p.role in readers for p in problems):
+                state_label = "differs"
+            rows.append(ExposureRow(owner.name, owner.schema, name, columns, tuple(readers),
+                                    state_label))
+    return problems, rows
 
 
 _OBJECT_TYPES = {"r": "tables", "S": "sequences", "f": "functions", "T": "types", "n": "schemas"}
@@ -796,6 +962,8 @@ def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     report.problems += _migrator_problems(state, topology)
     report.problems += _schema_problems(state, topology, report.warnings)
     report.problems += _relation_problems(state, topology)
+    column_problems, report.exposure = _column_problems(state, topology, report.warnings)
+    report.problems += column_problems
     report.problems += _default_privilege_problems(state, topology)
     report.problems += _ownership_problems(state)
     report.matrix = _matrix(state, topology)
@@ -819,12 +987,16 @@ def _matrix(state: CatalogState, topology: Topology) -> dict[str, dict[str, str]
                      if r == role and s == schema and p != "USAGE"}
             privs |= {p for (_o, s, t, g, p) in state.default_privileges
                       if g == role and s == schema and t == "r"}
+            columns = any(r == role and s == schema and not whole
+                          for (r, s, _n, _c), whole in state.column_reads.items())
             if schema == topology.shared.schema and privs == {"INSERT"} and usage:
                 row[schema] = "append"
-            elif not usage and not privs and not create:
+            elif not usage and not privs and not create and not columns:
                 row[schema] = "-"
+            elif columns and not privs:
+                row[schema] = "cols" + ("+CREATE" if create else "")
             else:
-                row[schema] = _label(privs, usage, create)
+                row[schema] = _label(privs, usage, create) + ("+cols" if columns else "")
         matrix[role] = row
     return matrix
 
