@@ -8,6 +8,7 @@ small regression tests; the real breaks found are marked where they are.
 # ruff: noqa: S608 - the SQL built here is migration files under attack; nothing else runs it
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ def setup(request: pytest.FixtureRequest, server: dict[str, Any], tmp_path: Path
     admin: dict[str, Any] = request.getfixturevalue(
         "createrole_admin" if request.param == "createrole" else "fresh_db")
     text = unique_topology_text(services=2)  # auth, user; user reads auth
+    auth = re.search(r"\[services\.(auth_\w+)\]", text)
+    assert auth is not None
+    # auth exposes one column of a table a test creates, so user really reads it.
+    text += f'\n[services.{auth.group(1)}.exposes]\naccounts = ["id"]\n'
     topology = parse_topology(text, source="red team topology")
     path = tmp_path / "topology.toml"
     path.write_text(text)
@@ -236,18 +241,11 @@ def test_commit_inside_a_procedure_does_not_split_the_file(setup: Setup,
                             [f"{ident(setup.me.schema)}.early"]).fetchone() == (None,)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BREAK, not fixed (design-level): a row-level security policy (or a view) on a "
-    "table another service may read runs the schema owner's SECURITY INVOKER code "
-    "with the *reader's* privileges. A hostile migration of service A plants a "
-    "plpgsql function (late-bound static SQL, so nothing is resolved at CREATE time) "
-    "in A's policy; when service B reads A's table, the function reads B's private "
-    "data as B and sends it to A's LISTENing runtime role with pg_notify (it could as "
-    "well DELETE B's rows). The fix is to revoke PUBLIC EXECUTE on functions in "
-    "service schemas (provisioning default privileges, and _FOREIGN_GRANTS no longer "
-    "exempting PUBLIC EXECUTE) or to refuse policies/views that call owner functions "
-    "on exposed tables; both touch the cross-service grants another helper is "
-    "rewriting."))
+# BREAK (fixed in provisioning.py, routine_statements): a row-level security policy
+# (or a view) on a table another service reads ran the owner's SECURITY INVOKER code with
+# the *reader's* privileges; a hostile migration of service A read B's private data as B
+# and sent it to A with pg_notify.  PUBLIC no longer holds EXECUTE on service routines,
+# so B's read fails instead of running A's code.
 def test_reader_does_not_run_the_exposing_services_code(setup: Setup, tmp_path: Path) -> None:
     other_secrets = ident(setup.other.schema, "secrets")
     with psycopg.connect(**setup.superuser, autocommit=True) as conn:
@@ -273,7 +271,11 @@ def test_reader_does_not_run_the_exposing_services_code(setup: Setup, tmp_path: 
         spy.execute("LISTEN loot")
         with psycopg.connect(**service_params(setup.admin, setup.other),
                              autocommit=True) as reader:
-            reader.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(setup.me.schema, "accounts")))
+            reader.execute(sql.SQL("SELECT id FROM {}").format(
+                sql.Identifier(setup.me.schema, "accounts")).as_string(None)
+                + " WHERE false")  # the exposed column is readable...
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="function"):
+                reader.execute(sql.SQL("SELECT id FROM {}").format(  # ...the policy is not
+                    sql.Identifier(setup.me.schema, "accounts")))
         spy.execute("SELECT 1")
     assert "reader-private-token" not in received

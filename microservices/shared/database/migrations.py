@@ -312,10 +312,11 @@ FROM (
    WHERE l.lomowner = %(owner)s::oid
 ) acl
 WHERE NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(own)s))
-  -- PostgreSQL's own defaults for functions and types.
-  AND NOT (grantee = 0 AND kind IN ('function', 'type', 'default privileges on f',
-                                    'default privileges on T')
-           AND privilege IN ('EXECUTE', 'USAGE'))
+  -- PostgreSQL's own default for types.  Not for routines: provisioning revokes
+  -- PUBLIC's EXECUTE (provisioning.routine_statements), and a file granting it back
+  -- would let readers of exposed tables run this service's code.
+  AND NOT (grantee = 0 AND kind IN ('type', 'default privileges on T')
+           AND privilege = 'USAGE')
   -- The topology's cross-service reads: USAGE on the schema when the service exposes
   -- something, and SELECT on exactly the exposed columns.  Never a table-level SELECT
   -- or a default privilege: those would cover columns nobody exposed.

@@ -506,6 +506,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" G
 -- Sequences auth_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT USAGE, SELECT ON SEQUENCES TO "auth_service_role";
 
+-- No PUBLIC EXECUTE on the routines in auth_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "auth_schema" FROM PUBLIC;
+
+-- ...nor on the routines auth_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- auth_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "auth_schema" TO "auth_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "auth_service_owner" IN SCHEMA "auth_schema" GRANT EXECUTE ON ROUTINES TO "auth_service_role";
+
 -- Readers of auth_schema (user_service_role, notification_service_role, application_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
 REVOKE SELECT ON ALL TABLES IN SCHEMA "auth_schema" FROM "user_service_role", "notification_service_role", "application_service_role";
 
@@ -551,6 +563,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" G
 
 -- Sequences user_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT USAGE, SELECT ON SEQUENCES TO "user_service_role";
+
+-- No PUBLIC EXECUTE on the routines in user_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "user_schema" FROM PUBLIC;
+
+-- ...nor on the routines user_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- user_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "user_schema" TO "user_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "user_service_owner" IN SCHEMA "user_schema" GRANT EXECUTE ON ROUTINES TO "user_service_role";
 
 -- Readers of user_schema (notification_service_role, application_service_role, internship_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
 REVOKE SELECT ON ALL TABLES IN SCHEMA "user_schema" FROM "notification_service_role", "application_service_role", "internship_service_role";
@@ -613,6 +637,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institu
 -- Sequences institution_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT USAGE, SELECT ON SEQUENCES TO "institution_service_role";
 
+-- No PUBLIC EXECUTE on the routines in institution_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "institution_schema" FROM PUBLIC;
+
+-- ...nor on the routines institution_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- institution_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "institution_schema" TO "institution_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "institution_service_owner" IN SCHEMA "institution_schema" GRANT EXECUTE ON ROUTINES TO "institution_service_role";
+
 -- Readers of institution_schema (user_service_role, notification_service_role, application_service_role, internship_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
 REVOKE SELECT ON ALL TABLES IN SCHEMA "institution_schema" FROM "user_service_role", "notification_service_role", "application_service_role", "internship_service_role";
 
@@ -674,6 +710,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notifi
 -- Sequences notification_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notification_schema" GRANT USAGE, SELECT ON SEQUENCES TO "notification_service_role";
 
+-- No PUBLIC EXECUTE on the routines in notification_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "notification_schema" FROM PUBLIC;
+
+-- ...nor on the routines notification_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- notification_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "notification_schema" TO "notification_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "notification_service_owner" IN SCHEMA "notification_schema" GRANT EXECUTE ON ROUTINES TO "notification_service_role";
+
 -- The migration history in notification_schema is the owner's alone: undo what the schema-wide grants just gave (same transaction, so never visible).
 DO $do$ BEGIN
   IF pg_catalog.to_regclass('"notification_schema"."edulink_schema_history"') IS NOT NULL THEN
@@ -695,6 +743,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "applica
 
 -- Sequences application_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT USAGE, SELECT ON SEQUENCES TO "application_service_role";
+
+-- No PUBLIC EXECUTE on the routines in application_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "application_schema" FROM PUBLIC;
+
+-- ...nor on the routines application_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- application_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "application_schema" TO "application_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "application_service_owner" IN SCHEMA "application_schema" GRANT EXECUTE ON ROUTINES TO "application_service_role";
 
 -- Readers of application_schema (notification_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
 REVOKE SELECT ON ALL TABLES IN SCHEMA "application_schema" FROM "notification_service_role";
@@ -726,6 +786,18 @@ ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internsh
 
 -- Sequences internship_service_owner creates later are covered too.
 ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT USAGE, SELECT ON SEQUENCES TO "internship_service_role";
+
+-- No PUBLIC EXECUTE on the routines in internship_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "internship_schema" FROM PUBLIC;
+
+-- ...nor on the routines internship_service_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
+
+-- internship_service_role may run its own service's routines.
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA "internship_schema" TO "internship_service_role";
+
+-- ...including routines created later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "internship_service_owner" IN SCHEMA "internship_schema" GRANT EXECUTE ON ROUTINES TO "internship_service_role";
 
 -- Readers of internship_schema (notification_service_role, application_service_role) get no table-level SELECT: drop any, with the column grants it carries; the exposure is granted below.
 REVOKE SELECT ON ALL TABLES IN SCHEMA "internship_schema" FROM "notification_service_role", "application_service_role";
@@ -778,6 +850,12 @@ REVOKE ALL ON FUNCTION "shared_schema"."current_user_id"() FROM PUBLIC;
 
 -- ...runtime roles in policies, owner roles when creating them.
 GRANT EXECUTE ON FUNCTION "shared_schema"."current_user_id"() TO "auth_service_role", "user_service_role", "institution_service_role", "notification_service_role", "application_service_role", "internship_service_role", "auth_service_owner", "user_service_owner", "institution_service_owner", "notification_service_owner", "application_service_owner", "internship_service_owner";
+
+-- No PUBLIC EXECUTE on the routines in shared_schema: a reader would run this service's code with its own privileges.
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA "shared_schema" FROM PUBLIC;
+
+-- ...nor on the routines shared_schema_owner creates later.
+ALTER DEFAULT PRIVILEGES FOR ROLE "shared_schema_owner" REVOKE EXECUTE ON ROUTINES FROM PUBLIC;
 
 -- No PUBLIC access to the audit log.
 REVOKE ALL ON TABLE "shared_schema"."audit_log" FROM PUBLIC;

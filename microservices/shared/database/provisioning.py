@@ -339,6 +339,38 @@ def reader_statements(svc: Service, topology: Topology) -> list[Statement]:
     return out
 
 
+def routine_statements(owner: str, schema: str, runtime_role: str | None) -> list[Statement]:
+    """EXECUTE on *schema*'s functions and procedures for its own service only.
+
+    PostgreSQL lets PUBLIC execute every new function.  A reader of an exposed
+    table would then run the exposing service's code with the *reader's*
+    privileges whenever a policy, view or default on that table calls it -- code
+    that can read the reader's private tables.  Without EXECUTE such a read
+    fails instead.  Per-schema default privileges can only add to the global
+    ones, so PUBLIC's default is revoked for the owner role globally (it creates
+    objects in its own schema only).
+    """
+    o, s = sql.Identifier(owner), sql.Identifier(schema)
+    out = [
+        Statement(f"No PUBLIC EXECUTE on the routines in {schema}: a reader would run "
+                  "this service's code with its own privileges.",
+                  sql.SQL("REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA {} FROM PUBLIC").format(s)),
+        Statement(f"...nor on the routines {owner} creates later.",
+                  sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} "
+                          "REVOKE EXECUTE ON ROUTINES FROM PUBLIC").format(o)),
+    ]
+    if runtime_role is not None:
+        r = sql.Identifier(runtime_role)
+        out += [
+            Statement(f"{runtime_role} may run its own service's routines.",
+                      sql.SQL("GRANT EXECUTE ON ALL ROUTINES IN SCHEMA {} TO {}").format(s, r)),
+            Statement("...including routines created later.",
+                      sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
+                              "GRANT EXECUTE ON ROUTINES TO {}").format(o, s, r)),
+        ]
+    return out
+
+
 def provisioning_statements(topology: Topology) -> list[Statement]:
     """Every statement that brings a database in line with *topology*, in order."""
     shared = topology.shared
@@ -415,6 +447,7 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
             Statement(f"Sequences {svc.owner_role} creates later are covered too.",
                       sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} "
                               "GRANT {} ON SEQUENCES TO {}").format(o, s, seq, r)),
+            *routine_statements(svc.owner_role, svc.schema, svc.runtime_role),
         ]
         out += reader_statements(svc, topology)
 
@@ -471,6 +504,7 @@ def provisioning_statements(topology: Topology) -> list[Statement]:
         Statement("...runtime roles in policies, owner roles when creating them.",
                   sql.SQL("GRANT EXECUTE ON FUNCTION {}() TO {}").format(
                       helper, _ids(runtime_roles + service_owners))),
+        *routine_statements(shared.owner_role, shared.schema, None),
         Statement("No PUBLIC access to the audit log.",
                   sql.SQL("REVOKE ALL ON TABLE {} FROM PUBLIC").format(audit)),
         Statement("Services may append to the audit log; no UPDATE, DELETE or TRUNCATE, and "

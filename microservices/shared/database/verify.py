@@ -87,6 +87,10 @@ class CatalogState:
     default_privileges: set[tuple[str, str, str, str, str]] = field(default_factory=set)
     runtime_owned: set[tuple[str, str, str]] = field(default_factory=set)  # role, kind, name
     database_privileges: set[tuple[str, str]] = field(default_factory=set)
+    # Routines in topology schemas that PUBLIC may execute (schema, signature), and
+    # owner roles whose future routines PUBLIC could execute (provisioning.routine_statements).
+    public_routines: set[tuple[str, str, int]] = field(default_factory=set)  # + oid
+    owners_with_public_routines: set[str] = field(default_factory=set)
     # max_connections, superuser_reserved_connections, reserved_connections, usable,
     # headroom, derived limit: provisioning.connection_budget_query.
     connection_budget: tuple[int, int, int, int, int, int] | None = None
@@ -244,6 +248,34 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
         {"owners": topology.owner_roles},
     ):
         state.default_privileges.add((owner, schema, objtype, grantee, priv))
+
+    for kind, where, name, oid in q(
+        """
+        SELECT 'routine', n.nspname::text, p.oid::regprocedure::text, p.oid::bigint
+          FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = ANY(%(schemas)s)
+           AND (p.proacl IS NULL OR EXISTS (
+                 SELECT FROM pg_catalog.aclexplode(p.proacl) a
+                  WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+        UNION ALL
+        -- No global default ACL for the owner's functions, or one that still gives
+        -- PUBLIC EXECUTE: its next function is executable by every role.
+        SELECT 'default', r.rolname::text, '', 0::bigint
+          FROM pg_catalog.pg_roles r
+         WHERE r.rolname = ANY(%(owners)s)
+           AND NOT EXISTS (
+                 SELECT FROM pg_catalog.pg_default_acl d
+                  WHERE d.defaclrole = r.oid AND d.defaclnamespace = 0
+                    AND d.defaclobjtype = 'f'
+                    AND NOT EXISTS (SELECT FROM pg_catalog.aclexplode(d.defaclacl) a
+                                     WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+        """,
+        {"schemas": schemas, "owners": topology.owner_roles},
+    ):
+        if kind == "routine":
+            state.public_routines.add((where, name, int(oid)))
+        else:
+            state.owners_with_public_routines.add(where)
 
     for role, kind, name in q(
         """
@@ -442,6 +474,7 @@ def expected_default_privileges(topology: Topology) -> set[tuple[str, str, str, 
             out.add((svc.owner_role, svc.schema, "r", svc.runtime_role, priv))
         for priv in OWN_SEQUENCE_PRIVILEGES:
             out.add((svc.owner_role, svc.schema, "S", svc.runtime_role, priv))
+        out.add((svc.owner_role, svc.schema, "f", svc.runtime_role, "EXECUTE"))
     return out
 
 
@@ -938,6 +971,29 @@ def _default_privilege_problems(state: CatalogState, topology: Topology) -> list
     return problems
 
 
+def _routine_problems(state: CatalogState) -> list[Problem]:
+    """PUBLIC EXECUTE on a service's routines: any reader of an exposed table whose
+    policy, view or default calls one would run it with the reader's privileges."""
+    problems = [
+        Problem("PUBLIC", schema, f"routine {signature}", "EXECUTE",
+                "PUBLIC may execute it: another service reading this schema could be made "
+                "to run it with its own privileges",
+                # By oid: PostgreSQL spells the signature (quoting included) itself.
+                _q("DO $do$ BEGIN EXECUTE 'REVOKE EXECUTE ON ROUTINE ' || "
+                   "{}::pg_catalog.regprocedure::text || ' FROM PUBLIC'; END $do$",
+                   sql.Literal(oid)))
+        for schema, signature, oid in sorted(state.public_routines)
+    ]
+    problems += [
+        Problem("PUBLIC", "(all schemas)", f"default privileges of {owner}", "EXECUTE",
+                f"routines {owner} creates will be executable by PUBLIC",
+                _q("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON ROUTINES FROM PUBLIC",
+                   sql.Identifier(owner)))
+        for owner in sorted(state.owners_with_public_routines)
+    ]
+    return problems
+
+
 def _ownership_problems(state: CatalogState) -> list[Problem]:
     problems = [
         Problem(role, "", f"{kind_name} {name}", "OWNER",
@@ -965,6 +1021,7 @@ def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     column_problems, report.exposure = _column_problems(state, topology, report.warnings)
     report.problems += column_problems
     report.problems += _default_privilege_problems(state, topology)
+    report.problems += _routine_problems(state)
     report.problems += _ownership_problems(state)
     report.matrix = _matrix(state, topology)
     flagged = {(p.role, p.schema) for p in report.problems}
