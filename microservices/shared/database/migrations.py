@@ -640,9 +640,13 @@ class SchemaMigrator:
         conn.execute("SELECT pg_catalog.set_config('role', %s, true)",
                      [self.service.owner_role])
         for mismatch in status.mismatches:
-            conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE script = %s AND success"
+            # By version, as compute_status matched them: a replacing file may have another
+            # name than the one applied (V1__init.sql for V1__profiles_....sql).
+            file = by_script[mismatch["script"]]
+            conn.execute(sql.SQL("UPDATE {} SET checksum = %s, script = %s, description = %s"
+                                 " WHERE version = %s AND type = 'versioned' AND success"
                                  ).format(self.history),
-                         [by_script[mismatch["script"]].checksum, mismatch["script"]])
+                         [file.checksum, file.script, file.description, file.version_text])
             done.append(f"{mismatch['script']}: checksum re-recorded")
         for script in status.missing:
             conn.execute(sql.SQL("UPDATE {} SET type = 'deleted' WHERE script = %s"
