@@ -136,6 +136,10 @@ def test_init_cli_output_and_bad_input(no_db_env: Path) -> None:
     assert bad.returncode == 2
     assert "is not a folder" in bad.stderr and "Traceback" not in bad.stderr
     assert sorted(p.name for p in other.iterdir()) == ["migrations"]
+    missing = subprocess.run([*CLI, "init", str(no_db_env / "nowhere")], cwd=no_db_env,
+                             env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert missing.returncode == 2 and "is not a folder" in missing.stderr
+    assert not (no_db_env / "nowhere").exists()
 
 
 def test_which_migrations_are_used(no_db_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,8 +178,8 @@ def reference_applied(fresh_db: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
     return fresh_db
 
 
-def test_a_missing_migrations_folder_is_its_own_error(reference_applied: dict[str, Any]
-                                                      ) -> None:
+def test_a_missing_migrations_folder_is_its_own_error(reference_applied: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     manager = MigrationManager()
     with pytest.raises(MigrationFileError) as info:
         manager.run_service_migrations('user_service', './migrations/user')
@@ -184,6 +188,10 @@ def test_a_missing_migrations_folder_is_its_own_error(reference_applied: dict[st
     assert "edulink-db init" in message and "file is gone" not in message
     with pytest.raises(MigrationFileError, match="edulink-db init"):
         manager.run_all_migrations('./migrations')
+    # A mistyped EDULINK_DB_MIGRATIONS is not "no migrations" either.
+    monkeypatch.setenv("EDULINK_DB_MIGRATIONS", "./migratoins")
+    with pytest.raises(MigrationFileError, match=r"migratoins .*does not exist"):
+        MigrationManager(load_settings()).run_all_migrations()
 
 
 def test_after_init_the_seed_calls_find_nothing_pending(reference_applied: dict[str, Any],

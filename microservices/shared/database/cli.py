@@ -396,8 +396,9 @@ ServicesArgument = Annotated[
 DirOption = Annotated[
     Path | None,
     typer.Option("--dir", "-d", envvar="EDULINK_DB_MIGRATIONS",
-                 help="Migrations root, one folder per service (default: the reference "
-                      "Edulink schema shipped with edulink-db).", show_default=False),
+                 help="Migrations root, one folder per service (default: ./migrations "
+                      "made by 'edulink-db init', else the reference Edulink schema shipped "
+                      "with edulink-db).", show_default=False),
 ]
 
 

@@ -738,6 +738,8 @@ class MigrationManager:
             return path
         if service.name in self._service_dirs:
             return self._service_dirs[service.name]
+        if not self.root.exists():  # e.g. a mistyped EDULINK_DB_MIGRATIONS
+            raise _missing_dir(None, self.root)
         for name in (service.name, f"{service.name}_service"):
             if (self.root / name).is_dir():
                 return self.root / name
