@@ -242,121 +242,91 @@ def test_up_recovers_after_the_server_was_killed(tmp_path: Path) -> None:
         run(["down"], tmp_path, env)
 
 
-SEED_SNIPPETS = '''
-import logging
-from datetime import datetime
-
-# Connection Management
-from microservices.shared.database.connection_manager import connection_manager
-
-with connection_manager.get_connection('user_service') as conn:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT * FROM user_schema.profiles_userprofile")
-        results = cursor.fetchall()
-
-health = connection_manager.health_check('user_service')
-print(f"Database health: {health}")
-
-# Cross-Schema Data Access
-from microservices.shared.database.cross_schema_access import (
-    get_user_profile_with_auth,
-    get_institution_details,
-    create_audit_log
-)
-
-user_data = get_user_profile_with_auth(
-    user_id="123",
-    requesting_service="application_service"
-)
-
-institution = get_institution_details(
-    institution_id="456",
-    requesting_service="user_service"
-)
-
-create_audit_log(
-    service_name="user_service",
-    action="profile_updated",
-    resource_type="user_profile",
-    resource_id="123",
-    user_id="123"
-)
-
-# Database Migrations
-from microservices.shared.database.migrations import MigrationManager
-
-migration_manager = MigrationManager()
-status = migration_manager.get_migration_status('user_service')
-print(f"Applied migrations: {status['applied_count']}")
-
-# Troubleshooting
-stats = connection_manager.get_pool_stats('user_service')
-print(f"Active connections: {stats['checked_out']}")
-
-from microservices.shared.database.cross_schema_access import cross_schema_manager
-can_access = cross_schema_manager.validate_access('user', 'auth_schema', 'read_only')
-
-if status['pending_count'] > 0:
-    print(f"Pending migrations: {status['pending_migrations']}")
-
-logging.getLogger('microservices.shared.database').setLevel(logging.DEBUG)
-
-def health_check():
-    db_health = connection_manager.health_check('user_service')
-    return {
-        'database': 'healthy' if db_health else 'unhealthy',
-        'timestamp': datetime.now().isoformat()
-    }
-
-print(health_check()['database'], user_data, institution, can_access)
-
-# Backup and Recovery
-from microservices.shared.database.backup import (
-    create_full_backup,
-    create_schema_backup,
-    restore_backup,
-    get_backup_status
-)
-
-backup = create_full_backup(compress=True)
-print(f"Backup created: {backup.backup_id}")
-
-schema_backup = create_schema_backup(['user_schema', 'auth_schema'])
-
-success = restore_backup('full_20240115_143022')
-
-status = get_backup_status()
-print(f"Total backups: {status['total_backups']}")
-
-# Django Integration
-from microservices.shared.database.django_settings import (
-    configure_service_database,
-    configure_cross_service_databases,
-    get_database_router
-)
-
-DATABASES = configure_service_database('user')
-DATABASES.update(configure_cross_service_databases('user', ['auth', 'institution']))
-DATABASE_ROUTERS = [get_database_router()]
-print(sorted(DATABASES))
+# What the test runs around the seed's snippets (each of which runs verbatim, in order, in
+# one process, as a service would run them): `datetime` for the seed's health_check(), a
+# marker before each snippet so its output can be checked on its own, and afterwards a
+# call of health_check() and a print of what the silent snippets produced.
+SEED_PRELUDE = "from datetime import datetime\n"
+SEED_EPILOGUE = """
+print("### after")
+try:
+    print(health_check())
+except Exception as exc:
+    print(f"health_check(): {type(exc).__name__}: {exc}")
+print(sorted(DATABASES), len(DATABASE_ROUTERS), len(results), user_data, institution,
+      can_access, schema_backup.backup_id.split("_")[0], success)
 connection_manager.close_all()
-'''
+"""
+
+# What each snippet prints, in seed order: one entry per line printed, which starts so.
+SEED_OUTPUT: list[tuple[str, ...]] = [
+    (),                                                   # Django settings
+    ("Database health: True",),                           # connection management
+    (),                                                   # cross-schema access
+    ("Applied migrations: 1",),                           # migrations
+    ("Overall status: healthy", "Average response time: "),  # monitoring
+    ("Backup created: full_", "Total backups: 2"),        # backup and recovery
+    ("Active connections: 0",),                           # troubleshooting: pool
+    (),                                                   # troubleshooting: permissions
+    (),                                                   # troubleshooting: migrations
+    (),                                                   # logging
+    (),                                                   # health_check() definition
+]
 
 
-def test_seed_snippets_run_as_written_after_up(tmp_path: Path) -> None:
+def test_the_checked_in_seed_snippets_equal_the_seed() -> None:
+    from .seed_snippets import COPY, SEED, extract_python_blocks
+
+    if not SEED.is_file():
+        pytest.skip(f"the seed is not at {SEED}; the checked-in copy is used as is")
+    seed = extract_python_blocks(SEED.read_text(encoding="utf-8"))
+    assert extract_python_blocks(COPY.read_text(encoding="utf-8")) == seed
+    assert len(seed) == len(SEED_OUTPUT)
+
+
+def test_seed_snippets_run_as_written_after_init_and_up(tmp_path: Path) -> None:
+    """A new user's path: 'edulink-db init', 'edulink-db up', then every Python line of
+    the seed's snippets, verbatim, from the project directory."""
+    from .seed_snippets import seed_snippets
+
     pytest.importorskip("django")
+    snippets = seed_snippets()
+    assert len(snippets) == len(SEED_OUTPUT)
+    script = SEED_PRELUDE + "".join(f"print('### snippet {i}', flush=True)\n{code}"
+                                    for i, code in enumerate(snippets)) + SEED_EPILOGUE
     env = clean_env()
     try:
-        assert run(["up"], tmp_path, env).returncode == 0
-        result = subprocess.run([sys.executable, "-c", SEED_SNIPPETS], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120, check=False)
+        init = run(["init"], tmp_path, env)
+        assert init.returncode == 0, init.stderr
+        up = run(["up"], tmp_path, env)
+        assert up.returncode == 0, up.stderr + up.stdout
+        assert "migrations: " + str(tmp_path / "migrations") in up.stderr
+        assert "migrate: 7 migration(s) applied" in up.stdout
+        # A fresh project is healthy, and its status says how to take the first backup.
+        health = run(["health"], tmp_path, env)
+        assert health.returncode == 0 and "overall: healthy" in health.stdout, health.stdout
+        status = run(["status"], tmp_path, env)
+        assert status.returncode == 0, status.stdout
+        assert "no backups yet: take the first with 'edulink-db backup auto'" in status.stdout
+        assert "backups verify" not in status.stdout
+        result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=180, check=False)
         assert result.returncode == 0, result.stderr
-        assert "Database health: True" in result.stdout
-        assert "Applied migrations: 1" in result.stdout
-        assert "Active connections: 0" in result.stdout
-        assert "healthy None None True" in result.stdout
-        assert "['auth', 'default', 'institution']" in result.stdout
-        assert "Backup created: full_" in result.stdout and "Total backups: 2" in result.stdout
+        sections = result.stdout.split("### ")[1:]
+        assert [s.split("\n", 1)[0] for s in sections] == [
+            *(f"snippet {i}" for i in range(len(snippets))), "after"]
+        for i, expected in enumerate(SEED_OUTPUT):
+            printed = sections[i].split("\n")[1:-1]
+            assert len(printed) == len(expected), (i, printed)
+            for line, start in zip(printed, expected, strict=True):
+                assert line.startswith(start), (i, line)
+        average = float(sections[4].split("Average response time: ")[1].split("s\n")[0])
+        assert average > 0
+        after = sections[-1].split("\n")[1:-1]
+        # health_check() names a placeholder service: a clear error, not a traceback.
+        assert after[0].startswith("health_check(): UnknownServiceError: ")
+        assert "your_service" in after[0]
+        assert after[1] == "['auth', 'default', 'institution'] 1 0 None None True schema False"
     finally:
         run(["down"], tmp_path, env)
 

@@ -179,6 +179,42 @@ def up(
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(
+        help="The project directory (default: the current one).")] = Path("."),
+    empty: Annotated[bool, typer.Option(
+        "--empty", help="Empty service folders instead of the reference migrations.")] = False,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Start a project: migrations/<service>/ for every service (the reference migrations
+    that 'up' applies, or empty with --empty), a commented .env.example and topology.toml.
+
+    Never overwrites: existing files and service folders are kept as they are. 'up' and
+    'migrate' then use ./migrations. No database is needed.
+    """
+    from .scaffold import init_project
+
+    try:
+        report = init_project(directory, _settings(topology), empty=empty)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(report.as_dict())
+        return
+    out.print(f"init: {report.directory}", highlight=False)
+    for path in report.created:
+        out.print(f"  created {path}", highlight=False)
+    for path in report.kept:
+        out.print(f"  [dim]kept    {path} (exists)[/dim]", highlight=False)
+    for note in report.notes:
+        out.print(f"note: {note}", style="dim", highlight=False)
+    out.print("Next: 'edulink-db up' applies ./migrations; add your changes as new files "
+              "(migrations/<service>/V2__<change>.sql); settings are in .env.example.",
+              highlight=False)
+
+
+@app.command()
 def down() -> None:
     """Stop the embedded PostgreSQL server (data is kept; 'up' starts it again)."""
     try:
@@ -415,8 +451,9 @@ ServicesArgument = Annotated[
 DirOption = Annotated[
     Path | None,
     typer.Option("--dir", "-d", envvar="EDULINK_DB_MIGRATIONS",
-                 help="Migrations root, one folder per service (default: the reference "
-                      "Edulink schema shipped with edulink-db).", show_default=False),
+                 help="Migrations root, one folder per service (default: ./migrations "
+                      "made by 'edulink-db init', else the reference Edulink schema shipped "
+                      "with edulink-db).", show_default=False),
 ]
 
 

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     database_xid_age_warn: int = Field(500_000_000, gt=0)
     database_dead_tuple_ratio: float = Field(0.2, gt=0, le=1)
     database_permission_error_threshold: int = Field(5, ge=1)
+    # Minimum samples before a ratio is judged (PgHero-style): a fresh database has read
+    # a few hundred blocks, and 0.988 of those says nothing about its cache.
+    database_cache_hit_min_blocks: int = Field(
+        10_000, ge=0, description="block reads (hit + read) before the cache hit ratio counts")
 
     # Backups.
     edulink_db_backup_dir: Path | None = None

@@ -25,7 +25,7 @@ from .config import (
 )
 from .embedded import EmbeddedServer
 from .errors import ConfigError
-from .migrations import MigrationManager
+from .migrations import MigrationManager, reference_migrations_dir
 from .provisioning import ProvisionReport, provision
 from .topology import Service, Topology
 from .verify import VerifyReport, verify
@@ -133,13 +133,19 @@ class UpReport:
 
 def run_up(settings: Settings, *, progress: Progress = _quiet) -> UpReport:
     """Start the embedded server if no database is configured, provision, migrate
-    (EDULINK_DB_MIGRATIONS, else the reference Edulink schema), verify."""
+    (EDULINK_DB_MIGRATIONS, else the project's ./migrations made by 'edulink-db init',
+    else the reference Edulink schema: see :mod:`.scaffold`), verify."""
     topology = settings.topology()  # validate before touching anything
     if settings.uses_embedded:
         EmbeddedServer(settings.home).start(progress)
     admin = admin_conninfo(settings)
     prov = run_provision(settings, topology, progress=progress)
-    migrations = MigrationManager(settings, progress=progress).run_all_migrations()
+    manager = MigrationManager(settings, progress=progress)
+    progress("migrations: " + ("the reference Edulink schema ('edulink-db init' copies it to "
+                               "./migrations to start your own)"
+                               if manager.root == reference_migrations_dir()
+                               else str(manager.root)))
+    migrations = manager.run_all_migrations()
     progress("verifying privileges against the topology")
     ver = run_verify(settings, topology)
     return UpReport(target=mask_dsn(admin), embedded=settings.uses_embedded,

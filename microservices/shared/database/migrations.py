@@ -687,7 +687,7 @@ class SchemaMigrator:
         if status.problems:
             raise MigrationValidationError(
                 f"{self.service.name}: migration history and files disagree; nothing was run:\n  "
-                + "\n  ".join(status.problems))
+                + "\n  ".join(status.problems) + _switch_hint([status]))
         if dry_run or not status.pending:
             return report
         for file in status.pending:
@@ -735,9 +735,13 @@ class SchemaMigrator:
         conn.execute("SELECT pg_catalog.set_config('role', %s, true)",
                      [self.service.owner_role])
         for mismatch in status.mismatches:
-            conn.execute(sql.SQL("UPDATE {} SET checksum = %s WHERE script = %s AND success"
+            # By version, as compute_status matched them: a replacing file may have another
+            # name than the one applied (V1__init.sql for V1__profiles_....sql).
+            file = by_script[mismatch["script"]]
+            conn.execute(sql.SQL("UPDATE {} SET checksum = %s, script = %s, description = %s"
+                                 " WHERE version = %s AND type = 'versioned' AND success"
                                  ).format(self.history),
-                         [by_script[mismatch["script"]].checksum, mismatch["script"]])
+                         [file.checksum, file.script, file.description, file.version_text])
             done.append(f"{mismatch['script']}: checksum re-recorded")
         for script in status.missing:
             conn.execute(sql.SQL("UPDATE {} SET type = 'deleted' WHERE script = %s"
@@ -797,9 +801,11 @@ class MigrationManager:
 
     @property
     def root(self) -> Path:
-        if self._root is not None:
-            return self._root
-        return self.settings.edulink_db_migrations or reference_migrations_dir()
+        if self._root is None:
+            from .scaffold import default_migrations_root  # EDULINK_DB_MIGRATIONS, ./migrations
+
+            self._root = default_migrations_root(self.settings)
+        return self._root
 
     def _topology(self) -> Topology:
         return self.settings.topology()
@@ -821,10 +827,14 @@ class MigrationManager:
     def _dir_for(self, service: Service, directory: str | Path | None) -> Path:
         if directory is not None:
             path = Path(directory)
+            if not path.exists():  # a typo must not read as "no migrations"
+                raise _missing_dir(service, path)
             self._service_dirs[service.name] = path
             return path
         if service.name in self._service_dirs:
             return self._service_dirs[service.name]
+        if not self.root.exists():  # e.g. a mistyped EDULINK_DB_MIGRATIONS
+            raise _missing_dir(None, self.root)
         for name in (service.name, f"{service.name}_service"):
             if (self.root / name).is_dir():
                 return self.root / name
@@ -832,7 +842,7 @@ class MigrationManager:
 
     def _check_root(self, root: Path, topology: Topology) -> None:
         if not root.exists():
-            raise MigrationFileError(f"Migrations directory {root} does not exist.")
+            raise _missing_dir(None, root)
         known = {n for s in topology.services for n in (s.name, f"{s.name}_service")}
         strays = sorted(p.name for p in root.iterdir()
                         if p.is_dir() and not p.name.startswith((".", "_"))
@@ -852,17 +862,23 @@ class MigrationManager:
             self._check_root(self._root, topology)
         chosen = [topology.service(s) for s in services] if services else list(
             topology.services)
-        files = {s.name: load_directory(self._dir_for(s, None)) for s in chosen}
-        return [self._status_for(s, files[s.name]) for s in chosen]
+        dirs = {s.name: self._dir_for(s, None) for s in chosen}
+        files = {s.name: load_directory(dirs[s.name]) for s in chosen}
+        return [self._status_for(s, files[s.name], dirs[s.name]) for s in chosen]
 
-    def _status_for(self, service: Service, files: list[MigrationFile]) -> ServiceStatus:
+    def _status_for(self, service: Service, files: list[MigrationFile],
+                    directory: Path) -> ServiceStatus:
         with connect(self._login(service),
                      purpose=f"read the migration history of {service.name}") as conn:
             exists, rows = read_histories(conn, [service])[service.schema]
+        if not directory.exists() and any(r.kind == "versioned" and r.success for r in rows):
+            # Not "every applied file is gone": the folder itself is missing.
+            raise _missing_dir(service, directory)
         return compute_status(service, files, rows, exists)
 
     def _status_one(self, service: Service, directory: str | Path | None) -> ServiceStatus:
-        return self._status_for(service, load_directory(self._dir_for(service, directory)))
+        path = self._dir_for(service, directory)
+        return self._status_for(service, load_directory(path), path)
 
     def get_migration_status(self, service: str, directory: str | Path | None = None
                              ) -> dict[str, Any]:
@@ -899,7 +915,7 @@ class MigrationManager:
         if problems:
             raise MigrationValidationError(
                 "Migration history and files disagree; nothing was run:\n  "
-                + "\n  ".join(problems))
+                + "\n  ".join(problems) + _switch_hint(statuses))
         _check_contracts(topology, statuses, strict)
         results: dict[str, dict[str, Any]] = {}
         for st in statuses:
@@ -915,7 +931,7 @@ class MigrationManager:
         statuses = self.statuses(services, directory)
         problems = [f"{st.service}: {p}" for st in statuses for p in st.problems]
         if problems:
-            raise MigrationValidationError("\n".join(problems))
+            raise MigrationValidationError("\n".join(problems) + _switch_hint(statuses))
         return statuses
 
     def repair(self, services: Iterable[str] | None = None,
@@ -938,6 +954,34 @@ class MigrationManager:
                               ) from None
         SchemaMigrator(self._login(svc), topology, svc, [], self.settings,
                        self.progress).baseline(version)
+
+
+def _missing_dir(service: Service | None, path: Path) -> MigrationFileError:
+    where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+    whose = f"{service.name}: migrations" if service else "Migrations"
+    return MigrationFileError(
+        f"{whose} directory {path}{where} does not exist. 'edulink-db init' in the project "
+        "directory creates migrations/<service>/ for every service, holding the reference "
+        "migrations that 'edulink-db up' applies (it never overwrites); or give the folder "
+        "that holds the V<version>__<description>.sql files.")
+
+
+def _switch_hint(statuses: list[ServiceStatus]) -> str:
+    """How to get out of the commonest disagreement: a database migrated from one set of
+    files (e.g. the reference schema 'up' applies) now pointed at another."""
+    if not any(st.missing or st.mismatches for st in statuses):
+        return ""
+    return (
+        "\nIf these files are meant to replace the ones applied (e.g. the reference schema "
+        "'edulink-db up' applied before you pointed it at your own migrations):\n"
+        "  - to build on what is applied: 'edulink-db init' copies the reference files into "
+        "./migrations (never overwriting); keep them and add yours as newer versions;\n"
+        "  - if the schema already holds what your files create: 'edulink-db migrations "
+        "repair' records your files as they are (it runs nothing; a removed file is marked "
+        "deleted), then 'edulink-db migrate' runs only newer versions;\n"
+        "  - for a schema edulink-db never migrated, 'edulink-db migrations baseline SERVICE "
+        "--version V' counts your files up to V as applied.\n"
+        "See README.md, 'Your own migrations'.")
 
 
 def _check_contracts(topology: Topology, statuses: list[ServiceStatus], strict: bool) -> None:
