@@ -170,7 +170,7 @@ class StatusReport:
 
 def run_status(settings: Settings) -> StatusReport:
     topology = settings.topology()
-    roles = topology.runtime_roles + topology.owner_roles
+    roles = topology.runtime_roles + topology.owner_roles + topology.migrator_roles
     report = StatusReport(target=None, embedded=settings.uses_embedded, running=False,
                           expected_roles=len(roles), home=str(settings.home))
     if settings.uses_embedded and EmbeddedServer(settings.home).running_info() is None:
