@@ -314,3 +314,15 @@ def test_async_fast_path(fresh_db: dict[str, Any]) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+def test_user_id_in_a_client_encoding_with_backslash_trail_bytes(
+        ctx_conn: ServiceConnection) -> None:
+    """In SJIS, '表' is 0x95 0x5C: the trail byte is a backslash.  The literal is built
+    from characters and the server converts before it lexes, so it stays one char."""
+    with psycopg.Cursor(ctx_conn) as raw:
+        raw.execute("SET client_encoding = 'SJIS'")
+    for user_id in ["表", "表'; DROP TABLE t; --", "表\\'"]:
+        ctx_conn.request_prologue = make_prologue(user_id, False)
+        assert ctx_conn.execute(CURRENT).fetchone() == (user_id,)
+    assert ctx_conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
