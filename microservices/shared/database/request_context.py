@@ -2,16 +2,34 @@
 
 A transaction pooler (Supavisor, PgBouncer in transaction mode) may hand every
 transaction a different server connection, so nothing may live in the session.
-The request context therefore travels *with each statement*: in pipeline mode
-the cursor sends ``SELECT set_config('app.current_user_id', $1, true)`` and the
-statement before a single Sync.  In the extended query protocol everything up
-to a Sync is one (implicit) transaction, so the transaction-local setting
-applies to exactly that statement, is gone when it commits, and never reaches
-another client -- at the cost of one extra Execute message, not an extra round
-trip.  Inside an explicit transaction the same happens, and the setting lasts
-until the transaction ends.
+The request context therefore travels *with each statement*, in the same
+transaction and the same round trip:
 
-``readonly`` works the same way through ``transaction_read_only``.
+* Fast path (a plain ``execute()``: text result format, no ``prepare=True``, no
+  pipeline of the caller's): the statement's parameters are merged on the
+  client (``psycopg.ClientCursor.mogrify``, the binding Django uses by default)
+  and ONE simple-protocol Query message carries
+  ``SELECT set_config('app.current_user_id', E'<user id>', true); <statement>``.
+  The statements of one Query message form one implicit transaction (unless
+  they contain transaction control), so the transaction-local setting applies
+  to exactly that statement and is gone when it commits; if the statement
+  fails, the setting is rolled back with it.  The cursor then moves to the
+  statement's result (``nextset()``).  This costs ~1x a plain read, where
+  psycopg's pipeline machinery costs ~100 us of client CPU per statement.
+* Everything else (``executemany``, ``binary=True``, ``prepare=True``, the
+  caller's own pipeline, parameters the client cannot merge): in pipeline mode
+  the cursor sends ``SELECT set_config('app.current_user_id', $1, true)`` and
+  the statement before a single Sync.  Everything up to a Sync is one
+  (implicit) transaction in the extended query protocol, so the same holds, at
+  the cost of one extra Execute message, not an extra round trip.
+
+Inside an explicit transaction both paths put the setting in that transaction,
+and it lasts until the transaction ends.  ``readonly`` works the same way
+through ``transaction_read_only``.
+
+The user id in the fast path's text is an ``E''`` literal built here, which
+reads the same whatever ``standard_conforming_strings`` or ``backslash_quote``
+the session has; a NUL byte is refused when the checkout is requested.
 
 ``COPY`` and ``stream()`` cannot be pipelined: they apply the context with a
 separate statement, which is only meaningful inside an explicit transaction,
@@ -40,12 +58,15 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
-from typing import Any, Self, TypeVar
+from decimal import Decimal
+from typing import Any, NamedTuple, Self, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg.adapt import Buffer, Dumper
+from psycopg.pq import Format, TransactionStatus
 from psycopg.rows import TupleRow
+from psycopg.types.numeric import DecimalDumper, FloatDumper
 
 from .errors import RequestContextError
 from .session_state import statement_is_clean
@@ -55,21 +76,53 @@ T = TypeVar("T")
 _SET_USER = "pg_catalog.set_config('app.current_user_id', %s, true)"
 _SET_READONLY = "pg_catalog.set_config('transaction_read_only', 'on', true)"
 
-Prologue = tuple[str, tuple[Any, ...]]
+
+class Prologue(NamedTuple):
+    """The statement that establishes a request context, in two forms."""
+
+    query: str  # with a %s placeholder: server-side binding (pipeline path)
+    params: tuple[Any, ...]
+    simple: str  # the same with the value as a literal, ending in "; " (fast path)
+
+
+def quote_text(value: str) -> str:
+    """*value* as a PostgreSQL string literal whose meaning does not depend on the
+    session: an ``E''`` string reads backslash escapes whatever
+    ``standard_conforming_strings`` says, and quotes are doubled rather than
+    backslash-escaped, which ``backslash_quote`` cannot refuse.  The literal is
+    built from characters, and the server converts the client encoding before it
+    lexes, so no multibyte character can hide a quote or a backslash."""
+    if "\x00" in value:
+        raise RequestContextError("A user id cannot contain a NUL byte (PostgreSQL text "
+                                  "cannot hold one); pass the user's primary key.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestContextError("A user id must be valid Unicode text (it has a lone "
+                                  "surrogate); pass the user's primary key.") from None
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def make_prologue(user_id: object | None, readonly: bool) -> Prologue | None:
-    """The statement that establishes a request context, or None when there is none."""
+    """The statement that establishes a request context, or None when there is none.
+
+    Raises RequestContextError for a user id PostgreSQL cannot store (NUL byte).
+    """
     parts: list[str] = []
+    literals: list[str] = []
     params: tuple[Any, ...] = ()
     if user_id is not None:
+        value = str(user_id)
         parts.append(_SET_USER)
-        params = (str(user_id),)
+        literals.append(_SET_USER.replace("%s", quote_text(value)))
+        params = (value,)
     if readonly:
         parts.append(_SET_READONLY)
+        literals.append(_SET_READONLY)
     if not parts:
         return None
-    return "SELECT " + ", ".join(parts), params
+    return Prologue("SELECT " + ", ".join(parts), params,
+                    "SELECT " + ", ".join(literals) + "; ")
 
 
 def _needs_separate_statement(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
@@ -108,12 +161,20 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
     session_dirty: bool = False  # cleared only by a successful session reset
     vouched: int = 0  # > 0 while a vouched-for operation runs
     _prologue_cursor: psycopg.Cursor[TupleRow] | None = None
+    _merge_cursor: psycopg.ClientCursor[TupleRow] | None = None
 
     def prologue_cursor(self) -> psycopg.Cursor[TupleRow]:
         """A plain cursor for the prologue, reused (it never reaches the caller)."""
         cur = self._prologue_cursor
         if cur is None:
             cur = self._prologue_cursor = psycopg.Cursor(self)
+        return cur
+
+    def merge_cursor(self) -> psycopg.ClientCursor[TupleRow]:
+        """A ClientCursor used only for ``mogrify`` (it never executes), reused."""
+        cur = self._merge_cursor
+        if cur is None:
+            cur = self._merge_cursor = _with_merge_dumpers(psycopg.ClientCursor(self))
         return cur
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
@@ -162,11 +223,18 @@ class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
     session_dirty: bool = False
     vouched: int = 0
     _prologue_cursor: psycopg.AsyncCursor[TupleRow] | None = None
+    _merge_cursor: psycopg.AsyncClientCursor[TupleRow] | None = None
 
     def prologue_cursor(self) -> psycopg.AsyncCursor[TupleRow]:
         cur = self._prologue_cursor
         if cur is None:
             cur = self._prologue_cursor = psycopg.AsyncCursor(self)
+        return cur
+
+    def merge_cursor(self) -> psycopg.AsyncClientCursor[TupleRow]:
+        cur = self._merge_cursor
+        if cur is None:
+            cur = self._merge_cursor = _with_merge_dumpers(psycopg.AsyncClientCursor(self))
         return cur
 
     async def wait(self, gen: Any, interval: float = 0.1,
@@ -286,7 +354,7 @@ def _dirty(conn: Any) -> None:
 def _run_prologue(conn: psycopg.Connection[Any], prologue: Prologue) -> None:
     vouched = _vouch(conn)  # set_config(..., true): transaction-local by construction
     try:
-        _prologue_cursor(conn).execute(*prologue)
+        _prologue_cursor(conn).execute(prologue.query, prologue.params)
     finally:
         if vouched:
             _unvouch(conn)
@@ -295,7 +363,7 @@ def _run_prologue(conn: psycopg.Connection[Any], prologue: Prologue) -> None:
 async def _arun_prologue(conn: psycopg.AsyncConnection[Any], prologue: Prologue) -> None:
     vouched = _vouch(conn)
     try:
-        await _prologue_cursor(conn).execute(*prologue)
+        await _prologue_cursor(conn).execute(prologue.query, prologue.params)
     finally:
         if vouched:
             _unvouch(conn)
@@ -307,6 +375,63 @@ def _prologue_cursor(conn: Any) -> Any:
         return conn.prologue_cursor()
     return psycopg.AsyncCursor(conn) if isinstance(conn, psycopg.AsyncConnection) \
         else psycopg.Cursor(conn)
+
+
+class _MergedInt(Dumper):
+    """Quotes an int for the client-side merge.  psycopg's ClientCursor writes -1 as
+    `` -1``, so ``%s::text`` would become ``-(1::text)``; in parentheses it means
+    what server-side binding means.  (The merge cursor never executes: no oid.)"""
+
+    def dump(self, obj: Any) -> Buffer | None:
+        return str(int(obj)).encode()
+
+    def quote(self, obj: Any) -> Buffer:
+        value = str(int(obj)).encode()
+        return b"(" + value + b")" if obj < 0 else value
+
+
+class _MergedFloat(FloatDumper):
+    def quote(self, obj: Any) -> Buffer:
+        value = bytes(super().quote(obj))
+        return b"(" + value.lstrip() + b")" if value.startswith(b" -") else value
+
+
+class _MergedDecimal(DecimalDumper):
+    def quote(self, obj: Any) -> Buffer:
+        value = bytes(super().quote(obj))
+        return b"(" + value.lstrip() + b")" if value.startswith(b" -") else value
+
+
+def _with_merge_dumpers(cur: Any) -> Any:
+    """Register the parenthesising number dumpers on a merge-only ClientCursor."""
+    cur.adapters.register_dumper(int, _MergedInt)
+    cur.adapters.register_dumper(float, _MergedFloat)
+    cur.adapters.register_dumper(Decimal, _MergedDecimal)
+    return cur
+
+
+def _joined(cursor: Any, prologue: Prologue, query: Any, params: Any, prepare: bool | None,
+            binary: bool | None) -> str | None:
+    """The prologue and *query* as one simple-protocol text, or None when this
+    execute must take the pipeline path (see the module docstring)."""
+    if prepare or (binary if binary is not None else cursor.format == Format.BINARY):
+        return None
+    if not (type(query) is str or isinstance(query, bytes | sql.SQL | sql.Composed)):
+        return None  # e.g. a t-string: leave it to psycopg's own path
+    conn = cursor._conn
+    merger = conn.merge_cursor() if isinstance(
+        conn, ServiceConnection | AsyncServiceConnection) else (
+        _with_merge_dumpers(psycopg.AsyncClientCursor(conn) if isinstance(
+            conn, psycopg.AsyncConnection) else psycopg.ClientCursor(conn)))
+    try:
+        # Mogrify with params=None leaves '%' alone, as server-side binding does.
+        merged: str = merger.mogrify(query, params)
+    except (psycopg.Error, TypeError, ValueError):
+        # Not mergeable on the client (an adapter without text quoting, a wrong
+        # number of parameters ...): psycopg's own path accepts it or raises its
+        # own error, as without a request context.
+        return None
+    return prologue.simple + merged
 
 
 class CleanCursor(psycopg.Cursor[TupleRow]):
@@ -417,6 +542,15 @@ class ContextCursor(CleanCursor):
             if self._pgconn.pipeline_status:  # the caller's pipeline: just queue ahead
                 _run_prologue(conn, prologue)
                 return super().execute(query, params, prepare=prepare, binary=binary)
+            joined = _joined(self, prologue, query, params, prepare, binary)
+            if joined is not None:
+                # psycopg.Cursor's own execute: the joined text (a new one per user
+                # id) is judged by *query* above, not cached, never prepared.
+                psycopg.Cursor.execute(self, joined, prepare=False)
+                if self.nextset():
+                    return self
+                # No result after the prologue's: *query* held no statement (empty,
+                # only comments).  Nothing ran; give it psycopg's own treatment.
             with conn.pipeline():
                 _run_prologue(conn, prologue)
                 super().execute(query, params, prepare=prepare, binary=binary)
@@ -558,6 +692,11 @@ class AsyncContextCursor(AsyncCleanCursor):
             if self._pgconn.pipeline_status:
                 await _arun_prologue(conn, prologue)
                 return await super().execute(query, params, prepare=prepare, binary=binary)
+            joined = _joined(self, prologue, query, params, prepare, binary)
+            if joined is not None:
+                await psycopg.AsyncCursor.execute(self, joined, prepare=False)
+                if self.nextset():
+                    return self
             async with conn.pipeline():
                 await _arun_prologue(conn, prologue)
                 await super().execute(query, params, prepare=prepare, binary=binary)
