@@ -263,11 +263,36 @@ class EdulinkRouter:
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool | None:
+        # `migrate` asks the router before its post_migrate signal fires; connecting
+        # here (not in __init__, which runs while settings are imported) keeps Django's
+        # models out of settings time.  The dispatch_uid makes it once per process.
+        from django.db.models.signals import post_migrate
+
+        post_migrate.connect(_grant_exposure_after_migrate,
+                             dispatch_uid="edulink-db:grant-exposed-columns")
         conf = self._databases().get(db, {})
         if conf.get(READONLY_KEY):
             return False
         alias_service = conf.get(SERVICE_KEY) or self.own_service()
         return bool(self.app_service(app_label) == alias_service)
+
+
+def _grant_exposure_after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
+    """After ``migrate`` as a service's migrator: give the services that read it the
+    exposed columns of the tables Django just created (provisioning ran before they
+    existed), as edulink-db's own migration runner does after every file."""
+    from django.db import connections
+
+    from .migrations import grant_exposed_columns
+
+    conn = connections[using]
+    user = conn.settings_dict.get("USER")
+    topology = load_settings().topology()
+    service = next((s for s in topology.services if s.migrator_role == user), None)
+    if service is None:  # not a migrator login: nothing of ours to grant
+        return
+    conn.ensure_connection()
+    grant_exposed_columns(conn.connection, topology, service)
 
 
 def get_database_router() -> EdulinkRouter:

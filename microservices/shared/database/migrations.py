@@ -340,6 +340,33 @@ SELECT c.relname::text, a.attname::text
 """
 
 
+def grant_exposed_columns(conn: psycopg.Connection[Any], topology: Topology,
+                          service: Service) -> list[str]:
+    """Grant *service*'s readers the exposed columns that exist but that they cannot read
+    yet; return the tables granted on.
+
+    Provisioning runs before the tables exist, and column grants never cover columns
+    added later, so whatever creates tables (a migration file, Django's ``migrate``)
+    calls this afterwards.  It must run as the owner role, which may GRANT on its own
+    tables, and costs one catalog query when nothing is missing.
+    """
+    readers = [s.runtime_role for s in topology.readers_of(service)]
+    if not readers or not service.exposes:
+        return []
+    exposed = [f"{table}.{column}" for table, columns in service.exposes for column in columns]
+    missing = conn.execute(_MISSING_EXPOSURE, {
+        "schema": service.schema, "exposed": exposed, "readers": readers}).fetchall()
+    by_table: dict[str, list[str]] = {}
+    for table, column in missing:
+        by_table.setdefault(table, []).append(column)
+    for table, columns in by_table.items():
+        conn.execute(sql.SQL("GRANT SELECT ({}) ON TABLE {} TO {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.Identifier(service.schema, table),
+            sql.SQL(", ").join(map(sql.Identifier, readers))))
+    return list(by_table)
+
+
 class SchemaMigrator:
     """Applies one service's migrations (the runtime context, in Alembic's terms).
 
@@ -559,27 +586,7 @@ class SchemaMigrator:
                 for column in columns]
 
     def _grant_exposure(self, conn: psycopg.Connection[Any]) -> None:
-        """Grant the readers the exposed columns a file just created (or re-created).
-
-        Provisioning runs before the tables exist, and column grants never cover
-        columns added later, so this step is what makes a new exposed column
-        readable.  It runs as the owner role, which may GRANT on its own tables, and
-        costs one catalog query when nothing is missing.
-        """
-        readers = [s.runtime_role for s in self.topology.readers_of(self.service)]
-        if not readers or not self.service.exposes:
-            return
-        missing = conn.execute(_MISSING_EXPOSURE, {
-            "schema": self.service.schema, "exposed": self._exposed_names(),
-            "readers": readers}).fetchall()
-        by_table: dict[str, list[str]] = {}
-        for table, column in missing:
-            by_table.setdefault(table, []).append(column)
-        for table, columns in by_table.items():
-            conn.execute(sql.SQL("GRANT SELECT ({}) ON TABLE {} TO {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)),
-                sql.Identifier(self.service.schema, table),
-                sql.SQL(", ").join(map(sql.Identifier, readers))))
+        grant_exposed_columns(conn, self.topology, self.service)
 
     def _run_file(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
         """Run *file*'s statements; refuse it if it granted access the topology does
