@@ -11,33 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import sqlparse
 
+from benchmarks.split import baseline_split as reference_split  # the previous splitter
 from microservices.shared.database.errors import MigrationFileError
 from microservices.shared.database.migration_files import (
-    SqlStatement,
-    _strip_comments,
     parse_file,
     split_statements,
 )
-
-
-def reference_split(text: str) -> list[SqlStatement]:
-    """The previous (quadratic) implementation, kept as the oracle for boundaries and lines."""
-    out: list[SqlStatement] = []
-    position = 0
-    for chunk in sqlparse.split(text):
-        code = _strip_comments(chunk)
-        start = text.find(chunk, position)
-        if start < 0:
-            start = position
-        position = start + len(chunk)
-        if not code or code == ";":
-            continue
-        out.append(SqlStatement(text=chunk.strip(), line=text.count("\n", 0, start) + 1,
-                                code=code))
-    return out
-
 
 TRICKY = [
     "SELECT 1",
