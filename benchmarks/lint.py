@@ -33,12 +33,12 @@ import psycopg
 from psycopg import sql
 
 from benchmarks._server import bench_database, export_passwords
-from microservices.shared.database import migrations
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.contracts import analyse_migration
-from microservices.shared.database.lint import check_pending, lint, squawk_binary
-from microservices.shared.database.migration_files import MigrationFile, parse_file
-from microservices.shared.database.provisioning import provision
+from microservices.shared.database.migrations import manager as migrations
+from microservices.shared.database.migrations.contracts import analyse_migration
+from microservices.shared.database.migrations.files import MigrationFile, parse_file
+from microservices.shared.database.migrations.lint import check_pending, lint, squawk_binary
+from microservices.shared.database.privileges.provisioning import provision
 from microservices.shared.database.topology import Service, Topology, default_topology
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import sqlparse
 
-from microservices.shared.database.errors import MigrationFileError
-from microservices.shared.database.migration_files import (
+from microservices.shared.database.core.errors import MigrationFileError
+from microservices.shared.database.migrations.files import (
     SqlStatement,
     _strip_comments,
     parse_file,

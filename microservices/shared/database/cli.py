@@ -24,10 +24,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import lifecycle
-from .backup import BackupInfo, BackupManager
+from .backup.manager import BackupInfo, BackupManager
 from .config import Settings, admin_conninfo, load_settings, mask_dsn, service_conninfo
-from .embedded import EmbeddedServer
-from .errors import (
+from .core.errors import (
     BackupError,
     BackupNotFoundError,
     ConfigError,
@@ -37,9 +36,10 @@ from .errors import (
     MigrationValidationError,
     VerificationError,
 )
-from .migrations import MigrationManager
-from .provisioning import render_postgresql_script
-from .verify import VerifyReport
+from .migrations.manager import MigrationManager
+from .privileges.provisioning import render_postgresql_script
+from .privileges.verify import VerifyReport
+from .server.embedded import EmbeddedServer
 
 EXIT_OK, EXIT_DIFFERS, EXIT_BAD_INPUT, EXIT_DATABASE = 0, 1, 2, 3
 
@@ -193,7 +193,7 @@ def init(
     Never overwrites: existing files and service folders are kept as they are. 'up' and
     'migrate' then use ./migrations. No database is needed.
     """
-    from .scaffold import init_project
+    from .migrations.scaffold import init_project
 
     try:
         report = init_project(directory, _settings(topology), empty=empty)
@@ -338,7 +338,7 @@ def reads_cmd(
     counts and queryids (never query texts). Exit code 1 when there are any: the
     topology no longer matches the code.
     """
-    from .observed_reads import observed_reads
+    from .monitoring.observed_reads import observed_reads
 
     try:
         settings = _settings(topology)
@@ -383,7 +383,7 @@ def sql_cmd(
         if dialect == "postgresql":
             script = render_postgresql_script(settings.topology())
         elif dialect == "sqlserver":
-            from .sqlserver import render_sqlserver_script
+            from .privileges.sqlserver import render_sqlserver_script
 
             script = render_sqlserver_script(settings.topology())
         else:
@@ -566,8 +566,8 @@ def migrations_lint(
     """Check every migration file without a database: contract breaks (errors: a column
     or table another service reads is dropped, renamed, retyped or moved) and lock
     hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict."""
-    from .lint import lint
-    from .migration_files import load_directory
+    from .migrations.files import load_directory
+    from .migrations.lint import lint
 
     try:
         settings = _settings(topology)
@@ -694,7 +694,7 @@ def backup_auto(
 ) -> None:
     """Take what the policy says is due (EDULINK_DB_BACKUP_FULL_EVERY, ..._SCHEMA_EVERY),
     verify it, prune by retention. Safe to run from cron every minute."""
-    from .schedule import parse_interval, run_auto
+    from .backup.schedule import parse_interval, run_auto
 
     try:
         pause = parse_interval(every, "--every") if every is not None else None
@@ -732,7 +732,7 @@ def backups_drill(
 ) -> None:
     """Restore a backup into a scratch database (EDULINK_DB_DRILL_URL's server, else the
     admin's), compare row counts, drop it. Exit 1 if the drill fails."""
-    from .drill import run_drill
+    from .backup.drill import run_drill
 
     try:
         report = run_drill(_backup_manager(json_out), backup_id)
@@ -866,7 +866,7 @@ _STATUS_STYLE = {"ok": "green", "healthy": "green", "degraded": "yellow", "unhea
 def health(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
     """Database health: every check with its value and threshold, and suspicious patterns
     naming the service. Exit code: 0 healthy, 1 degraded, 3 unhealthy."""
-    from .monitoring import get_database_health
+    from .monitoring.monitor import get_database_health
 
     try:
         report = get_database_health(_settings(topology))
@@ -922,8 +922,8 @@ def top(
     statement rate and mean time (pg_stat_statements), schema sizes. Ctrl-C to stop."""
     from rich.live import Live
 
-    from .db_health import collect
-    from .direct import connect
+    from .connections.direct import connect
+    from .monitoring.health import collect
 
     try:
         settings = _settings(topology)
@@ -957,7 +957,7 @@ def metrics_cmd(
     this process's query metrics. Runs until interrupted."""
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from .metrics_exporter import DatabaseCollector
+    from .monitoring.exporter import DatabaseCollector
 
     try:
         settings = _settings(topology)

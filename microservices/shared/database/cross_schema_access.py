@@ -29,8 +29,8 @@ from psycopg.types.json import Jsonb
 
 from .config import Settings, admin_conninfo, load_settings
 from .connection_manager import ConnectionManager, connection_manager
-from .direct import connect
-from .errors import CrossServiceAccessError, InvalidIdentifierValueError
+from .connections.direct import connect
+from .core.errors import CrossServiceAccessError, InvalidIdentifierValueError
 from .topology import Service, Topology
 
 READ_ONLY, READ_WRITE = "read_only", "read_write"

@@ -42,7 +42,14 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from .backup_store import (
+from ..config import Settings, admin_conninfo, load_settings, mask_dsn
+from ..connections.direct import connect
+from ..core.errors import BackupError, BackupNotFoundError, ConfigError
+from ..core.identifiers import validate_identifier
+from ..privileges.provisioning import render_postgresql_script
+from ..server.pg_tools import find_tool, libpq_env, tool_version
+from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
+from .store import (
     BackupStore,
     FileEntry,
     Manifest,
@@ -50,13 +57,6 @@ from .backup_store import (
     file_entries,
     now_utc,
 )
-from .config import Settings, admin_conninfo, load_settings, mask_dsn
-from .direct import connect
-from .errors import BackupError, BackupNotFoundError, ConfigError
-from .identifiers import validate_identifier
-from .pg_tools import find_tool, libpq_env, tool_version
-from .provisioning import render_postgresql_script
-from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]

@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import TopologyError, UnknownServiceError
-from .identifiers import validate_identifier
+from ..core.errors import TopologyError, UnknownServiceError
+from ..core.identifiers import validate_identifier
 
 ALL_OTHERS = "*"
 

@@ -47,7 +47,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 
-from .errors import RequestContextError
+from ..core.errors import RequestContextError
 from .session_state import statement_is_clean
 
 T = TypeVar("T")

@@ -31,8 +31,8 @@ import psycopg
 from pglast import parser as pg
 from psycopg import sql
 
-from .direct import connect
-from .topology import Service, Topology
+from ..connections.direct import connect
+from ..topology import Service, Topology
 
 # Nodes that open a new name scope: their FROM-like clauses declare relations that
 # the column references below them (and in nested scopes, for correlation) may use.

@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..config import Settings, admin_conninfo, load_settings
 from . import metrics
-from .config import Settings, admin_conninfo, load_settings
 from .fingerprint import fingerprint
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def slow_threshold(settings: Settings, service: str) -> float:
     try:
         ms = float(raw) if raw is not None else settings.database_slow_query_log_ms
     except ValueError:
-        from .errors import ConfigError
+        from ..core.errors import ConfigError
 
         raise ConfigError(f"EDULINK_DB_{svc.name.upper()}_SLOW_QUERY_LOG_MS must be a number "
                           f"of milliseconds, got {raw!r}.") from None
@@ -267,9 +267,9 @@ def get_database_health(settings: Settings | None = None) -> dict[str, Any]:
     Uses the admin credentials (or any role with pg_monitor) to see every
     service's sessions; never raises for an unreachable database: that is a check.
     """
-    from .db_health import collect, evaluate
-    from .direct import connect
-    from .errors import EdulinkDBError
+    from ..connections.direct import connect
+    from ..core.errors import EdulinkDBError
+    from .health import collect, evaluate
 
     settings = settings or load_settings()
     topology = settings.topology()

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EmbeddedServerError
-from .secrets_store import SecretStore, ensure_private_dir
+from ..core.errors import EmbeddedServerError
+from ..core.secrets_store import SecretStore, ensure_private_dir
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from pglast import parser as pg
 
-from .topology import Service, Topology
+from ..topology import Service, Topology
 
 ERROR, WARNING = "error", "warning"
 

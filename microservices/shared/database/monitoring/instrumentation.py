@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 import psycopg
 
-from .request_context import AsyncCleanCursor, AsyncContextCursor, CleanCursor, ContextCursor
+from ..connections.request_context import (
+    AsyncCleanCursor,
+    AsyncContextCursor,
+    CleanCursor,
+    ContextCursor,
+)
 
 if TYPE_CHECKING:
-    from .monitoring import ServiceMonitor
+    from .monitor import ServiceMonitor
 
 
 def _monitor(conn: Any) -> ServiceMonitor | None:

@@ -33,11 +33,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .config import LoginKind, derive_service_conninfo, login_role
-from .direct import connect
-from .errors import ForeignRoleError, ProvisioningError
-from .migrations import HISTORY_TABLE
-from .topology import PLATFORM_RESERVED_ROLES, Service, Topology
+from ..config import LoginKind, derive_service_conninfo, login_role
+from ..connections.direct import connect
+from ..core.errors import ForeignRoleError, ProvisioningError
+from ..migrations.manager import HISTORY_TABLE
+from ..topology import PLATFORM_RESERVED_ROLES, Service, Topology
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..core.errors import ContractViolationError, LintToolError, MigrationLintError
+from ..topology import Service, Topology
 from .contracts import (
     ERROR,
     WARNING,
@@ -32,9 +34,7 @@ from .contracts import (
     analyse_migration,
     read_markers,
 )
-from .errors import ContractViolationError, LintToolError, MigrationLintError
-from .migration_files import MigrationFile
-from .topology import Service, Topology
+from .files import MigrationFile
 
 UNUSED_SUPPRESSION = "lint/unused-suppression"
 

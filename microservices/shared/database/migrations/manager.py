@@ -51,17 +51,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .config import Settings, load_settings, pooler_mode, service_conninfo
-from .direct import connect
-from .errors import (
+from ..config import Settings, load_settings, pooler_mode, service_conninfo
+from ..connections.direct import connect
+from ..core.errors import (
     ConfigError,
     MigrationError,
     MigrationFileError,
     MigrationLockTimeout,
     MigrationValidationError,
 )
-from .migration_files import MigrationFile, SqlStatement, load_directory, parse_version
-from .topology import Service, Topology
+from ..topology import Service, Topology
+from .files import MigrationFile, SqlStatement, load_directory, parse_version
 
 HISTORY_TABLE = "edulink_schema_history"
 # First key of every migration advisory lock ('EDLK'); the second is the hash of

@@ -31,7 +31,7 @@ and the script refuses to run if one was not given.
 
 from __future__ import annotations
 
-from .topology import Service, Topology
+from ..topology import Service, Topology
 
 PASSWORD_VARIABLE = "{name}_SERVICE_PASSWORD"  # noqa: S105 - a sqlcmd variable name
 PREDICATE_FUNCTION = "fn_current_user_predicate"

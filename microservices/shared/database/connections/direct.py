@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from .config import mask_dsn
-from .errors import DatabaseUnavailableError
+from ..config import mask_dsn
+from ..core.errors import DatabaseUnavailableError
 
 CONNECT_TIMEOUT_S = 15
 

@@ -29,9 +29,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import HOME_DIR_NAME, Settings
-from .errors import ConfigError
-from .topology import Service, Topology, default_topology_text
+from ..config import HOME_DIR_NAME, Settings
+from ..core.errors import ConfigError
+from ..topology import Service, Topology, default_topology_text
 
 MIGRATIONS_DIR_NAME = "migrations"
 TOPOLOGY_FILE_NAME = "topology.toml"
@@ -58,7 +58,7 @@ def project_migrations_dir(settings: Settings, topology: Topology) -> Path | Non
 
 def default_migrations_root(settings: Settings, topology: Topology | None = None) -> Path:
     """Where migrations come from when no directory is given (see the module docstring)."""
-    from .migrations import reference_migrations_dir  # local: migrations imports us
+    from .manager import reference_migrations_dir  # local: migrations imports us
 
     if settings.edulink_db_migrations is not None:
         return settings.edulink_db_migrations
@@ -190,7 +190,7 @@ class _Writer:
 
 
 def _reference_files(service: Service) -> list[Path]:
-    from .migrations import reference_migrations_dir
+    from .manager import reference_migrations_dir
 
     folder = reference_migrations_dir() / service.name
     if not folder.is_dir():

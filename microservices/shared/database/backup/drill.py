@@ -18,11 +18,11 @@ from typing import Any
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from .backup_store import now_utc
-from .config import admin_conninfo, mask_dsn
-from .direct import connect
-from .errors import BackupError, BackupNotFoundError, ConfigError
+from ..config import admin_conninfo, mask_dsn
+from ..connections.direct import connect
+from ..core.errors import BackupError, BackupNotFoundError, ConfigError
 from .schedule import POLICY_KINDS, update_state
+from .store import now_utc
 
 SCRATCH_PREFIX = "edulink_drill_"
 

@@ -37,11 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackupCorruptError, BackupNotFoundError, BackupUntrustedError, ConfigError
-from .secrets_store import ensure_private_dir
+from ..core.errors import BackupCorruptError, BackupNotFoundError, BackupUntrustedError, ConfigError
+from ..core.secrets_store import ensure_private_dir
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1

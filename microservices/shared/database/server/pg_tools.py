@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def bin_dirs() -> list[Path]:

@@ -25,10 +25,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .config import Settings
-from .errors import ConfigError
+from ..config import Settings
+from ..core.errors import ConfigError
+from ..topology import Service, Topology
 from .fingerprint import fingerprint
-from .topology import Service, Topology
 
 OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
 _RANK = {OK: 0, DEGRADED: 1, UNHEALTHY: 2}
@@ -61,7 +61,7 @@ def _empty_role() -> dict[str, Any]:
 def collect(conn: psycopg.Connection[Any], topology: Topology,
             settings: Settings | None = None) -> DatabaseStats:
     """Read the server's statistics for the topology's roles and schemas."""
-    from .config import load_settings
+    from ..config import load_settings
 
     settings = settings or load_settings()
     stats = DatabaseStats()
@@ -193,7 +193,7 @@ def _check(status: str, value: Any, threshold: Any, message: str,
 def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
                             settings: Settings, svc: Service) -> None:
     """The service's pool against its role's CONNECTION LIMIT (-1 = none)."""
-    from .connection_manager import pool_config
+    from ..connection_manager import pool_config
 
     limit = stats.connection_limits.get(svc.runtime_role, -1)
     if limit < 0:
@@ -314,8 +314,8 @@ def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datet
     """When each schema's migration history began: its earliest known age (PostgreSQL
     records no creation time). Two queries on a connection of their own, made only for
     schemas without a verified backup, so the statistics above stay a fixed set."""
-    from .config import admin_conninfo
-    from .direct import connect
+    from ..config import admin_conninfo
+    from ..connections.direct import connect
 
     with connect(admin_conninfo(settings), purpose="date schemas for backup freshness") as c:
         # Only histories the admin may read: a health check never fails on privileges.
@@ -337,8 +337,8 @@ def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datet
 def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
     """Degraded when a schema's newest verified backup is older than twice its policy
     interval (a schema younger than that is not overdue: see schedule.py)."""
-    from .errors import EdulinkDBError
-    from .schedule import backup_freshness
+    from ..backup.schedule import backup_freshness
+    from ..core.errors import EdulinkDBError
 
     try:
         fresh = backup_freshness(settings, sorted(stats.schemas),

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import Settings, admin_conninfo
-from .db_health import collect, evaluate
-from .direct import connect
-from .errors import EdulinkDBError
+from ..config import Settings, admin_conninfo
+from ..connections.direct import connect
+from ..core.errors import EdulinkDBError
+from .health import collect, evaluate
 from .metrics import PREFIX
 
 _STATUS_VALUE = {"healthy": 0, "degraded": 1, "unhealthy": 2}
@@ -84,8 +84,8 @@ class DatabaseCollector(Collector):
         """Age of each schema's newest verified backup, and the last drill's result."""
         from datetime import datetime
 
-        from .backup_store import now_utc
-        from .schedule import newest_verified, read_state, store_for
+        from ..backup.schedule import newest_verified, read_state, store_for
+        from ..backup.store import now_utc
 
         try:
             store = store_for(self.settings, create_key=False)

@@ -34,7 +34,7 @@ from typing import Any
 
 from sqlparse.engine import FilterStack
 
-from .errors import MigrationFileError
+from ..core.errors import MigrationFileError
 
 _VERSIONED = re.compile(r"V(?P<version>[0-9]+(?:[._][0-9]+)*)__(?P<description>[^/\\]+)\.sql")
 _REPEATABLE = re.compile(r"R__(?P<description>[^/\\]+)\.sql")

@@ -21,8 +21,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .direct import connect
-from .migrations import HISTORY_TABLE
+from ..connections.direct import connect
+from ..migrations.manager import HISTORY_TABLE
+from ..topology import ROLE_SETTINGS, Topology
 from .provisioning import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
@@ -30,7 +31,6 @@ from .provisioning import (
     managed_mark_sql,
     search_path_for,
 )
-from .topology import ROLE_SETTINGS, Topology
 
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 SEQUENCE_PRIVILEGES = ("USAGE", "SELECT", "UPDATE")

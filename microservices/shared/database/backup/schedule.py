@@ -32,11 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .backup_store import BackupStore, Manifest, backup_key, now_utc
-from .config import Settings, admin_conninfo
-from .direct import connect
-from .errors import ConfigError
-from .secrets_store import ensure_private_dir
+from ..config import Settings, admin_conninfo
+from ..connections.direct import connect
+from ..core.errors import ConfigError
+from ..core.secrets_store import ensure_private_dir
+from .store import BackupStore, Manifest, backup_key, now_utc
 
 STATE_FILE = ".policy-state.json"
 LOCK_FILE = ".auto.lock"

@@ -32,7 +32,7 @@ from typing import IO, cast
 
 from psycopg import sql
 
-from .errors import BackupError
+from ..core.errors import BackupError
 
 # The end of pg_restore's script (COMMIT, "dump complete" comments, \unrestrict KEY) is a
 # few hundred bytes; hold back more than that, so the COMMIT never reaches psql early.
