@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.core.errors import TopologyError
-from microservices.shared.database.privileges.provisioning import HEADROOM_MIN, HEADROOM_PERCENT
+from microservices.shared.database.privileges.model import HEADROOM_MIN, HEADROOM_PERCENT
 from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, parse_topology
 

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.core.errors import ForeignRoleError, TopologyError
-from microservices.shared.database.privileges.provisioning import MANAGED_MARKER
+from microservices.shared.database.privileges.model import MANAGED_MARKER
 from microservices.shared.database.privileges.verify import compare, read_catalog, verify
 from microservices.shared.database.topology import Topology, parse_topology
 

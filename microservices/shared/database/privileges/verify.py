@@ -24,7 +24,7 @@ from psycopg import sql
 from ..connections.direct import connect
 from ..migrations.manager import HISTORY_TABLE
 from ..topology import ROLE_SETTINGS, Topology
-from .provisioning import (
+from .model import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
     connection_budget_query,
@@ -52,7 +52,7 @@ class RoleState:
     attributes: tuple[tuple[str, bool], ...]
     member_of: tuple[str, ...]
     settings: tuple[tuple[str, str], ...]  # role-level, overridden by database-specific
-    managed: bool = False  # carries provisioning.MANAGED_COMMENT
+    managed: bool = False  # carries model.MANAGED_COMMENT
     connection_limit: int = -1  # pg_roles.rolconnlimit; -1 = unlimited
     # Settings made with ALTER ROLE ... IN DATABASE (this one): repaired there.
     database_setting_keys: tuple[str, ...] = ()
@@ -92,7 +92,7 @@ class CatalogState:
     public_routines: set[tuple[str, str, int]] = field(default_factory=set)  # + oid
     owners_with_public_routines: set[str] = field(default_factory=set)
     # max_connections, superuser_reserved_connections, reserved_connections, usable,
-    # headroom, derived limit: provisioning.connection_budget_query.
+    # headroom, derived limit: model.connection_budget_query.
     connection_budget: tuple[int, int, int, int, int, int] | None = None
     database: str = ""
     # Migrator roles: (member, granted) memberships whose privileges the member
