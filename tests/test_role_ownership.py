@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.core.errors import ForeignRoleError, TopologyError
+from microservices.shared.database.privileges.catalog import read_catalog
 from microservices.shared.database.privileges.model import MANAGED_MARKER
-from microservices.shared.database.privileges.verify import compare, read_catalog, verify
+from microservices.shared.database.privileges.verify import compare, verify
 from microservices.shared.database.topology import Topology, parse_topology
 
 from .conftest import do_provision, drop_roles, unique_topology_text

@@ -698,7 +698,8 @@ def _repair_drift(
     NOBYPASSRLS needs a superuser) is reported instead of aborting the run;
     ``verify`` will still fail on it.
     """
-    from .verify import compare, read_catalog
+    from .catalog import read_catalog
+    from .verify import compare
 
     # A repair can uncover another difference: REVOKE SELECT ON a table also revokes
     # the column grants on it, so a reader's hand-made table grant, once revoked,
@@ -806,7 +807,7 @@ def provision(
     and roles with BYPASSRLS, REPLICATION, CREATEROLE or CREATEDB are never
     adopted.
     """
-    from .verify import read_catalog  # verify imports provisioning's constants
+    from .catalog import read_catalog
 
     started = time.perf_counter()
     rotate_set = set(rotate)
