@@ -9,7 +9,7 @@ Every read runs on the **requesting** service's own pool, logged in as its own
 role, in a read-only transaction: the Python check gives an early, clear
 error, and PostgreSQL's grants are what actually decide.  Each helper is one
 round trip (the request context is pipelined with the query, see
-:mod:`.request_context`).  The helpers read the reference Edulink schema
+:mod:`.connections.request_context`).  The helpers read the reference Edulink schema
 (``reference_migrations/``); the schema names come from the topology.
 """
 

@@ -134,7 +134,7 @@ class UpReport:
 def run_up(settings: Settings, *, progress: Progress = _quiet) -> UpReport:
     """Start the embedded server if no database is configured, provision, migrate
     (EDULINK_DB_MIGRATIONS, else the project's ./migrations made by 'edulink-db init',
-    else the reference Edulink schema: see :mod:`.scaffold`), verify."""
+    else the reference Edulink schema: see :mod:`.migrations.scaffold`), verify."""
     topology = settings.topology()  # validate before touching anything
     if settings.uses_embedded:
         EmbeddedServer(settings.home).start(progress)

@@ -7,7 +7,7 @@
     migration_manager.run_all_migrations('./migrations')      # one subfolder per service
     status = migration_manager.get_migration_status('user_service')
 
-How a run works, per service (see :mod:`.migration_files` for the files):
+How a run works, per service (see :mod:`.files` for the files):
 
 * **History** lives in the service's own schema, ``<schema>.edulink_schema_history``,
   owned by the service's owner role; runtime roles have no access to it.

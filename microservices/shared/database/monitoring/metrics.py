@@ -6,11 +6,12 @@ only low-cardinality labels: ``service`` and ``query_type``, never query text or
 
 Mount them in a service process (they live in prometheus_client's default registry):
 
-    from microservices.shared.database.metrics import metrics_wsgi_app, start_metrics_server
+    from microservices.shared.database.monitoring.metrics import (
+        metrics_wsgi_app, start_metrics_server)
     start_metrics_server(9187)                 # or mount metrics_wsgi_app() / metrics_asgi_app()
 
 ``edulink-db metrics --port N`` serves them plus the database-side gauges of
-:mod:`.db_health`, read at every scrape.
+:mod:`.health`, read at every scrape.
 """
 
 from __future__ import annotations

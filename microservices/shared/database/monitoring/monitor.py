@@ -11,7 +11,7 @@
   it all off.
 * :func:`get_service_performance` reads this process's numbers;
   :func:`get_database_health` combines the server's view (every process of every
-  service: see :mod:`.db_health`) with the suspicious patterns seen here.
+  service: see :mod:`.health`) with the suspicious patterns seen here.
 """
 
 from __future__ import annotations
