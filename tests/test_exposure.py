@@ -16,7 +16,7 @@ from psycopg import sql
 
 from microservices.shared.database.config import load_settings
 from microservices.shared.database.core.errors import MigrationError
-from microservices.shared.database.migrations.manager import (
+from microservices.shared.database.migrations import (
     HISTORY_TABLE,
     MigrationManager,
     reference_migrations_dir,

@@ -18,10 +18,10 @@ from microservices.shared.database.core.errors import (
     MigrationFileError,
     MigrationValidationError,
 )
-from microservices.shared.database.migrations import scaffold
-from microservices.shared.database.migrations.manager import (
+from microservices.shared.database.migrations import (
     MigrationManager,
     reference_migrations_dir,
+    scaffold,
 )
 from microservices.shared.database.migrations.scaffold import default_migrations_root, init_project
 from microservices.shared.database.monitoring.health import DatabaseStats, _cache_hit_check

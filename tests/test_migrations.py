@@ -20,7 +20,8 @@ from microservices.shared.database.core.errors import (
     MigrationValidationError,
 )
 from microservices.shared.database.core.tracing import protocol_trace, round_trips
-from microservices.shared.database.migrations.manager import MigrationManager, read_histories
+from microservices.shared.database.migrations.history import read_histories
+from microservices.shared.database.migrations.manager import MigrationManager
 from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import default_topology
 

@@ -24,7 +24,8 @@ from .config import (
     service_password_key,
 )
 from .core.errors import ConfigError
-from .migrations.manager import MigrationManager, reference_migrations_dir
+from .migrations.history import reference_migrations_dir
+from .migrations.manager import MigrationManager
 from .privileges.provisioning import ProvisionReport, provision
 from .privileges.verify import VerifyReport, verify
 from .server.embedded import EmbeddedServer

@@ -58,7 +58,7 @@ def project_migrations_dir(settings: Settings, topology: Topology) -> Path | Non
 
 def default_migrations_root(settings: Settings, topology: Topology | None = None) -> Path:
     """Where migrations come from when no directory is given (see the module docstring)."""
-    from .manager import reference_migrations_dir  # local: migrations imports us
+    from .history import reference_migrations_dir  # local: migrations imports us
 
     if settings.edulink_db_migrations is not None:
         return settings.edulink_db_migrations
@@ -190,7 +190,7 @@ class _Writer:
 
 
 def _reference_files(service: Service) -> list[Path]:
-    from .manager import reference_migrations_dir
+    from .history import reference_migrations_dir
 
     folder = reference_migrations_dir() / service.name
     if not folder.is_dir():

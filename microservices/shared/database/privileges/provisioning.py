@@ -36,7 +36,7 @@ from psycopg import sql
 from ..config import LoginKind, derive_service_conninfo, login_role
 from ..connections.direct import connect
 from ..core.errors import ForeignRoleError, ProvisioningError
-from ..migrations.manager import HISTORY_TABLE
+from ..migrations.history import HISTORY_TABLE
 from ..topology import PLATFORM_RESERVED_ROLES, Service, Topology
 from .model import (
     HEADROOM_MIN,

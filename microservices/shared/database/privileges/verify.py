@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from ..connections.direct import connect
-from ..migrations.manager import HISTORY_TABLE
+from ..migrations.history import HISTORY_TABLE
 from ..topology import ROLE_SETTINGS, Topology
 from .catalog import (
     ATTRIBUTE_KEYWORDS,
