@@ -17,8 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from microservices.shared.database.config import derive_service_conninfo
-from microservices.shared.database.embedded import EmbeddedServer
-from microservices.shared.database.provisioning import provision
+from microservices.shared.database.privileges.provisioning import provision
+from microservices.shared.database.server.embedded import EmbeddedServer
 from microservices.shared.database.topology import Topology, default_topology
 
 warnings.filterwarnings("ignore", module="platformdirs")

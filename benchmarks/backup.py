@@ -29,9 +29,9 @@ import psycopg
 from psycopg import sql
 
 from benchmarks._server import bench_database
-from microservices.shared.database.backup import BackupManager
+from microservices.shared.database.backup.manager import BackupManager
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.pg_tools import find_tool, libpq_env, tool_version
+from microservices.shared.database.server.pg_tools import find_tool, libpq_env, tool_version
 
 
 def fill(admin: dict[str, Any], megabytes: int) -> int:

@@ -54,7 +54,7 @@ from sqlalchemy.pool import QueuePool
 from benchmarks._server import bench_database, service_params
 from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.connection_manager import ConnectionManager
-from microservices.shared.database.session_state import RESET_SESSION
+from microservices.shared.database.connections.session_state import RESET_SESSION
 
 QUERIES = {
     "SELECT 1": ("SELECT 1", lambda rng: None),

@@ -33,12 +33,13 @@ import psycopg
 from psycopg import sql
 
 from benchmarks._server import bench_database, export_passwords
-from microservices.shared.database import migrations
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.contracts import analyse_migration
-from microservices.shared.database.lint import check_pending, lint, squawk_binary
-from microservices.shared.database.migration_files import MigrationFile, parse_file
-from microservices.shared.database.provisioning import provision
+from microservices.shared.database.migrations import manager as migrations
+from microservices.shared.database.migrations.contracts import analyse_migration
+from microservices.shared.database.migrations.files import MigrationFile, parse_file
+from microservices.shared.database.migrations.history import reference_migrations_dir
+from microservices.shared.database.migrations.lint import check_pending, lint, squawk_binary
+from microservices.shared.database.privileges.provisioning import provision
 from microservices.shared.database.topology import Service, Topology, default_topology
 
 
@@ -109,7 +110,7 @@ def many_files(topology: Topology, items: list[tuple[Service, MigrationFile]], c
 
 
 def migrate_cost(topology: Topology, rounds: int) -> None:
-    root = migrations.reference_migrations_dir()
+    root = reference_migrations_dir()
     with bench_database(rows=1) as (admin, _topology, password):
         base = {k: v for k, v in admin.items() if k != "dbname"} | {"dbname": "postgres"}
 
@@ -163,7 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.pop("EDULINK_DB_TOPOLOGY", None)
     topology = default_topology()
-    items = reference_items(topology, migrations.reference_migrations_dir())
+    items = reference_items(topology, reference_migrations_dir())
     per_file(topology, items, args.rounds)
     many_files(topology, items, args.files, args.rounds)
     if not args.no_migrate:

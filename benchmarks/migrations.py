@@ -29,10 +29,11 @@ from psycopg import sql
 
 from benchmarks._server import bench_database, export_passwords
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.migrations import MigrationManager, read_histories
-from microservices.shared.database.provisioning import provision
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
+from microservices.shared.database.migrations.history import read_histories
+from microservices.shared.database.migrations.manager import MigrationManager
+from microservices.shared.database.privileges.provisioning import provision
 from microservices.shared.database.topology import Topology, parse_topology
-from microservices.shared.database.tracing import protocol_trace, round_trips
 
 
 def write_migrations(root: Path, topology: Topology, files: int, *,

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlparse
 
-from microservices.shared.database.migration_files import (
+from microservices.shared.database.migrations.files import (
     SqlStatement,
     _strip_comments,
     split_statements,

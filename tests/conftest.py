@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from microservices.shared.database.config import derive_service_conninfo
-from microservices.shared.database.provisioning import ProvisionReport, provision
+from microservices.shared.database.privileges.provisioning import ProvisionReport, provision
 from microservices.shared.database.topology import Service, Topology, parse_topology
 
 warnings.filterwarnings("ignore", module="platformdirs")
@@ -42,7 +42,7 @@ def server() -> Iterator[dict[str, Any]]:
         yield dict(conninfo_to_dict(url))
         return
 
-    from microservices.shared.database.embedded import EmbeddedServer
+    from microservices.shared.database.server.embedded import EmbeddedServer
 
     from .ports import free_port
 
@@ -190,7 +190,7 @@ def createrole_admin(server: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def bin_dir() -> Path:
-    from microservices.shared.database.embedded import bin_dir
+    from microservices.shared.database.server.embedded import bin_dir
 
     return bin_dir()
 

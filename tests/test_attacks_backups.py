@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from microservices.shared.database.backup_store import MANIFEST
-from microservices.shared.database.errors import (
+from microservices.shared.database.backup.store import MANIFEST
+from microservices.shared.database.core.errors import (
     BackupCorruptError,
     BackupNotFoundError,
     BackupUntrustedError,

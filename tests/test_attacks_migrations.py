@@ -20,8 +20,8 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.config import load_settings
-from microservices.shared.database.errors import MigrationError
-from microservices.shared.database.migrations import MigrationManager
+from microservices.shared.database.core.errors import MigrationError
+from microservices.shared.database.migrations.manager import MigrationManager
 from microservices.shared.database.topology import Service, Topology, parse_topology
 
 from .conftest import (

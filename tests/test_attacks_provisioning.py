@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.errors import ForeignRoleError
+from microservices.shared.database.core.errors import ForeignRoleError
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, parse_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import do_provision, drop_roles, unique_topology_text
 

@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.backup import BackupManager, restore_backup
-from microservices.shared.database.backup_store import now_utc
+from microservices.shared.database.backup.manager import BackupManager, restore_backup
+from microservices.shared.database.backup.store import now_utc
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.errors import BackupCorruptError, BackupError
-from microservices.shared.database.migrations import MigrationManager
+from microservices.shared.database.core.errors import BackupCorruptError, BackupError
+from microservices.shared.database.migrations.manager import MigrationManager
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import default_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import _create_database, _drop_database, do_provision, service_env
 

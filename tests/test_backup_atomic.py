@@ -18,7 +18,7 @@ import psutil
 import psycopg
 import pytest
 
-from microservices.shared.database.errors import BackupError
+from microservices.shared.database.core.errors import BackupError
 
 from .test_backup import db, manager, scalar  # noqa: F401 - db is a fixture
 
@@ -72,7 +72,7 @@ def _change_after_backup(admin: dict[str, Any]) -> int:
 
 
 def _wrapper_bin(tmp_path: Path, mode: str, limit: int) -> Path:
-    from microservices.shared.database.pg_tools import find_tool
+    from microservices.shared.database.server.pg_tools import find_tool
 
     real = find_tool("pg_restore", 18)
     bindir = tmp_path / f"bin-{mode}"

@@ -12,12 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from microservices.shared.database.backup_store import Manifest
-from microservices.shared.database.config import load_settings
-from microservices.shared.database.drill import SCRATCH_PREFIX, run_drill
-from microservices.shared.database.errors import ConfigError
-from microservices.shared.database.lifecycle import run_status
-from microservices.shared.database.schedule import (
+from microservices.shared.database.backup.drill import SCRATCH_PREFIX, run_drill
+from microservices.shared.database.backup.schedule import (
     Policy,
     backup_freshness,
     freshness,
@@ -26,6 +22,10 @@ from microservices.shared.database.schedule import (
     plan,
     run_auto,
 )
+from microservices.shared.database.backup.store import Manifest
+from microservices.shared.database.config import load_settings
+from microservices.shared.database.core.errors import ConfigError
+from microservices.shared.database.lifecycle import run_status
 
 from .test_backup import db, manager, scalar  # noqa: F401 - db is a fixture
 from .test_backup_atomic import PROFILES, _wrapper_bin
@@ -170,13 +170,13 @@ def test_health_exporter_and_status_follow_the_backups(
     settings = load_settings()
     status = run_status(settings)
     assert any("no backups yet" in w and "backup auto" in w for w in status.warnings)
-    from microservices.shared.database.monitoring import get_database_health
+    from microservices.shared.database.monitoring.monitor import get_database_health
 
     health = get_database_health(settings)
     assert health["checks"]["backup_freshness"]["status"] == "ok"  # a new database
     # Hours later, still without a backup: overdue (the schema's first migration dates it).
     later = datetime.now(UTC) + timedelta(hours=3)
-    from microservices.shared.database.db_health import _first_migrations
+    from microservices.shared.database.monitoring.health import _first_migrations
 
     first = _first_migrations(settings, ["user_schema", "auth_schema"])
     assert set(first) == {"user_schema", "auth_schema"}  # the fixture migrated them
@@ -188,7 +188,7 @@ def test_health_exporter_and_status_follow_the_backups(
     run_drill(manager())
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from microservices.shared.database.metrics_exporter import DatabaseCollector
+    from microservices.shared.database.monitoring.exporter import DatabaseCollector
 
     registry = CollectorRegistry()
     registry.register(DatabaseCollector(load_settings()))

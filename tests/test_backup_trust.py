@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from microservices.shared.database.backup_store import MANIFEST, file_entries
+from microservices.shared.database.backup.store import MANIFEST, file_entries
 from microservices.shared.database.config import load_settings
-from microservices.shared.database.errors import (
+from microservices.shared.database.core.errors import (
     BackupNotFoundError,
     BackupUntrustedError,
     ConfigError,
@@ -77,7 +77,7 @@ def test_planted_backup_is_not_listed_verified_or_restored(
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert scalar(db, "SELECT to_regclass('public.planted_by_attacker')") is None
     # The drill and the policy pick the real backup, not the planted newer one.
-    from microservices.shared.database.drill import run_drill
+    from microservices.shared.database.backup.drill import run_drill
 
     assert run_drill(manager()).backup_id == real.backup_id
     assert scalar(db, "SELECT to_regclass('public.planted_by_attacker')") is None

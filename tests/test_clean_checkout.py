@@ -18,9 +18,9 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.connection_manager import ConnectionManager
-from microservices.shared.database.errors import RequestContextError
-from microservices.shared.database.session_state import statement_is_clean
-from microservices.shared.database.tracing import protocol_trace, round_trips
+from microservices.shared.database.connections.session_state import statement_is_clean
+from microservices.shared.database.core.errors import RequestContextError
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
 
 ONE = {"EDULINK_DB_USER_POOL_SIZE": "1", "EDULINK_DB_USER_MAX_OVERFLOW": "0"}
 

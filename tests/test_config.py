@@ -16,8 +16,8 @@ from microservices.shared.database.config import (
     service_conninfo,
     service_user_name,
 )
-from microservices.shared.database.errors import ConfigError
-from microservices.shared.database.secrets_store import SecretStore
+from microservices.shared.database.core.errors import ConfigError
+from microservices.shared.database.core.secrets_store import SecretStore
 from microservices.shared.database.topology import default_topology
 
 SECRET = "s3cr3t-P@ss/word"
@@ -110,7 +110,7 @@ def test_supavisor_tenant_suffix_is_kept() -> None:
 
 
 def test_embedded_not_running_is_a_clear_error() -> None:
-    from microservices.shared.database.errors import DatabaseNotRunningError
+    from microservices.shared.database.core.errors import DatabaseNotRunningError
 
     with pytest.raises(DatabaseNotRunningError, match="edulink-db up"):
         admin_conninfo(load_settings())

@@ -11,10 +11,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.errors import TopologyError
-from microservices.shared.database.provisioning import HEADROOM_MIN, HEADROOM_PERCENT
+from microservices.shared.database.core.errors import TopologyError
+from microservices.shared.database.privileges.model import HEADROOM_MIN, HEADROOM_PERCENT
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, parse_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import do_provision, drop_roles, unique_topology_text
 
@@ -121,7 +121,7 @@ def test_pool_larger_than_the_role_limit_warns_and_health_reports_it(
     fresh_db: dict[str, Any], server: dict[str, Any], manager_for: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from microservices.shared.database.monitoring import get_database_health
+    from microservices.shared.database.monitoring.monitor import get_database_health
     from microservices.shared.database.topology import default_topology
 
     do_provision(fresh_db, default_topology())

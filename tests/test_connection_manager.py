@@ -10,14 +10,14 @@ import psycopg
 import pytest
 
 from microservices.shared.database.connection_manager import ConnectionManager
-from microservices.shared.database.errors import (
+from microservices.shared.database.core.errors import (
     PoolExhaustedError,
     RequestContextError,
     ServiceAuthenticationError,
     ServiceConnectionError,
     UnknownServiceError,
 )
-from microservices.shared.database.tracing import protocol_trace, round_trips
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
 
 
 def test_seed_api_connects_as_the_service_role(provisioned_db: dict[str, Any],
@@ -184,7 +184,7 @@ def test_server_down_is_a_clear_error(provisioned_db: dict[str, Any],
 
 def test_pools_survive_a_server_restart(tmp_path: Any, manager_for: Any) -> None:
     """Requests made after the server is back succeed, without restarting the process."""
-    from microservices.shared.database.embedded import EmbeddedServer
+    from microservices.shared.database.server.embedded import EmbeddedServer
     from microservices.shared.database.topology import default_topology
 
     from .conftest import do_provision

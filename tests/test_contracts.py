@@ -17,12 +17,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from microservices.shared.database import contracts
 from microservices.shared.database.config import load_settings
-from microservices.shared.database.errors import ContractViolationError, MigrationLintError
-from microservices.shared.database.lint import lint
-from microservices.shared.database.migration_files import parse_file
-from microservices.shared.database.migrations import MigrationManager, reference_migrations_dir
+from microservices.shared.database.core.errors import ContractViolationError, MigrationLintError
+from microservices.shared.database.migrations import (
+    MigrationManager,
+    contracts,
+    reference_migrations_dir,
+)
+from microservices.shared.database.migrations.files import parse_file
+from microservices.shared.database.migrations.lint import lint
 from microservices.shared.database.topology import default_topology
 
 from .conftest import do_provision, service_env

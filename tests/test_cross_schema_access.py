@@ -11,11 +11,11 @@ import pytest
 
 from microservices.shared.database.config import load_settings
 from microservices.shared.database.connection_manager import ConnectionManager
+from microservices.shared.database.core.errors import CrossServiceAccessError
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
 from microservices.shared.database.cross_schema_access import CrossSchemaAccessManager
-from microservices.shared.database.errors import CrossServiceAccessError
-from microservices.shared.database.migrations import MigrationManager
+from microservices.shared.database.migrations.manager import MigrationManager
 from microservices.shared.database.topology import default_topology, default_topology_text
-from microservices.shared.database.tracing import protocol_trace, round_trips
 
 from .conftest import do_provision, service_env, service_params
 

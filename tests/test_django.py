@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from microservices.shared.database.config import to_url
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import default_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import SERVICE_PASSWORD, do_provision
 

@@ -23,7 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
-from microservices.shared.database.embedded import (
+from microservices.shared.database.core.errors import EmbeddedServerError
+from microservices.shared.database.server.embedded import (
     SERVER_OS_USER,
     EmbeddedServer,
     ServerUser,
@@ -31,7 +32,6 @@ from microservices.shared.database.embedded import (
     _unreadable_in,
     bin_dir,
 )
-from microservices.shared.database.errors import EmbeddedServerError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the server user exists only as root")
 

@@ -15,14 +15,14 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.config import load_settings
-from microservices.shared.database.errors import MigrationError
+from microservices.shared.database.core.errors import MigrationError
 from microservices.shared.database.migrations import (
     HISTORY_TABLE,
     MigrationManager,
     reference_migrations_dir,
 )
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import default_topology, looks_secret
-from microservices.shared.database.verify import verify
 
 from .conftest import do_provision, service_env, service_params
 
@@ -297,7 +297,7 @@ def test_upgrade_from_table_level_grants(migrated: tuple[dict[str, Any], Path]) 
 def test_script_alone_upgrades_and_grants(migrated: tuple[dict[str, Any], Path]) -> None:
     """The psql script (no drift repair) also revokes table-level reads and grants
     the exposure of tables that exist."""
-    from microservices.shared.database.provisioning import render_postgresql_script
+    from microservices.shared.database.privileges.provisioning import render_postgresql_script
 
     admin, _root = migrated
     _run(admin, "GRANT SELECT ON ALL TABLES IN SCHEMA auth_schema TO user_service_role",
@@ -319,7 +319,7 @@ def test_observed_reads_report_reads_beyond_the_exposure(
     from typer.testing import CliRunner
 
     from microservices.shared.database.cli import app
-    from microservices.shared.database.observed_reads import observed_reads
+    from microservices.shared.database.monitoring.observed_reads import observed_reads
 
     admin, _root = migrated
     _run(admin, "GRANT SELECT ON auth_schema.authentication_user TO user_service_role")
@@ -378,7 +378,7 @@ RESOLVER_CASES = [
 @pytest.mark.parametrize(("text", "columns"), RESOLVER_CASES,
                          ids=[c[0][:50] for c in RESOLVER_CASES])
 def test_observed_reads_resolve_columns_scope_by_scope(text: str, columns: set[str]) -> None:
-    from microservices.shared.database.observed_reads import _statement_reads
+    from microservices.shared.database.monitoring.observed_reads import _statement_reads
 
     catalog = {("auth_schema", "authentication_user"): ["id", "email", "password_hash"],
                ("user_schema", "profiles_userprofile"): ["id", "user_id", "first_name"]}

@@ -16,17 +16,17 @@ import pytest
 
 from microservices.shared.database.config import load_settings
 from microservices.shared.database.connection_manager import ConnectionManager
+from microservices.shared.database.core.errors import (
+    CrossServiceAccessError,
+    EdulinkDBError,
+    InvalidIdentifierValueError,
+)
 from microservices.shared.database.cross_schema_access import (
     MAX_AUDIT_TRAIL_LIMIT,
     MAX_ID_LENGTH,
     CrossSchemaAccessManager,
 )
-from microservices.shared.database.errors import (
-    CrossServiceAccessError,
-    EdulinkDBError,
-    InvalidIdentifierValueError,
-)
-from microservices.shared.database.migrations import MigrationManager
+from microservices.shared.database.migrations.manager import MigrationManager
 from microservices.shared.database.topology import default_topology
 
 from .conftest import do_provision, service_env

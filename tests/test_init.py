@@ -12,17 +12,20 @@ from typing import Any
 import psycopg
 import pytest
 
-from microservices.shared.database import scaffold
 from microservices.shared.database.config import _dotenv, load_settings
-from microservices.shared.database.db_health import DatabaseStats, _cache_hit_check
-from microservices.shared.database.errors import (
+from microservices.shared.database.core.errors import (
     ConfigError,
     MigrationFileError,
     MigrationValidationError,
 )
-from microservices.shared.database.migrations import MigrationManager, reference_migrations_dir
-from microservices.shared.database.monitoring import get_database_health
-from microservices.shared.database.scaffold import default_migrations_root, init_project
+from microservices.shared.database.migrations import (
+    MigrationManager,
+    reference_migrations_dir,
+    scaffold,
+)
+from microservices.shared.database.migrations.scaffold import default_migrations_root, init_project
+from microservices.shared.database.monitoring.health import DatabaseStats, _cache_hit_check
+from microservices.shared.database.monitoring.monitor import get_database_health
 from microservices.shared.database.topology import default_topology, default_topology_text
 
 from .conftest import do_provision, service_env

@@ -129,6 +129,6 @@ def test_custom_seven_service_topology_end_to_end(
     do_provision(fresh_db, topology)
     create_probe_tables(fresh_db, topology)
     assert_matrix(fresh_db, topology)
-    from microservices.shared.database.verify import verify
+    from microservices.shared.database.privileges.verify import verify
 
     assert verify(fresh_db, topology).ok

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from microservices.shared.database.errors import MigrationFileError
-from microservices.shared.database.migration_files import (
+from microservices.shared.database.core.errors import MigrationFileError
+from microservices.shared.database.migrations.files import (
     checksum,
     load_directory,
     parse_file,

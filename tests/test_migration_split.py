@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.split import baseline_split as reference_split  # the previous splitter
-from microservices.shared.database.errors import MigrationFileError
-from microservices.shared.database.migration_files import (
+from microservices.shared.database.core.errors import MigrationFileError
+from microservices.shared.database.migrations.files import (
     parse_file,
     split_statements,
 )

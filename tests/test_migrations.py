@@ -15,14 +15,15 @@ import psycopg
 import pytest
 
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.errors import (
+from microservices.shared.database.core.errors import (
     MigrationError,
     MigrationValidationError,
 )
-from microservices.shared.database.migrations import MigrationManager, read_histories
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
+from microservices.shared.database.migrations.history import read_histories
+from microservices.shared.database.migrations.manager import MigrationManager
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import default_topology
-from microservices.shared.database.tracing import protocol_trace, round_trips
-from microservices.shared.database.verify import verify
 
 from .conftest import SERVICE_PASSWORD, do_provision, service_env, service_params
 

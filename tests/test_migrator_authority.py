@@ -25,10 +25,10 @@ import pytest
 from psycopg import sql
 
 from microservices.shared.database.config import load_settings, to_url
-from microservices.shared.database.errors import MigrationError
-from microservices.shared.database.migrations import MigrationManager
+from microservices.shared.database.core.errors import MigrationError
+from microservices.shared.database.migrations.manager import MigrationManager
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Service, Topology, parse_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import (
     SERVICE_PASSWORD,

@@ -20,14 +20,14 @@ from prometheus_client import REGISTRY, generate_latest
 
 from microservices.shared.database.config import load_settings
 from microservices.shared.database.connection_manager import ConnectionManager
-from microservices.shared.database.monitoring import (
+from microservices.shared.database.connections.request_context import CleanCursor
+from microservices.shared.database.monitoring.monitor import (
     ServiceMonitor,
     get_database_health,
     get_service_performance,
     monitors,
     record_query_execution,
 )
-from microservices.shared.database.request_context import CleanCursor
 from microservices.shared.database.topology import default_topology
 
 from .conftest import do_provision, service_params
@@ -42,7 +42,8 @@ def test_queries_are_recorded_automatically_without_values(
     manager: ConnectionManager = manager_for(provisioned_db,
                                              EDULINK_DB_USER_SLOW_QUERY_LOG_MS="0")
     before = get_service_performance("user")
-    with caplog.at_level(logging.WARNING, logger="microservices.shared.database.monitoring"), \
+    logger = "microservices.shared.database.monitoring.monitor"
+    with caplog.at_level(logging.WARNING, logger=logger), \
             manager.get_connection("user", user_id="u1") as conn:
         for _ in range(5):
             conn.execute("SELECT count(*) FROM notes WHERE body <> 'secret-value-xyz'")
@@ -273,7 +274,10 @@ def test_cli_health_top_and_metrics(provisioned_db: dict[str, Any], tmp_path: Pa
 
 
 def test_metrics_mount_in_a_service_process() -> None:
-    from microservices.shared.database.metrics import metrics_wsgi_app, start_metrics_server
+    from microservices.shared.database.monitoring.metrics import (
+        metrics_wsgi_app,
+        start_metrics_server,
+    )
 
     assert callable(metrics_wsgi_app())
     def start(port: int) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from microservices.shared.database.embedded import DEFAULT_PORT, EmbeddedServer
+from microservices.shared.database.server.embedded import DEFAULT_PORT, EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EPHEMERAL = range(32768, 61000)

@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.errors import ProvisioningError
-from microservices.shared.database.provisioning import provision
+from microservices.shared.database.core.errors import ProvisioningError
+from microservices.shared.database.privileges.catalog import read_catalog
+from microservices.shared.database.privileges.provisioning import provision
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, default_topology
-from microservices.shared.database.verify import read_catalog, verify
 
 from .conftest import SERVICE_PASSWORD, do_provision, service_params
 from .probes import create_probe_tables

@@ -12,11 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.types.json import Json, Jsonb
-
-from microservices.shared.database.connection_manager import ConnectionManager
-from microservices.shared.database.errors import RequestContextError
-from microservices.shared.database.request_context import (
+from microservices.shared.database.core.errors import RequestContextError
+from microservices.shared.database.connections.request_context import (
     AsyncContextCursor,
     AsyncServiceConnection,
     ContextCursor,
@@ -24,7 +21,10 @@ from microservices.shared.database.request_context import (
     make_prologue,
     quote_text,
 )
-from microservices.shared.database.tracing import protocol_trace, round_trips
+from microservices.shared.database.core.tracing import protocol_trace, round_trips
+from psycopg.types.json import Json, Jsonb
+
+from microservices.shared.database.connection_manager import ConnectionManager
 
 CURRENT = "SELECT pg_catalog.current_setting('app.current_user_id', true)"
 

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.errors import ForeignRoleError, TopologyError
-from microservices.shared.database.provisioning import MANAGED_MARKER
+from microservices.shared.database.core.errors import ForeignRoleError, TopologyError
+from microservices.shared.database.privileges.catalog import read_catalog
+from microservices.shared.database.privileges.model import MANAGED_MARKER
+from microservices.shared.database.privileges.verify import compare, verify
 from microservices.shared.database.topology import Topology, parse_topology
-from microservices.shared.database.verify import compare, read_catalog, verify
 
 from .conftest import do_provision, drop_roles, unique_topology_text
 from .probes import create_probe_tables
@@ -107,7 +108,7 @@ def test_foreign_role_is_refused_and_left_exactly_as_it_was(
 def test_psql_script_refuses_a_foreign_role_too(
     fresh_db: dict[str, Any], server: dict[str, Any], platform_roles: list[str]
 ) -> None:
-    from microservices.shared.database.provisioning import render_postgresql_script
+    from microservices.shared.database.privileges.provisioning import render_postgresql_script
 
     _group, login = platform_roles
     topology = _topology_with_runtime_role(login)

@@ -8,9 +8,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from microservices.shared.database.provisioning import render_postgresql_script
+from microservices.shared.database.privileges.provisioning import render_postgresql_script
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, default_topology
-from microservices.shared.database.verify import verify
 
 from .probes import create_probe_tables
 

@@ -10,7 +10,7 @@ from importlib import resources
 
 import pytest
 
-from microservices.shared.database.sqlserver import (
+from microservices.shared.database.privileges.sqlserver import (
     password_variable,
     render_sqlserver_script,
     split_batches,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from microservices.shared.database.errors import TopologyError, UnknownServiceError
-from microservices.shared.database.identifiers import identifier_problem
+from microservices.shared.database.core.errors import TopologyError, UnknownServiceError
+from microservices.shared.database.core.identifiers import identifier_problem
 from microservices.shared.database.topology import default_topology, parse_topology
 
 

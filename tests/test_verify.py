@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, default_topology
-from microservices.shared.database.verify import verify
 
 from .conftest import do_provision
 from .probes import create_probe_tables

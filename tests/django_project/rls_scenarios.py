@@ -183,8 +183,8 @@ def careless() -> dict:
     from django.core.exceptions import ImproperlyConfigured
     from django.http import HttpRequest
 
+    from microservices.shared.database.core.errors import RequestContextError
     from microservices.shared.database.django_rls import RLSUserMiddleware
-    from microservices.shared.database.errors import RequestContextError
 
     out: dict = {}
     for name, bad in {"empty": "", "bool": True, "object": object(), "nul": "a\x00b"}.items():

@@ -15,11 +15,11 @@ django.setup()
 
 from django.db import connection, connections, transaction  # noqa: E402
 
-from microservices.shared.database.django_rls import rls_user  # noqa: E402
-from microservices.shared.database.errors import (  # noqa: E402
+from microservices.shared.database.core.errors import (  # noqa: E402
     CrossServiceAccessError,
     CrossServiceWriteError,
 )
+from microservices.shared.database.django_rls import rls_user  # noqa: E402
 
 
 def user_creates_profile(user_id: str) -> dict:

@@ -4,7 +4,7 @@ One PostgreSQL database, one schema per service, one login role per service,
 and a topology (``topology.py``) that says who may read what.  See README.md.
 """
 
-from .errors import (
+from .core.errors import (
     BackupCorruptError,
     BackupError,
     BackupNotFoundError,

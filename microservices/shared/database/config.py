@@ -37,8 +37,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigError, DatabaseNotRunningError
-from .secrets_store import SecretStore
+from .core.errors import ConfigError, DatabaseNotRunningError
+from .core.secrets_store import SecretStore
 from .topology import Service, Topology, load_topology
 
 HOME_DIR_NAME = ".edulink-db"
@@ -271,7 +271,7 @@ def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
         if settings.database_password is not None:
             params["password"] = settings.database_password.get_secret_value()
     else:
-        from .embedded import EmbeddedServer  # local import: avoids a cycle
+        from .server.embedded import EmbeddedServer  # local import: avoids a cycle
 
         server = EmbeddedServer(settings.home)
         info = server.running_info()

@@ -51,7 +51,6 @@ from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
-from . import metrics
 from .config import (
     Settings,
     conninfo_string,
@@ -60,14 +59,7 @@ from .config import (
     pooler_mode,
     service_conninfo,
 )
-from .errors import (
-    ConfigError,
-    DatabaseUnavailableError,
-    PoolExhaustedError,
-    ServiceAuthenticationError,
-    ServiceConnectionError,
-)
-from .request_context import (
+from .connections.request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
     AsyncContextServerCursor,
@@ -79,7 +71,15 @@ from .request_context import (
     ServiceConnection,
     make_prologue,
 )
-from .session_state import RESET_SESSION
+from .connections.session_state import RESET_SESSION
+from .core.errors import (
+    ConfigError,
+    DatabaseUnavailableError,
+    PoolExhaustedError,
+    ServiceAuthenticationError,
+    ServiceConnectionError,
+)
+from .monitoring import metrics
 from .topology import Service
 
 log = logging.getLogger(__name__)
@@ -249,13 +249,13 @@ class _ServicePool:
         # so that turning monitoring off removes its cost entirely.
         self.monitor: Any = None
         if settings.database_monitoring_enabled:
-            from .instrumentation import (
+            from .monitoring.instrumentation import (
                 AsyncInstrumentedContextCursor,
                 AsyncInstrumentedCursor,
                 InstrumentedContextCursor,
                 InstrumentedCursor,
             )
-            from .monitoring import monitors
+            from .monitoring.monitor import monitors
 
             self.monitor = monitors.get(service.name, settings)
             self.cursor: type[Any] = InstrumentedCursor

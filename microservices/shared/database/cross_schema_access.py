@@ -9,7 +9,7 @@ Every read runs on the **requesting** service's own pool, logged in as its own
 role, in a read-only transaction: the Python check gives an early, clear
 error, and PostgreSQL's grants are what actually decide.  Each helper is one
 round trip (the request context is pipelined with the query, see
-:mod:`.request_context`).  The helpers read the reference Edulink schema
+:mod:`.connections.request_context`).  The helpers read the reference Edulink schema
 (``reference_migrations/``); the schema names come from the topology.
 """
 
@@ -29,8 +29,8 @@ from psycopg.types.json import Jsonb
 
 from .config import Settings, admin_conninfo, load_settings
 from .connection_manager import ConnectionManager, connection_manager
-from .direct import connect
-from .errors import CrossServiceAccessError, InvalidIdentifierValueError
+from .connections.direct import connect
+from .core.errors import CrossServiceAccessError, InvalidIdentifierValueError
 from .topology import Service, Topology
 
 READ_ONLY, READ_WRITE = "read_only", "read_write"

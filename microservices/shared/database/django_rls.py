@@ -56,7 +56,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from .errors import RequestContextError
+from .core.errors import RequestContextError
 
 _SET_USER = "SELECT pg_catalog.set_config('app.current_user_id', %s, true)"
 _SET_USER_READONLY = ("SELECT pg_catalog.set_config('app.current_user_id', %s, true), "

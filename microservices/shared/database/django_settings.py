@@ -47,7 +47,7 @@ from .config import (
     pooler_mode,
     service_conninfo,
 )
-from .errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
+from .core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
 from .topology import Topology
 
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
@@ -75,7 +75,7 @@ def service_table(service: str, table: str, *, settings: Settings | None = None)
     Django passes a name that is already quoted through unchanged, so this
     reaches ``"user_schema"."profiles_userprofile"`` whatever role is logged in.
     """
-    from .identifiers import validate_identifier
+    from .core.identifiers import validate_identifier
 
     schema = _settings(settings).topology().service(service).schema
     validate_identifier(table, f"table name for service {service!r}")
@@ -283,7 +283,7 @@ def _grant_exposure_after_migrate(sender: Any, using: str = "default", **kwargs:
     existed), as edulink-db's own migration runner does after every file."""
     from django.db import connections
 
-    from .migrations import grant_exposed_columns
+    from .migrations.runner import grant_exposed_columns
 
     conn = connections[using]
     user = conn.settings_dict.get("USER")

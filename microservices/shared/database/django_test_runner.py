@@ -29,7 +29,7 @@ from psycopg import sql
 from .config import admin_conninfo, load_settings
 from .django_settings import READONLY_KEY, SERVICE_KEY, configure_service_database
 from .lifecycle import migrator_password, service_password
-from .provisioning import provision
+from .privileges.provisioning import provision
 
 _SWAPPED = ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
 

@@ -23,12 +23,13 @@ from .config import (
     mask_dsn,
     service_password_key,
 )
-from .embedded import EmbeddedServer
-from .errors import ConfigError
-from .migrations import MigrationManager, reference_migrations_dir
-from .provisioning import ProvisionReport, provision
+from .core.errors import ConfigError
+from .migrations.history import reference_migrations_dir
+from .migrations.manager import MigrationManager
+from .privileges.provisioning import ProvisionReport, provision
+from .privileges.verify import VerifyReport, verify
+from .server.embedded import EmbeddedServer
 from .topology import Service, Topology
-from .verify import VerifyReport, verify
 
 Progress = Callable[[str], None]
 
@@ -134,7 +135,7 @@ class UpReport:
 def run_up(settings: Settings, *, progress: Progress = _quiet) -> UpReport:
     """Start the embedded server if no database is configured, provision, migrate
     (EDULINK_DB_MIGRATIONS, else the project's ./migrations made by 'edulink-db init',
-    else the reference Edulink schema: see :mod:`.scaffold`), verify."""
+    else the reference Edulink schema: see :mod:`.migrations.scaffold`), verify."""
     topology = settings.topology()  # validate before touching anything
     if settings.uses_embedded:
         EmbeddedServer(settings.home).start(progress)
@@ -187,7 +188,7 @@ def run_status(settings: Settings) -> StatusReport:
             report.provisioned_roles = int(row[0]) if row else 0
     except psycopg.OperationalError as exc:
         report.error = str(exc).strip().splitlines()[0]
-    from .backup import BackupManager  # local: backups are optional to status
+    from .backup.manager import BackupManager  # local: backups are optional to status
 
     report.warnings = [f"backups: {w}" for w in BackupManager(settings).status()["warnings"]]
     return report

@@ -1,0 +1,616 @@
+"""Backups and restores with pg_dump / pg_restore, verified by a manifest.
+
+    from microservices.shared.database.backup import (
+        create_full_backup, create_schema_backup, restore_backup, get_backup_status)
+
+    backup = create_full_backup(compress=True)          # backup.backup_id == 'full_20240115_143022'
+    schema_backup = create_schema_backup(['user_schema', 'auth_schema'])
+    success = restore_backup(backup.backup_id)          # True, or False (reason logged)
+    status = get_backup_status()                        # total_backups, newest verified age, ...
+
+**Consistent manifests.** A REPEATABLE READ transaction exports its snapshot
+(``pg_export_snapshot()``); pg_dump runs with ``--snapshot`` and, at the same
+time, the same transaction counts every table's rows. Counts and dump see the
+same data, even while writes go on.
+
+**Restore is atomic.** The schemas being restored are dropped and recreated in one
+``psql --single-transaction`` run, fed by pg_restore. Before anything else, the
+files' checksums and pg_restore's archive listing are checked, so a damaged backup
+is refused untouched. Unless told otherwise, the schemas about to be replaced are
+first saved in a ``prerestore_*`` backup, so a mistaken restore can be undone.
+
+**Clean targets.** A backup carries ``preamble.sql``: the topology's roles,
+schemas, grants, default privileges and helpers, as in ``edulink-db sql``. It is
+applied first when the target database lacks them, so a schema backup restores
+into an empty database, or onto another server.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import IsolationLevel, sql
+from psycopg.conninfo import conninfo_to_dict
+
+from ..config import Settings, admin_conninfo, load_settings, mask_dsn
+from ..connections.direct import connect
+from ..core.errors import BackupError, BackupNotFoundError, ConfigError
+from ..core.identifiers import validate_identifier
+from ..privileges.provisioning import render_postgresql_script
+from ..server.pg_tools import find_tool, libpq_env, tool_version
+from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
+from .store import (
+    BackupStore,
+    FileEntry,
+    Manifest,
+    backup_key,
+    file_entries,
+    now_utc,
+)
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
+RESTORE_LOCK_TIMEOUT = "60s"
+# Settings newer pg_restore versions put in a script's header: (first major, name).
+_VERSIONED_SETTINGS = [(17, "transaction_timeout")]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _psql_env(target: dict[str, Any]) -> dict[str, str]:
+    """psql's environment: the target's credentials, and a restore that waits for locks
+    only so long (it replaces whole schemas, so it needs them all)."""
+    env = libpq_env(target)
+    env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
+    return env
+
+
+@dataclass
+class BackupInfo:
+    """What create_*_backup returns (the seed reads ``backup_id``)."""
+
+    backup_id: str
+    kind: str
+    schemas: list[str]
+    path: Path
+    size: int
+    duration_s: float
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, store: BackupStore) -> BackupInfo:
+        return cls(backup_id=manifest.backup_id, kind=manifest.kind, schemas=manifest.schemas,
+                   path=store.path(manifest.backup_id), size=manifest.size,
+                   duration_s=manifest.duration_s, row_counts=manifest.row_counts)
+
+
+@dataclass
+class RestoreReport:
+    backup_id: str
+    schemas: list[str]
+    target: str
+    safety_backup: str | None
+    preamble_applied: bool
+    duration_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# Entry types of a pg_restore listing that are more than one word, longest first.
+_TOC_TYPES = sorted([
+    "TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "DEFAULT ACL", "FK CONSTRAINT",
+    "ROW SECURITY", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE",
+    "EVENT TRIGGER", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "LARGE OBJECT",
+    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER",
+    "TEXT SEARCH TEMPLATE", "USER MAPPING", "FOREIGN DATA WRAPPER", "DEFAULT",
+], key=len, reverse=True)
+
+
+def _toc_schema(line: str) -> str | None:
+    """The schema a pg_restore --list line belongs to (None for comments and globals).
+
+    Lines look like ``217; 1259 16400 TABLE auth_schema users auth_owner``; a schema's
+    own entries have namespace ``-``: ``SCHEMA - auth_schema owner``,
+    ``ACL - SCHEMA auth_schema owner``.
+    """
+    if line.startswith(";") or not line.strip():
+        return None
+    parts = line.split(" ", 3)
+    if len(parts) < 4:
+        return None
+    rest = parts[3]
+    kind = next((t for t in _TOC_TYPES if rest.startswith(t + " ")), rest.split(" ")[0])
+    fields = rest[len(kind) + 1:].split(" ")
+    if not fields:
+        return None
+    if fields[0] != "-":
+        return fields[0]
+    if kind == "SCHEMA" and len(fields) > 1:
+        return fields[1]
+    if kind in ("ACL", "COMMENT", "SECURITY LABEL") and len(fields) > 2 and fields[1] == "SCHEMA":
+        return fields[2]
+    return None
+
+
+def target_params(target_db: str | None, settings: Settings) -> dict[str, Any]:
+    if not target_db:
+        return admin_conninfo(settings)
+    try:
+        return dict(conninfo_to_dict(target_db))
+    except Exception:
+        raise ConfigError("--target-db is not a valid connection string.") from None
+
+
+def _require_rls_bypass(conn: psycopg.Connection[Any], schemas: list[str], action: str, *,
+                        archive_has_rls: bool = False) -> None:
+    """Refuse, before anything happens, a dump or restore that row-level security would
+    break: pg_dump and pg_restore turn row_security off and fail on tables whose policies
+    apply to them. (``--enable-row-security`` would instead dump only the rows the admin
+    may see: a silently incomplete backup.)"""
+    row = conn.execute("SELECT current_user, rolsuper OR rolbypassrls FROM pg_catalog.pg_roles"
+                       " WHERE rolname = current_user").fetchone()
+    assert row is not None
+    user, bypass = row
+    if bypass:
+        return
+    tables = [r[0] for r in conn.execute(
+        "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = ANY(%s) AND c.relrowsecurity"
+        " AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))"
+        " ORDER BY 1", [schemas]).fetchall()]
+    if tables or archive_has_rls:
+        what = ", ".join(tables) if tables else "tables with row-level security in the backup"
+        raise BackupError(
+            f"{action} {', '.join(schemas)} needs an admin that bypasses row-level security, "
+            f"and {user} does not: {what}. A superuser can run ALTER ROLE {user} BYPASSRLS "
+            "(Supabase's postgres has it), or use such a role for backups. Nothing was done.")
+
+
+class BackupManager:
+    """Creates, verifies, restores and prunes backups in the backup directory
+    (``EDULINK_DB_BACKUP_DIR``, default ``<edulink-db home>/backups``)."""
+
+    def __init__(self, settings: Settings | None = None, progress: Progress = _quiet) -> None:
+        self._settings = settings
+        self.progress = progress
+        # Tables of contents by backup id. A listing cannot go stale: backups never
+        # change, and check_files (checksums) runs before every use of one.
+        self._listings: dict[str, list[str]] = {}
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def store(self) -> BackupStore:
+        """The backup folder, with the signing key (generated on first use)."""
+        root = self.settings.edulink_db_backup_dir or (self.settings.home / "backups")
+        return BackupStore(Path(root).expanduser().resolve(),
+                           key=backup_key(self.settings, create=True))
+
+    # -- creating ---------------------------------------------------------------
+    def create_full_backup(self, compress: bool = True, *, fmt: str = "custom",
+                           jobs: int = 1) -> BackupInfo:
+        """Every schema of the database."""
+        return self._backup("full", None, compress=compress, fmt=fmt, jobs=jobs)
+
+    def create_schema_backup(self, schemas: list[str], compress: bool = True, *,
+                             fmt: str = "custom", jobs: int = 1) -> BackupInfo:
+        """The named schemas (e.g. ``['user_schema', 'auth_schema']``)."""
+        if not schemas:
+            raise ConfigError("Name at least one schema to back up.")
+        for schema in schemas:
+            validate_identifier(schema, "schema to back up")
+        return self._backup("schema", list(dict.fromkeys(schemas)), compress=compress,
+                            fmt=fmt, jobs=jobs)
+
+    def _backup(self, kind: str, schemas: list[str] | None, *, compress: bool, fmt: str,
+                jobs: int, admin: dict[str, Any] | None = None) -> BackupInfo:
+        if fmt not in ("custom", "directory"):
+            raise ConfigError(f"Unknown backup format {fmt!r}; use 'custom' or 'directory'.")
+        if jobs < 1 or (jobs > 1 and fmt != "directory"):
+            raise ConfigError("Parallel jobs (--jobs > 1) need the directory format "
+                              "(--format directory): only it dumps in parallel.")
+        admin = admin or admin_conninfo(self.settings)
+        store = self.store
+        backup_id = store.new_id(kind)
+        work = store.start(backup_id)
+        started, t0 = now_utc(), time.perf_counter()
+        try:
+            manifest = self._dump(admin, backup_id, kind, schemas, work, compress=compress,
+                                  fmt=fmt, jobs=jobs)
+            manifest.started_at = started.isoformat()
+            manifest.finished_at = now_utc().isoformat()
+            manifest.duration_s = round(time.perf_counter() - t0, 3)
+            store.complete(work, manifest)
+        except BaseException as exc:
+            store.abandon(work, kind, str(exc))
+            raise
+        self.progress(f"backup {backup_id}: {manifest.size / 1e6:.1f} MB, "
+                      f"{sum(manifest.row_counts.values())} rows, {manifest.duration_s:.1f}s")
+        mode = self.settings.edulink_db_backup_verify
+        if mode != "none":
+            self.verify(backup_id, deep=mode == "deep")
+        return BackupInfo.from_manifest(manifest, store)
+
+    def _dump(self, admin: dict[str, Any], backup_id: str, kind: str,
+              schemas: list[str] | None, work: Path, *, compress: bool, fmt: str,
+              jobs: int) -> Manifest:
+        with connect(admin, purpose="back up", autocommit=False) as snap:
+            snap.isolation_level = IsolationLevel.REPEATABLE_READ
+            snap.read_only = True
+            snapshot = snap.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+            present = [r[0] for r in snap.execute(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s)"
+                " AND nspname NOT LIKE 'pg\\_%%' ORDER BY 1", [list(SYSTEM_SCHEMAS)]).fetchall()]
+            if schemas is None:
+                schemas = present
+            missing = [s for s in schemas if s not in present]
+            if missing:
+                raise ConfigError(f"No schema {', '.join(missing)} in database "
+                                  f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
+            _require_rls_bypass(snap, schemas, "Backing up")
+            server_major = snap.info.server_version // 10000
+            pg_dump = find_tool("pg_dump", server_major)
+            target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
+            args = [str(pg_dump), f"--snapshot={snapshot}", "--no-password",
+                    f"--format={fmt}", f"--file={target}",
+                    f"--compress={6 if compress else 0}"]
+            if jobs > 1:
+                args.append(f"--jobs={jobs}")
+            if kind != "full":
+                args += [f"--schema={s}" for s in schemas]
+            self.progress(f"dumping {len(schemas)} schema(s) with {pg_dump.name} "
+                          f"{tool_version(pg_dump)} ({fmt})")
+            with tempfile.TemporaryFile("w+") as errors:
+                proc = subprocess.Popen(args, env=libpq_env(admin), stdout=subprocess.DEVNULL,
+                                        stderr=errors, stdin=subprocess.DEVNULL)
+                try:
+                    # Meanwhile, count rows in the very snapshot pg_dump reads.
+                    row_counts = self._count_rows(snap, schemas)
+                finally:
+                    code = proc.wait()
+                if code != 0:
+                    errors.seek(0)
+                    raise BackupError(f"pg_dump failed (exit {code}): {errors.read().strip()}")
+            # Reported by the server at connect: no query needed.
+            server_version = snap.info.parameter_status("server_version") or ""
+            snap.rollback()
+        (work / "preamble.sql").write_text(render_postgresql_script(self.settings.topology()))
+        self.progress("checksumming files")
+        return Manifest(
+            backup_id=backup_id, kind=kind, schemas=schemas,
+            database=str(admin.get("dbname", "")), format=fmt,
+            compression="gzip:6" if compress else "none", server_version=server_version,
+            tool_version=str(tool_version(pg_dump)), started_at="", finished_at="",
+            duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot)
+
+    @staticmethod
+    def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
+        tables = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)"
+            " AND NOT c.relispartition ORDER BY 1, 2", [schemas]).fetchall()
+        if not tables:
+            return {}
+        union = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, count(*) FROM {}").format(sql.Identifier(s, t))
+            for s, t in tables)
+        rows = conn.execute(union, [f"{s}.{t}" for s, t in tables]).fetchall()
+        return {name: int(n) for name, n in rows}
+
+    # -- verifying ------------------------------------------------------------------
+    def _listing(self, manifest: Manifest) -> list[str]:
+        """The archive's table of contents (``pg_restore --list``), read once per backup
+        and manager: reading it proves the archive is readable, and restores, RLS checks
+        and subset selection all work from it."""
+        cached = self._listings.get(manifest.backup_id)
+        if cached is not None:
+            return cached
+        directory = self.store.path(manifest.backup_id)
+        pg_restore = find_tool("pg_restore", int(manifest.tool_version))
+        result = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
+                                capture_output=True, text=True, check=False, timeout=600)
+        if result.returncode != 0:
+            raise BackupError(f"pg_restore cannot read {manifest.backup_id}: "
+                              f"{result.stderr.strip()}")
+        listing = self._listings[manifest.backup_id] = result.stdout.splitlines()
+        return listing
+
+    def _archive_tables(self, manifest: Manifest) -> set[str]:
+        """The tables whose data the archive holds."""
+        tables = set()
+        for line in self._listing(manifest):
+            if " TABLE DATA " in line:
+                parts = line.split(" TABLE DATA ", 1)[1].split()
+                if len(parts) >= 2:
+                    tables.add(f"{parts[0]}.{parts[1]}")
+        return tables
+
+    def verify(self, backup_id: str, deep: bool = False) -> dict[str, Any]:
+        """Check files (size, SHA-256) and the archive listing; with *deep*, restore into
+        a scratch database and compare every table's row count with the manifest."""
+        store = self.store
+        manifest = store.load(backup_id)
+        try:
+            self.progress(f"verifying {backup_id}: checksums")
+            store.check_files(manifest)
+            listed = self._archive_tables(manifest)
+            missing = sorted(set(manifest.row_counts) - listed)
+            if missing:
+                raise BackupError(f"{backup_id}: the archive lacks data for "
+                                  f"{', '.join(missing)}.")
+            mismatches: list[str] = []
+            if deep:
+                mismatches = self._deep_verify(manifest)
+            ok = not mismatches
+        except BackupError:
+            store.record_verification(manifest, deep=deep, ok=False)
+            raise
+        store.record_verification(manifest, deep=deep, ok=ok)
+        if not ok:
+            raise BackupError(f"{backup_id}: restored row counts differ from the manifest: "
+                              + "; ".join(mismatches))
+        return {"backup_id": backup_id, "ok": True, "deep": deep,
+                "tables": len(manifest.row_counts)}
+
+    def _deep_verify(self, manifest: Manifest) -> list[str]:
+        admin = admin_conninfo(self.settings)
+        scratch = f"edulink_verify_{secrets.token_hex(4)}"
+        self.progress(f"verifying {manifest.backup_id}: restoring into scratch database "
+                      f"{scratch}")
+        with connect(admin, purpose="create a scratch database") as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+        target = {**admin, "dbname": scratch}
+        try:
+            self._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
+            with connect(target, purpose="count restored rows") as conn:
+                counts = self._count_rows(conn, manifest.schemas)
+            return [f"{t}: manifest {n}, restored {counts.get(t)}"
+                    for t, n in sorted(manifest.row_counts.items()) if counts.get(t) != n]
+        finally:
+            with connect(admin, purpose="drop the scratch database") as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(scratch)))
+
+    # -- restoring -----------------------------------------------------------------
+    def restore(self, backup_id: str, *, schemas: list[str] | None = None,
+                target_db: str | None = None, safety_backup: bool = True) -> RestoreReport:
+        """Replace *schemas* (default: all in the backup) with the backup's contents,
+        atomically. Raises BackupError/BackupCorruptError/BackupNotFoundError."""
+        started = time.perf_counter()
+        store = self.store
+        manifest = store.load(backup_id)
+        chosen = schemas or manifest.schemas
+        absent = [s for s in chosen if s not in manifest.schemas]
+        if absent:
+            raise ConfigError(f"Backup {backup_id} does not contain {', '.join(absent)} "
+                              f"(it has {', '.join(manifest.schemas)}).")
+        self.progress(f"checking {backup_id} before touching anything")
+        store.check_files(manifest)
+        self._archive_tables(manifest)
+        if self._archive_has_rls(manifest, chosen):
+            with connect(target_params(target_db, self.settings), purpose="restore") as conn:
+                _require_rls_bypass(conn, chosen, "Restoring", archive_has_rls=True)
+        target = target_params(target_db, self.settings)
+        with connect(target, purpose="restore") as conn:
+            existing = {r[0] for r in conn.execute(
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
+                [chosen]).fetchall()}
+            provisioned = conn.execute(
+                "SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)",
+                [self.settings.topology().owner_roles]).fetchone()
+        safety: str | None = None
+        replace = [s for s in chosen if s in existing]
+        if safety_backup and replace:
+            self.progress(f"saving {', '.join(replace)} before replacing them")
+            safety = self._backup("prerestore", replace, compress=True, fmt="custom",
+                                  jobs=1, admin=target).backup_id
+        fresh = not provisioned or not provisioned[0] or not existing
+        self._restore_into(manifest, target, chosen, fresh=fresh, replace=replace,
+                           safety=safety)
+        return RestoreReport(backup_id=backup_id, schemas=chosen, target=mask_dsn(target),
+                             safety_backup=safety, preamble_applied=fresh,
+                             duration_s=round(time.perf_counter() - started, 3))
+
+    def _restore_into(self, manifest: Manifest, target: dict[str, Any], schemas: list[str],
+                      *, fresh: bool, replace: list[str] | None = None,
+                      scratch: bool = False, safety: str | None = None) -> None:
+        """Restore *schemas* of *manifest* into *target* in one transaction that commits
+        only after pg_restore exited 0 and every table holds the manifest's row count
+        (see restore.py). *fresh*: apply the preamble first, in the same transaction.
+        *scratch*: a throwaway database; cluster-wide role settings are left alone."""
+        directory = self.store.path(manifest.backup_id)
+        major = int(manifest.tool_version)
+        opening = b""
+        if fresh:
+            self.progress("applying the backup's preamble (roles, schemas, grants)")
+            opening += preamble_sql(directory / "preamble.sql", keep_role_settings=not scratch)
+        drop = [s for s in (replace if replace is not None else schemas) if s != "public"]
+        # The restore replaces whole schemas: objects created after the backup go too;
+        # and pg_restore recreates the schemas the preamble created already if fresh.
+        for schema in dict.fromkeys(drop + ([s for s in schemas if s != "public"]
+                                            if fresh else [])):
+            opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
+                sql.Identifier(schema)).as_string(None).encode()
+        pg_restore = find_tool("pg_restore", major)
+        restore_args = [str(pg_restore), "--file=-", "--clean", "--if-exists",
+                        "--single-transaction"]
+        toc: Path | None = None
+        if set(schemas) != set(manifest.schemas):
+            toc = self._toc_for(manifest, schemas)
+            restore_args.append(f"--use-list={toc}")
+        restore_args.append(str(directory / manifest.archive))
+        self.progress(f"restoring {', '.join(schemas)} in one transaction")
+        with connect(target, purpose="restore") as conn:
+            target_major = conn.info.server_version // 10000
+        # pg_restore 18 writing a script cannot know the server, and emits settings
+        # (e.g. transaction_timeout, PostgreSQL 17+) that older servers reject.
+        unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
+        psql_args = [str(find_tool("psql", major)), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                     "-f", "-"]
+        try:
+            run_restore(restore_args, psql_args, _psql_env(target), opening=opening,
+                        check=count_check_sql(manifest.row_counts, schemas),
+                        drop_settings=unknown)
+        except RestoreOutcomeUnknownError:
+            raise
+        except BackupError as exc:
+            undo = (f" The schemas as they were before are also saved in backup {safety}."
+                    if safety else "")
+            raise BackupError(
+                f"Restore of {manifest.backup_id} failed and was rolled back; the database "
+                f"is unchanged. {str(exc).rstrip('.')}.{undo}") from None
+        finally:
+            if toc is not None:
+                toc.unlink(missing_ok=True)
+
+    def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
+        return any(" ROW SECURITY " in line and _toc_schema(line) in schemas
+                   for line in self._listing(manifest))
+
+    def _toc_for(self, manifest: Manifest, schemas: list[str]) -> Path:
+        """A pg_restore list file with only *schemas*' entries.
+
+        ``pg_restore --schema`` would restore the objects but not the schema itself or
+        its ACL, so a subset is selected from the archive's table of contents instead.
+        """
+        kept = [line for line in self._listing(manifest) if _toc_schema(line) in schemas]
+        with tempfile.NamedTemporaryFile("w", suffix=".toc", delete=False) as fh:
+            fh.write("\n".join(kept) + "\n")
+        return Path(fh.name)
+
+    def sign(self, backup_id: str) -> Manifest:
+        """Sign a backup the operator vouches for (one taken before backups were signed,
+        or under another key). Its directory and files must still be real and ours, and
+        match the checksums its manifest records."""
+        store = self.store
+        manifest = store.load(backup_id, signed=False)
+        store.check_files(manifest)
+        self._archive_tables(manifest)
+        store.save(manifest)
+        return manifest
+
+    # -- retention and status ---------------------------------------------------------
+    def prune(self, *, dry_run: bool = False) -> list[str]:
+        """Delete backups beyond EDULINK_DB_BACKUP_KEEP_LAST (per kind) that are also
+        older than EDULINK_DB_BACKUP_KEEP_DAYS; never the newest verified backup."""
+        store = self.store
+        backups = store.backups()
+        keep_last = self.settings.edulink_db_backup_keep_last
+        cutoff = now_utc() - timedelta(days=self.settings.edulink_db_backup_keep_days)
+        verified = [m for m in backups if m.verified.get("ok")]
+        protected = {verified[-1].backup_id} if verified else set()
+        by_kind: dict[str, list[Manifest]] = {}
+        for m in backups:
+            by_kind.setdefault(m.kind, []).append(m)
+        doomed = []
+        for items in by_kind.values():
+            for m in items[:-keep_last]:
+                if m.finished < cutoff and m.backup_id not in protected:
+                    doomed.append(m.backup_id)
+        if not dry_run:
+            for backup_id in doomed:
+                store.delete(backup_id)
+                self._listings.pop(backup_id, None)
+            store.clean_partials()
+        return doomed
+
+    def status(self) -> dict[str, Any]:
+        store = self.store
+        backups = store.backups()
+        last: dict[str, dict[str, Any]] = {}
+        for m in backups:
+            last[m.kind] = {"backup_id": m.backup_id, "finished_at": m.finished_at,
+                            "size": m.size}
+        verified = [m for m in backups if m.verified.get("ok")]
+        newest = verified[-1] if verified else None
+        age = (now_utc() - newest.finished).total_seconds() if newest else None
+        max_age = self.settings.edulink_db_backup_max_age_hours * 3600
+        warnings = []
+        if not backups:
+            warnings.append("no backups yet: take the first with 'edulink-db backup auto' "
+                            "(and run it from cron: see docs/backups.md)")
+        elif newest is None:
+            warnings.append(f"no verified backup: run 'edulink-db backups verify "
+                            f"{backups[-1].backup_id}' (backups taken by 'edulink-db backup "
+                            "auto' are verified as they are taken)")
+        elif age is not None and age > max_age:
+            warnings.append(f"the newest verified backup ({newest.backup_id}) is "
+                            f"{age / 3600:.1f} h old (limit "
+                            f"{self.settings.edulink_db_backup_max_age_hours:g} h)")
+        return {
+            "directory": str(store.root),
+            "total_backups": len(backups),
+            "total_size_bytes": sum(m.size for m in backups),
+            "last_successful": last,
+            "failures": store.failures()[-10:],
+            "incomplete": [p.name for p in store.partials()],
+            "newest_verified": newest.backup_id if newest else None,
+            "newest_verified_age_seconds": round(age) if age is not None else None,
+            "warnings": warnings,
+        }
+
+    def list_backups(self) -> list[dict[str, Any]]:
+        return [{"backup_id": m.backup_id, "kind": m.kind, "schemas": m.schemas,
+                 "finished_at": m.finished_at, "size": m.size, "format": m.format,
+                 "rows": sum(m.row_counts.values()), "verified": m.verified}
+                for m in self.store.backups()]
+
+
+backup_manager = BackupManager()
+
+
+def create_full_backup(compress: bool = True) -> BackupInfo:
+    return backup_manager.create_full_backup(compress=compress)
+
+
+def create_schema_backup(schemas: list[str], compress: bool = True) -> BackupInfo:
+    return backup_manager.create_schema_backup(schemas, compress=compress)
+
+
+def restore_backup(backup_id: str, schemas: list[str] | None = None,
+                   target_db: str | None = None) -> bool:
+    """True when the restore succeeded; False otherwise, with the reason logged.
+    (BackupManager.restore raises instead.)"""
+    try:
+        backup_manager.restore(backup_id, schemas=schemas, target_db=target_db)
+        return True
+    except (BackupError, ConfigError) as exc:
+        log.error("restore of %s failed: %s", backup_id, exc)
+        return False
+
+
+def get_backup_status() -> dict[str, Any]:
+    return backup_manager.status()
+
+
+__all__ = [
+    "BackupInfo",
+    "BackupManager",
+    "BackupNotFoundError",
+    "FileEntry",
+    "backup_manager",
+    "create_full_backup",
+    "create_schema_backup",
+    "get_backup_status",
+    "restore_backup",
+]

@@ -1,0 +1,294 @@
+"""A backup policy that runs itself: what is due, ``backup auto``, and freshness.
+
+    EDULINK_DB_BACKUP_FULL_EVERY=24h       a full backup (every schema) this often
+    EDULINK_DB_BACKUP_SCHEMA_EVERY=1h      each topology schema backed up this often
+    EDULINK_DB_<SERVICE>_BACKUP_SCHEMA_EVERY=15m   one service's schema, more or less often
+
+Only *verified*, signed backups count. A full backup covers every schema, so when
+one is due nothing else is taken; otherwise the schemas that are due go into one
+schema backup (one snapshot). ``backup auto`` verifies what it takes, so ``restore``
+and ``backups drill`` accept it as is, then prunes by retention.
+
+It is meant to run from cron every minute: a run takes only what is due, and a
+file lock in the backup folder makes a run that overlaps another do nothing.
+
+Freshness: a schema is overdue when its newest verified backup is older than twice
+its interval. PostgreSQL does not record when a schema was created; a schema's age is
+taken from its first migration (``edulink_schema_history``) and from when edulink-db
+first saw it (``.policy-state.json`` in the backup folder): a schema younger than two
+intervals is not overdue without a backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings, admin_conninfo
+from ..connections.direct import connect
+from ..core.errors import ConfigError
+from ..core.secrets_store import ensure_private_dir
+from .store import BackupStore, Manifest, backup_key, now_utc
+
+STATE_FILE = ".policy-state.json"
+LOCK_FILE = ".auto.lock"
+POLICY_KINDS = ("full", "schema")  # prerestore backups hold replaced data: not current
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "": 3600}
+_INTERVAL = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*")
+
+
+def parse_interval(text: str, name: str) -> float | None:
+    """Seconds of an interval like ``24h``, ``90m``, ``30s``, ``2d`` (a bare number is
+    hours); None for ``off``. Raises ConfigError naming *name*."""
+    if text.strip().lower() == "off":
+        return None
+    match = _INTERVAL.fullmatch(text)
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or ""] if match else 0.0
+    if seconds < 60:
+        raise ConfigError(f"{name}={text!r} is not a backup interval: use e.g. 24h, 90m, 2d "
+                          "(at least 1m), or 'off'.")
+    return seconds
+
+
+@dataclass
+class Policy:
+    full_every: float | None
+    schema_every: dict[str, float | None]  # per topology schema
+
+
+def load_policy(settings: Settings) -> Policy:
+    topology = settings.topology()
+    default = parse_interval(settings.edulink_db_backup_schema_every,
+                             "EDULINK_DB_BACKUP_SCHEMA_EVERY")
+    every: dict[str, float | None] = {}
+    for svc in topology.services:
+        override = settings.service_override(svc, "BACKUP_SCHEMA_EVERY")
+        every[svc.schema] = default if override is None else parse_interval(
+            override, f"EDULINK_DB_{svc.name.upper()}_BACKUP_SCHEMA_EVERY")
+    every[topology.shared.schema] = default
+    return Policy(full_every=parse_interval(settings.edulink_db_backup_full_every,
+                                            "EDULINK_DB_BACKUP_FULL_EVERY"),
+                  schema_every=every)
+
+
+def _started(m: Manifest) -> datetime:
+    # The start, not the end: a long backup does not push the next one later.
+    return datetime.fromisoformat(m.started_at) if m.started_at else m.finished
+
+
+def newest_verified(backups: list[Manifest], schema: str | None) -> Manifest | None:
+    """The newest verified full/schema backup (holding *schema*, if given)."""
+    found = [m for m in backups if m.kind in POLICY_KINDS and m.verified.get("ok")
+             and (schema is None or schema in m.schemas)]
+    return max(found, key=_started, default=None)
+
+
+@dataclass
+class Plan:
+    full: bool
+    schemas: list[str]
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.full and not self.schemas
+
+
+def plan(backups: list[Manifest], policy: Policy, present: list[str], now: datetime) -> Plan:
+    """What is due at *now* (injected, so tests need no clock)."""
+    if policy.full_every is not None:
+        last = max((_started(m) for m in backups
+                    if m.kind == "full" and m.verified.get("ok")), default=None)
+        if last is None or (now - last).total_seconds() >= policy.full_every:
+            why = "no verified full backup" if last is None else (
+                f"last full backup started {(now - last).total_seconds() / 3600:.1f} h ago")
+            return Plan(full=True, schemas=[], reasons=[why])
+    due, reasons = [], []
+    for schema in present:
+        every = policy.schema_every.get(schema)
+        if every is None:
+            continue
+        newest = newest_verified(backups, schema)
+        if newest is None or (now - _started(newest)).total_seconds() >= every:
+            due.append(schema)
+            reasons.append(f"{schema}: " + ("no verified backup" if newest is None else
+                                            f"newest is {newest.backup_id}"))
+    return Plan(full=False, schemas=due, reasons=reasons)
+
+
+# -- state: first sighting of schemas, last drill ---------------------------------
+@contextlib.contextmanager
+def _state_lock(root: Path) -> Iterator[None]:
+    ensure_private_dir(root)
+    fd = os.open(root / ".policy-state.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_state(root: Path) -> dict[str, Any]:
+    try:
+        fd = os.open(root / STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_state(root: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    with _state_lock(root):
+        data = read_state(root)
+        change(data)
+        tmp = root / f"{STATE_FILE}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, root / STATE_FILE)
+        return data
+
+
+def note_schemas(root: Path, present: list[str], now: datetime, *,
+                 create: bool = True) -> dict[str, str]:
+    """Record when each present schema was first seen; return every first sighting.
+    Without *create*, a backup folder that does not exist yet is left alone."""
+    def change(data: dict[str, Any]) -> None:
+        seen = data.setdefault("first_seen", {})
+        for schema in present:
+            seen.setdefault(schema, now.isoformat())
+
+    if not create and not root.is_dir():
+        return {}
+    try:
+        return dict(update_state(root, change).get("first_seen", {}))
+    except OSError:  # a read-only backup folder: sightings are not recorded
+        return dict(read_state(root).get("first_seen", {}))
+
+
+@dataclass
+class Freshness:
+    schema: str
+    interval_s: float | None
+    newest: str | None
+    age_s: float | None
+    overdue: bool
+    message: str
+
+
+def freshness(backups: list[Manifest], policy: Policy, present: list[str],
+              first_seen: dict[str, datetime], now: datetime) -> list[Freshness]:
+    """Per present schema: the newest verified backup's age, and whether it is overdue:
+    older than twice the interval, or, without a backup, the schema known for longer
+    than that (*first_seen*: the earliest evidence of the schema; none = new)."""
+    out = []
+    for schema in present:
+        every = policy.schema_every.get(schema)
+        newest = newest_verified(backups, schema)
+        age = (now - newest.finished).total_seconds() if newest else None
+        if every is None:
+            out.append(Freshness(schema, None, newest.backup_id if newest else None, age,
+                                 False, f"{schema}: backups off"))
+            continue
+        since = age if age is not None else (
+            now - first_seen.get(schema, now)).total_seconds()
+        overdue = since > 2 * every
+        if newest is None:
+            msg = (f"{schema}: no verified backup, schema first seen {since / 3600:.1f} h ago"
+                   + ("; run 'edulink-db backup auto' (from cron)" if overdue else ""))
+        else:
+            msg = f"{schema}: newest verified backup {newest.backup_id}, {since / 3600:.1f} h old"
+        out.append(Freshness(schema, every, newest.backup_id if newest else None, age,
+                             overdue, msg))
+    return out
+
+
+def store_for(settings: Settings, *, create_key: bool) -> BackupStore:
+    root = settings.edulink_db_backup_dir or (settings.home / "backups")
+    return BackupStore(Path(root).expanduser().resolve(),
+                       key=backup_key(settings, create=create_key))
+
+
+def backup_freshness(
+    settings: Settings, present: list[str],
+    first_migration: Callable[[list[str]], dict[str, datetime]] | None = None,
+    now: datetime | None = None,
+) -> list[Freshness]:
+    """Freshness of *present* schemas, for health checks and the exporter. A schema
+    without a verified backup is dated by the earlier of its first sighting by
+    edulink-db and *first_migration* (asked only for those schemas; PostgreSQL records
+    no creation time). Creates neither a signing key (no key: no trusted backups) nor
+    the backup folder."""
+    now = now or now_utc()
+    store = store_for(settings, create_key=False)
+    backups = store.backups() if store.has_key else []
+    unbacked = [s for s in present if newest_verified(backups, s) is None]
+    evidence = first_migration(unbacked) if first_migration and unbacked else {}
+    for schema, at in note_schemas(store.root, present, now, create=False).items():
+        seen = datetime.fromisoformat(at)
+        evidence[schema] = min(seen, evidence.get(schema, seen))
+    return freshness(backups, load_policy(settings), present, evidence, now)
+
+
+# -- backup auto ----------------------------------------------------------------------
+@dataclass
+class AutoReport:
+    busy: bool = False
+    plan: Plan | None = None
+    taken: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"busy": self.busy, "taken": self.taken, "pruned": self.pruned,
+                "reasons": self.plan.reasons if self.plan else []}
+
+
+def present_schemas(settings: Settings) -> list[str]:
+    schemas = settings.topology().schemas
+    with connect(admin_conninfo(settings), purpose="plan backups") as conn:
+        found = {r[0] for r in conn.execute(
+            "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
+            [schemas]).fetchall()}
+    return [s for s in schemas if s in found]
+
+
+def run_auto(manager: Any, now: datetime | None = None) -> AutoReport:
+    """Take what is due, verify it, prune. Returns at once (busy) when another run holds
+    the backup folder's lock. *manager* is a BackupManager."""
+    store: BackupStore = manager.store
+    ensure_private_dir(store.root)
+    fd = os.open(store.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return AutoReport(busy=True)
+        now = now or now_utc()
+        settings: Settings = manager.settings
+        present = present_schemas(settings)
+        note_schemas(store.root, present, now)
+        todo = plan(store.backups(), load_policy(settings), present, now)
+        report = AutoReport(plan=todo)
+        if todo.full:
+            info = manager.create_full_backup()
+        elif todo.schemas:
+            info = manager.create_schema_backup(todo.schemas)
+        else:
+            info = None
+        if info is not None:
+            report.taken.append(info.backup_id)
+            if not store.load(info.backup_id).verified.get("ok"):
+                manager.verify(info.backup_id)  # so restore and drill accept it as is
+        report.pruned = manager.prune()
+        return report
+    finally:
+        os.close(fd)  # releases the lock

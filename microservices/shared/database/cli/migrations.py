@@ -1,0 +1,217 @@
+"""Migration commands: ``migrate`` and the ``migrations`` group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..core.errors import (
+    EdulinkDBError,
+    MigrationFileError,
+    MigrationLintError,
+    MigrationValidationError,
+)
+from ..migrations.manager import MigrationManager
+from .app import (
+    EXIT_DIFFERS,
+    EXIT_OK,
+    JsonOption,
+    TopologyOption,
+    _fail,
+    _print_json,
+    _progress,
+    _settings,
+    app,
+    err,
+    out,
+)
+
+ServicesArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Services to act on (default: all in the topology).",
+                   show_default=False),
+]
+DirOption = Annotated[
+    Path | None,
+    typer.Option("--dir", "-d", envvar="EDULINK_DB_MIGRATIONS",
+                 help="Migrations root, one folder per service (default: ./migrations "
+                      "made by 'edulink-db init', else the reference Edulink schema shipped "
+                      "with edulink-db).", show_default=False),
+]
+
+
+def _manager(topology: Path | None, directory: Path | None, quiet: bool) -> MigrationManager:
+    return MigrationManager(_settings(topology), directory,
+                            progress=(lambda _m: None) if quiet else _progress())
+
+
+@app.command()
+def migrate(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run.")] = False,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Also refuse on lint warnings (lock hazards), not only on "
+                         "contract breaks.")] = False,
+) -> None:
+    """Apply pending migrations, service by service, each file in its own transaction.
+
+    Safe to run from many processes at once: a per-schema lock makes every file apply
+    exactly once. Validates first: an edited or missing applied file stops the run (exit 1),
+    and so does a pending file that breaks another service's reads (see 'migrations lint').
+    """
+    try:
+        results = _manager(topology, directory, json_out).run_all_migrations(
+            services=services or None, dry_run=dry_run, strict=strict)
+    except MigrationLintError as exc:  # findings contain [brackets]: escape, not markup
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
+                  soft_wrap=True)
+        raise typer.Exit(EXIT_DIFFERS) from None
+    except EdulinkDBError as exc:
+        _fail(exc)
+    if json_out:
+        _print_json(results)
+        return
+    for name, r in results.items():
+        if dry_run:
+            out.print(f"{name}: {len(r['pending'])} pending"
+                      + (": " + ", ".join(r["pending"]) if r["pending"] else ""), highlight=False)
+        else:
+            done = r["applied"] + r["resumed"]
+            out.print(f"{name}: {len(done)} applied"
+                      + (f", {len(r['skipped'])} already applied by another process"
+                         if r["skipped"] else "")
+                      + (": " + ", ".join(done) if done else ""), highlight=False)
+
+
+migrations_app = typer.Typer(
+    help="Inspect and maintain migration history (status, validate, repair, baseline).",
+    no_args_is_help=True)
+app.add_typer(migrations_app, name="migrations")
+
+
+@migrations_app.command("status")
+def migrations_status(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Applied and pending migrations per service (exit 1 if history and files disagree)."""
+    try:
+        statuses = _manager(topology, directory, True).statuses(services or None)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    data = [st.as_dict() for st in statuses]
+    if json_out:
+        _print_json(data)
+    else:
+        table = Table(title="Migrations", title_justify="left")
+        for col in ("service", "schema", "applied", "last", "pending", "problems"):
+            table.add_column(col)
+        for st, d in zip(statuses, data, strict=True):
+            table.add_row(d["service"], d["schema"], str(d["applied_count"]),
+                          d["last_applied_version"] or "-",
+                          ", ".join(d["pending_migrations"]) or "-",
+                          "[red]" + "; ".join(st.problems) + "[/red]" if st.problems else "ok")
+        out.print(table)
+    raise typer.Exit(EXIT_OK if all(d["ok"] for d in data) else EXIT_DIFFERS)
+
+
+@migrations_app.command("validate")
+def migrations_validate(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+) -> None:
+    """Check that every applied migration file is unchanged and present (exit 1 if not)."""
+    try:
+        statuses = _manager(topology, directory, True).validate(services or None)
+    except MigrationValidationError as exc:
+        err.print(f"[red]validate failed:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(EXIT_DIFFERS) from None
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print(f"validate: OK ({len(statuses)} services)")
+
+
+@migrations_app.command("lint")
+def migrations_lint(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+    json_out: JsonOption = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Exit 1 on warnings too.")] = False,
+) -> None:
+    """Check every migration file without a database: contract breaks (errors: a column
+    or table another service reads is dropped, renamed, retyped or moved) and lock
+    hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict."""
+    from ..migrations.files import load_directory
+    from ..migrations.lint import lint
+
+    try:
+        settings = _settings(topology)
+        topo = settings.topology()
+        manager = MigrationManager(settings, directory)
+        if not manager.root.is_dir():
+            raise MigrationFileError(f"Migrations directory {manager.root} does not exist.")
+        chosen = [topo.service(s) for s in services] if services else list(topo.services)
+        items = [(svc, f) for svc in chosen if manager._dir_for(svc, None).is_dir()
+                 for f in load_directory(manager._dir_for(svc, None))]
+        findings = lint(topo, items)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    errors = sum(f.severity == "error" for f in findings)
+    if json_out:
+        _print_json([f.as_dict() for f in findings])
+    else:
+        for f in findings:
+            colour = "red" if f.severity == "error" else "yellow"
+            out.print(f"{escape(f.file)}:{f.line}: [{colour}]{f.severity}[/{colour}] "
+                      f"[bold]{escape(f.rule)}[/bold] {escape(f.message)}", highlight=False,
+                      soft_wrap=True)
+        out.print(f"lint: {len(items)} file(s), {errors} error(s), "
+                  f"{len(findings) - errors} warning(s)", highlight=False)
+    raise typer.Exit(EXIT_DIFFERS if errors or (strict and findings) else EXIT_OK)
+
+
+@migrations_app.command("repair")
+def migrations_repair(
+    services: ServicesArgument = None,
+    directory: DirOption = None,
+    topology: TopologyOption = None,
+) -> None:
+    """Accept the files as they are now: re-record checksums of edited files, mark
+    applied files that were deleted, and remove failed entries. Deliberate; prints each change.
+    """
+    try:
+        results = _manager(topology, directory, False).repair(services or None)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    changes = [f"{svc}: {c}" for svc, items in results.items() for c in items]
+    for line in changes:
+        out.print(line, highlight=False)
+    out.print(f"repair: {len(changes)} change(s)")
+
+
+@migrations_app.command("baseline")
+def migrations_baseline(
+    service: Annotated[str, typer.Argument(help="The service whose schema already exists.")],
+    version: Annotated[str, typer.Option("--version", "-v",
+                                         help="Files up to this version count as applied.")],
+    topology: TopologyOption = None,
+) -> None:
+    """Start history for a schema created before edulink-db: files up to VERSION are
+    treated as applied without running them."""
+    try:
+        _manager(topology, None, False).baseline(service, version)
+    except EdulinkDBError as exc:
+        _fail(exc)
+    out.print(f"{service}: baselined at version {version}")

@@ -1,0 +1,355 @@
+"""The database's view of every service, read per role (= per service).
+
+On Supabase the pooler overwrites ``application_name``, so work is attributed to
+services by role: each service has its own. :func:`collect` reads, in a fixed
+number of queries, whatever the number of services:
+
+* connections per role and state, idle-in-transaction age, long-running and
+  blocked queries (``pg_stat_activity``);
+* statement statistics per role from ``pg_stat_statements`` when it is installed
+  (provisioning installs it where it can); otherwise that part says why it is
+  missing, and everything else still works;
+* schema sizes and dead tuples; cache hit ratio of tables and indexes; transaction-ID
+  age; connections against ``max_connections``.
+
+Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
+(the admin has it; so does ``pg_monitor``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..config import Settings
+from ..core.errors import ConfigError
+from ..topology import Service, Topology
+from .fingerprint import fingerprint
+
+OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
+_RANK = {OK: 0, DEGRADED: 1, UNHEALTHY: 2}
+XID_AGE_UNHEALTHY = 1_500_000_000
+CONNECTIONS_UNHEALTHY = 0.95
+
+
+@dataclass
+class DatabaseStats:
+    server_version: str = ""
+    max_connections: int = 0
+    connections: int = 0
+    cache_hit_ratio: float | None = None
+    cache_blocks: int = 0  # blks_hit + blks_read: the sample behind cache_hit_ratio
+    xid_age: int = 0
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    long_running: list[dict[str, Any]] = field(default_factory=list)
+    schemas: dict[str, dict[str, int]] = field(default_factory=dict)
+    statements: dict[str, dict[str, Any]] | None = None
+    statements_note: str | None = None
+    connection_limits: dict[str, int] = field(default_factory=dict)  # role -> rolconnlimit
+    queries: int = 0
+
+
+def _empty_role() -> dict[str, Any]:
+    return {"active": 0, "idle": 0, "idle_in_transaction": 0, "other": 0,
+            "idle_in_transaction_max_s": 0.0, "long_running": 0, "blocked": 0}
+
+
+def collect(conn: psycopg.Connection[Any], topology: Topology,
+            settings: Settings | None = None) -> DatabaseStats:
+    """Read the server's statistics for the topology's roles and schemas."""
+    from ..config import load_settings
+
+    settings = settings or load_settings()
+    stats = DatabaseStats()
+    roles = topology.runtime_roles
+    long_s = settings.database_long_query_seconds
+    # Never hang: a health check that waits on a lock is worse than one that fails.
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', '1s', false),"
+                 " pg_catalog.set_config('statement_timeout', '10s', false)")
+
+    def q(query: str | sql.Composed, params: list[Any]) -> list[tuple[Any, ...]]:
+        stats.queries += 1
+        return conn.execute(query, params).fetchall()
+
+    (stats.server_version, stats.max_connections, stats.connections, stats.cache_hit_ratio,
+     stats.cache_blocks, stats.xid_age, limit_roles, limits) = q(
+        "SELECT current_setting('server_version'), current_setting('max_connections')::int,"
+        " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
+        "   WHERE backend_type = 'client backend')::int,"
+        # Tables and indexes only, as PgHero measures it: pg_stat_database also counts
+        # catalog reads, and provisioning a fresh database reads ~50,000 catalog blocks
+        # at 0.988-0.990 (cold-start misses), which says nothing about the data's cache.
+        " (SELECT sum(h)::float8 / nullif(sum(h + r), 0) FROM ("
+        "   SELECT heap_blks_hit + coalesce(idx_blks_hit, 0) + coalesce(toast_blks_hit, 0) h,"
+        "     heap_blks_read + coalesce(idx_blks_read, 0) + coalesce(toast_blks_read, 0) r"
+        "   FROM pg_catalog.pg_statio_user_tables) t),"
+        " (SELECT coalesce(sum(heap_blks_hit + heap_blks_read + coalesce(idx_blks_hit, 0)"
+        "   + coalesce(idx_blks_read, 0) + coalesce(toast_blks_hit, 0)"
+        "   + coalesce(toast_blks_read, 0)), 0)::bigint"
+        "   FROM pg_catalog.pg_statio_user_tables),"
+        " (SELECT age(datfrozenxid) FROM pg_catalog.pg_database"
+        "   WHERE datname = current_database()),"
+        # Each runtime role's CONNECTION LIMIT, in the same round trip.
+        " ARRAY(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
+        "   ORDER BY 1),"
+        " ARRAY(SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
+        "   ORDER BY rolname)", [roles, roles])[0]
+    stats.connection_limits = dict(zip(limit_roles, limits, strict=True))
+
+    for role in roles:
+        stats.roles[role] = _empty_role()
+    for usename, state, n, idle_tx_max, long_running, blocked in q(
+        "SELECT usename, coalesce(state, 'unknown'), count(*)::int,"
+        " coalesce(max(extract(epoch FROM now() - state_change))"
+        "   FILTER (WHERE state LIKE 'idle in transaction%%'), 0)::float8,"
+        " (count(*) FILTER (WHERE state = 'active'"
+        "   AND now() - query_start > make_interval(secs => %s)))::int,"
+        " (count(*) FILTER (WHERE wait_event_type = 'Lock'))::int"
+        " FROM pg_catalog.pg_stat_activity"
+        " WHERE backend_type = 'client backend' AND usename = ANY(%s) GROUP BY 1, 2",
+        [long_s, roles],
+    ):
+        entry = stats.roles[usename]
+        key = ("idle_in_transaction" if state.startswith("idle in transaction")
+               else state if state in ("active", "idle") else "other")
+        entry[key] += n
+        entry["idle_in_transaction_max_s"] = max(entry["idle_in_transaction_max_s"],
+                                                 idle_tx_max)
+        entry["long_running"] += long_running
+        entry["blocked"] += blocked
+
+    for usename, seconds, query in q(
+        "SELECT usename, extract(epoch FROM now() - query_start)::float8, query"
+        " FROM pg_catalog.pg_stat_activity WHERE state = 'active'"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        " AND now() - query_start > make_interval(secs => %s)"
+        " ORDER BY 2 DESC LIMIT 10", [long_s],
+    ):
+        query_hash, _kind, text = fingerprint(query or "")
+        stats.long_running.append({"role": usename, "seconds": round(seconds, 1),
+                                   "fingerprint": query_hash, "query": text[:200]})
+
+    # Sizes from pg_class.relpages (kept current by VACUUM/ANALYZE), not
+    # pg_total_relation_size(): that takes a lock on every table and would make the
+    # health check wait behind any ACCESS EXCLUSIVE lock, e.g. a migration's.
+    for schema, size, dead, live in q(
+        "SELECT n.nspname,"
+        " (coalesce(sum(c.relpages + coalesce(t.relpages, 0)), 0)"
+        "   * current_setting('block_size')::bigint)::bigint,"
+        " coalesce(sum(s.n_dead_tup), 0)::bigint, coalesce(sum(s.n_live_tup), 0)::bigint"
+        " FROM pg_catalog.pg_namespace n"
+        " LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid"
+        "   AND c.relkind IN ('r', 'p', 'm', 'i')"
+        " LEFT JOIN pg_catalog.pg_class t ON t.oid = c.reltoastrelid"
+        " LEFT JOIN pg_catalog.pg_stat_user_tables s ON s.relid = c.oid"
+        " WHERE n.nspname = ANY(%s) GROUP BY 1", [topology.schemas],
+    ):
+        stats.schemas[schema] = {"size_bytes": int(size), "dead_tuples": int(dead),
+                                 "live_tuples": int(live)}
+
+    ext = q("SELECT extnamespace::regnamespace::text FROM pg_catalog.pg_extension"
+            " WHERE extname = 'pg_stat_statements'", [])
+    if not ext:
+        stats.statements_note = ("pg_stat_statements is not installed in this database "
+                                 "(CREATE EXTENSION pg_stat_statements needs a superuser "
+                                 "or a platform that provides it, as Supabase does)")
+        return stats
+    try:
+        with conn.transaction():
+            rows = q(sql.SQL(
+                "SELECT r.rolname, sum(s.calls)::bigint, sum(s.total_exec_time)::float8,"
+                " (count(*) FILTER (WHERE s.calls >= %s AND s.mean_exec_time >= %s))::int"
+                " FROM {}.pg_stat_statements s JOIN pg_catalog.pg_roles r ON r.oid = s.userid"
+                " WHERE r.rolname = ANY(%s)"
+                " AND s.dbid = (SELECT oid FROM pg_catalog.pg_database"
+                "   WHERE datname = current_database())"
+                " GROUP BY 1").format(sql.Identifier(ext[0][0])),
+                [settings.database_slow_statement_min_calls,
+                 settings.database_slow_statement_ms, roles])
+    except psycopg.Error as exc:
+        stats.statements_note = f"pg_stat_statements unreadable: {exc.diag.message_primary}"
+        return stats
+    stats.statements = {role: {"calls": 0, "total_time_s": 0.0, "mean_ms": 0.0,
+                               "slow_statements": 0} for role in roles}
+    for role, calls, total_ms, slow in rows:
+        stats.statements[role] = {
+            "calls": int(calls), "total_time_s": total_ms / 1000.0,
+            "mean_ms": (total_ms / calls) if calls else 0.0, "slow_statements": int(slow)}
+    return stats
+
+
+def _check(status: str, value: Any, threshold: Any, message: str,
+           service: str | None = None) -> dict[str, Any]:
+    out = {"status": status, "value": value, "threshold": threshold, "message": message}
+    if service:
+        out["service"] = service
+    return out
+
+
+def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
+                            settings: Settings, svc: Service) -> None:
+    """The service's pool against its role's CONNECTION LIMIT (-1 = none)."""
+    from ..connection_manager import pool_config
+
+    limit = stats.connection_limits.get(svc.runtime_role, -1)
+    if limit < 0:
+        return
+    try:
+        pool_max = pool_config(settings, svc, {}).max_size
+    except ConfigError:
+        return  # opening the pool reports the bad setting itself; health must not raise
+    if pool_max > limit:
+        checks[f"connection_limit:{svc.name}"] = _check(
+            DEGRADED, pool_max, limit,
+            f"{svc.name}'s pool may open {pool_max} connections, but role "
+            f"{svc.runtime_role} has CONNECTION LIMIT {limit}: connections beyond it fail "
+            "under load", svc.name)
+    role = stats.roles.get(svc.runtime_role, _empty_role())
+    in_use = sum(role[k] for k in ("active", "idle", "idle_in_transaction", "other"))
+    if in_use >= limit:
+        checks[f"connections_at_limit:{svc.name}"] = _check(
+            DEGRADED, in_use, limit,
+            f"{svc.runtime_role} holds {in_use} connections, its CONNECTION LIMIT is {limit}: "
+            "new connections of this service are refused", svc.name)
+
+
+def _cache_hit_check(stats: DatabaseStats, settings: Settings) -> dict[str, Any]:
+    """Degraded below DATABASE_CACHE_HIT_MIN, but only once the ratio rests on at least
+    DATABASE_CACHE_HIT_MIN_BLOCKS block reads: before that it is ok, "not enough data yet"
+    (a database that just started has read a few hundred blocks, mostly from disk).
+    Counted over tables, indexes and TOAST (pg_statio_user_tables), not the catalogs."""
+    hit, blocks = stats.cache_hit_ratio, stats.cache_blocks
+    minimum, need = settings.database_cache_hit_min, settings.database_cache_hit_min_blocks
+    value = None if hit is None else round(hit, 4)
+    if hit is None or blocks < need:
+        return _check(OK, value, minimum,
+                      f"not enough data yet: {blocks} block reads of the {need} needed "
+                      "(DATABASE_CACHE_HIT_MIN_BLOCKS) before the ratio is judged")
+    return _check(DEGRADED if hit < minimum else OK, value, minimum,
+                  f"share of {blocks} table and index block reads served from shared "
+                  "buffers")
+
+
+def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology,
+             suspicious: list[dict[str, str]], error: str | None = None) -> dict[str, Any]:
+    """Turn statistics into checks and an overall status."""
+    checks: dict[str, dict[str, Any]] = {}
+    if stats is None:
+        checks["connection"] = _check(UNHEALTHY, False, True, error or "database unreachable")
+        return {"overall_status": UNHEALTHY, "checks": checks, "suspicious": suspicious,
+                "services": {}}
+    checks["connection"] = _check(OK, True, True, f"PostgreSQL {stats.server_version}")
+    ratio = stats.connections / stats.max_connections if stats.max_connections else 0.0
+    warn = settings.database_connections_warn_ratio
+    checks["connections"] = _check(
+        UNHEALTHY if ratio >= CONNECTIONS_UNHEALTHY else DEGRADED if ratio >= warn else OK,
+        round(ratio, 3), warn,
+        f"{stats.connections} of max_connections {stats.max_connections}")
+    if ratio >= warn:
+        suspicious = [*suspicious, {"service": "*", "pattern": "connections_near_max",
+                                    "detail": checks["connections"]["message"]}]
+    checks["cache_hit_ratio"] = _cache_hit_check(stats, settings)
+    checks["transaction_id_age"] = _check(
+        UNHEALTHY if stats.xid_age > XID_AGE_UNHEALTHY
+        else DEGRADED if stats.xid_age > settings.database_xid_age_warn else OK,
+        stats.xid_age, settings.database_xid_age_warn,
+        "age of the oldest unfrozen transaction ID (wraparound at 2^31)")
+    services: dict[str, dict[str, Any]] = {}
+    for svc in topology.services:
+        role = stats.roles.get(svc.runtime_role, _empty_role())
+        schema = stats.schemas.get(svc.schema, {"size_bytes": 0, "dead_tuples": 0,
+                                                "live_tuples": 0})
+        statements = (stats.statements or {}).get(svc.runtime_role)
+        services[svc.name] = {"connections": role, "schema": schema, "statements": statements}
+        idle = role["idle_in_transaction_max_s"]
+        if role["idle_in_transaction"] and idle > settings.database_idle_in_transaction_seconds:
+            checks[f"idle_in_transaction:{svc.name}"] = _check(
+                DEGRADED, round(idle, 1), settings.database_idle_in_transaction_seconds,
+                f"{svc.name} holds {role['idle_in_transaction']} connection(s) idle in a "
+                f"transaction, the oldest for {idle:.0f}s", svc.name)
+            suspicious = [*suspicious, {"service": svc.name, "pattern": "idle_in_transaction",
+                                        "detail": checks[f"idle_in_transaction:{svc.name}"][
+                                            "message"]}]
+        if role["long_running"]:
+            checks[f"long_running:{svc.name}"] = _check(
+                DEGRADED, role["long_running"], settings.database_long_query_seconds,
+                f"{svc.name} has {role['long_running']} query(ies) running for over "
+                f"{settings.database_long_query_seconds:g}s", svc.name)
+        if role["blocked"]:
+            checks[f"blocked:{svc.name}"] = _check(
+                DEGRADED, role["blocked"], 0, f"{svc.name} has {role['blocked']} query(ies) "
+                "waiting for a lock", svc.name)
+        _connection_limit_checks(checks, stats, settings, svc)
+        dead, live = schema["dead_tuples"], schema["live_tuples"]
+        if dead > 1000 and dead / max(dead + live, 1) > settings.database_dead_tuple_ratio:
+            checks[f"dead_tuples:{svc.name}"] = _check(
+                DEGRADED, round(dead / (dead + live), 3), settings.database_dead_tuple_ratio,
+                f"{svc.schema} has {dead} dead tuples ({dead / (dead + live):.0%}); is "
+                "autovacuum keeping up?", svc.name)
+        if statements and statements["slow_statements"]:
+            checks[f"slow_statements:{svc.name}"] = _check(
+                DEGRADED, statements["slow_statements"], settings.database_slow_statement_ms,
+                f"{svc.name} has {statements['slow_statements']} statement(s) averaging over "
+                f"{settings.database_slow_statement_ms:g} ms across "
+                f">= {settings.database_slow_statement_min_calls} calls", svc.name)
+    checks["pg_stat_statements"] = _check(
+        OK, stats.statements is not None, True,
+        stats.statements_note or "per-role statement statistics available")
+    checks["backup_freshness"] = _backup_check(settings, stats)
+    for item in suspicious:
+        key = f"suspicious:{item['pattern']}:{item['service']}"
+        checks.setdefault(key, _check(DEGRADED, item["detail"], None, item["detail"],
+                                      None if item["service"] == "*" else item["service"]))
+    overall = max((c["status"] for c in checks.values()), key=lambda s: _RANK[s])
+    return {"overall_status": "healthy" if overall == OK else overall, "checks": checks,
+            "suspicious": suspicious, "services": services,
+            "long_running_queries": stats.long_running, "catalog_queries": stats.queries}
+
+
+def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datetime]:
+    """When each schema's migration history began: its earliest known age (PostgreSQL
+    records no creation time). Two queries on a connection of their own, made only for
+    schemas without a verified backup, so the statistics above stay a fixed set."""
+    from ..config import admin_conninfo
+    from ..connections.direct import connect
+
+    with connect(admin_conninfo(settings), purpose="date schemas for backup freshness") as c:
+        # Only histories the admin may read: a health check never fails on privileges.
+        histories = [r[0] for r in c.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.relname = 'edulink_schema_history'"
+            " AND c.relkind = 'r' AND n.nspname = ANY(%s)"
+            " AND pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')", [schemas]).fetchall()]
+        if not histories:
+            return {}
+        rows = c.execute(sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, min(installed_at) FROM {}").format(
+                sql.Identifier(schema, "edulink_schema_history")) for schema in histories),
+            histories).fetchall()
+    return {schema: first for schema, first in rows if first is not None}
+
+
+def _backup_check(settings: Settings, stats: DatabaseStats) -> dict[str, Any]:
+    """Degraded when a schema's newest verified backup is older than twice its policy
+    interval (a schema younger than that is not overdue: see schedule.py)."""
+    from ..backup.schedule import backup_freshness
+    from ..core.errors import EdulinkDBError
+
+    try:
+        fresh = backup_freshness(settings, sorted(stats.schemas),
+                                 lambda schemas: _first_migrations(settings, schemas))
+    except (EdulinkDBError, psycopg.Error) as exc:
+        return _check(DEGRADED, None, None, f"backup freshness unknown: {exc}")
+    overdue = [f for f in fresh if f.overdue]
+    ages = [f.age_s for f in fresh if f.age_s is not None]
+    oldest = round(max(ages)) if ages else None
+    if overdue:
+        return _check(DEGRADED, oldest, "2x policy interval",
+                      "backups overdue: " + "; ".join(f.message for f in overdue))
+    return _check(OK, oldest, "2x policy interval",
+                  f"{len(fresh)} schema(s) within their backup policy")

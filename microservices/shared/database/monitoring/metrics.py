@@ -1,0 +1,91 @@
+"""Prometheus metrics of edulink-db: names, labels and exposition.
+
+One prefix (``edulink_db_``), base units (seconds, bytes), ``_total`` on counters,
+a histogram for query durations (it aggregates across a service's processes), and
+only low-cardinality labels: ``service`` and ``query_type``, never query text or ids.
+
+Mount them in a service process (they live in prometheus_client's default registry):
+
+    from microservices.shared.database.monitoring.metrics import (
+        metrics_wsgi_app, start_metrics_server)
+    start_metrics_server(9187)                 # or mount metrics_wsgi_app() / metrics_asgi_app()
+
+``edulink-db metrics --port N`` serves them plus the database-side gauges of
+:mod:`.health`, read at every scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import make_asgi_app as _make_asgi_app
+from prometheus_client import make_wsgi_app as _make_wsgi_app
+from prometheus_client import start_http_server as _start_http_server
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+PREFIX = "edulink_db"
+# Loopback round trips are ~40 us; the buckets resolve from there up to slow reports.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+           10.0, 30.0)
+
+# The query-duration histogram is kept by monitoring.ServiceMonitor and exposed by its
+# collector (one lock per statement instead of prometheus_client's three).
+QUERY_DURATION_NAME = f"{PREFIX}_query_duration_seconds"
+QUERY_ERRORS = Counter(f"{PREFIX}_query_errors_total", "Statements that raised an error.",
+                       ["service", "query_type"])
+SLOW_QUERIES = Counter(f"{PREFIX}_slow_queries_total",
+                       "Statements slower than the service's slow-query threshold.", ["service"])
+PERMISSION_ERRORS = Counter(f"{PREFIX}_permission_errors_total",
+                            "Statements refused for lack of privilege (SQLSTATE 42501).",
+                            ["service"])
+
+
+__all__ = ["BUCKETS", "PREFIX", "QUERY_DURATION_NAME", "Collector", "HistogramMetricFamily",
+           "Metric", "PoolCollector", "metrics_asgi_app", "metrics_wsgi_app", "register",
+           "start_metrics_server"]
+
+
+def register(collector: Collector) -> None:
+    """Register *collector* in the default registry (where the metrics above live)."""
+    REGISTRY.register(collector)
+
+
+class PoolCollector(Collector):
+    """Pool gauges of the connection managers in this process, read at scrape time."""
+
+    def __init__(self, pools: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterable[Metric]:
+        conns = GaugeMetricFamily(f"{PREFIX}_pool_connections",
+                                  "Connections of a service's pool by state.",
+                                  labels=["service", "state"])
+        waiting = GaugeMetricFamily(f"{PREFIX}_pool_waiting_requests",
+                                    "Requests waiting for a connection.", labels=["service"])
+        for stats in self._pools():
+            svc = str(stats["service"])
+            conns.add_metric([svc, "checked_out"], float(stats["checked_out"]))
+            conns.add_metric([svc, "available"], float(stats["available"]))
+            conns.add_metric([svc, "size"], float(stats["size"]))
+            waiting.add_metric([svc], float(stats["waiting"]))
+        yield conns
+        yield waiting
+
+
+def metrics_wsgi_app(registry: CollectorRegistry = REGISTRY) -> Any:
+    """A WSGI app serving the metrics (mount it at /metrics)."""
+    return _make_wsgi_app(registry)
+
+
+def metrics_asgi_app(registry: CollectorRegistry = REGISTRY) -> Any:
+    """An ASGI app serving the metrics."""
+    return _make_asgi_app(registry)
+
+
+def start_metrics_server(port: int, addr: str = "0.0.0.0",  # noqa: S104 - a scrape target
+                         registry: CollectorRegistry = REGISTRY) -> Any:
+    """Serve the metrics on *port* from a background thread."""
+    return _start_http_server(port, addr=addr, registry=registry)

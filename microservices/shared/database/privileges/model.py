@@ -1,0 +1,99 @@
+"""The privilege model that provisioning and verify share.
+
+Provisioning writes these roles, attributes, privileges, marks and budgets into the
+catalog; verify reads the catalog and compares it with the same definitions.  Keeping
+them here (and not in provisioning) is what lets verify stay independent of the code
+that changes the database: ``privileges.verify`` must not import
+``privileges.provisioning`` (an import-linter contract in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from ..topology import Service, Topology
+
+OWN_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+OWN_SEQUENCE_PRIVILEGES = ("USAGE", "SELECT")
+RUNTIME_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+OWNER_ROLE_ATTRIBUTES = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+# NOINHERIT: the migrator holds no privilege of its own, not even through its
+# membership; it only acts by *being* the owner role (SET ROLE).  So a migration
+# that escapes the owner role (SET ROLE NONE, set_config('role', 'none', ...))
+# is left with nothing.  On PostgreSQL 16+ the attribute also makes the
+# membership grant default to INHERIT FALSE; on 15 the attribute itself is what
+# counts.  One statement, same meaning on both.
+MIGRATOR_ROLE_ATTRIBUTES = (
+    "LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+
+# Every role edulink-db creates gets this comment, in the transaction that creates
+# it; provisioning touches no existing role without it (DESIGN.md: other software
+# owns roles on the same cluster).  Why a comment and not membership in a marker role:
+# - Who can forge it.  COMMENT ON ROLE needs CREATEROLE (PostgreSQL 15) or CREATEROLE
+#   plus ADMIN OPTION on that role (16+), and a superuser to comment on a superuser.
+#   Runtime and owner roles are NOCREATEROLE, so a compromised service cannot mark
+#   anything, itself included.  Whoever can forge it could already ALTER that role
+#   directly (same privilege), so forging gains nothing.  GRANT of a marker role needs
+#   ADMIN on the marker, which every CREATEROLE role holds on 15: no stronger.
+# - What it carries.  A comment carries no privilege.  A marker role is a real role:
+#   anything granted to it flows to every managed role, it can be dropped, and it would
+#   show up as a membership that verify must then exempt.
+# - Failure mode.  Someone overwriting the comment makes the role "foreign": provisioning
+#   then refuses it (fail closed) until `--adopt` marks it again.
+MANAGED_MARKER = "edulink-db managed"
+MANAGED_COMMENT = (f"{MANAGED_MARKER}: created by edulink-db provision; "
+                   "provisioning refuses roles without this comment")
+# Adopting a role that has any of these (and that edulink-db did not create) would
+# strip powers some other software relies on: refused even with --adopt.
+UNADOPTABLE_ATTRIBUTES = ("rolsuper", "rolbypassrls", "rolreplication", "rolcreaterole",
+                          "rolcreatedb")
+
+# Connection budget of the runtime roles whose topology sets no connection_limit:
+# usable = max_connections - superuser_reserved_connections - reserved_connections
+# (16+), minus headroom for the sessions that are not runtime roles: the
+# provisioning admin (1-2), one migrator per service while a deploy runs (6 in the
+# default topology), monitoring and a psql session.  That is about 10 on any server,
+# and a share of big servers (5 %, rounded up) for more of the same.  What is left
+# after explicit limits is split evenly, at least 1 each.  With max_connections = 200
+# (the embedded server): usable 197, headroom 10, 31 per service, so the default pool
+# (10 + 20 overflow) fits; Supabase's smallest plan (60) gives 7 per service.
+HEADROOM_MIN = 10
+HEADROOM_PERCENT = 5
+
+
+def managed_mark_sql(oid_expr: str) -> sql.Composed:
+    """SQL that is true when the role with OID *oid_expr* carries the edulink-db mark."""
+    # oid_expr is a constant column reference, never config.
+    return sql.SQL("coalesce(pg_catalog.starts_with(pg_catalog.shobj_description({}, "
+                   "'pg_authid'), {}), false)").format(sql.SQL(oid_expr),
+                                                       sql.Literal(MANAGED_MARKER))
+
+
+def connection_budget_query(topology: Topology) -> sql.Composed:
+    """The server's connection budget for *topology*, as one row: max_connections,
+    superuser_reserved_connections, reserved_connections, usable, headroom, derived.
+
+    Run on the server being provisioned (and by verify), so the script,
+    ``provision`` and ``verify`` share one formula.  ``derived`` is the limit of
+    each runtime role without an explicit ``connection_limit``.
+    """
+    explicit = sum(s.connection_limit or 0 for s in topology.services)
+    derived = sum(1 for s in topology.services if s.connection_limit is None)
+    return sql.SQL(
+        "SELECT mc, sr, rc, usable, headroom,"
+        " GREATEST(1, (usable - headroom - {explicit}) / {derived})"
+        " FROM (SELECT mc, sr, rc, usable,"
+        " GREATEST({hmin}, (usable * {hpct} + 99) / 100) AS headroom"
+        " FROM (SELECT mc, sr, rc, mc - sr - rc AS usable"
+        " FROM (SELECT pg_catalog.current_setting('max_connections')::int AS mc,"
+        " pg_catalog.current_setting('superuser_reserved_connections')::int AS sr,"
+        # reserved_connections exists from PostgreSQL 16 on.
+        " coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0) AS rc"
+        ") AS x) AS u) AS b"
+    ).format(explicit=sql.Literal(explicit), derived=sql.Literal(max(derived, 1)),
+             hmin=sql.Literal(HEADROOM_MIN), hpct=sql.Literal(HEADROOM_PERCENT))
+
+
+def search_path_for(service: Service, topology: Topology) -> list[str]:
+    """The role-level search_path of *service*'s runtime role."""
+    return [service.schema, topology.shared.schema]

@@ -1,0 +1,722 @@
+"""Verification: what PostgreSQL really grants, compared with the topology.
+
+:func:`.catalog.read_catalog` reads the catalog (effective privileges, attributes,
+memberships, settings, ownership, PUBLIC's grants, default privileges) in a fixed number
+of queries.  :func:`compare` turns that state into problems (each naming role, schema,
+object and privilege) and a role x schema matrix.  Anything not declared by the topology
+is a problem, including a privilege granted by hand.  The expected side comes from
+:mod:`.model` and the topology, never from :mod:`.provisioning`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..connections.direct import connect
+from ..migrations.history import HISTORY_TABLE
+from ..topology import ROLE_SETTINGS, Topology
+from .catalog import (
+    ATTRIBUTE_KEYWORDS,
+    DANGEROUS_ATTRIBUTES,
+    KIND_NAMES,
+    TABLE_KINDS,
+    CatalogState,
+    Relation,
+    RoleState,
+    read_catalog,
+)
+from .model import (
+    OWN_SEQUENCE_PRIVILEGES,
+    OWN_TABLE_PRIVILEGES,
+    search_path_for,
+)
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a runtime role should have on one schema."""
+
+    label: str
+    usage: bool
+    table: frozenset[str]
+    sequence: frozenset[str]
+
+
+NO_ACCESS = Access("-", False, frozenset(), frozenset())
+
+
+def expected_access(topology: Topology) -> dict[tuple[str, str], Access]:
+    """(runtime role, schema) -> the access the topology declares."""
+    out: dict[tuple[str, str], Access] = {}
+    for svc in topology.services:
+        # A readable service that exposes nothing gives its readers nothing, not even
+        # USAGE; the others give USAGE plus column grants (see _column_problems).
+        readable = {s.schema for s in topology.readable_services(svc) if s.exposes}
+        for schema in topology.schemas:
+            if schema == svc.schema:
+                acc = Access("rw", True, frozenset(OWN_TABLE_PRIVILEGES),
+                             frozenset(OWN_SEQUENCE_PRIVILEGES))
+            elif schema in readable:
+                acc = Access("cols", True, frozenset(), frozenset())
+            elif schema == topology.shared.schema:
+                acc = Access("audit", True, frozenset(), frozenset())
+            else:
+                acc = NO_ACCESS
+            out[(svc.runtime_role, schema)] = acc
+    return out
+
+
+def expected_relation_privileges(topology: Topology, rel: Relation, role: str) -> frozenset[str]:
+    if rel.name == HISTORY_TABLE:
+        return frozenset()  # migration history: the owner role's business only
+    access = expected_access(topology).get((role, rel.schema), NO_ACCESS)
+    if rel.schema == topology.shared.schema:
+        is_audit = rel.name == topology.shared.audit_table and rel.kind in TABLE_KINDS
+        return frozenset({"INSERT"}) if is_audit else frozenset()
+    return access.sequence if rel.kind == "S" else access.table
+
+
+def expected_default_privileges(topology: Topology) -> set[tuple[str, str, str, str, str]]:
+    out: set[tuple[str, str, str, str, str]] = set()
+    for svc in topology.services:
+        for priv in OWN_TABLE_PRIVILEGES:
+            out.add((svc.owner_role, svc.schema, "r", svc.runtime_role, priv))
+        for priv in OWN_SEQUENCE_PRIVILEGES:
+            out.add((svc.owner_role, svc.schema, "S", svc.runtime_role, priv))
+        out.add((svc.owner_role, svc.schema, "f", svc.runtime_role, "EXECUTE"))
+    return out
+
+
+# -- comparison -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One difference between the database and the topology.
+
+    ``repair`` is the statement that removes the difference, where one exists
+    that an admin can run; ``edulink-db provision`` applies it.  Differences
+    that provisioning's own GRANTs fix (a missing privilege) carry none.
+    """
+
+    role: str
+    schema: str
+    object: str
+    privilege: str
+    message: str
+    repair: sql.Composed | None = field(default=None, compare=False)
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"role": self.role, "schema": self.schema, "object": self.object,
+                "privilege": self.privilege, "message": self.message,
+                "repair": self.repair.as_string(None) if self.repair is not None else None}
+
+
+def _q(template: str, *parts: sql.Composable) -> sql.Composed:
+    """Compose a repair statement; *template* holds only constant SQL keywords."""
+    return sql.SQL(template).format(*parts)
+
+
+def _grantee(role: str) -> sql.Composable:
+    return sql.SQL("PUBLIC") if role == "PUBLIC" else sql.Identifier(role)
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    """One exposed relation as the database has it: which columns its readers get."""
+
+    service: str
+    schema: str
+    table: str
+    columns: tuple[str, ...]
+    readers: tuple[str, ...]
+    state: str  # 'granted', 'differs' or 'not created yet'
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "schema": self.schema, "table": self.table,
+                "columns": list(self.columns), "readers": list(self.readers),
+                "state": self.state}
+
+
+@dataclass
+class VerifyReport:
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    matrix: dict[str, dict[str, str]] = field(default_factory=dict)
+    catalog_queries: int = 0
+    logins_checked: int = 0
+    exposure: list[ExposureRow] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "matrix": self.matrix,
+            "exposure": [e.as_dict() for e in self.exposure],
+            "problems": [p.as_dict() for p in self.problems],
+            "warnings": self.warnings,
+            "catalog_queries": self.catalog_queries,
+            "logins_checked": self.logins_checked,
+        }
+
+
+def _label(privs: set[str], usage: bool, create: bool) -> str:
+    own = set(OWN_TABLE_PRIVILEGES)
+    if own <= privs:
+        base, extra = "rw", privs - own
+    elif privs == {"SELECT"}:
+        base, extra = "r", set()
+    elif not privs:
+        base, extra = ("usage" if usage else "-"), set()
+    else:
+        base, extra = "", privs
+    if extra:
+        base = "+".join([b for b in [base] if b] + sorted(p.lower() for p in extra))
+    if create:
+        base += "+CREATE"
+    return base
+
+
+def _role_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    for svc in topology.services:
+        rs = state.roles.get(svc.runtime_role)
+        if rs is None:
+            problems.append(Problem(svc.runtime_role, "", "role", "",
+                                    "runtime role does not exist; run 'edulink-db provision'"))
+            continue
+        rid = sql.Identifier(rs.name)
+        if not rs.attr("rolcanlogin"):
+            problems.append(Problem(rs.name, "", "role", "LOGIN",
+                                    "runtime role cannot log in (NOLOGIN)",
+                                    _q("ALTER ROLE {} LOGIN", rid)))
+        for attr in DANGEROUS_ATTRIBUTES:
+            if rs.attr(attr):
+                keyword = ATTRIBUTE_KEYWORDS[attr]
+                problems.append(Problem(rs.name, "", "role", keyword,
+                                        f"runtime role has {keyword}; it must not",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", rid)))
+        for granted in rs.member_of:
+            problems.append(Problem(rs.name, "", "role", f"MEMBER OF {granted}",
+                                    f"runtime role is a member of {granted} and inherits or can "
+                                    "assume its privileges",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), rid)))
+        want_path = ", ".join(search_path_for(svc, topology))
+        if rs.search_path != want_path:
+            in_db = _in_database(state, rs, "search_path")
+            repair = (_q("ALTER ROLE {}{} RESET search_path", rid, in_db) if in_db
+                      else _q("ALTER ROLE {} SET search_path = {}", rid, sql.SQL(", ").join(
+                          sql.Identifier(s) for s in search_path_for(svc, topology))))
+            problems.append(Problem(rs.name, svc.schema, "role setting", "search_path",
+                                    f"search_path is {rs.search_path!r}, expected {want_path!r}",
+                                    repair))
+        have, want = dict(rs.settings), dict(svc.role_settings)
+        for key in sorted(ROLE_SETTINGS):
+            if have.get(key) == want.get(key):
+                continue
+            in_db = _in_database(state, rs, key)
+            repair = (_q(f"ALTER ROLE {{}}{{}} RESET {key}", rid, in_db) if in_db
+                      else _q(f"ALTER ROLE {{}} SET {key} = {{}}", rid, sql.Literal(want[key]))
+                      if key in want else _q(f"ALTER ROLE {{}} RESET {key}", rid))
+            problems.append(Problem(rs.name, "", "role setting", key,
+                                    f"{key} is {have.get(key)!r}, expected {want.get(key)!r}",
+                                    repair))
+    for owner in topology.owner_roles:
+        os_ = state.roles.get(owner)
+        if os_ is None:
+            problems.append(Problem(owner, "", "role", "",
+                                    "owner role does not exist; run 'edulink-db provision'"))
+            continue
+        oid_ = sql.Identifier(owner)
+        if os_.attr("rolcanlogin"):
+            problems.append(Problem(owner, "", "role", "LOGIN",
+                                    "owner role can log in; it must be NOLOGIN",
+                                    _q("ALTER ROLE {} NOLOGIN", oid_)))
+        for attr in DANGEROUS_ATTRIBUTES:
+            if os_.attr(attr):
+                keyword = ATTRIBUTE_KEYWORDS[attr]
+                problems.append(Problem(owner, "", "role", keyword, f"owner role has {keyword}",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", oid_)))
+        # Every migration runs as the owner role, with whatever it inherits: a membership
+        # in pg_read_all_data, pg_execute_server_program or another service's role
+        # would hand that to every migration file.  Owner roles are members of nothing.
+        for granted in os_.member_of:
+            problems.append(Problem(owner, "", "role", f"MEMBER OF {granted}",
+                                    f"owner role is a member of {granted}; every migration "
+                                    "runs as the owner and would inherit its privileges",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), oid_)))
+    return problems
+
+
+def _in_database(state: CatalogState, rs: RoleState, key: str) -> sql.Composed | None:
+    """`` IN DATABASE <this one>`` when *key* is set there (it overrides the role-level
+    value, so that is where a repair must act), else None."""
+    if key in rs.database_setting_keys:
+        return _q(" IN DATABASE {}", sql.Identifier(state.database))
+    return None
+
+
+def _ownership_mark_problems(state: CatalogState) -> list[Problem]:
+    """Topology roles that exist but that edulink-db neither created nor adopted."""
+    return [
+        Problem(rs.name, "", "role", "NOT MANAGED",
+                "role exists but edulink-db did not create it (no 'edulink-db managed' "
+                "comment): provision refuses to touch it; rename it in the topology or run "
+                f"'edulink-db provision --adopt {rs.name}'")
+        for rs in sorted(state.roles.values(), key=lambda r: r.name) if not rs.managed
+    ]
+
+
+def expected_connection_limits(state: CatalogState, topology: Topology) -> dict[str, int]:
+    """runtime role -> the CONNECTION LIMIT it should have on this server."""
+    derived = state.connection_budget[5] if state.connection_budget else -1
+    return {s.runtime_role: s.connection_limit if s.connection_limit is not None else derived
+            for s in topology.services}
+
+
+def _connection_budget_problems(state: CatalogState, topology: Topology,
+                                warnings: list[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for role, want in expected_connection_limits(state, topology).items():
+        rs = state.roles.get(role)
+        if rs is None or rs.connection_limit == want:
+            continue
+        have = "unlimited" if rs.connection_limit < 0 else str(rs.connection_limit)
+        problems.append(Problem(role, "", "role", "CONNECTION LIMIT",
+                                f"connection limit is {have}, expected {want}",
+                                _q("ALTER ROLE {} CONNECTION LIMIT {}", sql.Identifier(role),
+                                   sql.Literal(want))))
+    if state.connection_budget is None:
+        return problems
+    max_conn, su_reserved, reserved, usable, headroom, _derived = state.connection_budget
+    present = [state.roles[r] for r in topology.runtime_roles if r in state.roles]
+    unlimited = [rs.name for rs in present if rs.connection_limit < 0]
+    total = sum(rs.connection_limit for rs in present if rs.connection_limit >= 0)
+    server = (f"max_connections {max_conn} - superuser_reserved_connections {su_reserved}"
+              f" - reserved_connections {reserved} = {usable}")
+    if unlimited or total > usable:
+        what = (f"{', '.join(unlimited)} may open unlimited connections" if unlimited
+                else f"the runtime roles' connection limits add up to {total}")
+        problems.append(Problem(
+            "*", "", "connection budget", "CONNECTION LIMIT",
+            f"{what}, more than the server allows non-superusers ({server}): one busy "
+            "service can then lock the others (and the admin) out. Lower connection_limit "
+            "in the topology, or raise max_connections."))
+    elif total > usable - headroom:
+        warnings.append(f"the runtime roles' connection limits add up to {total}, leaving "
+                        f"{usable - total} of {usable} usable connections ({server}) for the "
+                        f"admin, migrations and monitoring; the recommended headroom is "
+                        f"{headroom}")
+    return problems
+
+
+def _migrator_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    """Migrator roles, as strictly as runtime roles: LOGIN, no dangerous attribute,
+    NOINHERIT, exactly one membership (its owner role, not inherited), ``role``
+    and ``search_path`` defaults, and no privilege or object of its own."""
+    problems: list[Problem] = []
+    for svc in topology.services:
+        name = svc.migrator_role
+        rs = state.roles.get(name)
+        if rs is None:
+            problems.append(Problem(name, "", "role", "",
+                                    "migrator role does not exist; run 'edulink-db provision'"))
+            continue
+        mid, oid_ = sql.Identifier(name), sql.Identifier(svc.owner_role)
+        if not rs.attr("rolcanlogin"):
+            problems.append(Problem(name, "", "role", "LOGIN",
+                                    "migrator role cannot log in (NOLOGIN)",
+                                    _q("ALTER ROLE {} LOGIN", mid)))
+        for attr in DANGEROUS_ATTRIBUTES:
+            if rs.attr(attr):
+                keyword = ATTRIBUTE_KEYWORDS[attr]
+                problems.append(Problem(name, "", "role", keyword,
+                                        f"migrator role has {keyword}; it must not",
+                                        _q(f"ALTER ROLE {{}} NO{keyword}", mid)))
+        if rs.attr("rolinherit"):
+            problems.append(Problem(name, "", "role", "INHERIT",
+                                    "migrator role has INHERIT; it must act only by being "
+                                    f"{svc.owner_role} (NOINHERIT)",
+                                    _q("ALTER ROLE {} NOINHERIT", mid)))
+        for granted in sorted(set(rs.member_of) - {svc.owner_role}):
+            problems.append(Problem(name, "", "role", f"MEMBER OF {granted}",
+                                    f"migrator role is a member of {granted}; its only "
+                                    f"membership must be {svc.owner_role}",
+                                    _q("REVOKE {} FROM {}", sql.Identifier(granted), mid)))
+        if svc.owner_role not in rs.member_of:
+            problems.append(Problem(name, "", "role", f"MEMBER OF {svc.owner_role}",
+                                    f"migrator role is not a member of {svc.owner_role}, so "
+                                    "migrations cannot run",
+                                    _q("GRANT {} TO {}", oid_, mid)))
+        elif (name, svc.owner_role) in state.inheriting_grants:
+            problems.append(Problem(name, "", "role", f"INHERIT {svc.owner_role}",
+                                    f"migrator role inherits {svc.owner_role}'s privileges; "
+                                    "the membership must be WITH INHERIT FALSE",
+                                    _q("GRANT {} TO {} WITH INHERIT FALSE", oid_, mid)))
+        have = dict(rs.settings)
+        if have.get("role") != svc.owner_role:
+            problems.append(Problem(name, "", "role setting", "role",
+                                    f"role is {have.get('role')!r}, expected "
+                                    f"{svc.owner_role!r}",
+                                    _q("ALTER ROLE {} SET role = {}", mid,
+                                       sql.Literal(svc.owner_role))))
+        want_path = search_path_for(svc, topology)
+        if rs.search_path != ", ".join(want_path):
+            problems.append(Problem(name, svc.schema, "role setting", "search_path",
+                                    f"search_path is {rs.search_path!r}, expected "
+                                    f"{', '.join(want_path)!r}",
+                                    _q("ALTER ROLE {} SET search_path = {}", mid,
+                                       sql.SQL(", ").join(map(sql.Identifier, want_path)))))
+        if rs.attr("rolinherit") or (name, svc.owner_role) in state.inheriting_grants:
+            continue  # what it holds comes from the owner: fix the inheritance first
+        for role, kind, schema, obj, priv in sorted(state.migrator_privileges):
+            if role != name:
+                continue
+            repair: sql.Composed | None = None
+            # priv and kind come from constants in the catalog query, never from names.
+            if kind == "schema":
+                repair = _q(f"REVOKE {priv} ON SCHEMA {{}} FROM {{}}",
+                            sql.Identifier(schema), mid)
+            elif kind in ("TABLE", "SEQUENCE"):
+                repair = _q(f"REVOKE {priv} ON {kind} {{}} FROM {{}}",
+                            sql.Identifier(schema, obj), mid)
+            problems.append(Problem(name, schema, f"{kind.lower()} {obj}".strip(), priv,
+                                    f"migrator role itself has {priv}; it must hold nothing "
+                                    f"but its membership in {svc.owner_role}", repair))
+    return problems
+
+
+def _schema_problems(
+    state: CatalogState, topology: Topology, warnings: list[str]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    access = expected_access(topology)
+    for schema in topology.schemas:
+        want_owner = topology.schema_owner(schema)
+        got_owner = state.schema_owners.get(schema)
+        if got_owner is None:
+            problems.append(Problem("", schema, "schema", "",
+                                    "schema does not exist; run 'edulink-db provision'"))
+        elif got_owner != want_owner:
+            problems.append(Problem(got_owner, schema, "schema", "OWNER",
+                                    f"schema is owned by {got_owner}, expected {want_owner}",
+                                    _q("ALTER SCHEMA {} OWNER TO {}", sql.Identifier(schema),
+                                       sql.Identifier(want_owner))))
+    for schema, priv in sorted(state.public_schema_privileges):
+        problems.append(Problem("PUBLIC", schema, "schema", priv,
+                                f"PUBLIC has {priv} on the schema",
+                                _q(f"REVOKE {priv} ON SCHEMA {{}} FROM PUBLIC",
+                                   sql.Identifier(schema))))
+    for role in topology.runtime_roles:
+        for schema in topology.schemas:
+            usage = (role, schema, "USAGE") in state.schema_privileges
+            if usage != access[(role, schema)].usage and schema in state.schema_owners:
+                verb = "REVOKE USAGE ON SCHEMA {} FROM {}" if usage else \
+                    "GRANT USAGE ON SCHEMA {} TO {}"
+                problems.append(Problem(role, schema, "schema", "USAGE",
+                                        ("has USAGE, which the topology does not grant" if usage
+                                         else "lacks USAGE, which the topology grants"),
+                                        _q(verb, sql.Identifier(schema), sql.Identifier(role))))
+    for role, schema, priv in sorted(state.schema_privileges):
+        if priv == "CREATE":
+            repair = (_q("REVOKE CREATE ON SCHEMA {} FROM {}", sql.Identifier(schema),
+                         sql.Identifier(role)) if schema in topology.schemas else None)
+            problems.append(Problem(role, schema, "schema", "CREATE",
+                                    "runtime role may create objects (DDL) in this schema",
+                                    repair))
+        elif schema not in topology.schemas and schema != "public":
+            warnings.append(f"{role} has USAGE on schema {schema}, which is outside the "
+                            "topology (check what it grants)")
+    return problems
+
+
+def _relation_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    own_schema = {s.runtime_role: s.schema for s in topology.services}
+    held: dict[tuple[str, str, str], set[str]] = {}
+    for role, schema, name, priv in state.relation_privileges:
+        held.setdefault((role, schema, name), set()).add(priv)
+    for rel in sorted(state.relations, key=lambda r: (r.schema, r.name)):
+        obj = f"{KIND_NAMES[rel.kind]} {rel.name}"
+        qualified = sql.Identifier(rel.schema, rel.name)
+        on = "SEQUENCE" if rel.kind == "S" else "TABLE"
+        want_owner = topology.schema_owner(rel.schema)
+        if rel.owner != want_owner:
+            # ALTER TABLE ... OWNER TO also applies to views, sequences and foreign tables.
+            problems.append(Problem(rel.owner, rel.schema, obj, "OWNER",
+                                    f"owned by {rel.owner}, expected {want_owner}",
+                                    _q("ALTER TABLE {} OWNER TO {}", qualified,
+                                       sql.Identifier(want_owner))))
+        for role in topology.runtime_roles:
+            want = expected_relation_privileges(topology, rel, role)
+            got = held.get((role, rel.schema, rel.name), set())
+            if rel.kind != "S" and rel.schema != own_schema[role]:
+                got = got - {"SELECT"}  # reads outside its own schema: _column_problems
+            for priv in sorted(got - want):
+                problems.append(Problem(role, rel.schema, obj, priv,
+                                        f"has {priv}, which the topology does not grant",
+                                        _q(f"REVOKE {priv} ON {on} {{}} FROM {{}}", qualified,
+                                           sql.Identifier(role))))
+            for priv in sorted(want - got):
+                problems.append(Problem(role, rel.schema, obj, priv,
+                                        f"lacks {priv}, which the topology grants"))
+    kinds = {(r.schema, r.name): r.kind for r in state.relations}
+    for schema, name, priv in sorted(state.public_relation_privileges):
+        on = "SEQUENCE" if kinds.get((schema, name)) == "S" else "TABLE"
+        problems.append(Problem("PUBLIC", schema, name, priv, f"PUBLIC has {priv}",
+                                _q(f"REVOKE {priv} ON {on} {{}} FROM PUBLIC",
+                                   sql.Identifier(schema, name))))
+    return problems
+
+
+def _column_list(columns: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(map(sql.Identifier, columns))
+
+
+def _column_problems(state: CatalogState, topology: Topology,
+                     warnings: list[str]) -> tuple[list[Problem], list[ExposureRow]]:
+    """Reads outside each runtime role's own schema, against the exposure.
+
+    A reader may SELECT exactly the exposed columns of the services it reads, and
+    only through column grants: a table-level SELECT is drift even when the table
+    has no other column today, because it covers every column added later.
+    """
+    problems: list[Problem] = []
+    readable: dict[tuple[str, str, str], tuple[list[str], bool]] = {}
+    public: dict[tuple[str, str], list[str]] = {}
+    for (role, schema, name, column), whole in state.column_reads.items():
+        if role == "PUBLIC":
+            public.setdefault((schema, name), []).append(column)
+            continue
+        cols, was_whole = readable.get((role, schema, name), ([], False))
+        cols.append(column)
+        readable[(role, schema, name)] = (cols, was_whole or whole)
+    for (schema, name), cols in sorted(public.items()):
+        problems.append(Problem(
+            "PUBLIC", schema, f"table {name}", f"SELECT ({', '.join(cols)})",
+            f"every role can read {name}.({', '.join(cols)}) through a column grant to PUBLIC",
+            _q("REVOKE SELECT ({}) ON TABLE {} FROM PUBLIC", _column_list(cols),
+               sql.Identifier(schema, name))))
+    for svc in topology.services:
+        role = svc.runtime_role
+        reads = {s.schema: s for s in topology.readable_services(svc)}
+        for (r, schema, name), (cols, whole) in sorted(readable.items()):
+            if r != role:
+                continue
+            owner = reads.get(schema)
+            exposed = set(dict(owner.exposes).get(name, ())) if owner else set()
+            table = sql.Identifier(schema, name)
+            extra = [c for c in cols if c not in exposed]
+            whose = (f"{owner.name} exposes to it only ({', '.join(sorted(exposed))})"
+                     if owner is not None and exposed else f"{name} is not exposed to {svc.name}")
+            if whole:
+                problems.append(Problem(
+                    role, schema, f"table {name}", "SELECT",
+                    "has table-level SELECT: every column, and every column added later, "
+                    f"is readable, including ({', '.join(extra) or 'none today'}); {whose}",
+                    _q("REVOKE SELECT ON TABLE {} FROM {}", table, sql.Identifier(role))))
+            elif extra:
+                problems.append(Problem(
+                    role, schema, f"table {name}", f"SELECT ({', '.join(extra)})",
+                    f"can read {name}.({', '.join(extra)}) beyond the exposure; {whose}",
+                    _q("REVOKE SELECT ({}) ON TABLE {} FROM {}", _column_list(extra), table,
+                       sql.Identifier(role))))
+    rows: list[ExposureRow] = []
+    for owner in topology.services:
+        readers = [r.runtime_role for r in topology.readers_of(owner)]
+        for name, columns in owner.exposes:
+            present = state.exposed_relation_columns.get((owner.schema, name))
+            if present is None:
+                rows.append(ExposureRow(owner.name, owner.schema, name, columns,
+                                        tuple(readers), "not created yet"))
+                continue
+            absent = [c for c in columns if c not in present]
+            if absent:
+                warnings.append(f"{owner.name} exposes {owner.schema}.{name}.("
+                                f"{', '.join(absent)}), which does not exist: readers get "
+                                "the other exposed columns; fix the topology or the migrations")
+            state_label = "granted"
+            for role in readers:
+                cols, _whole = readable.get((role, owner.schema, name), ([], False))
+                missing = [c for c in columns if c in present and c not in cols]
+                if missing:
+                    state_label = "differs"
+                    problems.append(Problem(
+                        role, owner.schema, f"table {name}", f"SELECT ({', '.join(missing)})",
+                        f"cannot read {name}.({', '.join(missing)}), which {owner.name} "
+                        "exposes to it",
+                        _q("GRANT SELECT ({}) ON TABLE {} TO {}", _column_list(missing),
+                           sql.Identifier(owner.schema, name), sql.Identifier(role))))
+            if any(p.schema == owner.schema and p.object == f"table {name}"
+                   and p.role in readers for p in problems):
+                state_label = "differs"
+            rows.append(ExposureRow(owner.name, owner.schema, name, columns, tuple(readers),
+                                    state_label))
+    return problems, rows
+
+
+_OBJECT_TYPES = {"r": "tables", "S": "sequences", "f": "functions", "T": "types", "n": "schemas"}
+
+
+def _default_privilege_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    problems: list[Problem] = []
+    want = expected_default_privileges(topology)
+    for owner, schema, objtype, grantee, priv in sorted(want - state.default_privileges):
+        problems.append(Problem(grantee, schema, f"default privileges of {owner}", priv,
+                                f"future {_OBJECT_TYPES.get(objtype, objtype)} will lack {priv}"))
+    for owner, schema, objtype, grantee, priv in sorted(state.default_privileges - want):
+        objects = _OBJECT_TYPES.get(objtype, objtype)
+        in_schema = _q(" IN SCHEMA {}", sql.Identifier(schema)) if schema else sql.SQL("")
+        repair = _q(f"ALTER DEFAULT PRIVILEGES FOR ROLE {{}}{{}} REVOKE {priv} "
+                    f"ON {objects.upper()} FROM {{}}",
+                    sql.Identifier(owner), in_schema, _grantee(grantee))
+        problems.append(Problem(grantee, schema or "(all schemas)",
+                                f"default privileges of {owner}", priv,
+                                f"future {objects} will get {priv}, "
+                                "which the topology does not grant", repair))
+    return problems
+
+
+def _routine_problems(state: CatalogState) -> list[Problem]:
+    """PUBLIC EXECUTE on a service's routines: any reader of an exposed table whose
+    policy, view or default calls one would run it with the reader's privileges."""
+    problems = [
+        Problem("PUBLIC", schema, f"routine {signature}", "EXECUTE",
+                "PUBLIC may execute it: another service reading this schema could be made "
+                "to run it with its own privileges",
+                # By oid: PostgreSQL spells the signature (quoting included) itself.
+                _q("DO $do$ BEGIN EXECUTE 'REVOKE EXECUTE ON ROUTINE ' || "
+                   "{}::pg_catalog.regprocedure::text || ' FROM PUBLIC'; END $do$",
+                   sql.Literal(oid)))
+        for schema, signature, oid in sorted(state.public_routines)
+    ]
+    problems += [
+        Problem("PUBLIC", "(all schemas)", f"default privileges of {owner}", "EXECUTE",
+                f"routines {owner} creates will be executable by PUBLIC",
+                _q("ALTER DEFAULT PRIVILEGES FOR ROLE {} REVOKE EXECUTE ON ROUTINES FROM PUBLIC",
+                   sql.Identifier(owner)))
+        for owner in sorted(state.owners_with_public_routines)
+    ]
+    return problems
+
+
+def _ownership_problems(state: CatalogState) -> list[Problem]:
+    problems = [
+        Problem(role, "", f"{kind_name} {name}", "OWNER",
+                "runtime role owns an object: owners bypass RLS and can run DDL")
+        for role, kind_name, name in sorted(state.runtime_owned)
+    ]
+    problems += [
+        Problem(role, "", "database", priv, "runtime role may create schemas in the database",
+                _q(f"REVOKE {priv} ON DATABASE {{}} FROM {{}}", sql.Identifier(state.database),
+                   sql.Identifier(role)))
+        for role, priv in sorted(state.database_privileges)
+    ]
+    return problems
+
+
+def compare(state: CatalogState, topology: Topology) -> VerifyReport:
+    """Every difference between *state* and what *topology* declares."""
+    report = VerifyReport(catalog_queries=state.queries)
+    report.problems += _role_problems(state, topology)
+    report.problems += _ownership_mark_problems(state)
+    report.problems += _connection_budget_problems(state, topology, report.warnings)
+    report.problems += _migrator_problems(state, topology)
+    report.problems += _schema_problems(state, topology, report.warnings)
+    report.problems += _relation_problems(state, topology)
+    column_problems, report.exposure = _column_problems(state, topology, report.warnings)
+    report.problems += column_problems
+    report.problems += _default_privilege_problems(state, topology)
+    report.problems += _routine_problems(state)
+    report.problems += _ownership_problems(state)
+    report.matrix = _matrix(state, topology)
+    flagged = {(p.role, p.schema) for p in report.problems}
+    for role, row in report.matrix.items():
+        for schema in row:
+            if (role, schema) in flagged:
+                row[schema] += " !"
+    return report
+
+
+def _matrix(state: CatalogState, topology: Topology) -> dict[str, dict[str, str]]:
+    """role -> schema -> label, derived from the privileges actually held."""
+    matrix: dict[str, dict[str, str]] = {}
+    for role in topology.runtime_roles:
+        row: dict[str, str] = {}
+        for schema in topology.schemas:
+            usage = (role, schema, "USAGE") in state.schema_privileges
+            create = (role, schema, "CREATE") in state.schema_privileges
+            privs = {p for (r, s, _n, p) in state.relation_privileges
+                     if r == role and s == schema and p != "USAGE"}
+            privs |= {p for (_o, s, t, g, p) in state.default_privileges
+                      if g == role and s == schema and t == "r"}
+            columns = any(r == role and s == schema and not whole
+                          for (r, s, _n, _c), whole in state.column_reads.items())
+            if schema == topology.shared.schema and privs == {"INSERT"} and usage:
+                row[schema] = "append"
+            elif not usage and not privs and not create and not columns:
+                row[schema] = "-"
+            elif columns and not privs:
+                row[schema] = "cols" + ("+CREATE" if create else "")
+            else:
+                row[schema] = _label(privs, usage, create) + ("+cols" if columns else "")
+        matrix[role] = row
+    return matrix
+
+
+def verify_logins(
+    topology: Topology,
+    passwords: Callable[[Any], str | None],
+    report: VerifyReport,
+    *,
+    conninfo_for: Callable[[Any, str], dict[str, Any]],
+) -> None:
+    """Log in as every runtime role and check who the server says we are."""
+    for svc in topology.services:
+        password = passwords(svc)
+        if password is None:
+            continue
+        params = conninfo_for(svc, password)
+        try:
+            with psycopg.connect(**params, connect_timeout=10, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT current_user, current_schemas(false)").fetchone()
+        except psycopg.Error as exc:
+            report.problems.append(Problem(
+                svc.runtime_role, svc.schema, "login", "LOGIN",
+                f"cannot log in with the configured password ({str(exc).strip().splitlines()[0]});"
+                " run 'edulink-db provision' to reset it"))
+            continue
+        report.logins_checked += 1
+        assert row is not None
+        user, schemas = row
+        if user != svc.runtime_role:
+            report.problems.append(Problem(svc.runtime_role, "", "login", "LOGIN",
+                                           f"logged in as {user}"))
+        if not schemas or schemas[0] != svc.schema:
+            report.problems.append(Problem(
+                svc.runtime_role, svc.schema, "login", "search_path",
+                f"effective schemas after login are {schemas}; {svc.schema} must come first"))
+
+
+def verify(
+    admin: dict[str, Any],
+    topology: Topology,
+    *,
+    passwords: Callable[[Any], str | None] | None = None,
+    conninfo_for: Callable[[Any, str], dict[str, Any]] | None = None,
+) -> VerifyReport:
+    """Read the catalog as the admin, compare it with *topology*, optionally test logins."""
+    with connect(admin, purpose="verify privileges") as conn:
+        report = compare(read_catalog(conn, topology), topology)
+    if passwords is not None and conninfo_for is not None:
+        verify_logins(topology, passwords, report, conninfo_for=conninfo_for)
+    return report
