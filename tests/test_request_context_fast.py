@@ -12,7 +12,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from microservices.shared.database.core.errors import RequestContextError
+from psycopg.types.json import Json, Jsonb
+
+from microservices.shared.database.connection_manager import ConnectionManager
 from microservices.shared.database.connections.request_context import (
     AsyncContextCursor,
     AsyncServiceConnection,
@@ -21,10 +23,8 @@ from microservices.shared.database.connections.request_context import (
     make_prologue,
     quote_text,
 )
+from microservices.shared.database.core.errors import RequestContextError
 from microservices.shared.database.core.tracing import protocol_trace, round_trips
-from psycopg.types.json import Json, Jsonb
-
-from microservices.shared.database.connection_manager import ConnectionManager
 
 CURRENT = "SELECT pg_catalog.current_setting('app.current_user_id', true)"
 
