@@ -86,7 +86,8 @@ def test_embedded_up_status_snippet_down(tmp_path: Path) -> None:
 
         status = run(["status", "--json"], project, env)
         assert status.returncode == 0, status.stderr
-        assert json.loads(status.stdout)["provisioned_roles"] == 13
+        # owner, runtime and migrator role per service, plus the shared schema's owner
+        assert json.loads(status.stdout)["provisioned_roles"] == 19
         url = run(["url", "user"], project, env)
         assert url.returncode == 0 and "user_service_role:****@127.0.0.1" in url.stdout
     finally:
