@@ -150,8 +150,23 @@ def drop_roles(server: dict[str, Any], roles: list[str]) -> None:
     owned = [sql.SQL("DROP OWNED BY {}").format(sql.Identifier(r)) for r in existing]
     for db in [*dbs, server.get("dbname", "postgres")]:
         with psycopg.connect(**{**server, "dbname": db}, autocommit=True) as conn:
-            for stmt in owned:
-                conn.execute(stmt)
+            # What one role owns may depend on what another owns (a policy of one
+            # service on the shared owner's function): retry in later passes, in
+            # whatever order the dependencies allow.
+            pending = list(owned)
+            for _ in range(len(pending)):
+                failed = []
+                for stmt in pending:
+                    try:
+                        conn.execute(stmt)
+                    except psycopg.errors.DependentObjectsStillExist:
+                        failed.append(stmt)
+                if not failed:
+                    break
+                pending = failed
+            else:
+                for stmt in pending:
+                    conn.execute(stmt)  # raise the real error
     with psycopg.connect(**server, autocommit=True) as conn:
         for role in existing:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
