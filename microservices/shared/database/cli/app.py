@@ -32,7 +32,7 @@ app = typer.Typer(
         "Start here: 'edulink-db up' starts an embedded PostgreSQL in ./.edulink-db "
         "(or uses DATABASE_URL), creates every service's schema and roles from the "
         "topology, and verifies that PostgreSQL grants exactly what the topology declares.\n\n"
-        "Configuration comes from the environment and ./.env (see README.md). "
+        "Configuration comes from the environment and ./.env (see docs/setup.md). "
         "Exit codes: 0 ok, 1 verify found differences, 2 bad input, 3 database error."
     ),
     no_args_is_help=True,

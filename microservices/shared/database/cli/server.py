@@ -35,10 +35,11 @@ def up(
     topology: TopologyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Bring up a working database: start, provision, verify.
+    """Bring up a working database: start, provision, migrate, verify.
 
     Starts the embedded PostgreSQL when no DATABASE_URL/DATABASE_HOST is set, creates every
-    service's schema and roles from the topology, and verifies what PostgreSQL grants.
+    service's schema and roles from the topology, applies pending migrations (./migrations
+    after 'edulink-db init', else the reference schema), and verifies what PostgreSQL grants.
 
     Safe to run again at any time (and from several processes at once): a second run
     changes nothing.
