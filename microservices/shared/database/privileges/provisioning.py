@@ -812,7 +812,7 @@ def provision(
     started = time.perf_counter()
     rotate_set = set(rotate)
     logins = _logins(topology, passwords, migrator_passwords)
-    with connect(admin, purpose="provision", autocommit=False) as conn:
+    with connect(admin, purpose="provision", autocommit=False, primary=True) as conn:
         user, database, version = check_admin(conn)
         conn.commit()
         report = ProvisionReport(database=database, admin=user, server_version=version)
