@@ -55,8 +55,9 @@ def connect(params: dict[str, Any], *, purpose: str, autocommit: bool = True,
     if primary:
         params = _want_primary(params)
     try:
-        conn = psycopg.connect(**params, autocommit=autocommit,
-                               connect_timeout=CONNECT_TIMEOUT_S)
+        # A connect_timeout in the URL wins (it used to collide with ours: TypeError).
+        conn = psycopg.connect(**{"connect_timeout": CONNECT_TIMEOUT_S, **params},
+                               autocommit=autocommit)
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
         if primary and any(text in reason for text in _STANDBY_REASONS):

@@ -108,7 +108,7 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
         # Replication, valid on a primary and on a standby: pg_current_wal_lsn() raises
         # during recovery, so a (cascading) standby measures against what it replayed.
         " pg_catalog.pg_is_in_recovery(), coalesce((SELECT json_agg(json_build_object("
-        " 'name', application_name, 'client_addr', client_addr::text, 'state', state,"
+        " 'name', application_name, 'client_addr', host(client_addr), 'state', state,"
         " 'replay_lag_seconds', extract(epoch FROM replay_lag)::float8,"
         " 'replay_lag_bytes', pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery()"
         "   THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END,"

@@ -750,7 +750,7 @@ def _enable_statement_statistics(conn: psycopg.Connection[Any], report: Provisio
 
 def _can_log_in(params: dict[str, Any]) -> bool:
     try:
-        with psycopg.connect(**params, connect_timeout=10, autocommit=True):
+        with psycopg.connect(**{"connect_timeout": 10, **params}, autocommit=True):
             return True
     except psycopg.OperationalError as exc:
         # 28P01 invalid_password; libpq reports it only in the message text.
