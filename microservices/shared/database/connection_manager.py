@@ -54,6 +54,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from .config import (
     Settings,
     conninfo_string,
+    host_label,
     load_settings,
     mask_dsn,
     pooler_mode,
@@ -146,6 +147,12 @@ def pool_config(settings: Settings, service: Service, params: dict[str, Any]) ->
 
 OK, SUSPECT, DEAD = "ok", "suspect", "dead"
 REPLICA_CHECKOUT_TIMEOUT_S = 3
+# A standby refuses SET TRANSACTION READ WRITE ("cannot set transaction read-write mode
+# during recovery"), and needs no way out of read-only mode: it cannot hold temporary
+# tables for DISCARD TEMP to drop.  The rest of the reset is valid there.
+_READ_WRITE = "SET TRANSACTION READ WRITE; "
+assert RESET_SESSION.startswith(_READ_WRITE)
+REPLICA_RESET_SESSION = RESET_SESSION.removeprefix(_READ_WRITE)
 
 # A connection used successfully less than this long ago can only be dead if the
 # server went down *and came back* within the interval.  Measured on this
@@ -250,7 +257,9 @@ class _ServicePool:
         self.config = pool_config(settings, service, self.params)
         # A replica may stop for good at any moment (its reads can go elsewhere), so
         # its idle connections are always looked at: one select(), no round trip.
+        self.is_replica = params is not None
         self.recheck_after = RECHECK_IDLE_AFTER_S if params is None else 0.0
+        self.reset_sql = RESET_SESSION if params is None else REPLICA_RESET_SESSION
         if params is not None:
             # A replica that cannot serve soon is skipped for the primary, so waiting
             # the full checkout timeout for it would only delay the fallback.
@@ -448,7 +457,7 @@ class _ServicePool:
             conn.isolation_level = conn.read_only = conn.deferrable = None
             self._restore_attributes(conn)
             with psycopg.Cursor(conn) as cur:  # plain: the reset is not the app's query
-                cur.execute(RESET_SESSION, prepare=False)
+                cur.execute(self.reset_sql, prepare=False)
             conn.session_dirty = False
         except psycopg.Error as exc:
             self.reset_failed(conn, exc)
@@ -471,13 +480,20 @@ class _ServicePool:
             await conn.set_deferrable(None)
             self._restore_attributes(conn)
             async with psycopg.AsyncCursor(conn) as cur:
-                await cur.execute(RESET_SESSION, prepare=False)
+                await cur.execute(self.reset_sql, prepare=False)
             conn.session_dirty = False
         except psycopg.Error as exc:
             self.reset_failed(conn, exc)
             await conn.close()
         finally:
             conn.vouched = 0
+
+    def replica_lost(self) -> ServiceConnectionError:
+        """A replica closed its connections: its reads go elsewhere at once rather than
+        waiting for it to come back (see connections/replicas.py)."""
+        return ServiceConnectionError(
+            f"read replica {host_label(self.params)} of service {self.service.name!r} "
+            "closed its connections (stopped or restarting)")
 
     def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
         with self.stats.lock:
@@ -537,6 +553,8 @@ class Checkout:
             conn.close()
             pool.putconn(conn)
             pool.drain()  # the others are from before the restart too
+            if entry.is_replica:
+                raise entry.replica_lost()
         else:
             raise entry.timeout_error(pool.get_stats())
         if conn.session_dirty:  # never expected: every dirty return was reset
@@ -582,6 +600,8 @@ class AsyncCheckout:
             await conn.close()
             await pool.putconn(conn)
             await pool.drain()
+            if entry.is_replica:
+                raise entry.replica_lost()
         else:
             raise entry.timeout_error(pool.get_stats())
         if conn.session_dirty:
