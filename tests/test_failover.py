@@ -151,6 +151,16 @@ def test_health_shows_the_primary_and_streaming_standby(pair: tuple[Cluster, Clu
     assert on_standby.replication["primary"] is None
     assert evaluate(on_standby, settings, default_topology(), [])["checks"]["primary"][
         "status"] == "degraded"
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from microservices.shared.database.monitoring.exporter import DatabaseCollector
+
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(settings))
+    text = generate_latest(registry).decode()
+    assert f'edulink_db_primary_info{{host="127.0.0.1:{primary.port}"}} 1.0' in text
+    assert 'edulink_db_standby_streaming{standby="s1"} 1.0' in text
+    assert "edulink_db_in_recovery 0.0" in text and primary.password not in text
 
 
 def test_failover_under_continuous_writes(pair: tuple[Cluster, Cluster],
