@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     database_pool_check: bool = False
     database_pooler: PoolerMode = "auto"
 
+    # Read replicas (see connections/replicas.py): comma-separated libpq URLs with the
+    # admin's credentials, from which each service's are derived as for DATABASE_URL.
+    # A service may list its own with EDULINK_DB_<SERVICE>_REPLICA_URLS.
+    database_replica_urls: SecretStr | None = None
+    database_replica_max_lag: float = Field(
+        5.0, ge=0, description="seconds of replay lag beyond which a replica is skipped")
+
     # Migrations.
     database_migration_lock_timeout: str = Field(
         "2s", pattern=r"^\d+(us|ms|s|min|h)?$",
@@ -132,6 +139,8 @@ class Settings(BaseSettings):
         for key, value in super().__repr_args__():
             if key == "database_url" and value is not None:
                 yield key, mask_dsn(value.get_secret_value())
+            elif key == "database_replica_urls" and value is not None:
+                yield key, ",".join(mask_dsn(u) for u in split_urls(value.get_secret_value()))
             else:
                 yield key, value
 
@@ -219,10 +228,17 @@ def to_url(params: dict[str, Any]) -> str:
     user = quote(str(params.get("user", "")), safe="")
     password = params.get("password")
     auth = f"{user}:{quote(str(password), safe='*')}@" if password else (f"{user}@" if user else "")
-    host = str(params.get("host", ""))
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    port = f":{params['port']}" if params.get("port") else ""
+    # libpq's multi-host form: host=a,b port=p1,p2 is postgresql://a:p1,b:p2/ (one port
+    # for all hosts applies to each).
+    hosts = str(params.get("host", "")).split(",")
+    ports = str(params.get("port", "") or "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    netloc = []
+    for h, p in zip(hosts, ports, strict=False):
+        h = f"[{h}]" if ":" in h and not h.startswith("[") else h
+        netloc.append(f"{h}:{p}" if p else h)
+    host, port = ",".join(netloc), ""
     dbname = quote(str(params.get("dbname", "")), safe="")
     core = {"user", "password", "host", "port", "dbname"}
     rest = {k: v for k, v in params.items() if k not in core}
@@ -369,3 +385,96 @@ def pooler_mode(settings: Settings, params: dict[str, Any]) -> str:
 
 def conninfo_string(params: dict[str, Any]) -> str:
     return make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+
+# -- read replicas ---------------------------------------------------------------
+
+# Replica connections are read-only from their first statement: as a startup option,
+# which a session-mode pooler passes on and no RESET ALL / DISCARD ALL can undo
+# (a SET after connecting would be lost when a pooler swaps the server connection).
+REPLICA_OPTIONS = "-c default_transaction_read_only=on"
+
+
+def split_urls(text: str) -> list[str]:
+    """The URLs of a comma-separated list.
+
+    A multi-host URL has commas of its own (``postgresql://u@a:5432,b:5432/db``), so
+    the list is split only before a ``postgresql://`` / ``postgres://`` scheme (or a
+    key=value conninfo's ``host=``)."""
+    import re
+
+    parts = re.split(r",\s*(?=postgres(?:ql)?://|host=)", text.strip())
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _read_only_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    options = str(out.get("options", "")).strip()
+    out["options"] = f"{options} {REPLICA_OPTIONS}".strip() if options else REPLICA_OPTIONS
+    return out
+
+
+def _parse_replica_urls(text: str, variable: str) -> list[dict[str, Any]]:
+    out = []
+    for index, url in enumerate(split_urls(text), 1):
+        try:
+            out.append(dict(conninfo_to_dict(url)))
+        except Exception:  # the message must not echo the URL: it holds a password
+            raise ConfigError(
+                f"{variable}: entry {index} is not a valid PostgreSQL connection string; "
+                "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME, comma-separated."
+            ) from None
+    return out
+
+
+def replica_admin_conninfos(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The parameters of each DATABASE_REPLICA_URLS entry as written (admin
+    credentials), read-only; ``[]`` when none are configured."""
+    settings = settings or load_settings()
+    if settings.database_replica_urls is None:
+        return []
+    return [_read_only_params(_with_sslmode(p, settings)) for p in _parse_replica_urls(
+        settings.database_replica_urls.get_secret_value(), "DATABASE_REPLICA_URLS")]
+
+
+def replica_conninfos(service: Service, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Read-only connection parameters of *service*'s runtime role on each replica.
+
+    ``EDULINK_DB_<SERVICE>_REPLICA_URLS`` (whole URLs, the service's own credentials)
+    wins; otherwise each ``DATABASE_REPLICA_URLS`` entry with the service's role and
+    password swapped in, as :func:`service_conninfo` does for the primary.  ``[]`` when
+    neither is set.  Every set of parameters carries ``default_transaction_read_only``.
+    """
+    settings = settings or load_settings()
+    own = settings.service_override(service, "REPLICA_URLS")
+    if own:
+        variable = f"EDULINK_DB_{service.name.upper()}_REPLICA_URLS"
+        return [_read_only_params(_with_sslmode(p, settings))
+                for p in _parse_replica_urls(own, variable)]
+    if settings.service_override(service, "URL"):
+        # The service lives on a server of its own: DATABASE_REPLICA_URLS replicate the
+        # shared primary, not that server, and reading there would return other data.
+        return []
+    admins = replica_admin_conninfos(settings)
+    if not admins:
+        return []
+    password = settings.service_override(service, "PASSWORD") or settings.secret_store.get(
+        service_password_key(service))
+    if password is None:
+        raise ConfigError(
+            f"No password for {service.runtime_role} on the read replicas: set EDULINK_DB_"
+            f"{service.name.upper()}_PASSWORD or EDULINK_DB_{service.name.upper()}"
+            "_REPLICA_URLS, or run 'edulink-db provision' to generate one.")
+    return [derive_service_conninfo(a, service, password) for a in admins]
+
+
+def host_label(params: dict[str, Any]) -> str:
+    """``host:port`` of a connection target (several, comma-separated, for a multi-host
+    one): what logs and health output name a server by -- never a user or password."""
+    hosts = str(params.get("host", "") or "localhost").split(",")
+    ports = str(params.get("port", "") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
+                    for h, p in zip(hosts, ports, strict=False))

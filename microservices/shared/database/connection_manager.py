@@ -42,7 +42,7 @@ import select
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -54,11 +54,14 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from .config import (
     Settings,
     conninfo_string,
+    host_label,
     load_settings,
     mask_dsn,
     pooler_mode,
+    replica_conninfos,
     service_conninfo,
 )
+from .connections import replicas
 from .connections.request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
@@ -143,6 +146,13 @@ def pool_config(settings: Settings, service: Service, params: dict[str, Any]) ->
 
 
 OK, SUSPECT, DEAD = "ok", "suspect", "dead"
+REPLICA_CHECKOUT_TIMEOUT_S = 3
+# A standby refuses SET TRANSACTION READ WRITE ("cannot set transaction read-write mode
+# during recovery"), and needs no way out of read-only mode: it cannot hold temporary
+# tables for DISCARD TEMP to drop.  The rest of the reset is valid there.
+_READ_WRITE = "SET TRANSACTION READ WRITE; "
+assert RESET_SESSION.startswith(_READ_WRITE)
+REPLICA_RESET_SESSION = RESET_SESSION.removeprefix(_READ_WRITE)
 
 # A connection used successfully less than this long ago can only be dead if the
 # server went down *and came back* within the interval.  Measured on this
@@ -182,8 +192,8 @@ def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
     return SUSPECT
 
 
-def _usable(conn: ServiceConnection) -> bool:
-    if time.monotonic() - conn.returned_at < RECHECK_IDLE_AFTER_S:
+def _usable(conn: ServiceConnection, recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
+    if time.monotonic() - conn.returned_at < recheck_after:
         return True
     state = _idle_state(conn)
     if state != SUSPECT:
@@ -195,8 +205,9 @@ def _usable(conn: ServiceConnection) -> bool:
         return False
 
 
-async def _ausable(conn: AsyncServiceConnection) -> bool:
-    if time.monotonic() - conn.returned_at < RECHECK_IDLE_AFTER_S:
+async def _ausable(conn: AsyncServiceConnection,
+                   recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
+    if time.monotonic() - conn.returned_at < recheck_after:
         return True
     state = _idle_state(conn)
     if state != SUSPECT:
@@ -239,10 +250,22 @@ class _Stats:
 class _ServicePool:
     """A service's psycopg_pool plus the checkout policy around it."""
 
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(self, service: Service, settings: Settings,
+                 params: dict[str, Any] | None = None) -> None:
         self.service = service
-        self.params = service_conninfo(service, settings)
+        self.params = service_conninfo(service, settings) if params is None else params
         self.config = pool_config(settings, service, self.params)
+        # A replica may stop for good at any moment (its reads can go elsewhere), so
+        # its idle connections are always looked at: one select(), no round trip.
+        self.is_replica = params is not None
+        self.recheck_after = RECHECK_IDLE_AFTER_S if params is None else 0.0
+        self.reset_sql = RESET_SESSION if params is None else REPLICA_RESET_SESSION
+        if params is not None:
+            # A replica that cannot serve soon is skipped for the primary, so waiting
+            # the full checkout timeout for it would only delay the fallback.
+            self.config = replace(self.config,
+                                  timeout=min(self.config.timeout, REPLICA_CHECKOUT_TIMEOUT_S))
+            self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
         self.conninfo = conninfo_string(self.params)
         self.stats = _Stats()
         # Cursor classes: instrumented when monitoring is on; plain psycopg otherwise,
@@ -434,7 +457,7 @@ class _ServicePool:
             conn.isolation_level = conn.read_only = conn.deferrable = None
             self._restore_attributes(conn)
             with psycopg.Cursor(conn) as cur:  # plain: the reset is not the app's query
-                cur.execute(RESET_SESSION, prepare=False)
+                cur.execute(self.reset_sql, prepare=False)
             conn.session_dirty = False
         except psycopg.Error as exc:
             self.reset_failed(conn, exc)
@@ -457,13 +480,20 @@ class _ServicePool:
             await conn.set_deferrable(None)
             self._restore_attributes(conn)
             async with psycopg.AsyncCursor(conn) as cur:
-                await cur.execute(RESET_SESSION, prepare=False)
+                await cur.execute(self.reset_sql, prepare=False)
             conn.session_dirty = False
         except psycopg.Error as exc:
             self.reset_failed(conn, exc)
             await conn.close()
         finally:
             conn.vouched = 0
+
+    def replica_lost(self) -> ServiceConnectionError:
+        """A replica closed its connections: its reads go elsewhere at once rather than
+        waiting for it to come back (see connections/replicas.py)."""
+        return ServiceConnectionError(
+            f"read replica {host_label(self.params)} of service {self.service.name!r} "
+            "closed its connections (stopped or restarting)")
 
     def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
         with self.stats.lock:
@@ -517,12 +547,14 @@ class Checkout:
                 conn = pool.getconn()
             except PoolTimeout:
                 raise entry.timeout_error(pool.get_stats()) from None
-            if _usable(conn):
+            if _usable(conn, entry.recheck_after):
                 break
             entry.discard(conn)
             conn.close()
             pool.putconn(conn)
             pool.drain()  # the others are from before the restart too
+            if entry.is_replica:
+                raise entry.replica_lost()
         else:
             raise entry.timeout_error(pool.get_stats())
         if conn.session_dirty:  # never expected: every dirty return was reset
@@ -562,12 +594,14 @@ class AsyncCheckout:
                 conn = await pool.getconn()
             except PoolTimeout:
                 raise entry.timeout_error(pool.get_stats()) from None
-            if await _ausable(conn):
+            if await _ausable(conn, entry.recheck_after):
                 break
             entry.discard(conn)
             await conn.close()
             await pool.putconn(conn)
             await pool.drain()
+            if entry.is_replica:
+                raise entry.replica_lost()
         else:
             raise entry.timeout_error(pool.get_stats())
         if conn.session_dirty:
@@ -599,6 +633,7 @@ class ConnectionManager:
         self._settings = settings
         self._pools: dict[str, _ServicePool] = {}
         self._aliases: dict[str, _ServicePool] = {}
+        self._replica_sets: dict[str, replicas.ReplicaSet[_ServicePool] | None] = {}
         self._lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
         _MANAGERS.add(self)
@@ -625,25 +660,66 @@ class ConnectionManager:
             self._aliases[service] = entry
             return entry
 
+    def _replica_set(self, entry: _ServicePool) -> replicas.ReplicaSet[_ServicePool] | None:
+        name = entry.service.name
+        if name not in self._replica_sets:
+            with self._lock:
+                if name not in self._replica_sets:
+                    settings = self.settings
+                    self._replica_sets[name] = replicas.build(
+                        name, replica_conninfos(entry.service, settings),
+                        settings.database_replica_max_lag,
+                        lambda params: _ServicePool(entry.service, settings, params))
+        return self._replica_sets[name]
+
     def get_connection(self, service: str, user_id: object | None = None,
-                       readonly: bool = False) -> Checkout:
+                       readonly: bool = False, *, replica: bool = False
+                       ) -> Checkout | replicas.ReplicaCheckout[_ServicePool,
+                                                                 ServiceConnection]:
         """A connection logged in as *service*'s runtime role, for a ``with`` block.
 
         *service* may be ``'user'``, ``'user_service'`` or the role name.
-        See the module docstring for what commits when.
+        See the module docstring for what commits when.  ``replica=True`` reads from
+        a read replica whose lag is within ``DATABASE_REPLICA_MAX_LAG`` (read-only
+        connection), or from the primary when none qualifies (see
+        :mod:`.connections.replicas`).
 
         Raises UnknownServiceError, ServiceAuthenticationError,
         ServiceConnectionError (server unreachable) or PoolExhaustedError.
         """
-        return Checkout(self._entry(service), make_prologue(user_id, readonly))
+        entry, prologue = self._entry(service), make_prologue(user_id, readonly)
+        if replica:
+            chosen = self._replica_set(entry)
+            if chosen is not None:
+                return replicas.ReplicaCheckout(
+                    chosen, lambda pool: Checkout(pool, prologue), Checkout(entry, prologue))
+        return Checkout(entry, prologue)
 
     def get_async_connection(self, service: str, user_id: object | None = None,
-                             readonly: bool = False) -> AsyncCheckout:
+                             readonly: bool = False, *, replica: bool = False
+                             ) -> AsyncCheckout | replicas.AsyncReplicaCheckout[
+                                 _ServicePool, AsyncServiceConnection]:
         """The asyncio twin of :meth:`get_connection` (``async with``)."""
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
-        return AsyncCheckout(self._entry(service), make_prologue(user_id, readonly),
-                             self._async_lock)
+        entry, prologue = self._entry(service), make_prologue(user_id, readonly)
+        lock = self._async_lock
+        if replica:
+            chosen = self._replica_set(entry)
+            if chosen is not None:
+                return replicas.AsyncReplicaCheckout(
+                    chosen, lambda pool: AsyncCheckout(pool, prologue, lock),
+                    AsyncCheckout(entry, prologue, lock))
+        return AsyncCheckout(entry, prologue, lock)
+
+    def replica_status(self, service: str) -> list[dict[str, Any]]:
+        """Each configured replica of *service* as its selector sees it: ``host``
+        (host:port), ``state`` and ``lag_seconds``; ``[]`` without replicas."""
+        chosen = self._replica_set(self._entry(service))
+        if chosen is None:
+            return []
+        chosen.start()
+        return chosen.snapshot()
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""
@@ -663,10 +739,19 @@ class ConnectionManager:
         """
         return self._entry(service).as_dict()
 
+    def _replica_entries(self) -> list[_ServicePool]:
+        with self._lock:
+            sets = [s for s in self._replica_sets.values() if s is not None]
+            self._replica_sets = {}
+        for replica_set in sets:
+            replica_set.close()
+        return [r.pool for s in sets for r in s.replicas]
+
     def close_all(self) -> None:
         """Close every synchronous pool (async pools: :meth:`aclose_all`)."""
+        replica_entries = self._replica_entries()
         with self._lock:
-            entries = list(self._pools.values())
+            entries = list(self._pools.values()) + replica_entries
         for entry in entries:
             if entry._sync is not None:
                 entry._sync.close()
@@ -674,8 +759,9 @@ class ConnectionManager:
 
     async def aclose_all(self) -> None:
         """Close every pool, async and sync."""
+        replica_entries = self._replica_entries()
         with self._lock:
-            entries = list(self._pools.values())
+            entries = list(self._pools.values()) + replica_entries
             self._pools, self._aliases = {}, {}
         for entry in entries:
             if entry._async is not None:

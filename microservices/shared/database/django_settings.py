@@ -32,19 +32,32 @@
   PostgreSQL refuses them too. Relations are only allowed within one service, and
   each service migrates only its own apps, on its own alias.
 
+* With read replicas configured (``DATABASE_REPLICA_URLS``, see
+  docs/high-availability.md), ``configure_service_database`` adds a read-only
+  ``'replica'`` alias (``'replica_2'``... for more).  The router sends a read there only
+  when it is outside a transaction on ``'default'``, no write happened earlier in the
+  request (read-your-writes: after a write, the rest of the request reads the primary;
+  :class:`ReplicaPinningMiddleware` scopes that to one request, :func:`pin_to_primary`
+  to a block of code, e.g. a background task) and the replica's replay lag is within
+  ``DATABASE_REPLICA_MAX_LAG``; otherwise it reads ``'default'``.
+
 Supported: Django 4.2 LTS (the first with psycopg 3) to 6.1. Django's own pool
 (``pool=True``) needs Django 5.1+.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .config import (
     Settings,
     load_settings,
     pooler_mode,
+    replica_conninfos,
     service_conninfo,
 )
 from .core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
@@ -52,6 +65,7 @@ from .topology import Topology
 
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
 READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
+REPLICA_KEY = "EDULINK_REPLICA"  # True for read-replica aliases of 'default'
 MIGRATE_ENV = "EDULINK_DB_DJANGO_MIGRATE"
 APP_SERVICES_SETTING = "EDULINK_DB_APP_SERVICES"
 _TRUE = {"1", "true", "yes", "on"}
@@ -143,8 +157,17 @@ def configure_service_database(
         if pooler_mode(settings, params) == "transaction":
             # No server-side prepared statements behind a transaction pooler.
             options["prepare_threshold"] = None
-    return {"default": _alias(params, service=svc.name, readonly=False, options=options,
-                              pool=pool)}
+    out = {"default": _alias(params, service=svc.name, readonly=False, options=options,
+                             pool=pool)}
+    if not migrate:
+        for index, replica in enumerate(replica_conninfos(svc, settings), 1):
+            alias = _alias(replica, service=svc.name, readonly=True,
+                           options={**options, "options": replica["options"]}, pool=pool)
+            alias[REPLICA_KEY] = True
+            # Tests see one database: the replica alias mirrors 'default' there.
+            alias["TEST"] = {"MIRROR": "default"}
+            out["replica" if index == 1 else f"replica_{index}"] = alias
+    return out
 
 
 def configure_cross_service_databases(
@@ -192,11 +215,45 @@ def _mssql_alias(service: str, user: str, settings: Settings) -> dict[str, Any]:
     }
 
 
+# True once the current request (or pin_to_primary block) wrote: its reads then go to
+# the primary, which has its writes; a replica may not have replayed them yet.
+_pinned: contextvars.ContextVar[bool] = contextvars.ContextVar("edulink_db_pinned",
+                                                               default=False)
+
+
+@contextmanager
+def pin_to_primary() -> Iterator[None]:
+    """Within the block, every read goes to the primary (e.g. a background task that
+    must see what it or the request that queued it just wrote)."""
+    token = _pinned.set(True)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)
+
+
+class ReplicaPinningMiddleware:
+    """Django middleware: each request starts unpinned, and a write pins the rest of
+    that request to the primary.  Without it, a pin set by a write lasts for the rest
+    of the thread's or task's context -- safe (reads the primary), but wasteful."""
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        token = _pinned.set(False)
+        try:
+            return self.get_response(request)
+        finally:
+            _pinned.reset(token)
+
+
 class EdulinkRouter:
     """Django database router derived from the topology (a duck-typed router)."""
 
     def __init__(self, topology: Topology | None = None) -> None:
         self._topology = topology
+        self._replicas: Any = None  # connections.replicas.ReplicaSet[str] of the aliases
 
     @property
     def topology(self) -> Topology:
@@ -236,6 +293,24 @@ class EdulinkRouter:
                 return alias
         return None
 
+    def replica_alias(self) -> str | None:
+        """A replica alias of 'default' that may serve a read now, else None."""
+        if self._replicas is None:
+            from .connections.replicas import ReplicaSet
+
+            aliases = [(name, conf) for name, conf in self._databases().items()
+                       if conf.get(REPLICA_KEY)]
+            entries = [({"host": c["HOST"], "port": c["PORT"], "dbname": c["NAME"],
+                         "user": c["USER"], "password": c["PASSWORD"],
+                         **{k: v for k, v in c["OPTIONS"].items()
+                            if k in ("options", "sslmode")}}, name) for name, c in aliases]
+            self._replicas = ReplicaSet(str(self.own_service()), entries,
+                                        load_settings().database_replica_max_lag)
+        if not self._replicas.replicas:
+            return None
+        chosen = self._replicas.choose()
+        return None if chosen is None else str(chosen.pool)
+
     # -- Django's router protocol ----------------------------------------------------
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
         service = self.app_service(model._meta.app_label)
@@ -245,6 +320,12 @@ class EdulinkRouter:
                 f"{model._meta.label} belongs to service {service!r}, which this project "
                 f"({self.own_service()!r}) has no database alias for: add it with "
                 f"configure_cross_service_databases({self.own_service()!r}, [{service!r}]).")
+        if alias == "default" and not _pinned.get():
+            from django.db import connections
+
+            # Inside atomic() the transaction must see its own writes and one snapshot.
+            if not connections["default"].in_atomic_block:
+                return self.replica_alias() or alias
         return alias
 
     def db_for_write(self, model: Any, **hints: Any) -> str | None:
@@ -255,6 +336,7 @@ class EdulinkRouter:
                 f"Service {own!r} may not write {model._meta.label}: it belongs to service "
                 f"{service!r} ({self.topology.service(service).schema}). Ask that service "
                 "to make the change.")
+        _pinned.set(True)  # read-your-writes: the rest of the request reads the primary
         return "default"
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:

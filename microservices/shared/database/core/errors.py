@@ -40,6 +40,10 @@ class DatabaseUnavailableError(EdulinkDBError):
     """The database server could not be reached or refused the login."""
 
 
+class StandbyServerError(DatabaseUnavailableError):
+    """A command that changes the database reached a standby (a read-only replica)."""
+
+
 class DatabaseNotRunningError(DatabaseUnavailableError):
     """No database is configured and the embedded server is not running."""
 

@@ -140,9 +140,11 @@ class MigrationManager:
                 f"(services: {', '.join(topology.service_names())}); rename or remove them.")
 
     def statuses(self, services: Iterable[str] | None = None,
-                 directory: str | Path | None = None) -> list[ServiceStatus]:
+                 directory: str | Path | None = None, *,
+                 primary: bool = False) -> list[ServiceStatus]:
         """Status of several services; each history is read as its service's migrator
-        (the history is the owner role's alone), in two queries per service."""
+        (the history is the owner role's alone), in two queries per service.  With
+        *primary* (before migrating), a standby is refused: its history may lag."""
         topology = self._topology()
         if directory is not None:
             self._root = Path(directory)
@@ -151,21 +153,24 @@ class MigrationManager:
             topology.services)
         dirs = {s.name: self._dir_for(s, None) for s in chosen}
         files = {s.name: load_directory(dirs[s.name]) for s in chosen}
-        return [self._status_for(s, files[s.name], dirs[s.name]) for s in chosen]
+        return [self._status_for(s, files[s.name], dirs[s.name], primary=primary)
+                for s in chosen]
 
     def _status_for(self, service: Service, files: list[MigrationFile],
-                    directory: Path) -> ServiceStatus:
-        with connect(self._login(service),
-                     purpose=f"read the migration history of {service.name}") as conn:
+                    directory: Path, *, primary: bool = False) -> ServiceStatus:
+        purpose = (f"migrate {service.name}" if primary
+                   else f"read the migration history of {service.name}")
+        with connect(self._login(service), purpose=purpose, primary=primary) as conn:
             exists, rows = read_histories(conn, [service])[service.schema]
         if not directory.exists() and any(r.kind == "versioned" and r.success for r in rows):
             # Not "every applied file is gone": the folder itself is missing.
             raise _missing_dir(service, directory)
         return compute_status(service, files, rows, exists)
 
-    def _status_one(self, service: Service, directory: str | Path | None) -> ServiceStatus:
+    def _status_one(self, service: Service, directory: str | Path | None, *,
+                    primary: bool = False) -> ServiceStatus:
         path = self._dir_for(service, directory)
-        return self._status_for(service, load_directory(path), path)
+        return self._status_for(service, load_directory(path), path, primary=primary)
 
     def get_migration_status(self, service: str, directory: str | Path | None = None
                              ) -> dict[str, Any]:
@@ -182,7 +187,7 @@ class MigrationManager:
         *strict*, for lock hazards); any finding refuses the whole run."""
         topology = self._topology()
         svc = topology.service(service)
-        status = self._status_one(svc, directory)
+        status = self._status_one(svc, directory, primary=True)
         _check_contracts(topology, [status], strict)
         migrator = SchemaMigrator(self._login(svc), topology, svc, status.files,
                                   self.settings, self.progress)
@@ -196,7 +201,7 @@ class MigrationManager:
         sequentially; parallel processes are safe thanks to the per-schema locks.
         Every pending file of every service is contract-checked before any runs."""
         topology = self._topology()
-        statuses = self.statuses(services, directory)
+        statuses = self.statuses(services, directory, primary=True)
         problems = [p for st in statuses for p in
                     (f"{st.service}: {x}" for x in st.problems)]
         if problems:

@@ -449,7 +449,7 @@ class SchemaMigrator:
 
     def _apply_non_transactional(self, file: MigrationFile) -> str:
         # A dedicated connection: session lock and settings die with it.
-        with connect(self.login, purpose="run a non-transactional migration") as conn:
+        with connect(self.login, purpose="run a non-transactional migration", primary=True) as conn:
             self._wait_for_lock(conn, session=True)
             settings_sql, settings_params = self._session_settings(local=False)
             conn.execute(settings_sql, settings_params)
@@ -500,7 +500,7 @@ class SchemaMigrator:
             file.parsed  # noqa: B018 - every pending file's SQL is checked before any runs
         started = time.perf_counter()
         self._history_ready = status.history_exists
-        with connect(self.login, purpose=f"migrate {self.service.name}") as conn:
+        with connect(self.login, purpose=f"migrate {self.service.name}", primary=True) as conn:
             for file in status.pending:
                 self.progress(f"{self.service.name}: applying {file.script}")
                 try:
@@ -530,7 +530,7 @@ class SchemaMigrator:
         by_script = {f.script: f for f in status.files}
         # Rare, deliberate operations: the session-level lock on a connection of their
         # own, then one short transaction (the lock dies with the connection).
-        with connect(self.login, purpose="repair migration history") as conn:
+        with connect(self.login, purpose="repair migration history", primary=True) as conn:
             self._wait_for_lock(conn, session=True)
             with conn.transaction():
                 self._repair_locked(conn, status, by_script, done)
@@ -561,7 +561,7 @@ class SchemaMigrator:
     def baseline(self, version: str, description: str = "<< baseline >>") -> None:
         """Record that the schema already holds everything up to *version*."""
         parsed = parse_version(version)
-        with connect(self.login, purpose="baseline migrations") as conn:
+        with connect(self.login, purpose="baseline migrations", primary=True) as conn:
             self._wait_for_lock(conn, session=True)
             with conn.transaction():
                 self._baseline_locked(conn, parsed, description)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -79,6 +80,7 @@ class DatabaseCollector(Collector):
                                  "Client sessions / max_connections.")
         used.add_metric([], stats.connections / max(stats.max_connections, 1))
         yield from (cache, xid, used)
+        yield from _replication_metrics(stats.replication)
 
     def _backup_metrics(self) -> Iterable[Metric]:
         """Age of each schema's newest verified backup, and the last drill's result."""
@@ -116,3 +118,47 @@ class DatabaseCollector(Collector):
                                         "How long the last drill's restore took (RTO).")
                 rto.add_metric([], float(drill["restore_seconds"]))
                 yield rto
+
+
+_REPLICA_STATES = ("ok", "lagging", "down", "not-a-standby")
+
+
+def _replication_metrics(repl: dict[str, Any]) -> Iterable[Metric]:
+    """Which server is the primary, whether its standbys stream, each replica's state.
+    Labels are host:port and standby names: a handful per deployment."""
+    if not repl:
+        return
+    recovery = GaugeMetricFamily(f"{PREFIX}_in_recovery",
+                                 "1 if the admin connection reached a standby.")
+    recovery.add_metric([], 1.0 if repl["in_recovery"] else 0.0)
+    primary = GaugeMetricFamily(f"{PREFIX}_primary_info",
+                                "1, labelled with the host:port that is the primary.",
+                                labels=["host"])
+    if repl["primary"]:
+        primary.add_metric([repl["primary"]], 1.0)
+    streaming = GaugeMetricFamily(f"{PREFIX}_standby_streaming",
+                                  "1 if the standby streams from the primary.",
+                                  labels=["standby"])
+    lag = GaugeMetricFamily(f"{PREFIX}_standby_replay_lag_seconds",
+                            "Replay lag of each standby (pg_stat_replication).",
+                            labels=["standby"])
+    lag_bytes = GaugeMetricFamily(f"{PREFIX}_standby_replay_lag_bytes",
+                                  "WAL not yet replayed by each standby.", labels=["standby"])
+    for standby in repl["standbys"]:
+        name = str(standby["name"])
+        streaming.add_metric([name], 1.0 if standby["state"] == "streaming" else 0.0)
+        lag.add_metric([name], standby["replay_lag_seconds"] or 0.0)
+        if standby["replay_lag_bytes"] is not None:
+            lag_bytes.add_metric([name], float(standby["replay_lag_bytes"]))
+    state = GaugeMetricFamily(f"{PREFIX}_replica_state",
+                              "1 for the state each configured read replica is in.",
+                              labels=["replica", "state"])
+    replica_lag = GaugeMetricFamily(f"{PREFIX}_replica_lag_seconds",
+                                    "Replay lag of each configured read replica.",
+                                    labels=["replica"])
+    for replica in repl["replicas"]:
+        for name in _REPLICA_STATES:
+            state.add_metric([replica["host"], name], 1.0 if replica["state"] == name else 0.0)
+        if replica["lag_seconds"] is not None:
+            replica_lag.add_metric([replica["host"]], float(replica["lag_seconds"]))
+    yield from (recovery, primary, streaming, lag, lag_bytes, state, replica_lag)

@@ -10,7 +10,10 @@ number of queries, whatever the number of services:
   (provisioning installs it where it can); otherwise that part says why it is
   missing, and everything else still works;
 * schema sizes and dead tuples; cache hit ratio of tables and indexes; transaction-ID
-  age; connections against ``max_connections``.
+  age; connections against ``max_connections``;
+* replication: whether the server is the primary (and which host:port it is, for a
+  multi-host ``DATABASE_URL``), its standbys from ``pg_stat_replication``, and each
+  ``DATABASE_REPLICA_URLS`` entry's state and lag (one short connection per replica).
 
 Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 (the admin has it; so does ``pg_monitor``).
@@ -25,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..config import Settings
+from ..config import Settings, host_label
 from ..core.errors import ConfigError
 from ..topology import Service, Topology
 from .fingerprint import fingerprint
@@ -51,6 +54,10 @@ class DatabaseStats:
     statements_note: str | None = None
     connection_limits: dict[str, int] = field(default_factory=dict)  # role -> rolconnlimit
     queries: int = 0
+    # {"in_recovery": bool, "primary": "host:port" | None, "standbys": [{"name",
+    # "client_addr", "state", "replay_lag_seconds", "replay_lag_bytes"}], "replicas":
+    # [{"host", "state", "lag_seconds"}]}: see :func:`read_replication`.
+    replication: dict[str, Any] = field(default_factory=dict)
 
 
 def _empty_role() -> dict[str, Any]:
@@ -76,7 +83,7 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
         return conn.execute(query, params).fetchall()
 
     (stats.server_version, stats.max_connections, stats.connections, stats.cache_hit_ratio,
-     stats.cache_blocks, stats.xid_age, limit_roles, limits) = q(
+     stats.cache_blocks, stats.xid_age, limit_roles, limits, in_recovery, standbys) = q(
         "SELECT current_setting('server_version'), current_setting('max_connections')::int,"
         " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
         "   WHERE backend_type = 'client backend')::int,"
@@ -97,8 +104,18 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
         " ARRAY(SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
         "   ORDER BY 1),"
         " ARRAY(SELECT rolconnlimit FROM pg_catalog.pg_roles WHERE rolname = ANY(%s)"
-        "   ORDER BY rolname)", [roles, roles])[0]
+        "   ORDER BY rolname),"
+        # Replication, valid on a primary and on a standby: pg_current_wal_lsn() raises
+        # during recovery, so a (cascading) standby measures against what it replayed.
+        " pg_catalog.pg_is_in_recovery(), coalesce((SELECT json_agg(json_build_object("
+        " 'name', application_name, 'client_addr', host(client_addr), 'state', state,"
+        " 'replay_lag_seconds', extract(epoch FROM replay_lag)::float8,"
+        " 'replay_lag_bytes', pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery()"
+        "   THEN pg_catalog.pg_last_wal_replay_lsn() ELSE pg_catalog.pg_current_wal_lsn() END,"
+        "   replay_lsn)::bigint) ORDER BY application_name, pid)"
+        " FROM pg_catalog.pg_stat_replication), '[]'::json)", [roles, roles])[0]
     stats.connection_limits = dict(zip(limit_roles, limits, strict=True))
+    stats.replication = replication_view(in_recovery, standbys, conn, settings)
 
     for role in roles:
         stats.roles[role] = _empty_role()
@@ -180,6 +197,65 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
             "calls": int(calls), "total_time_s": total_ms / 1000.0,
             "mean_ms": (total_ms / calls) if calls else 0.0, "slow_statements": int(slow)}
     return stats
+
+
+def replication_view(in_recovery: bool, standby_rows: list[dict[str, Any]] | None,
+                     conn: psycopg.Connection[Any], settings: Settings) -> dict[str, Any]:
+    """Where *conn* landed and what replicates from it, plus the configured replicas.
+
+    ``primary`` is the ``host:port`` libpq connected to (with a multi-host URL, the
+    one that accepted), or None when that server is a standby.  ``replicas`` probes
+    each ``DATABASE_REPLICA_URLS`` entry as the replica selector does (state ``ok``,
+    ``lagging``, ``down`` or ``not-a-standby``).  No user names or passwords appear.
+    """
+    from ..config import replica_admin_conninfos
+    from ..connections.replicas import probe_once
+
+    in_recovery, standbys = bool(in_recovery), list(standby_rows or [])
+    for standby in standbys:
+        lag = standby.get("replay_lag_seconds")
+        standby["replay_lag_seconds"] = None if lag is None else float(lag)
+    replicas = []
+    for params in replica_admin_conninfos(settings):
+        state, lag = probe_once(params, settings.database_replica_max_lag)
+        replicas.append({"host": host_label(params), "state": state, "lag_seconds": lag})
+    return {
+        "in_recovery": in_recovery,
+        "primary": None if in_recovery else host_label(
+            {"host": conn.info.host, "port": conn.info.port}),
+        "standbys": standbys,
+        "replicas": replicas,
+    }
+
+
+def _replication_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
+                        settings: Settings) -> None:
+    repl = stats.replication
+    if not repl:
+        return
+    if repl["in_recovery"]:
+        checks["primary"] = _check(
+            DEGRADED, None, None, "connected to a standby (in recovery), not the primary: "
+            "list the primary in DATABASE_URL, with target_session_attrs=read-write")
+    else:
+        streaming = sum(1 for s in repl["standbys"] if s["state"] == "streaming")
+        checks["primary"] = _check(
+            OK, repl["primary"], None, f"primary at {repl['primary']}; "
+            f"{streaming} of {len(repl['standbys'])} standby(s) streaming")
+    for standby in repl["standbys"]:
+        if standby["state"] != "streaming":
+            checks[f"standby:{standby['name']}"] = _check(
+                DEGRADED, standby["state"], "streaming",
+                f"standby {standby['name']} ({standby['client_addr']}) is "
+                f"{standby['state']}, not streaming")
+    for replica in repl["replicas"]:
+        if replica["state"] != "ok":
+            lag = replica["lag_seconds"]
+            checks[f"replica:{replica['host']}"] = _check(
+                DEGRADED, lag, settings.database_replica_max_lag,
+                f"read replica {replica['host']} is {replica['state']}"
+                + (f" (lag {lag:.1f}s)" if lag is not None else "")
+                + ": replica reads go to the other replicas or the primary")
 
 
 def _check(status: str, value: Any, threshold: Any, message: str,
@@ -300,6 +376,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
         OK, stats.statements is not None, True,
         stats.statements_note or "per-role statement statistics available")
     checks["backup_freshness"] = _backup_check(settings, stats)
+    _replication_checks(checks, stats, settings)
     for item in suspicious:
         key = f"suspicious:{item['pattern']}:{item['service']}"
         checks.setdefault(key, _check(DEGRADED, item["detail"], None, item["detail"],
@@ -307,7 +384,8 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
     overall = max((c["status"] for c in checks.values()), key=lambda s: _RANK[s])
     return {"overall_status": "healthy" if overall == OK else overall, "checks": checks,
             "suspicious": suspicious, "services": services,
-            "long_running_queries": stats.long_running, "catalog_queries": stats.queries}
+            "long_running_queries": stats.long_running, "catalog_queries": stats.queries,
+            "replication": stats.replication}
 
 
 def _first_migrations(settings: Settings, schemas: list[str]) -> dict[str, datetime]:

@@ -750,7 +750,7 @@ def _enable_statement_statistics(conn: psycopg.Connection[Any], report: Provisio
 
 def _can_log_in(params: dict[str, Any]) -> bool:
     try:
-        with psycopg.connect(**params, connect_timeout=10, autocommit=True):
+        with psycopg.connect(**{"connect_timeout": 10, **params}, autocommit=True):
             return True
     except psycopg.OperationalError as exc:
         # 28P01 invalid_password; libpq reports it only in the message text.
@@ -812,7 +812,7 @@ def provision(
     started = time.perf_counter()
     rotate_set = set(rotate)
     logins = _logins(topology, passwords, migrator_passwords)
-    with connect(admin, purpose="provision", autocommit=False) as conn:
+    with connect(admin, purpose="provision", autocommit=False, primary=True) as conn:
         user, database, version = check_admin(conn)
         conn.commit()
         report = ProvisionReport(database=database, admin=user, server_version=version)

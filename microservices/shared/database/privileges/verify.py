@@ -686,7 +686,7 @@ def verify_logins(
             continue
         params = conninfo_for(svc, password)
         try:
-            with psycopg.connect(**params, connect_timeout=10, autocommit=True) as conn:
+            with psycopg.connect(**{"connect_timeout": 10, **params}, autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT current_user, current_schemas(false)").fetchone()
         except psycopg.Error as exc:

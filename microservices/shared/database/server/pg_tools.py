@@ -58,8 +58,16 @@ def find_tool(name: str, server_major: int) -> Path:
 def libpq_env(params: dict[str, object]) -> dict[str, str]:
     """Connection parameters as libpq environment variables, so that no password is
     ever on a command line (where ps would show it)."""
+    # Beyond the basics, what a multi-host or TLS URL needs: without PGTARGETSESSIONATTRS
+    # a pg_dump given host=a,b would dump whichever server answers first, maybe a standby.
     names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
-             "dbname": "PGDATABASE", "sslmode": "PGSSLMODE"}
+             "dbname": "PGDATABASE", "sslmode": "PGSSLMODE", "hostaddr": "PGHOSTADDR",
+             "target_session_attrs": "PGTARGETSESSIONATTRS",
+             "load_balance_hosts": "PGLOADBALANCEHOSTS", "connect_timeout": "PGCONNECT_TIMEOUT",
+             "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
+             "sslcrl": "PGSSLCRL", "sslnegotiation": "PGSSLNEGOTIATION",
+             "channel_binding": "PGCHANNELBINDING", "passfile": "PGPASSFILE",
+             "options": "PGOPTIONS", "application_name": "PGAPPNAME"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     for key, var in names.items():
         if params.get(key) not in (None, ""):

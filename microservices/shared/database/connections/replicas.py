@@ -1,0 +1,321 @@
+"""Choosing a read replica: a health cache per replica, refreshed in the background.
+
+``get_connection(service, replica=True)`` asks a :class:`ReplicaSet` for a replica
+whose replay lag is at most ``DATABASE_REPLICA_MAX_LAG``.  Nothing is probed per
+query: one daemon thread per set reads each replica's state about once a second over
+a connection of its own, and :meth:`ReplicaSet.choose` only reads the cached result.
+
+Lag is ``now() - pg_last_xact_replay_timestamp()``, except when the standby streams
+and has replayed everything it received: then it is 0.  Without that exception an
+idle primary (no new transactions) would make every caught-up replica look more and
+more behind.  A standby that does not stream (no WAL receiver) is judged by the
+timestamp alone: it cannot know what it is missing.
+
+States: ``ok``; ``lagging`` (lag above the limit, or unknown); ``down`` (cannot
+connect or query); ``not-a-standby`` (the server is a primary, e.g. promoted: reading
+there is no longer reading a replica of our primary).  Each state change is logged
+once, with the replica's host and port only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, Protocol, TypeVar
+
+import psycopg
+
+from ..config import host_label
+from ..core.errors import ServiceConnectionError
+
+log = logging.getLogger(__name__)
+
+OK, LAGGING, DOWN, NOT_A_STANDBY, UNKNOWN = "ok", "lagging", "down", "not-a-standby", "unknown"
+REFRESH_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 2
+
+# One round trip.  pg_stat_wal_receiver shows a row (pid only, for roles without
+# pg_read_all_stats) exactly while a WAL receiver runs.
+LAG_QUERY = (
+    "SELECT pg_catalog.pg_is_in_recovery(),"
+    " CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL"
+    "  WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver)"
+    "   AND pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn()"
+    "  THEN 0::float8"
+    "  ELSE extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp())::float8"
+    " END"
+)
+
+P = TypeVar("P")
+C = TypeVar("C", covariant=True)
+
+
+def judge(in_recovery: bool, lag: float | None, max_lag: float) -> str:
+    """The state of a replica that answered the lag query."""
+    if not in_recovery:
+        return NOT_A_STANDBY
+    if lag is None or lag > max_lag:
+        return LAGGING
+    return OK
+
+
+def _probe_params(params: dict[str, Any]) -> dict[str, Any]:
+    out = dict(params)
+    # A probe must never hang the health cache: bounded connect and statement.
+    out["connect_timeout"] = min(int(out.get("connect_timeout", PROBE_TIMEOUT_S) or
+                                     PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
+    out["options"] = (str(out.get("options", "")) + " -c statement_timeout=2000").strip()
+    return out
+
+
+def read_lag(conn: psycopg.Connection[Any], max_lag: float) -> tuple[str, float | None]:
+    """``(state, lag_seconds)`` of the server *conn* is connected to."""
+    row = conn.execute(LAG_QUERY).fetchone()
+    assert row is not None
+    in_recovery, lag = bool(row[0]), row[1]
+    lag = None if lag is None else max(float(lag), 0.0)
+    return judge(in_recovery, lag, max_lag), lag
+
+
+def probe_once(params: dict[str, Any], max_lag: float) -> tuple[str, float | None]:
+    """Connect, read the state and close: for one-off views such as ``health``."""
+    try:
+        with psycopg.connect(**_probe_params(params), autocommit=True) as conn:
+            return read_lag(conn, max_lag)
+    except psycopg.Error:
+        return DOWN, None
+
+
+@dataclass
+class Replica(Generic[P]):
+    """One replica of one service: where it is, its cached health, and its pool."""
+
+    params: dict[str, Any]
+    pool: P
+    label: str = ""
+    state: str = UNKNOWN
+    lag_seconds: float | None = None
+    checked_at: float = 0.0
+    _conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.label = host_label(self.params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.label, "state": self.state, "lag_seconds": self.lag_seconds}
+
+
+class ReplicaSet(Generic[P]):
+    """The replicas of one service and the thread that keeps their health current.
+
+    *pools* are opaque to this module (the connection manager's pools); :meth:`choose`
+    hands back the pool of a healthy replica, or None when none qualifies.
+    """
+
+    def __init__(self, service: str, replicas: Sequence[tuple[dict[str, Any], P]],
+                 max_lag: float, *, interval: float = REFRESH_INTERVAL_S) -> None:
+        self.service = service
+        self.max_lag = max_lag
+        self.interval = interval
+        self.replicas: list[Replica[P]] = [Replica(params, pool) for params, pool in replicas]
+        self._turn = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"ReplicaSet({self.service!r}, {[r.label for r in self.replicas]})"
+
+    # -- choosing ---------------------------------------------------------------
+    def choose(self) -> Replica[P] | None:
+        """A replica in state ``ok`` (round robin), else None.  The first call probes
+        every replica before answering; later calls only read the cache."""
+        if self._thread is None:
+            self.start()
+        healthy = [r for r in self.replicas if r.state == OK]
+        if not healthy:
+            return None
+        return healthy[next(self._turn) % len(healthy)]
+
+    def mark_down(self, replica: Replica[P], reason: str) -> None:
+        """A checkout on *replica* failed: stop choosing it until a probe says otherwise."""
+        self._set(replica, DOWN, None, reason)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.replicas]
+
+    # -- health --------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self.refresh()
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name=f"edulink-db replicas {self.service}")
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        for replica in self.replicas:
+            if replica._conn is not None:
+                replica._conn.close()
+                replica._conn = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Probe every replica once (the background thread calls this every interval)."""
+        for replica in self.replicas:
+            if self._stop.is_set():
+                return
+            self._probe(replica)
+
+    def _probe(self, replica: Replica[P]) -> None:
+        try:
+            if replica._conn is None or replica._conn.closed:
+                replica._conn = psycopg.connect(**_probe_params(replica.params),
+                                                autocommit=True)
+            state, lag = read_lag(replica._conn, self.max_lag)
+            reason = (f"replay lag {lag:.1f}s over DATABASE_REPLICA_MAX_LAG "
+                      f"{self.max_lag:g}s" if state == LAGGING and lag is not None
+                      else "replay lag unknown (not streaming, nothing replayed yet)"
+                      if state == LAGGING else "the server is not in recovery (promoted?)"
+                      if state == NOT_A_STANDBY else "")
+        except psycopg.Error as exc:
+            if replica._conn is not None:
+                replica._conn.close()
+                replica._conn = None
+            state, lag = DOWN, None
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        self._set(replica, state, lag, reason)
+
+    def _set(self, replica: Replica[P], state: str, lag: float | None, reason: str) -> None:
+        previous = replica.state
+        replica.state, replica.lag_seconds = state, lag
+        replica.checked_at = time.monotonic()
+        if state == previous:
+            return
+        if state == OK:
+            log.info("service %s: read replica %s is usable (lag %.1fs)", self.service,
+                     replica.label, lag or 0.0)
+        else:
+            log.warning("service %s: skipping read replica %s, %s: %s; replica reads go to "
+                        "the other replicas or the primary", self.service, replica.label,
+                        state, reason)
+
+
+def build(service: str, params: Sequence[dict[str, Any]], max_lag: float,
+          make_pool: Callable[[dict[str, Any]], P]) -> ReplicaSet[P] | None:
+    """A ReplicaSet over *params* with a pool each (None when there are none)."""
+    if not params:
+        return None
+    return ReplicaSet(service, [(p, make_pool(p)) for p in params], max_lag)
+
+
+class _SyncCheckout(Protocol[C]):
+    def __enter__(self) -> C: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+
+class _AsyncCheckout(Protocol[C]):
+    async def __aenter__(self) -> C: ...
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
+
+
+def _lost_server(exc: BaseException | None, conn: Any) -> bool:
+    """Whether the block ended because the replica went away (not a query error)."""
+    return isinstance(exc, psycopg.OperationalError) and bool(getattr(conn, "closed", False)
+                                                               or getattr(conn, "broken", False))
+
+
+class ReplicaCheckout(Generic[P, C]):
+    """``with`` block of ``get_connection(..., replica=True)``: a connection of a healthy
+    replica, else of the primary.  A replica whose checkout fails (unreachable, refused
+    login, pool timeout) is marked down and the primary serves this block instead: the
+    caller sees no error.  A replica lost *during* the block fails that block, as a
+    primary would; it is marked down so the next block does not wait for the probe."""
+
+    __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
+
+    def __init__(self, replica_set: ReplicaSet[P], make: Callable[[P], _SyncCheckout[C]],
+                 primary: _SyncCheckout[C]) -> None:
+        self._set, self._make, self._primary = replica_set, make, primary
+        self._inner: _SyncCheckout[C] | None = None
+        self._replica: Replica[P] | None = None
+        self._conn: Any = None
+
+    def __enter__(self) -> C:
+        replica = self._set.choose()
+        if replica is not None:
+            inner = self._make(replica.pool)
+            try:
+                conn = inner.__enter__()
+            except ServiceConnectionError as exc:
+                self._set.mark_down(replica, str(exc))
+            else:
+                self._inner, self._replica = inner, replica
+                self._conn = conn
+                return conn
+        self._inner, self._replica = self._primary, None
+        return self._primary.__enter__()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        inner, replica = self._inner, self._replica
+        assert inner is not None
+        self._inner = self._replica = None
+        if replica is not None and _lost_server(exc, self._conn):
+            self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
+        inner.__exit__(exc_type, exc, tb)
+
+
+class AsyncReplicaCheckout(Generic[P, C]):
+    """The asyncio twin of :class:`ReplicaCheckout` (``async with``)."""
+
+    __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
+
+    def __init__(self, replica_set: ReplicaSet[P], make: Callable[[P], _AsyncCheckout[C]],
+                 primary: _AsyncCheckout[C]) -> None:
+        self._set, self._make, self._primary = replica_set, make, primary
+        self._inner: _AsyncCheckout[C] | None = None
+        self._replica: Replica[P] | None = None
+        self._conn: Any = None
+
+    async def __aenter__(self) -> C:
+        if self._set._thread is None:  # the first probe connects: not on the event loop
+            await asyncio.to_thread(self._set.start)
+        replica = self._set.choose()
+        if replica is not None:
+            inner = self._make(replica.pool)
+            try:
+                conn = await inner.__aenter__()
+            except ServiceConnectionError as exc:
+                self._set.mark_down(replica, str(exc))
+            else:
+                self._inner, self._replica, self._conn = inner, replica, conn
+                return conn
+        self._inner, self._replica = self._primary, None
+        return await self._primary.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        inner, replica = self._inner, self._replica
+        assert inner is not None
+        self._inner = self._replica = None
+        if replica is not None and _lost_server(exc, self._conn):
+            self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
+        self._conn = None
+        await inner.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,267 @@
+"""Read replicas against real servers: a primary and two streaming standbys.
+
+Run with ``-s`` to see the measured fallback times (correctness bounds are asserted,
+not timings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from microservices.shared.database.config import (
+    load_settings,
+    replica_conninfos,
+    split_urls,
+    to_url,
+)
+from microservices.shared.database.connection_manager import ConnectionManager
+from microservices.shared.database.core.errors import ConfigError, EdulinkDBError
+from microservices.shared.database.monitoring.health import collect
+from microservices.shared.database.topology import default_topology
+
+from .clusters import Cluster
+from .conftest import SERVICE_PASSWORD, service_env
+from .test_failover import DB, make_pair
+
+PORT = "SELECT inet_server_port()"
+
+
+@pytest.fixture(scope="module")
+def trio() -> Iterator[tuple[Cluster, Cluster, Cluster]]:
+    primary, (s1, s2) = make_pair("edulink-replicas-", standbys=2)
+    try:
+        yield primary, s1, s2
+    finally:
+        s2.destroy()
+        s1.destroy()
+        primary.destroy()
+
+
+def db(cluster: Cluster) -> dict[str, Any]:
+    return {**cluster.params, "dbname": DB}
+
+
+@pytest.fixture
+def make_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    made: list[ConnectionManager] = []
+
+    def make(primary: Cluster, *replicas: Cluster, **env: str) -> ConnectionManager:
+        extra = {"DATABASE_POOL_SIZE": "1", "DATABASE_MAX_OVERFLOW": "2", **env}
+        if replicas:
+            extra["DATABASE_REPLICA_URLS"] = ",".join(to_url(db(r)) for r in replicas)
+        service_env(monkeypatch, db(primary), extra=extra)
+        manager = ConnectionManager(load_settings())
+        made.append(manager)
+        return manager
+
+    yield make
+    for manager in made:
+        manager.close_all()
+
+
+def port_of(manager: ConnectionManager, **kw: Any) -> int:
+    with manager.get_connection("user", **kw) as conn:
+        row = conn.execute(PORT).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_replica_reads_go_to_a_replica_and_plain_checkouts_do_not(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    primary, s1, s2 = trio
+    manager = make_manager(primary, s1, s2)
+    seen = {port_of(manager, replica=True) for _ in range(8)}
+    assert seen == {s1.port, s2.port}  # both healthy: both used
+    assert {port_of(manager) for _ in range(5)} == {primary.port}
+    with manager.get_connection("user", replica=True, user_id="u1") as conn:
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert conn.execute("SELECT current_user").fetchone() == ("user_service_role",)
+        assert conn.execute("SELECT count(*) FROM ticks").fetchone() is not None
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("INSERT INTO ticks DEFAULT VALUES")
+    statuses = manager.replica_status("user")
+    assert [s["state"] for s in statuses] == ["ok", "ok"]
+    assert {s["host"] for s in statuses} == {f"127.0.0.1:{s1.port}", f"127.0.0.1:{s2.port}"}
+
+
+def test_async_replica_reads(trio: tuple[Cluster, Cluster, Cluster],
+                             make_manager: Any) -> None:
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+
+    async def main() -> tuple[int, int]:
+        async with manager.get_async_connection("user", replica=True) as conn:
+            replica = (await (await conn.execute(PORT)).fetchone())[0]
+        async with manager.get_async_connection("user") as conn:
+            plain = (await (await conn.execute(PORT)).fetchone())[0]
+        await manager.aclose_all()
+        return replica, plain
+
+    assert asyncio.run(main()) == (s1.port, primary.port)
+
+
+def test_no_replicas_configured_reads_the_primary(trio: tuple[Cluster, Cluster, Cluster],
+                                                   make_manager: Any) -> None:
+    primary, _s1, _s2 = trio
+    manager = make_manager(primary)
+    assert port_of(manager, replica=True) == primary.port
+    assert manager.replica_status("user") == []
+
+
+def _reader(manager: ConnectionManager, stop: threading.Event,
+            seen: list[tuple[float, int]], errors: list[BaseException]) -> None:
+    while not stop.is_set():
+        try:
+            seen.append((time.monotonic(), port_of(manager, replica=True)))
+        except (psycopg.Error, EdulinkDBError) as exc:
+            errors.append(exc)
+        time.sleep(0.05)
+
+
+def test_lagging_replica_falls_back_to_the_primary(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1, DATABASE_REPLICA_MAX_LAG="1")
+    assert port_of(manager, replica=True) == s1.port
+    seen: list[tuple[float, int]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_reader, args=(manager, stop, seen, errors))
+    caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
+    with s1.connect() as standby:
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with primary.connect(dbname=DB) as conn:
+                conn.execute("INSERT INTO user_schema.ticks DEFAULT VALUES")
+            paused_at = time.monotonic()
+            thread.start()
+            deadline = paused_at + 10
+            while time.monotonic() < deadline and not any(
+                    p == primary.port for t, p in seen if t > paused_at):
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+    fell_back = [t for t, p in seen if p == primary.port]
+    assert fell_back, "replica reads never left the paused replica"
+    fallback_s = fell_back[0] - paused_at
+    # Resumed: the replica catches up and serves again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and seen[-1][1] != s1.port:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    print(f"\nlagging replica (max lag 1s): replica reads on the primary {fallback_s:.3f}s "
+          f"after the pause and the next write; {len(seen)} reads, {len(errors)} errors")
+    assert not errors
+    assert fallback_s < 5.0
+    assert seen[-1][1] == s1.port
+    skipped = [r for r in caplog.records if "skipping read replica" in r.getMessage()]
+    assert len(skipped) == 1 and "lagging" in skipped[0].getMessage()
+    assert f"127.0.0.1:{s1.port}" in skipped[0].getMessage()
+
+
+def test_stopped_replica_falls_back_to_the_primary_without_errors(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+    for _ in range(3):
+        assert port_of(manager, replica=True) == s1.port  # the pool holds replica conns
+    seen: list[tuple[float, int]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=_reader, args=(manager, stop, seen, errors))
+    caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
+    thread.start()
+    time.sleep(0.3)
+    s1.stop()
+    stopped_at = time.monotonic()
+    try:
+        time.sleep(3)
+        after = [p for t, p in seen if t > stopped_at]
+    finally:
+        s1.start()
+    fell_back = [t for t, p in seen if t > stopped_at and p == primary.port]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and seen[-1][1] != s1.port:
+        time.sleep(0.05)
+    stop.set()
+    thread.join()
+    assert not errors, errors[:3]
+    assert after and set(after) == {primary.port}
+    print(f"\nstopped replica: first replica read on the primary "
+          f"{fell_back[0] - stopped_at:.3f}s after pg_ctl stop returned; {len(after)} reads "
+          "while it was down, 0 errors")
+    assert seen[-1][1] == s1.port  # back once it is up again
+    # Logged once per state change, not per read: down once (then, restarted, possibly
+    # lagging until its WAL receiver streams again), whatever the number of reads.
+    skipped = [r.getMessage() for r in caplog.records
+               if "skipping read replica" in r.getMessage()]
+    assert sum(", down:" in m for m in skipped) == 1, skipped
+    assert len(skipped) <= 2, skipped
+
+
+def test_health_shows_each_replica_state_and_lag(
+        trio: tuple[Cluster, Cluster, Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    primary, s1, _s2 = trio
+    dead = {**db(s1), "port": 1}  # nothing listens on port 1
+    urls = ",".join(to_url(p) for p in (db(s1), dead, db(primary)))
+    service_env(monkeypatch, db(primary), extra={"DATABASE_REPLICA_URLS": urls})
+    settings = load_settings()
+    with primary.connect(dbname=DB) as conn:
+        stats = collect(conn, default_topology(), settings)
+    replicas = stats.replication["replicas"]
+    assert [(r["host"], r["state"]) for r in replicas] == [
+        (f"127.0.0.1:{s1.port}", "ok"), ("127.0.0.1:1", "down"),
+        (f"127.0.0.1:{primary.port}", "not-a-standby")]
+    assert replicas[0]["lag_seconds"] is not None and replicas[0]["lag_seconds"] <= 5
+    assert primary.password not in repr(stats.replication)
+    assert primary.password not in repr(settings)
+
+
+# -- configuration (no server needed) ---------------------------------------------
+
+
+def test_replica_urls_split_keep_multi_host_urls_whole() -> None:
+    text = ("postgresql://a:pw@h1:5432,h2:5433/db?target_session_attrs=any, "
+            "postgres://a:pw@h3/db,host=h4 port=5 user=a")
+    assert split_urls(text) == ["postgresql://a:pw@h1:5432,h2:5433/db?target_session_attrs=any",
+                                "postgres://a:pw@h3/db", "host=h4 port=5 user=a"]
+
+
+def test_service_credentials_are_derived_and_overridable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "admin-secret",
+             "dbname": "db"}
+    service_env(monkeypatch, admin, extra={
+        "DATABASE_REPLICA_URLS": "postgresql://postgres:admin-secret@127.0.0.2:5432/db"})
+    settings = load_settings()
+    user = default_topology().service("user")
+    (params,) = replica_conninfos(user, settings)
+    assert (params["user"], params["password"], params["host"]) == (
+        "user_service_role", SERVICE_PASSWORD, "127.0.0.2")
+    assert "default_transaction_read_only=on" in params["options"]
+    assert "admin-secret" not in repr(settings)
+    monkeypatch.setenv("EDULINK_DB_USER_REPLICA_URLS",
+                       "postgresql://own:own-pw@10.0.0.9:6000/db?options=-c%20work_mem%3D8MB")
+    (own,) = replica_conninfos(user, load_settings())
+    assert (own["user"], own["host"], own["sslmode"]) == ("own", "10.0.0.9", "require")
+    assert own["options"] == "-c work_mem=8MB -c default_transaction_read_only=on"
+    # A service on a server of its own gets none of the shared primary's replicas.
+    monkeypatch.delenv("EDULINK_DB_USER_REPLICA_URLS")
+    monkeypatch.setenv("EDULINK_DB_USER_URL", "postgresql://u:p@10.0.0.5/db")
+    assert replica_conninfos(user, load_settings()) == []
+    monkeypatch.setenv("DATABASE_REPLICA_URLS", "postgresql://x:secret-in-url@h/db?no_such_option=1")
+    with pytest.raises(ConfigError) as exc:
+        replica_conninfos(default_topology().service("auth"), load_settings())
+    assert "DATABASE_REPLICA_URLS" in str(exc.value) and "secret-in-url" not in str(exc.value)
