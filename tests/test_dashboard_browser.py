@@ -38,11 +38,11 @@ def _browser_or_skip() -> Any:
     missing = []
     if not Path(CHROMIUM).exists():
         missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    sync_playwright: Any = None
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         missing.append("the playwright package (pip install playwright)")
-        sync_playwright = None
     if missing:
         reason = "browser test needs " + " and ".join(missing)
         if os.environ.get("CI") == "true":
