@@ -47,12 +47,12 @@ class Response:
 
 def call(app: DashboardApp, path: str, *, method: str = "GET", remote: str = "127.0.0.1",
          host: str = "127.0.0.1:8478", headers: dict[str, str] | None = None,
-         script_name: str = "") -> Response:
+         script_name: str = "", scheme: str = "http") -> Response:
     path, _, query = path.partition("?")
     environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path,
                                "QUERY_STRING": query, "REMOTE_ADDR": remote,
                                "HTTP_HOST": host, "SCRIPT_NAME": script_name,
-                               "wsgi.input": io.BytesIO(b"")}
+                               "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": scheme}
     for key, value in (headers or {}).items():
         environ["HTTP_" + key.upper().replace("-", "_")] = value
     setup_testing_defaults(environ)
@@ -168,6 +168,13 @@ def test_url_token_is_traded_for_a_cookie_and_dropped_from_the_url(
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/dash" in cookie
     assert TOKEN not in r.text
+    # No open redirect: only a plain local path goes back into Location.
+    for evil in ("//evil.example/x", "/\\evil.example", "/x?y"):
+        r = call(token_app, f"{evil}?token={TOKEN}" if "?" not in evil else f"/x?token={TOKEN}")
+        assert r.status == 303 and r.headers["location"] in ("/", "/x"), evil
+    assert "Secure" not in r.headers["set-cookie"]
+    https = call(token_app, f"/?token={TOKEN}", scheme="https")
+    assert https.headers["set-cookie"].endswith("; Secure")
     page = call(token_app, "/service/user",
                 headers={"Cookie": f"other=1; edulink_db_dashboard={TOKEN}"})
     assert page.status == 200 and TOKEN not in page.text

@@ -64,6 +64,7 @@ _STATIC_FILES = ("dashboard.js", "dashboard.css", "uPlot.iife.min.js", "uPlot.mi
                  "uPlot.LICENSE.txt")
 _SERVICE_PATH = re.compile(r"^/service/([a-z][a-z0-9_]{0,62})$")
 _SERIES_PATH = re.compile(r"^/api/series/([a-z][a-z0-9_]{0,62})\.json$")
+_LOCAL_PATH = re.compile(r"/(?!/)[A-Za-z0-9_./-]*")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -148,11 +149,14 @@ class DashboardApp:
         if self._token is not None and "token" in query:
             if not self._matches(query["token"][0]):
                 return _unauthorised()
-            # Trade the URL token for a cookie and drop it from the address bar.
+            # Trade the URL token for a cookie and drop it from the address bar.  Only a
+            # plain local path goes back into Location ("//host" would leave the site).
+            target = path if _LOCAL_PATH.fullmatch(path) else "/"
+            secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
             return (HTTPStatus.SEE_OTHER, [
-                ("Location", (base + path) or "/"),
+                ("Location", base + target),
                 ("Set-Cookie", f"{COOKIE}={self._token}; Path={base or '/'}; HttpOnly; "
-                               "SameSite=Strict"), _TEXT], b"")
+                               f"SameSite=Strict{secure}"), _TEXT], b"")
         if not self._authorised(environ):
             if self._token is None:
                 return (HTTPStatus.FORBIDDEN, [_TEXT],
@@ -240,6 +244,10 @@ class _QuietHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # The path only, never the query string: it may carry ?token=.
         self.log_message('"%s %s" %s', self.command, self.path.split("?", 1)[0], code)
+
+    def log_error(self, format: str, *args: object) -> None:
+        # The base class logs malformed request lines verbatim, query string included.
+        self.log_message("bad request (%s)", str(args[0]) if args else "?")
 
 
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8478,
