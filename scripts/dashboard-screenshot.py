@@ -59,8 +59,13 @@ def main() -> None:
                 for path, name in (("/", "dashboard.png"),
                                    ("/service/user", "dashboard-user.png")):
                     page.goto(base + path)
-                    page.wait_for_function("[...document.querySelectorAll('.chart')]"
-                                           ".every(e => e.dataset.drawn || e.textContent)")
+                    # Every chart drawn (or saying why not); polled from here, since the
+                    # page's CSP rightly forbids the string eval of wait_for_function.
+                    pending = page.locator(".chart:not([data-drawn]):not(.empty)")
+                    for _ in range(100):
+                        if pending.count() == 0:
+                            break
+                        time.sleep(0.1)
                     page.screenshot(path=str(args.out / name), full_page=True)
                     print(args.out / name)
                 context.close()

@@ -75,6 +75,7 @@ def shots() -> Iterator[Path]:
 def test_pages_in_chromium_show_each_services_figures(
         served: tuple[str, DashboardApp], dash_env: dict[str, Any], shots: Path) -> None:
     sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
     base, app = served
     topology = default_topology()
     user, institution = topology.service("user"), topology.service("institution")
@@ -130,8 +131,8 @@ def test_pages_in_chromium_show_each_services_figures(
                                 ).inner_text() == "2"
             assert page.locator('[data-figure="statements"] td[data-k="calls"]'
                                 ).inner_text() == str(expected[user.runtime_role])
-            page.wait_for_function(
-                "document.querySelectorAll('.charts .chart[data-drawn=\"1\"]').length === 3")
+            # expect() polls without eval, which the page's CSP forbids.
+            expect(page.locator('.charts .chart[data-drawn="1"]')).to_have_count(3)
             assert page.locator("#top-statements").inner_text().count("SELECT") >= 2
             page.screenshot(path=str(shots / "dashboard-user.png"), full_page=True)
 
