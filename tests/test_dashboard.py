@@ -318,7 +318,10 @@ def test_page_stays_correct_while_a_migration_holds_an_exclusive_lock(
     def blocked_reader() -> None:
         try:
             with psycopg.connect(**service_params(dash_env, user), autocommit=True) as c:
-                c.execute("SELECT count(*) FROM user_schema.notes")
+                # The waiting statement carries a literal; pg_stat_activity shows it raw.
+                waiting = ("SELECT count(*) FROM user_schema.notes WHERE body <> "  # noqa: S608
+                           f"'{LITERAL_TEXT}' AND id <> {LITERAL_NUMBER}")
+                c.execute(waiting)
         except psycopg.Error:
             pass
         finally:
@@ -346,7 +349,22 @@ def test_page_stays_correct_while_a_migration_holds_an_exclusive_lock(
         assert "blocked by pid" in page.text and "user_service_role" in page.text
         assert 'data-k="size"' in page.text
         assert 'class="bad">1<' in index.text  # the user row's blocked count
+        assert "body &lt;&gt; ? AND id &lt;&gt; ?" in page.text
+        for r in (page, index):
+            assert LITERAL_TEXT not in r.text and LITERAL_NUMBER not in r.text
     finally:
         locker.rollback()
         locker.close()
         waiter_done.wait(10)
+
+
+def test_statement_text_cannot_inject_markup(app: DashboardApp, dash_env: dict[str, Any]
+                                             ) -> None:
+    from microservices.shared.database.topology import default_topology
+
+    svc = default_topology().service("user")
+    with psycopg.connect(**service_params(dash_env, svc), autocommit=True) as conn:
+        conn.execute('SELECT 1 AS "<script>alert(1)</script>", 2 AS "x"" onmouseover=""y"')
+    page = call(app, "/service/user").text
+    assert "<script>alert" not in page and 'onmouseover="y' not in page
+    assert "&lt;script&gt;alert(?)&lt;/script&gt;" in page  # (1) is a literal: "?"
