@@ -267,7 +267,8 @@ def test_pages_show_per_service_figures_without_values_or_secrets(
     assert 'data-figure="migrations"' in user.text
     assert 'data-figure="backup"' in user.text
     assert "Privilege matrix" in index.text and "user_service_role" in index.text
-    assert 'data-figure="replicas">not configured' in index.text
+    assert 'data-figure="replicas">no standbys streaming; no read replicas configured' \
+        in index.text
 
 
 def test_charts_are_rates_and_mean_times_from_deltas() -> None:
@@ -367,4 +368,5 @@ def test_statement_text_cannot_inject_markup(app: DashboardApp, dash_env: dict[s
         conn.execute('SELECT 1 AS "<script>alert(1)</script>", 2 AS "x"" onmouseover=""y"')
     page = call(app, "/service/user").text
     assert "<script>alert" not in page and 'onmouseover="y' not in page
-    assert "&lt;script&gt;alert(?)&lt;/script&gt;" in page  # (1) is a literal: "?"
+    # A quoted identifier is a name, not a value: shown, escaped, unchanged.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
