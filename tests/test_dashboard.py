@@ -370,3 +370,91 @@ def test_statement_text_cannot_inject_markup(app: DashboardApp, dash_env: dict[s
     assert "<script>alert" not in page and 'onmouseover="y' not in page
     # A quoted identifier is a name, not a value: shown, escaped, unchanged.
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# -- red-team findings (issue 19 follow-up) ------------------------------------------
+class Served:
+    """serve() in a thread, as the CLI runs it; stopped on exit."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        from microservices.shared.database.config import load_settings
+
+        self.server: Any = None
+        self.error: BaseException | None = None
+        up = threading.Event()
+
+        def ready(server: Any) -> None:
+            self.server = server
+            up.set()
+
+        def run() -> None:
+            try:
+                serve(load_settings(), host=host, port=0, ready=ready, **kwargs)
+            except BaseException as exc:  # reported to the test
+                self.error = exc
+                up.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        up.wait(30)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+        self.thread.join(10)
+
+
+def test_an_ipv6_loopback_literal_can_be_served(dash_env: dict[str, Any]) -> None:
+    import http.client
+
+    with Served("::1") as served:
+        assert served.error is None, served.error
+        conn = http.client.HTTPConnection("::1", served.port, timeout=30)
+        conn.request("GET", "/static/dashboard.css", headers={"Host": f"[::1]:{served.port}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_a_client_that_never_finishes_its_request_is_dropped(
+        dash_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from microservices.shared.database.monitoring.dashboard import app as app_module
+
+    assert app_module._QuietHandler.timeout is not None
+    monkeypatch.setattr(app_module._QuietHandler, "timeout", 0.5)
+    with Served("127.0.0.1") as served:
+        assert served.error is None, served.error
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ...and nothing more
+            # The server closes the connection instead of holding a thread for it forever
+            # (without a timeout, recv waits until the test's own 30 s run out).
+            assert slow.recv(1024) == b""
+
+
+def test_without_token_a_local_reverse_proxy_does_not_make_clients_local(
+        app: DashboardApp) -> None:
+    # nginx's default proxy_pass sends Host: 127.0.0.1:<port> from 127.0.0.1.
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"):
+        r = call(app, "/api/series.json", headers={header: "203.0.113.5"})
+        assert r.status == 403, header
+        assert "proxy" in r.text
+
+
+def test_an_unexpected_failure_keeps_the_headers_and_shows_no_message(
+        app: DashboardApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError(f"boom {LITERAL_TEXT}")
+
+    monkeypatch.setattr(app.data, "live", broken)
+    r = call(app, "/service/user")
+    assert r.status == 500
+    assert r.headers["content-security-policy"] == CSP
+    assert LITERAL_TEXT not in r.text and "Traceback" not in r.text
