@@ -458,3 +458,54 @@ def test_an_unexpected_failure_keeps_the_headers_and_shows_no_message(
     assert r.status == 500
     assert r.headers["content-security-policy"] == CSP
     assert LITERAL_TEXT not in r.text and "Traceback" not in r.text
+
+
+def test_the_dashboards_own_session_cannot_write(app: DashboardApp) -> None:
+    from microservices.shared.database.monitoring.dashboard.data import _admin_params
+
+    with psycopg.connect(**_admin_params(app.data.settings), autocommit=True) as conn:
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("1s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE public.dashboard_write_probe ()")
+
+
+def test_concurrent_page_views_share_one_database_session(
+        app: DashboardApp, dash_env: dict[str, Any]) -> None:
+    assert call(app, "/").status == 200  # the cached panels (migrations...) are read now
+    views = 12
+
+    def sessions(conn: psycopg.Connection[Any]) -> int:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT sessions FROM pg_catalog.pg_stat_database"
+                           " WHERE datname = current_database()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with psycopg.connect(**dash_env, autocommit=True) as probe:
+        before = sessions(probe)
+        start = threading.Barrier(views)
+        statuses: list[int] = []
+
+        def view() -> None:
+            start.wait()
+            statuses.append(call(app, "/service/user").status)
+
+        threads = [threading.Thread(target=view) for _ in range(views)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert statuses == [200] * views
+        # One read serves the burst (two if it straddles the 1 s reuse window), instead
+        # of one session per request, which a burst could use to exhaust max_connections.
+        assert sessions(probe) - before <= 2
+
+
+def test_file_errors_on_the_page_do_not_name_backup_paths() -> None:
+    from microservices.shared.database.monitoring.dashboard.data import _reason
+
+    # What the backups panel shows when the store cannot be read (e.g. EACCES as a
+    # service user; the tests run as root, so the error is built here).
+    shown = _reason(PermissionError(13, "Permission denied", "/srv/secret-backups/x.json"))
+    assert shown == "PermissionError: Permission denied"
