@@ -509,3 +509,30 @@ def test_file_errors_on_the_page_do_not_name_backup_paths() -> None:
     # service user; the tests run as root, so the error is built here).
     shown = _reason(PermissionError(13, "Permission denied", "/srv/secret-backups/x.json"))
     assert shown == "PermissionError: Permission denied"
+
+
+def test_a_supabase_like_admin_gets_the_page_and_is_told_what_it_lacks(
+        createrole_admin: dict[str, Any], unique_topology: Any,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from .conftest import do_provision
+    from .test_monitoring import _toml_of
+
+    do_provision(createrole_admin, unique_topology)
+    service_env(monkeypatch, createrole_admin, unique_topology,
+                extra={"EDULINK_DB_HOME": str(tmp_path / "home"),
+                       "EDULINK_DB_MIGRATIONS": str(tmp_path / "migrations")})
+    (tmp_path / "migrations").mkdir()
+    topo_file = tmp_path / "topology.toml"
+    topo_file.write_text(_toml_of(unique_topology))
+    monkeypatch.setenv("EDULINK_DB_TOPOLOGY", str(topo_file))
+    made = make_app(token=None, interval=1.0, start_sampler=False)
+    svc = unique_topology.services[0]
+    for path in ("/", f"/service/{svc.name}"):
+        page = call(made, path)
+        assert page.status == 200, page.text[:500]
+        assert 'id="privilege-note"' in page.text and "pg_read_all_stats" in page.text
+        assert createrole_admin["password"] not in page.text
+
+
+def test_an_admin_with_full_statistics_sees_no_privilege_note(app: DashboardApp) -> None:
+    assert 'id="privilege-note"' not in call(app, "/").text
