@@ -536,3 +536,75 @@ def test_a_supabase_like_admin_gets_the_page_and_is_told_what_it_lacks(
 
 def test_an_admin_with_full_statistics_sees_no_privilege_note(app: DashboardApp) -> None:
     assert 'id="privilege-note"' not in call(app, "/").text
+
+
+def test_pages_stay_correct_while_a_table_in_every_schema_is_locked(
+        app: DashboardApp, dash_env: dict[str, Any]) -> None:
+    """Every schema at once (a migration per service), and a blocked statement whose
+    text pg_stat_activity cuts off inside a literal (track_activity_query_size)."""
+    from psycopg import sql
+
+    from microservices.shared.database.topology import default_topology
+
+    topology = default_topology()
+    user = topology.service("user")
+    with psycopg.connect(**dash_env, autocommit=True) as conn:
+        row = conn.execute("SELECT setting::int FROM pg_catalog.pg_settings"
+                           " WHERE name = 'track_activity_query_size'").fetchone()
+        assert row is not None
+        size = int(row[0])
+        for svc in topology.services:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(svc.owner_role)))
+            conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(
+                sql.Identifier(svc.schema, "locked_by_migration")))
+            conn.execute("RESET ROLE")
+    secret = "zqtrunc-secret-" + "s" * 80
+    head = "SELECT count(*) FROM user_schema.notes WHERE id <> 1"
+    filler = " AND id <> 2" * ((size - len(head) - 30) // len(" AND id <> 2"))
+    waiting = f"{head}{filler} AND body <> '{secret}'"
+    assert waiting.index(secret) < size - 1 < waiting.index(secret) + len(secret)
+    locker = psycopg.connect(**dash_env)
+    done = threading.Event()
+
+    def blocked_reader() -> None:
+        try:
+            with psycopg.connect(**service_params(dash_env, user), autocommit=True) as c:
+                c.execute(waiting)  # type: ignore[arg-type]
+        except psycopg.Error:
+            pass
+        finally:
+            done.set()
+
+    try:
+        for svc in topology.services:
+            locker.execute(sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(svc.schema, "locked_by_migration"),
+                sql.Identifier("user_schema", "notes")))
+        threading.Thread(target=blocked_reader, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                b["role"] == user.runtime_role for b in app.data.live()["blocked"]):
+            time.sleep(0.2)
+        pages: dict[str, Response] = {}
+
+        def render() -> None:
+            pages["/"] = call(app, "/")
+            for svc in topology.services:
+                pages[svc.name] = call(app, f"/service/{svc.name}")
+
+        renderer = threading.Thread(target=render, daemon=True)
+        renderer.start()
+        renderer.join(120)
+        assert not renderer.is_alive(), "a page waited on a migration's lock"
+        for name, page in pages.items():
+            assert page.status == 200, name
+            assert "zqtrunc" not in page.text, name
+            if name != "/":
+                assert 'data-k="size"' in page.text and 'data-figure="migrations"' in page.text
+                assert "unreadable" not in page.text, name
+        assert "blocked by pid" in pages["user"].text
+        assert "Privilege matrix" in pages["/"].text
+    finally:
+        locker.rollback()
+        locker.close()
+        done.wait(10)
