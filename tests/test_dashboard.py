@@ -569,7 +569,7 @@ def test_pages_stay_correct_while_a_table_in_every_schema_is_locked(
     def blocked_reader() -> None:
         try:
             with psycopg.connect(**service_params(dash_env, user), autocommit=True) as c:
-                c.execute(waiting)  # type: ignore[arg-type]
+                c.execute(waiting)
         except psycopg.Error:
             pass
         finally:
