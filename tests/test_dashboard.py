@@ -175,8 +175,9 @@ def test_url_token_is_traded_for_a_cookie_and_dropped_from_the_url(
     assert "Secure" not in r.headers["set-cookie"]
     https = call(token_app, f"/?token={TOKEN}", scheme="https")
     assert https.headers["set-cookie"].endswith("; Secure")
+    value = cookie.split(";")[0].split("=", 1)[1]
     page = call(token_app, "/service/user",
-                headers={"Cookie": f"other=1; edulink_db_dashboard={TOKEN}"})
+                headers={"Cookie": f"other=1; edulink_db_dashboard={value}"})
     assert page.status == 200 and TOKEN not in page.text
 
 
@@ -608,3 +609,14 @@ def test_pages_stay_correct_while_a_table_in_every_schema_is_locked(
         locker.rollback()
         locker.close()
         done.wait(10)
+
+
+def test_the_cookie_is_not_the_token(token_app: DashboardApp) -> None:
+    # Browsers send a host's cookies to all its ports: other apps there see the cookie.
+    r = call(token_app, f"/?token={TOKEN}")
+    assert TOKEN not in r.headers["set-cookie"]
+    value = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    assert call(token_app, "/api/series.json", headers={"Authorization": f"Bearer {value}"}
+                ).status == 401
+    assert call(token_app, "/api/series.json",
+                headers={"Cookie": f"edulink_db_dashboard={value}"}).status == 200

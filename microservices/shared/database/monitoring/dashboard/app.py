@@ -108,6 +108,11 @@ class DashboardApp:
     def __init__(self, data: DashboardData, token: str | None) -> None:
         self.data = data
         self._token = check_token(token)
+        # The cookie carries a value derived from the token, not the token: browsers send
+        # a host's cookies to every port of it, so other apps on the host see the cookie;
+        # it opens this dashboard's pages but is not the token used elsewhere (Bearer).
+        self._cookie = (None if self._token is None else hmac.new(
+            self._token.encode(), b"edulink-db dashboard cookie", hashlib.sha256).hexdigest())
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -118,14 +123,17 @@ class DashboardApp:
         return f"DashboardApp(token={'set' if self._token else 'none'})"
 
     # -- access ------------------------------------------------------------------------
-    def _matches(self, presented: str | None) -> bool:
-        assert self._token is not None
-        if not presented:
+    @staticmethod
+    def _same(presented: str | None, expected: str | None) -> bool:
+        if not presented or not expected:
             return False
         # Digests of equal length: compare_digest alone would return early on a length
-        # mismatch and so tell the token's length.
+        # mismatch and so tell the secret's length.
         return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(),
-                                   hashlib.sha256(self._token.encode()).digest())
+                                   hashlib.sha256(expected.encode()).digest())
+
+    def _matches(self, presented: str | None) -> bool:
+        return self._same(presented, self._token)
 
     def _authorised(self, environ: dict[str, Any]) -> bool:
         if self._token is None:
@@ -141,7 +149,7 @@ class DashboardApp:
         except CookieError:
             return False
         morsel = cookie.get(COOKIE)
-        return self._matches(morsel.value if morsel else None)
+        return self._same(morsel.value if morsel else None, self._cookie)
 
     # -- WSGI --------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse
@@ -176,7 +184,7 @@ class DashboardApp:
             secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
             return (HTTPStatus.SEE_OTHER, [
                 ("Location", base + target),
-                ("Set-Cookie", f"{COOKIE}={self._token}; Path={base or '/'}; HttpOnly; "
+                ("Set-Cookie", f"{COOKIE}={self._cookie}; Path={base or '/'}; HttpOnly; "
                                f"SameSite=Strict{secure}"), _TEXT], b"")
         if not self._authorised(environ):
             if self._token is None:
