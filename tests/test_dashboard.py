@@ -175,8 +175,9 @@ def test_url_token_is_traded_for_a_cookie_and_dropped_from_the_url(
     assert "Secure" not in r.headers["set-cookie"]
     https = call(token_app, f"/?token={TOKEN}", scheme="https")
     assert https.headers["set-cookie"].endswith("; Secure")
+    value = cookie.split(";")[0].split("=", 1)[1]
     page = call(token_app, "/service/user",
-                headers={"Cookie": f"other=1; edulink_db_dashboard={TOKEN}"})
+                headers={"Cookie": f"other=1; edulink_db_dashboard={value}"})
     assert page.status == 200 and TOKEN not in page.text
 
 
@@ -370,3 +371,252 @@ def test_statement_text_cannot_inject_markup(app: DashboardApp, dash_env: dict[s
     assert "<script>alert" not in page and 'onmouseover="y' not in page
     # A quoted identifier is a name, not a value: shown, escaped, unchanged.
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+# -- red-team findings (issue 19 follow-up) ------------------------------------------
+class Served:
+    """serve() in a thread, as the CLI runs it; stopped on exit."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        from microservices.shared.database.config import load_settings
+
+        self.server: Any = None
+        self.error: BaseException | None = None
+        up = threading.Event()
+
+        def ready(server: Any) -> None:
+            self.server = server
+            up.set()
+
+        def run() -> None:
+            try:
+                serve(load_settings(), host=host, port=0, ready=ready, **kwargs)
+            except BaseException as exc:  # reported to the test
+                self.error = exc
+                up.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        up.wait(30)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def __enter__(self) -> Served:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+        self.thread.join(10)
+
+
+def test_an_ipv6_loopback_literal_can_be_served(dash_env: dict[str, Any]) -> None:
+    import http.client
+
+    with Served("::1") as served:
+        assert served.error is None, served.error
+        conn = http.client.HTTPConnection("::1", served.port, timeout=30)
+        conn.request("GET", "/static/dashboard.css", headers={"Host": f"[::1]:{served.port}"})
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_a_client_that_never_finishes_its_request_is_dropped(
+        dash_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from microservices.shared.database.monitoring.dashboard import app as app_module
+
+    assert app_module._QuietHandler.timeout is not None
+    monkeypatch.setattr(app_module._QuietHandler, "timeout", 0.5)
+    with Served("127.0.0.1") as served:
+        assert served.error is None, served.error
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ...and nothing more
+            # The server closes the connection instead of holding a thread for it forever
+            # (without a timeout, recv waits until the test's own 30 s run out).
+            assert slow.recv(1024) == b""
+
+
+def test_without_token_a_local_reverse_proxy_does_not_make_clients_local(
+        app: DashboardApp) -> None:
+    # nginx's default proxy_pass sends Host: 127.0.0.1:<port> from 127.0.0.1.
+    for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP", "X-Forwarded-Host"):
+        r = call(app, "/api/series.json", headers={header: "203.0.113.5"})
+        assert r.status == 403, header
+        assert "proxy" in r.text
+
+
+def test_an_unexpected_failure_keeps_the_headers_and_shows_no_message(
+        app: DashboardApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError(f"boom {LITERAL_TEXT}")
+
+    monkeypatch.setattr(app.data, "live", broken)
+    r = call(app, "/service/user")
+    assert r.status == 500
+    assert r.headers["content-security-policy"] == CSP
+    assert LITERAL_TEXT not in r.text and "Traceback" not in r.text
+
+
+def test_the_dashboards_own_session_cannot_write(app: DashboardApp) -> None:
+    from microservices.shared.database.monitoring.dashboard.data import _admin_params
+
+    with psycopg.connect(**_admin_params(app.data.settings), autocommit=True) as conn:
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("1s",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("CREATE TABLE public.dashboard_write_probe ()")
+
+
+def test_concurrent_page_views_share_one_database_session(
+        app: DashboardApp, dash_env: dict[str, Any]) -> None:
+    assert call(app, "/").status == 200  # the cached panels (migrations...) are read now
+    views = 12
+
+    def sessions(conn: psycopg.Connection[Any]) -> int:
+        conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+        row = conn.execute("SELECT sessions FROM pg_catalog.pg_stat_database"
+                           " WHERE datname = current_database()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    with psycopg.connect(**dash_env, autocommit=True) as probe:
+        before = sessions(probe)
+        start = threading.Barrier(views)
+        statuses: list[int] = []
+
+        def view() -> None:
+            start.wait()
+            statuses.append(call(app, "/service/user").status)
+
+        threads = [threading.Thread(target=view) for _ in range(views)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert statuses == [200] * views
+        # One read serves the burst (two if it straddles the 1 s reuse window), instead
+        # of one session per request, which a burst could use to exhaust max_connections.
+        assert sessions(probe) - before <= 2
+
+
+def test_file_errors_on_the_page_do_not_name_backup_paths() -> None:
+    from microservices.shared.database.monitoring.dashboard.data import _reason
+
+    # What the backups panel shows when the store cannot be read (e.g. EACCES as a
+    # service user; the tests run as root, so the error is built here).
+    shown = _reason(PermissionError(13, "Permission denied", "/srv/secret-backups/x.json"))
+    assert shown == "PermissionError: Permission denied"
+
+
+def test_a_supabase_like_admin_gets_the_page_and_is_told_what_it_lacks(
+        createrole_admin: dict[str, Any], unique_topology: Any,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from .conftest import do_provision
+    from .test_monitoring import _toml_of
+
+    do_provision(createrole_admin, unique_topology)
+    service_env(monkeypatch, createrole_admin, unique_topology,
+                extra={"EDULINK_DB_HOME": str(tmp_path / "home"),
+                       "EDULINK_DB_MIGRATIONS": str(tmp_path / "migrations")})
+    (tmp_path / "migrations").mkdir()
+    topo_file = tmp_path / "topology.toml"
+    topo_file.write_text(_toml_of(unique_topology))
+    monkeypatch.setenv("EDULINK_DB_TOPOLOGY", str(topo_file))
+    made = make_app(token=None, interval=1.0, start_sampler=False)
+    svc = unique_topology.services[0]
+    for path in ("/", f"/service/{svc.name}"):
+        page = call(made, path)
+        assert page.status == 200, page.text[:500]
+        assert 'id="privilege-note"' in page.text and "pg_read_all_stats" in page.text
+        assert createrole_admin["password"] not in page.text
+
+
+def test_an_admin_with_full_statistics_sees_no_privilege_note(app: DashboardApp) -> None:
+    assert 'id="privilege-note"' not in call(app, "/").text
+
+
+def test_pages_stay_correct_while_a_table_in_every_schema_is_locked(
+        app: DashboardApp, dash_env: dict[str, Any]) -> None:
+    """Every schema at once (a migration per service), and a blocked statement whose
+    text pg_stat_activity cuts off inside a literal (track_activity_query_size)."""
+    from psycopg import sql
+
+    from microservices.shared.database.topology import default_topology
+
+    topology = default_topology()
+    user = topology.service("user")
+    with psycopg.connect(**dash_env, autocommit=True) as conn:
+        row = conn.execute("SELECT setting::int FROM pg_catalog.pg_settings"
+                           " WHERE name = 'track_activity_query_size'").fetchone()
+        assert row is not None
+        size = int(row[0])
+        for svc in topology.services:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(svc.owner_role)))
+            conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(
+                sql.Identifier(svc.schema, "locked_by_migration")))
+            conn.execute("RESET ROLE")
+    secret = "zqtrunc-secret-" + "s" * 80
+    head = "SELECT count(*) FROM user_schema.notes WHERE id <> 1"
+    filler = " AND id <> 2" * ((size - len(head) - 30) // len(" AND id <> 2"))
+    waiting = f"{head}{filler} AND body <> '{secret}'"
+    assert waiting.index(secret) < size - 1 < waiting.index(secret) + len(secret)
+    locker = psycopg.connect(**dash_env)
+    done = threading.Event()
+
+    def blocked_reader() -> None:
+        try:
+            with psycopg.connect(**service_params(dash_env, user), autocommit=True) as c:
+                c.execute(waiting)
+        except psycopg.Error:
+            pass
+        finally:
+            done.set()
+
+    try:
+        for svc in topology.services:
+            locker.execute(sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.Identifier(svc.schema, "locked_by_migration"),
+                sql.Identifier("user_schema", "notes")))
+        threading.Thread(target=blocked_reader, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                b["role"] == user.runtime_role for b in app.data.live()["blocked"]):
+            time.sleep(0.2)
+        pages: dict[str, Response] = {}
+
+        def render() -> None:
+            pages["/"] = call(app, "/")
+            for svc in topology.services:
+                pages[svc.name] = call(app, f"/service/{svc.name}")
+
+        renderer = threading.Thread(target=render, daemon=True)
+        renderer.start()
+        renderer.join(120)
+        assert not renderer.is_alive(), "a page waited on a migration's lock"
+        for name, page in pages.items():
+            assert page.status == 200, name
+            assert "zqtrunc" not in page.text, name
+            if name != "/":
+                assert 'data-k="size"' in page.text and 'data-figure="migrations"' in page.text
+                assert "unreadable" not in page.text, name
+        assert "blocked by pid" in pages["user"].text
+        assert "Privilege matrix" in pages["/"].text
+    finally:
+        locker.rollback()
+        locker.close()
+        done.wait(10)
+
+
+def test_the_cookie_is_not_the_token(token_app: DashboardApp) -> None:
+    # Browsers send a host's cookies to all its ports: other apps there see the cookie.
+    r = call(token_app, f"/?token={TOKEN}")
+    assert TOKEN not in r.headers["set-cookie"]
+    value = r.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    assert call(token_app, "/api/series.json", headers={"Authorization": f"Bearer {value}"}
+                ).status == 401
+    assert call(token_app, "/api/series.json",
+                headers={"Cookie": f"edulink_db_dashboard={value}"}).status == 200

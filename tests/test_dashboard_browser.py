@@ -150,3 +150,38 @@ def test_pages_in_chromium_show_each_services_figures(
     for secret in (LITERAL_TEXT, LITERAL_NUMBER, PARAM_TEXT, SERVICE_PASSWORD, TOKEN):
         assert secret not in html
     assert (shots / "dashboard-user.png").stat().st_size > 10_000
+
+
+def test_the_content_security_policy_blocks_injected_inline_script(
+        served: tuple[str, DashboardApp]) -> None:
+    """Were a database string ever to reach the page unescaped, the CSP is the second
+    wall: an inline <script> and an inline event handler do not run."""
+    sync_playwright = _browser_or_skip()
+    base, _app = served
+    profile = tempfile.mkdtemp(prefix="edulink-chromium-")
+    try:
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            page = context.new_page()
+            page.goto(base + f"/?token={TOKEN}")
+            # page.evaluate runs through DevTools (exempt); what it inserts is not.
+            page.evaluate("""() => {
+                window.__violations = [];
+                document.addEventListener('securitypolicyviolation',
+                    (e) => window.__violations.push(e.violatedDirective));
+                const s = document.createElement('script');
+                s.textContent = 'window.__injected = 1';
+                document.body.appendChild(s);
+                const d = document.createElement('div');
+                d.innerHTML = '<img src="data:," onerror="window.__handler = 1">';
+                document.body.appendChild(d);
+            }""")
+            page.wait_for_timeout(500)  # lets the violation events arrive
+            assert page.evaluate("typeof window.__injected") == "undefined"
+            assert page.evaluate("typeof window.__handler") == "undefined"
+            violations = page.evaluate("window.__violations")
+            assert any(v.startswith("script-src") for v in violations), violations
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)

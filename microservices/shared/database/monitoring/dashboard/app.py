@@ -21,11 +21,14 @@ script fetches), ``X-Frame-Options: DENY``, ``nosniff``, ``no-referrer`` and
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
@@ -67,6 +70,13 @@ _SERIES_PATH = re.compile(r"^/api/series/([a-z][a-z0-9_]{0,62})\.json$")
 _LOCAL_PATH = re.compile(r"/(?!/)[A-Za-z0-9_./-]*")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+# Headers a reverse proxy adds: a proxy on the same host makes every client look local.
+_FORWARDED = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_HOST",
+              "HTTP_X_REAL_IP")
+# A client that sends nothing for this long loses its connection (and its thread).
+REQUEST_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 
@@ -98,6 +108,11 @@ class DashboardApp:
     def __init__(self, data: DashboardData, token: str | None) -> None:
         self.data = data
         self._token = check_token(token)
+        # The cookie carries a value derived from the token, not the token: browsers send
+        # a host's cookies to every port of it, so other apps on the host see the cookie;
+        # it opens this dashboard's pages but is not the token used elsewhere (Bearer).
+        self._cookie = (None if self._token is None else hmac.new(
+            self._token.encode(), b"edulink-db dashboard cookie", hashlib.sha256).hexdigest())
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -108,17 +123,24 @@ class DashboardApp:
         return f"DashboardApp(token={'set' if self._token else 'none'})"
 
     # -- access ------------------------------------------------------------------------
-    def _matches(self, presented: str | None) -> bool:
-        assert self._token is not None
-        if not presented:
+    @staticmethod
+    def _same(presented: str | None, expected: str | None) -> bool:
+        if not presented or not expected:
             return False
-        return hmac.compare_digest(presented.encode(), self._token.encode())
+        # Digests of equal length: compare_digest alone would return early on a length
+        # mismatch and so tell the secret's length.
+        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(),
+                                   hashlib.sha256(expected.encode()).digest())
+
+    def _matches(self, presented: str | None) -> bool:
+        return self._same(presented, self._token)
 
     def _authorised(self, environ: dict[str, Any]) -> bool:
         if self._token is None:
             host = environ.get("HTTP_HOST", "")
             hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            return (is_loopback(environ.get("REMOTE_ADDR", "")) and is_loopback(hostname))
+            return (is_loopback(environ.get("REMOTE_ADDR", "")) and is_loopback(hostname)
+                    and not any(environ.get(h) for h in _FORWARDED))
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if auth[:7].lower() == "bearer " and self._matches(auth[7:].strip()):
             return True
@@ -127,13 +149,20 @@ class DashboardApp:
         except CookieError:
             return False
         morsel = cookie.get(COOKIE)
-        return self._matches(morsel.value if morsel else None)
+        return self._same(morsel.value if morsel else None, self._cookie)
 
     # -- WSGI --------------------------------------------------------------------------
     def __call__(self, environ: dict[str, Any], start_response: StartResponse
                  ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        status, headers, body = self._handle(environ, method)
+        try:
+            status, headers, body = self._handle(environ, method)
+        except Exception as exc:  # the answer must keep its headers
+            # No traceback or message on the page (it could carry a name or a value);
+            # the type goes to the log for the operator.
+            log.error("dashboard request failed: %s", type(exc).__name__)
+            status, headers, body = (HTTPStatus.INTERNAL_SERVER_ERROR, [_TEXT],
+                                     b"internal error; see the dashboard's log\n")
         headers = [*headers, *SECURITY_HEADERS, ("Content-Length", str(len(body)))]
         start_response(f"{status.value} {status.phrase}", headers)
         return [b""] if method == "HEAD" else [body]
@@ -155,13 +184,13 @@ class DashboardApp:
             secure = "; Secure" if environ.get("wsgi.url_scheme") == "https" else ""
             return (HTTPStatus.SEE_OTHER, [
                 ("Location", base + target),
-                ("Set-Cookie", f"{COOKIE}={self._token}; Path={base or '/'}; HttpOnly; "
+                ("Set-Cookie", f"{COOKIE}={self._cookie}; Path={base or '/'}; HttpOnly; "
                                f"SameSite=Strict{secure}"), _TEXT], b"")
         if not self._authorised(environ):
             if self._token is None:
                 return (HTTPStatus.FORBIDDEN, [_TEXT],
-                        b"the dashboard answers loopback clients only; set "
-                        b"EDULINK_DB_DASHBOARD_TOKEN to serve it elsewhere\n")
+                        b"the dashboard answers loopback clients only (not through a "
+                        b"proxy); set EDULINK_DB_DASHBOARD_TOKEN to serve it elsewhere\n")
             return _unauthorised()
         if path.startswith("/static/"):
             name = path[len("/static/"):]
@@ -240,7 +269,15 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
+    # Without it a client that opens a connection and never finishes its request holds
+    # a thread forever (slowloris); StreamRequestHandler applies it to the socket.
+    timeout = REQUEST_TIMEOUT_S
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # The path only, never the query string: it may carry ?token=.
         self.log_message('"%s %s" %s', self.command, self.path.split("?", 1)[0], code)
@@ -261,8 +298,16 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = 8478,
             f"needs a token; set {TOKEN_ENV} (at least {TOKEN_MIN_LENGTH} characters), or "
             "bind to 127.0.0.1")
     app = make_app(settings, token=token, interval=interval, start_sampler=False)
-    server = make_server(host, port, app, server_class=_ThreadingServer,
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    server = make_server(host.strip("[]"), port, app, server_class=server_class,
                          handler_class=_QuietHandler)
+    bound = str(server.server_address[0])
+    if token is None and not is_loopback(bound):
+        # E.g. a "localhost" that resolves elsewhere: what counts is the bound address.
+        server.server_close()
+        raise ConfigError(
+            f"refusing to serve the dashboard on {host}: it resolved to {bound}, not a "
+            f"loopback address; set {TOKEN_ENV} or bind to 127.0.0.1")
     app.data.sampler.start()
     try:
         if ready is not None:

@@ -38,7 +38,18 @@ log = logging.getLogger(__name__)
 TOP_STATEMENTS = 5
 WINDOW_S = 3600.0
 # The dashboard never waits on a lock for long: it shows the last good figures instead.
-SESSION_OPTIONS = "-c lock_timeout=1000 -c statement_timeout=10000"
+# Read-only by default, so no code path of the dashboard can write by mistake (a guard,
+# not a privilege boundary: the role could still SET it off).
+SESSION_OPTIONS = ("-c lock_timeout=1000 -c statement_timeout=10000"
+                   " -c default_transaction_read_only=on")
+# Page views within this many seconds share one read of the live figures: however many
+# requests arrive, the dashboard holds at most one session for them.
+LIVE_TTL_S = 1.0
+STATS_ROLE_NOTE = (
+    "the dashboard's database role lacks pg_read_all_stats (or pg_monitor): other roles' "
+    "session states, lock waits and statement texts are hidden from it, so sessions show "
+    "as 'other' and blocked queries are missing; GRANT pg_read_all_stats TO the role of "
+    "DATABASE_URL")
 
 
 def _admin_params(settings: Settings) -> dict[str, Any]:
@@ -203,6 +214,8 @@ class DashboardData:
         self._slow: dict[str, Any] | None = None
         self._slow_at = 0.0
         self._slow_lock = threading.Lock()
+        self._live: tuple[float, dict[str, Any]] | None = None
+        self._live_lock = threading.Lock()
 
     def _collect_stats(self) -> DatabaseStats:
         from ...connections.direct import connect
@@ -211,17 +224,28 @@ class DashboardData:
             return collect(c, self.topology, self.settings)
 
     def live(self) -> dict[str, Any]:
-        """One round of live figures; raises EdulinkDBError if the database is away."""
+        """One round of live figures, at most LIVE_TTL_S old; raises EdulinkDBError if
+        the database is away.  Concurrent callers wait for one read and share it."""
         from ...connections.direct import connect
 
-        with connect(_admin_params(self.settings), purpose="render the dashboard") as conn:
-            stats = collect(conn, self.topology, self.settings)
-            top = top_statements(conn, self.topology.runtime_roles)
-            blocked = blocked_queries(conn)
-        self.sampler.record(stats)
-        health = evaluate(stats, self.settings, self.topology, [])
-        return {"stats": stats, "health": health, "top": top, "blocked": blocked,
-                "replication": getattr(stats, "replication", None)}
+        with self._live_lock:
+            if self._live is not None and time.monotonic() - self._live[0] < LIVE_TTL_S:
+                return self._live[1]
+            with connect(_admin_params(self.settings),
+                         purpose="render the dashboard") as conn:
+                stats = collect(conn, self.topology, self.settings)
+                top = top_statements(conn, self.topology.runtime_roles)
+                blocked = blocked_queries(conn)
+                row = conn.execute("SELECT pg_catalog.pg_has_role("
+                                   "'pg_read_all_stats', 'USAGE')").fetchone()
+            self.sampler.record(stats)
+            health = evaluate(stats, self.settings, self.topology, [])
+            note = None if row is None or row[0] else STATS_ROLE_NOTE
+            result = {"stats": stats, "health": health, "top": top, "blocked": blocked,
+                      "replication": getattr(stats, "replication", None),
+                      "privilege_note": note}
+            self._live = (time.monotonic(), result)
+            return result
 
     def slow(self) -> dict[str, Any]:
         """Migrations, backups and privileges, at most *slow_refresh* seconds old."""
@@ -292,4 +316,7 @@ def _reason(exc: BaseException) -> str:
     shows only its primary message (never the statement or its parameters)."""
     if isinstance(exc, psycopg.Error):
         return f"{type(exc).__name__}: {exc.diag.message_primary or 'database error'}"
+    if isinstance(exc, OSError):
+        # Not str(exc): it names the file, and backup paths are not for the page.
+        return f"{type(exc).__name__}: {exc.strerror or 'file system error'}"
     return str(exc)
