@@ -572,6 +572,10 @@ class Checkout:
         if entry.needs_reset(conn):
             entry.reset(conn)
         pool.putconn(conn)  # rolls back anything left open
+        if entry.is_replica and conn.closed:
+            # A replica that went away mid-block took its idle sessions too: without
+            # this, the first checkouts after it comes back would find them dead.
+            pool.drain()
 
 
 class AsyncCheckout:
@@ -620,6 +624,8 @@ class AsyncCheckout:
             await entry.areset(conn)
         pool = await entry.async_pool(self._lock)
         await pool.putconn(conn)
+        if entry.is_replica and conn.closed:
+            await pool.drain()  # as in Checkout.__exit__
 
 
 class ConnectionManager:
@@ -669,7 +675,8 @@ class ConnectionManager:
                     self._replica_sets[name] = replicas.build(
                         name, replica_conninfos(entry.service, settings),
                         settings.database_replica_max_lag,
-                        lambda params: _ServicePool(entry.service, settings, params))
+                        lambda params: _ServicePool(entry.service, settings, params),
+                        schema=entry.service.schema)
         return self._replica_sets[name]
 
     def get_connection(self, service: str, user_id: object | None = None,
@@ -691,8 +698,11 @@ class ConnectionManager:
         if replica:
             chosen = self._replica_set(entry)
             if chosen is not None:
+                # The primary stands in read-only too: a block that writes must fail
+                # whether or not a replica qualifies at that moment.
                 return replicas.ReplicaCheckout(
-                    chosen, lambda pool: Checkout(pool, prologue), Checkout(entry, prologue))
+                    chosen, lambda pool: Checkout(pool, prologue),
+                    Checkout(entry, make_prologue(user_id, True)))
         return Checkout(entry, prologue)
 
     def get_async_connection(self, service: str, user_id: object | None = None,
@@ -709,7 +719,7 @@ class ConnectionManager:
             if chosen is not None:
                 return replicas.AsyncReplicaCheckout(
                     chosen, lambda pool: AsyncCheckout(pool, prologue, lock),
-                    AsyncCheckout(entry, prologue, lock))
+                    AsyncCheckout(entry, make_prologue(user_id, True), lock))
         return AsyncCheckout(entry, prologue, lock)
 
     def replica_status(self, service: str) -> list[dict[str, Any]]:
