@@ -450,3 +450,58 @@ def test_bad_replica_max_lag_is_a_clear_config_error(
     with pytest.raises(ConfigError) as exc:
         load_settings()
     assert "DATABASE_REPLICA_MAX_LAG" in str(exc.value)
+
+
+def test_close_all_leaves_async_replica_pools_to_aclose_all(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    """close_all() must not forget an open async replica pool: aclose_all() closes it."""
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+
+    async def main() -> Any:
+        async with manager.get_async_connection("user", replica=True) as conn:
+            assert (await (await conn.execute(PORT)).fetchone()) == (s1.port,)
+        assert port_of(manager, replica=True) == s1.port  # a sync replica pool too
+        entry = replica_set(manager).replicas[0].pool
+        async_pool = entry._async
+        assert async_pool is not None and entry._sync is not None
+        manager.close_all()
+        assert entry._sync is None and not async_pool.closed
+        await manager.aclose_all()
+        return async_pool
+
+    assert asyncio.run(main()).closed
+
+
+def test_replica_probing_survives_fork(trio: tuple[Cluster, Cluster, Cluster],
+                                       make_manager: Any) -> None:
+    """In a forked child the probe thread is restarted on next use, and the parent's
+    probe connection is neither used nor closed by the child."""
+    import gc
+    import os
+    import warnings
+
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+    chosen = replica_set(manager)
+    parent_probe = chosen.replicas[0]._conn
+    assert parent_probe is not None and chosen._thread.is_alive()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            before = chosen.replicas[0].checked_at
+            fresh = chosen.choose() is not None  # restarts the thread, probes at once
+            gc.collect()  # an inherited connection finalized here would end the parent's
+            code = 0 if (fresh and chosen._thread is not None and chosen._thread.is_alive()
+                         and chosen.replicas[0]._conn is not parent_probe
+                         and chosen.replicas[0].checked_at > before) else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not parent_probe.closed
+    assert parent_probe.execute("SELECT 1").fetchone() == (1,)
+    assert port_of(manager, replica=True) == s1.port

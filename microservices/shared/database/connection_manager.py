@@ -749,17 +749,29 @@ class ConnectionManager:
         """
         return self._entry(service).as_dict()
 
-    def _replica_entries(self) -> list[_ServicePool]:
+    def _replica_entries(self, *, keep_async: bool) -> list[_ServicePool]:
+        """The replica pools to close; their sets are forgotten (rebuilt on next use)
+        and their probe threads stopped.  With *keep_async*, a set with an open async
+        pool stays (pools and probe thread alike) for :meth:`aclose_all`."""
         with self._lock:
             sets = [s for s in self._replica_sets.values() if s is not None]
-            self._replica_sets = {}
+            kept = {name: s for name, s in self._replica_sets.items() if s is not None
+                    and keep_async and any(r.pool._async is not None for r in s.replicas)}
+            self._replica_sets = dict(kept)
         for replica_set in sets:
-            replica_set.close()
+            if replica_set not in kept.values():
+                replica_set.close()
         return [r.pool for s in sets for r in s.replicas]
 
     def close_all(self) -> None:
-        """Close every synchronous pool (async pools: :meth:`aclose_all`)."""
-        replica_entries = self._replica_entries()
+        """Close every synchronous pool, the replicas' included.
+
+        Async pools (primary and replica) are left to :meth:`aclose_all`: closing one
+        is a coroutine of the event loop that runs its workers, which a synchronous
+        caller cannot join.  A replica set with an async pool therefore stays known,
+        so that a later ``aclose_all()`` still closes it.
+        """
+        replica_entries = self._replica_entries(keep_async=True)
         with self._lock:
             entries = list(self._pools.values()) + replica_entries
         for entry in entries:
@@ -768,8 +780,8 @@ class ConnectionManager:
                 entry._sync = None
 
     async def aclose_all(self) -> None:
-        """Close every pool, async and sync."""
-        replica_entries = self._replica_entries()
+        """Close every pool, async and sync, the replicas' included."""
+        replica_entries = self._replica_entries(keep_async=False)
         with self._lock:
             entries = list(self._pools.values()) + replica_entries
             self._pools, self._aliases = {}, {}
