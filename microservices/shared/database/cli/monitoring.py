@@ -97,7 +97,8 @@ def top(
     try:
         settings = _settings(topology)
         topo = settings.topology()
-        with connect(admin_conninfo(settings), purpose="watch the database") as conn:
+        with connect(admin_conninfo(settings), purpose="watch the database",
+                     prefer_primary=True) as conn:
             previous, taken = collect(conn, topo, settings), time.monotonic()
             if once:
                 out.print(_top_table(previous, None, 0.0, topo))
