@@ -231,8 +231,9 @@ def test_backup_verify_and_health_through_a_multi_host_url_reach_the_primary(
     assert health.returncode in (0, 1), health.stderr[-2000:]
     report = json.loads(health.stdout)
     assert report["replication"]["primary"] == f"127.0.0.1:{primary.port}"
-    text = cli("health")
-    assert f"127.0.0.1:{primary.port}" in text.stdout
+    text = cli("health").stdout
+    assert f"primary: 127.0.0.1:{primary.port}" in text
+    assert f"standby {standby.name} (127.0.0.1): streaming, replay lag" in text
 
 
 def test_failover_under_continuous_writes(pair: tuple[Cluster, Cluster],

@@ -89,6 +89,12 @@ def test_replica_reads_go_to_a_replica_and_plain_checkouts_do_not(
             conn.execute("INSERT INTO ticks DEFAULT VALUES")
     statuses = manager.replica_status("user")
     assert [s["state"] for s in statuses] == ["ok", "ok"]
+    # Process-side: replica reads by where they were served (low cardinality).
+    from prometheus_client import REGISTRY, generate_latest
+
+    assert replica_set(manager).served == {"replica": 9, "primary": 0}
+    assert 'edulink_db_replica_reads_total{served_by="replica",service="user"}' in (
+        generate_latest(REGISTRY).decode())
     assert {s["host"] for s in statuses} == {f"127.0.0.1:{s1.port}", f"127.0.0.1:{s2.port}"}
 
 
@@ -301,6 +307,7 @@ def test_a_primary_listed_as_a_replica_never_serves_replica_reads(
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("INSERT INTO ticks DEFAULT VALUES")
     assert chosen.replicas[0].state == "down"
+    assert chosen.served == {"replica": 0, "primary": 1}
 
 
 def test_replica_reads_falling_back_to_the_primary_stay_read_only(

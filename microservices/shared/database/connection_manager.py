@@ -807,4 +807,18 @@ def _all_pool_stats() -> list[dict[str, Any]]:
 
 
 metrics.register(metrics.PoolCollector(_all_pool_stats))
+
+
+def _all_replica_reads() -> list[tuple[str, str, int]]:
+    totals: dict[tuple[str, str], int] = {}
+    for manager in list(_MANAGERS):
+        for replica_set in list(manager._replica_sets.values()):
+            if replica_set is not None:
+                for served_by, count in replica_set.served.items():
+                    key = (replica_set.service, served_by)
+                    totals[key] = totals.get(key, 0) + count
+    return [(service, served_by, n) for (service, served_by), n in sorted(totals.items())]
+
+
+metrics.register(metrics.ReplicaReadCollector(_all_replica_reads))
 connection_manager = ConnectionManager()

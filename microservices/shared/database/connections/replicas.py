@@ -168,6 +168,10 @@ class ReplicaSet(Generic[P]):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Checkouts with replica=True by where they were served (the exporter's
+        # edulink_db_replica_reads_total): a fallback share near 1 means no replica helps.
+        self.served = {"replica": 0, "primary": 0}
+        self._served_lock = threading.Lock()
         _SETS.add(self)
 
     def __repr__(self) -> str:
@@ -198,6 +202,11 @@ class ReplicaSet(Generic[P]):
 
     def checkout_ok(self, replica: Replica[P]) -> None:
         replica.failures = 0
+        self.count("replica")
+
+    def count(self, served_by: str) -> None:
+        with self._served_lock:
+            self.served[served_by] += 1
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.replicas]
@@ -370,7 +379,9 @@ class ReplicaCheckout(Generic[P, C]):
                 closing.close()  # the pool drops a closed connection
                 inner.__exit__(None, None, None)
         self._inner, self._replica = self._primary, None
-        return self._primary.__enter__()
+        conn = self._primary.__enter__()
+        self._set.count("primary")
+        return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -418,7 +429,9 @@ class AsyncReplicaCheckout(Generic[P, C]):
                 await closing.close()
                 await inner.__aexit__(None, None, None)
         self._inner, self._replica = self._primary, None
-        return await self._primary.__aenter__()
+        conn = await self._primary.__aenter__()
+        self._set.count("primary")
+        return conn
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
