@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from microservices.shared.database.config import load_settings, mask_dsn
+from microservices.shared.database.config import load_settings, mask_dsn, to_url
 from microservices.shared.database.connection_manager import ConnectionManager
 from microservices.shared.database.core.errors import EdulinkDBError, StandbyServerError
 from microservices.shared.database.migrations.manager import MigrationManager
@@ -74,6 +74,22 @@ def pair() -> Iterator[tuple[Cluster, Cluster]]:
     finally:
         standby.destroy()
         primary.destroy()
+
+
+def test_clusters_run_the_test_servers_major_version(pair: tuple[Cluster, Cluster]) -> None:
+    """With EDULINK_TEST_DATABASE_URL at a Debian 15 server (.ci/run's second leg), the
+    primary and standby are PostgreSQL 15 too, so failover is tested on both."""
+    primary, standby = pair
+    expected = 18
+    url = os.environ.get("EDULINK_TEST_DATABASE_URL")
+    if url:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            major = conn.info.server_version // 10000
+        if debian_bin_dir(major) is not None:
+            expected = major
+    for cluster in (primary, standby):
+        with cluster.connect() as conn:
+            assert conn.info.server_version // 10000 == expected
 
 
 def test_provision_refuses_a_standby_naming_it(pair: tuple[Cluster, Cluster]) -> None:
@@ -161,6 +177,63 @@ def test_health_shows_the_primary_and_streaming_standby(pair: tuple[Cluster, Clu
     assert f'edulink_db_primary_info{{host="127.0.0.1:{primary.port}"}} 1.0' in text
     assert 'edulink_db_standby_streaming{standby="s1"} 1.0' in text
     assert "edulink_db_in_recovery 0.0" in text and primary.password not in text
+
+
+def test_backup_verify_and_health_through_a_multi_host_url_reach_the_primary(
+        pair: tuple[Cluster, Cluster], tmp_path: Path) -> None:
+    """The standby listed first, no target_session_attrs: the commands still read the
+    primary (a row the paused standby has not replayed is in the backup), and print
+    the URL masked."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import SERVICE_PASSWORD
+
+    primary, standby = pair
+    admin = multi_host({**primary.params, "dbname": DB}, standby, primary)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_", "EDULINK_", "SUPABASE_"))}
+    env.update(DATABASE_URL=to_url(admin), EDULINK_DB_HOME=str(tmp_path),
+               EDULINK_DB_BACKUP_DIR=str(tmp_path / "backups"))
+    for svc in default_topology().services:
+        env[f"EDULINK_DB_{svc.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
+        env[f"EDULINK_DB_{svc.name.upper()}_MIGRATOR_PASSWORD"] = SERVICE_PASSWORD
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "microservices.shared.database", *args],
+                                cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300, check=False)
+        for out in (result.stdout, result.stderr):
+            assert primary.password not in out and SERVICE_PASSWORD not in out
+            assert "Traceback" not in out
+        return result
+
+    with standby.connect() as conn:
+        conn.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with primary.connect(dbname=DB) as p:
+                p.execute("INSERT INTO user_schema.ticks (writer) VALUES ('after-pause')")
+                row = p.execute("SELECT count(*) FROM user_schema.ticks").fetchone()
+                assert row is not None
+                count = row[0]
+            backup = cli("backup", "schema", "user_schema", "--json")
+        finally:
+            conn.execute("SELECT pg_wal_replay_resume()")
+    assert backup.returncode == 0, backup.stderr[-2000:]
+    info = json.loads(backup.stdout)
+    manifest = next((tmp_path / "backups").rglob(f"{info['backup_id']}*.json"), None)
+    rows = json.loads(manifest.read_text())["row_counts"] if manifest else info.get("row_counts")
+    assert rows["user_schema.ticks"] == count, rows
+    verify = cli("verify")
+    assert verify.returncode == 0, verify.stdout[-2000:] + verify.stderr[-2000:]
+    health = cli("health", "--json")
+    assert health.returncode in (0, 1), health.stderr[-2000:]
+    report = json.loads(health.stdout)
+    assert report["replication"]["primary"] == f"127.0.0.1:{primary.port}"
+    text = cli("health").stdout
+    assert f"primary: 127.0.0.1:{primary.port}" in text
+    assert f"standby {standby.name} (127.0.0.1): streaming, replay lag" in text
 
 
 def test_failover_under_continuous_writes(pair: tuple[Cluster, Cluster],

@@ -89,6 +89,12 @@ def test_replica_reads_go_to_a_replica_and_plain_checkouts_do_not(
             conn.execute("INSERT INTO ticks DEFAULT VALUES")
     statuses = manager.replica_status("user")
     assert [s["state"] for s in statuses] == ["ok", "ok"]
+    # Process-side: replica reads by where they were served (low cardinality).
+    from prometheus_client import REGISTRY, generate_latest
+
+    assert replica_set(manager).served == {"replica": 9, "primary": 0}
+    assert 'edulink_db_replica_reads_total{served_by="replica",service="user"}' in (
+        generate_latest(REGISTRY).decode())
     assert {s["host"] for s in statuses} == {f"127.0.0.1:{s1.port}", f"127.0.0.1:{s2.port}"}
 
 
@@ -117,12 +123,12 @@ def test_no_replicas_configured_reads_the_primary(trio: tuple[Cluster, Cluster, 
 
 
 def _reader(manager: ConnectionManager, stop: threading.Event,
-            seen: list[tuple[float, int]], errors: list[BaseException]) -> None:
+            seen: list[tuple[float, int]], errors: list[Any]) -> None:
     while not stop.is_set():
         try:
             seen.append((time.monotonic(), port_of(manager, replica=True)))
         except (psycopg.Error, EdulinkDBError) as exc:
-            errors.append(exc)
+            errors.append((time.monotonic(), exc))
         time.sleep(0.05)
 
 
@@ -133,7 +139,7 @@ def test_lagging_replica_falls_back_to_the_primary(
     manager = make_manager(primary, s1, DATABASE_REPLICA_MAX_LAG="1")
     assert port_of(manager, replica=True) == s1.port
     seen: list[tuple[float, int]] = []
-    errors: list[BaseException] = []
+    errors: list[Any] = []
     stop = threading.Event()
     thread = threading.Thread(target=_reader, args=(manager, stop, seen, errors))
     caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
@@ -178,12 +184,13 @@ def test_stopped_replica_falls_back_to_the_primary_without_errors(
     for _ in range(3):
         assert port_of(manager, replica=True) == s1.port  # the pool holds replica conns
     seen: list[tuple[float, int]] = []
-    errors: list[BaseException] = []
+    errors: list[Any] = []
     stop = threading.Event()
     thread = threading.Thread(target=_reader, args=(manager, stop, seen, errors))
     caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
     thread.start()
     time.sleep(0.3)
+    stopping_at = time.monotonic()
     s1.stop()
     stopped_at = time.monotonic()
     try:
@@ -197,11 +204,14 @@ def test_stopped_replica_falls_back_to_the_primary_without_errors(
         time.sleep(0.05)
     stop.set()
     thread.join()
-    assert not errors, errors[:3]
+    # A read in flight when the server shut down fails, as on a primary; none after.
+    assert all(stopping_at <= t <= stopped_at and isinstance(e, psycopg.OperationalError)
+               for t, e in errors), errors[:3]
+    assert len(errors) <= 1
     assert after and set(after) == {primary.port}
     print(f"\nstopped replica: first replica read on the primary "
           f"{fell_back[0] - stopped_at:.3f}s after pg_ctl stop returned; {len(after)} reads "
-          "while it was down, 0 errors")
+          f"while it was down, {len(errors)} failed in flight at the stop")
     assert seen[-1][1] == s1.port  # back once it is up again
     # Logged once per state change, not per read: down once (then, restarted, possibly
     # lagging until its WAL receiver streams again), whatever the number of reads.
@@ -265,3 +275,240 @@ def test_service_credentials_are_derived_and_overridable(
     with pytest.raises(ConfigError) as exc:
         replica_conninfos(default_topology().service("auth"), load_settings())
     assert "DATABASE_REPLICA_URLS" in str(exc.value) and "secret-in-url" not in str(exc.value)
+
+
+# -- attacks and careless configurations ---------------------------------------------
+
+
+def replica_set(manager: ConnectionManager) -> Any:
+    chosen = manager._replica_set(manager._entry("user"))
+    assert chosen is not None
+    chosen.choose()  # probed once
+    return chosen
+
+
+def test_a_primary_listed_as_a_replica_never_serves_replica_reads(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    """A session there could SET default_transaction_read_only = off and write; the
+    replica pool must not even connect, also when the probe has not seen it yet."""
+    primary, _s1, _s2 = trio
+    manager = make_manager(primary, primary)
+    chosen = replica_set(manager)
+    assert manager.replica_status("user")[0]["state"] == "not-a-standby"
+    # The window before a probe notices (a standby promoted a moment ago): pretend ok.
+    chosen._stop.set()
+    chosen._thread.join()
+    chosen.replicas[0].state = "ok"
+    with manager.get_connection("user", replica=True) as conn:
+        # Served by the primary's own pool (the fallback), not a "replica" session ...
+        assert "default_transaction_read_only" not in (conn.info.options or "")
+        conn.execute("SET default_transaction_read_only = off")
+        # ... and the fallback is read-only as well: replica=True never writes.
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("INSERT INTO ticks DEFAULT VALUES")
+    assert chosen.replicas[0].state == "down"
+    assert chosen.served == {"replica": 0, "primary": 1}
+
+
+def test_replica_reads_falling_back_to_the_primary_stay_read_only(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+    chosen = replica_set(manager)
+    chosen._stop.set()  # no probe: the replica stays as set here
+    chosen._thread.join()
+    chosen.replicas[0].state = "down"
+    for kw in ({}, {"user_id": "u7"}):
+        with manager.get_connection("user", replica=True, **kw) as conn:
+            assert conn.execute(PORT).fetchone() == (primary.port,)
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO ticks DEFAULT VALUES")
+
+
+def test_promoted_replica_is_left_after_its_next_statement(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A pooled replica connection whose server was promoted is closed, not reused,
+    even before the next probe (in_hot_standby, reported by PostgreSQL 14+)."""
+    primary, _s1, _s2 = trio
+    s3 = Cluster.standby(primary, "s3")
+    try:
+        primary.wait_streaming(s3)
+        manager = make_manager(primary, s3)
+        assert port_of(manager, replica=True) == s3.port  # a pooled connection to s3
+        chosen = replica_set(manager)
+        chosen._stop.set()  # no probe from here on: only the checkouts can notice
+        chosen._thread.join()
+        caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
+        s3.promote()
+        with s3.connect() as conn:
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        ports = [port_of(manager, replica=True) for _ in range(5)]
+        # At most the first read (chosen before anything said "promoted") ran there.
+        assert ports[1:] == [primary.port] * 4, ports
+        assert chosen.replicas[0].state == "not-a-standby"
+        changes = [r.getMessage() for r in caplog.records if "not-a-standby" in r.getMessage()]
+        assert len(changes) == 1, changes
+    finally:
+        s3.destroy()
+
+
+def test_replica_passwords_never_shown(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    primary, s1, _s2 = trio
+    wrong = "Wr0ng-" + "x" * 12
+    own = to_url({**db(s1), "user": "user_service_role", "password": wrong})
+    manager = make_manager(primary, s1, EDULINK_DB_USER_REPLICA_URLS=own)
+    caplog.set_level(logging.DEBUG)
+    assert port_of(manager, replica=True) == primary.port  # login refused: fallback
+    chosen = replica_set(manager)
+    shown = " ".join([repr(chosen), repr(chosen.replicas), str(chosen.snapshot()),
+                      str(manager.replica_status("user")), caplog.text,
+                      repr(manager.settings)])
+    assert chosen.replicas[0].state == "down"
+    assert "password authentication failed" in caplog.text
+    assert wrong not in shown and SERVICE_PASSWORD not in shown
+    assert primary.password not in shown
+    # Health (JSON and text) and the exporter, with the admin's replica URL.
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from microservices.shared.database.monitoring.exporter import DatabaseCollector
+    from microservices.shared.database.monitoring.health import evaluate
+
+    settings = load_settings()
+    with primary.connect(dbname=DB) as conn:
+        stats = collect(conn, default_topology(), settings)
+    report = evaluate(stats, settings, default_topology(), [])
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(settings))
+    text = generate_latest(registry).decode()
+    for output in (repr(stats), str(report), text, caplog.text):
+        assert primary.password not in output and wrong not in output
+
+
+def test_replica_with_the_wrong_database_or_no_privileges_is_skipped(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It accepts the login, but every read would fail ('relation does not exist')."""
+    primary, s1, _s2 = trio
+    caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
+    wrong_db = to_url({**db(s1), "dbname": "postgres", "user": "user_service_role",
+                       "password": SERVICE_PASSWORD})
+    other_role = to_url({**db(s1), "user": "auth_service_role", "password": SERVICE_PASSWORD})
+    for url in (wrong_db, other_role):
+        manager = make_manager(primary, EDULINK_DB_USER_REPLICA_URLS=url)
+        with manager.get_connection("user", replica=True) as conn:
+            assert conn.execute("SELECT count(*) FROM ticks").fetchone() is not None
+            assert conn.execute(PORT).fetchone() == (primary.port,)
+        (status,) = manager.replica_status("user")
+        assert status["state"] == "down"
+    assert "schema user_schema is missing or not usable" in caplog.text
+
+
+def test_replica_checkouts_keep_the_rls_context_and_leak_no_session_state(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1, DATABASE_POOL_SIZE="1", DATABASE_MAX_OVERFLOW="0")
+    current = "SELECT current_setting('app.current_user_id', true)"
+    with manager.get_connection("user", replica=True, user_id="u1") as conn:
+        assert conn.execute(PORT).fetchone() == (s1.port,)
+        assert conn.execute(current).fetchone() == ("u1",)
+        pid = conn.info.backend_pid
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute("SET work_mem = '77MB'")
+        conn.execute("SELECT set_config('app.current_user_id', 'evil', false)")
+        conn.commit()
+    with manager.get_connection("user", replica=True) as conn:
+        assert conn.info.backend_pid == pid  # the same session, reset
+        assert conn.execute(current).fetchone() in (("",), (None,))
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert conn.execute("SHOW work_mem").fetchone() != ("77MB",)
+    with manager.get_connection("user", replica=True, user_id="u2") as conn:
+        assert conn.execute(current).fetchone() == ("u2",)
+
+
+@pytest.mark.parametrize("value", [
+    "garbage", "http://h/db", "postgresql://u:p@ss@h/db", "postgresql://u:p/ss@h/db",
+    "postgresql://u:pw@h:99999/db", "postgresql://u:pw@h/db?no_such=1",
+    "postgresql://u:pw@h/db?target_session_attrs=read-write",
+])
+def test_garbage_replica_urls_are_a_clear_config_error(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    service_env(monkeypatch, {"host": "127.0.0.1", "port": 5432, "user": "postgres",
+                              "password": "adm1n-pw", "dbname": "db"},
+                extra={"DATABASE_REPLICA_URLS": f"postgresql://u:pw@h0/db,{value}"})
+    with pytest.raises(ConfigError) as exc:
+        replica_conninfos(default_topology().service("user"), load_settings())
+    message = str(exc.value)
+    assert "DATABASE_REPLICA_URLS" in message
+    assert "entry " in message or "target_session_attrs" in message
+    assert "ss@h" not in message and "ss" not in message.split("DATABASE_REPLICA_URLS")[0]
+    assert "adm1n-pw" not in message and ":pw" not in message
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "nan", ""])
+def test_bad_replica_max_lag_is_a_clear_config_error(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_REPLICA_MAX_LAG", value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "DATABASE_REPLICA_MAX_LAG" in str(exc.value)
+
+
+def test_close_all_leaves_async_replica_pools_to_aclose_all(
+        trio: tuple[Cluster, Cluster, Cluster], make_manager: Any) -> None:
+    """close_all() must not forget an open async replica pool: aclose_all() closes it."""
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+
+    async def main() -> Any:
+        async with manager.get_async_connection("user", replica=True) as conn:
+            assert (await (await conn.execute(PORT)).fetchone()) == (s1.port,)
+        assert port_of(manager, replica=True) == s1.port  # a sync replica pool too
+        entry = replica_set(manager).replicas[0].pool
+        async_pool = entry._async
+        assert async_pool is not None and entry._sync is not None
+        manager.close_all()
+        assert entry._sync is None and not async_pool.closed
+        await manager.aclose_all()
+        return async_pool
+
+    assert asyncio.run(main()).closed
+
+
+def test_replica_probing_survives_fork(trio: tuple[Cluster, Cluster, Cluster],
+                                       make_manager: Any) -> None:
+    """In a forked child the probe thread is restarted on next use, and the parent's
+    probe connection is neither used nor closed by the child."""
+    import gc
+    import os
+    import warnings
+
+    primary, s1, _s2 = trio
+    manager = make_manager(primary, s1)
+    chosen = replica_set(manager)
+    parent_probe = chosen.replicas[0]._conn
+    assert parent_probe is not None and chosen._thread.is_alive()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            before = chosen.replicas[0].checked_at
+            fresh = chosen.choose() is not None  # restarts the thread, probes at once
+            gc.collect()  # an inherited connection finalized here would end the parent's
+            code = 0 if (fresh and chosen._thread is not None and chosen._thread.is_alive()
+                         and chosen.replicas[0]._conn is not parent_probe
+                         and chosen.replicas[0].checked_at > before) else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not parent_probe.closed
+    assert parent_probe.execute("SELECT 1").fetchone() == (1,)
+    assert port_of(manager, replica=True) == s1.port

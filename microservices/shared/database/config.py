@@ -408,11 +408,50 @@ def split_urls(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _read_only_params(params: dict[str, Any]) -> dict[str, Any]:
+def _read_only_params(params: dict[str, Any], variable: str = "DATABASE_REPLICA_URLS"
+                      ) -> dict[str, Any]:
+    """*params* made safe for replica reads: read-only sessions, and only on a standby.
+
+    ``target_session_attrs=standby`` makes libpq refuse a server that is not in
+    recovery (a primary listed by mistake, or a replica promoted since): a session
+    there could ``SET default_transaction_read_only = off`` and write.  libpq's
+    ``read-only`` would not do: our own ``default_transaction_read_only=on`` makes a
+    primary's sessions count as read-only."""
     out = dict(params)
     options = str(out.get("options", "")).strip()
     out["options"] = f"{options} {REPLICA_OPTIONS}".strip() if options else REPLICA_OPTIONS
+    wanted = str(out.get("target_session_attrs", "")).strip()
+    if wanted in ("read-write", "primary"):
+        raise ConfigError(
+            f"{variable}: target_session_attrs={wanted} asks for a primary, but these are "
+            "read replicas; drop it (edulink-db sets target_session_attrs=standby).")
+    out["target_session_attrs"] = "standby"
     return out
+
+
+def _check_url_parts(params: dict[str, Any], variable: str, index: int) -> None:
+    """Refuse an entry whose host, port or database name holds what looks like part of
+    a password (an unescaped ``@``, ``/`` or ``:`` in the password splits the URL at
+    the wrong place).  The message names the part, never its value."""
+    hosts = str(params.get("host", "") or "").split(",")
+    ports = [p for p in str(params.get("port", "") or "").split(",") if p]
+    bad = None
+    if any("@" in h or ("/" in h and not h.startswith("/")) for h in hosts):
+        bad = "a host name contains '@' or '/'"
+    elif any(not p.strip().isdigit() or not 0 < int(p) < 65536 for p in ports):
+        bad = "a port is not a number from 1 to 65535"
+    elif "," in str(params.get("dbname", "") or ""):
+        # "postgresql://u@a/db,b:5432": the list continues with something that is not
+        # a URL, and would silently become part of the database name.
+        bad = "the database name contains ',': each entry must be a whole postgresql:// URL"
+    elif any(c in str(params.get("dbname", "") or "") for c in "@/"):
+        bad = "the database name contains '@' or '/'"
+    if bad is not None:
+        raise ConfigError(
+            f"{variable}: entry {index} is not a usable connection URL ({bad}). If the "
+            "password has special "
+            "characters, percent-encode them (@ as %40, / as %2F, : as %3A, # as %23); "
+            "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME, comma-separated.")
 
 
 def _parse_replica_urls(text: str, variable: str) -> list[dict[str, Any]]:
@@ -425,6 +464,7 @@ def _parse_replica_urls(text: str, variable: str) -> list[dict[str, Any]]:
                 f"{variable}: entry {index} is not a valid PostgreSQL connection string; "
                 "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME, comma-separated."
             ) from None
+        _check_url_parts(out[-1], variable, index)
     return out
 
 
@@ -450,7 +490,7 @@ def replica_conninfos(service: Service, settings: Settings | None = None) -> lis
     own = settings.service_override(service, "REPLICA_URLS")
     if own:
         variable = f"EDULINK_DB_{service.name.upper()}_REPLICA_URLS"
-        return [_read_only_params(_with_sslmode(p, settings))
+        return [_read_only_params(_with_sslmode(p, settings), variable)
                 for p in _parse_replica_urls(own, variable)]
     if settings.service_override(service, "URL"):
         # The service lives on a server of its own: DATABASE_REPLICA_URLS replicate the

@@ -572,6 +572,10 @@ class Checkout:
         if entry.needs_reset(conn):
             entry.reset(conn)
         pool.putconn(conn)  # rolls back anything left open
+        if entry.is_replica and conn.closed:
+            # A replica that went away mid-block took its idle sessions too: without
+            # this, the first checkouts after it comes back would find them dead.
+            pool.drain()
 
 
 class AsyncCheckout:
@@ -620,6 +624,8 @@ class AsyncCheckout:
             await entry.areset(conn)
         pool = await entry.async_pool(self._lock)
         await pool.putconn(conn)
+        if entry.is_replica and conn.closed:
+            await pool.drain()  # as in Checkout.__exit__
 
 
 class ConnectionManager:
@@ -669,7 +675,8 @@ class ConnectionManager:
                     self._replica_sets[name] = replicas.build(
                         name, replica_conninfos(entry.service, settings),
                         settings.database_replica_max_lag,
-                        lambda params: _ServicePool(entry.service, settings, params))
+                        lambda params: _ServicePool(entry.service, settings, params),
+                        schema=entry.service.schema)
         return self._replica_sets[name]
 
     def get_connection(self, service: str, user_id: object | None = None,
@@ -691,8 +698,11 @@ class ConnectionManager:
         if replica:
             chosen = self._replica_set(entry)
             if chosen is not None:
+                # The primary stands in read-only too: a block that writes must fail
+                # whether or not a replica qualifies at that moment.
                 return replicas.ReplicaCheckout(
-                    chosen, lambda pool: Checkout(pool, prologue), Checkout(entry, prologue))
+                    chosen, lambda pool: Checkout(pool, prologue),
+                    Checkout(entry, make_prologue(user_id, True)))
         return Checkout(entry, prologue)
 
     def get_async_connection(self, service: str, user_id: object | None = None,
@@ -709,7 +719,7 @@ class ConnectionManager:
             if chosen is not None:
                 return replicas.AsyncReplicaCheckout(
                     chosen, lambda pool: AsyncCheckout(pool, prologue, lock),
-                    AsyncCheckout(entry, prologue, lock))
+                    AsyncCheckout(entry, make_prologue(user_id, True), lock))
         return AsyncCheckout(entry, prologue, lock)
 
     def replica_status(self, service: str) -> list[dict[str, Any]]:
@@ -739,17 +749,29 @@ class ConnectionManager:
         """
         return self._entry(service).as_dict()
 
-    def _replica_entries(self) -> list[_ServicePool]:
+    def _replica_entries(self, *, keep_async: bool) -> list[_ServicePool]:
+        """The replica pools to close; their sets are forgotten (rebuilt on next use)
+        and their probe threads stopped.  With *keep_async*, a set with an open async
+        pool stays (pools and probe thread alike) for :meth:`aclose_all`."""
         with self._lock:
             sets = [s for s in self._replica_sets.values() if s is not None]
-            self._replica_sets = {}
+            kept = {name: s for name, s in self._replica_sets.items() if s is not None
+                    and keep_async and any(r.pool._async is not None for r in s.replicas)}
+            self._replica_sets = dict(kept)
         for replica_set in sets:
-            replica_set.close()
+            if replica_set not in kept.values():
+                replica_set.close()
         return [r.pool for s in sets for r in s.replicas]
 
     def close_all(self) -> None:
-        """Close every synchronous pool (async pools: :meth:`aclose_all`)."""
-        replica_entries = self._replica_entries()
+        """Close every synchronous pool, the replicas' included.
+
+        Async pools (primary and replica) are left to :meth:`aclose_all`: closing one
+        is a coroutine of the event loop that runs its workers, which a synchronous
+        caller cannot join.  A replica set with an async pool therefore stays known,
+        so that a later ``aclose_all()`` still closes it.
+        """
+        replica_entries = self._replica_entries(keep_async=True)
         with self._lock:
             entries = list(self._pools.values()) + replica_entries
         for entry in entries:
@@ -758,8 +780,8 @@ class ConnectionManager:
                 entry._sync = None
 
     async def aclose_all(self) -> None:
-        """Close every pool, async and sync."""
-        replica_entries = self._replica_entries()
+        """Close every pool, async and sync, the replicas' included."""
+        replica_entries = self._replica_entries(keep_async=False)
         with self._lock:
             entries = list(self._pools.values()) + replica_entries
             self._pools, self._aliases = {}, {}
@@ -785,4 +807,18 @@ def _all_pool_stats() -> list[dict[str, Any]]:
 
 
 metrics.register(metrics.PoolCollector(_all_pool_stats))
+
+
+def _all_replica_reads() -> list[tuple[str, str, int]]:
+    totals: dict[tuple[str, str], int] = {}
+    for manager in list(_MANAGERS):
+        for replica_set in list(manager._replica_sets.values()):
+            if replica_set is not None:
+                for served_by, count in replica_set.served.items():
+                    key = (replica_set.service, served_by)
+                    totals[key] = totals.get(key, 0) + count
+    return [(service, served_by, n) for (service, served_by), n in sorted(totals.items())]
+
+
+metrics.register(metrics.ReplicaReadCollector(_all_replica_reads))
 connection_manager = ConnectionManager()

@@ -162,7 +162,9 @@ def configure_service_database(
     if not migrate:
         for index, replica in enumerate(replica_conninfos(svc, settings), 1):
             alias = _alias(replica, service=svc.name, readonly=True,
-                           options={**options, "options": replica["options"]}, pool=pool)
+                           options={**options, "options": replica["options"],
+                                    "target_session_attrs": replica["target_session_attrs"]},
+                           pool=pool)
             alias[REPLICA_KEY] = True
             # Tests see one database: the replica alias mirrors 'default' there.
             alias["TEST"] = {"MIRROR": "default"}
@@ -303,9 +305,12 @@ class EdulinkRouter:
             entries = [({"host": c["HOST"], "port": c["PORT"], "dbname": c["NAME"],
                          "user": c["USER"], "password": c["PASSWORD"],
                          **{k: v for k, v in c["OPTIONS"].items()
-                            if k in ("options", "sslmode")}}, name) for name, c in aliases]
-            self._replicas = ReplicaSet(str(self.own_service()), entries,
-                                        load_settings().database_replica_max_lag)
+                            if k in ("options", "sslmode", "target_session_attrs")}}, name)
+                       for name, c in aliases]
+            own = self.own_service()
+            self._replicas = ReplicaSet(
+                str(own), entries, load_settings().database_replica_max_lag,
+                schema=None if own is None else self.topology.service(own).schema)
         if not self._replicas.replicas:
             return None
         chosen = self._replicas.choose()

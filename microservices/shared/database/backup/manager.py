@@ -43,7 +43,7 @@ from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ..config import Settings, admin_conninfo, load_settings, mask_dsn
-from ..connections.direct import connect
+from ..connections.direct import connect, want_primary
 from ..core.errors import BackupError, BackupNotFoundError, ConfigError
 from ..core.identifiers import validate_identifier
 from ..privileges.provisioning import render_postgresql_script
@@ -228,7 +228,10 @@ class BackupManager:
         if jobs < 1 or (jobs > 1 and fmt != "directory"):
             raise ConfigError("Parallel jobs (--jobs > 1) need the directory format "
                               "(--format directory): only it dumps in parallel.")
-        admin = admin or admin_conninfo(self.settings)
+        # Several hosts in DATABASE_URL (failover): dump the primary, which has every
+        # commit, not whichever host answers first (a standby may lag, and pg_dump there
+        # can be cancelled by recovery conflicts).  pg_dump gets the same parameters.
+        admin = want_primary(admin or admin_conninfo(self.settings))
         store = self.store
         backup_id = store.new_id(kind)
         work = store.start(backup_id)

@@ -53,7 +53,30 @@ def health(topology: TopologyOption = None, json_out: JsonOption = False) -> Non
             table.add_row(name, f"[{_STATUS_STYLE[check['status']]}]{check['status']}[/]",
                           str(check["value"]), str(check["threshold"]), check["message"])
         out.print(table)
+        _print_replication(report.get("replication") or {})
     raise typer.Exit(_STATUS_EXIT[report["overall_status"]])
+
+
+def _print_replication(repl: dict[str, Any]) -> None:
+    """A few lines: where we are connected, the standbys streaming from it with their
+    lag, and the configured read replicas (hosts are host:port only, never a URL)."""
+    if not repl:
+        return
+    lines = [f"primary: {repl.get('primary') or 'none (connected to a standby)'}"]
+    def seconds(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.1f}s"
+
+    for sb in repl.get("standbys") or []:
+        behind = sb.get("replay_lag_bytes")
+        lines.append(f"standby {sb.get('name')} ({sb.get('client_addr') or 'local'}): "
+                     f"{sb.get('state')}, replay lag {seconds(sb.get('replay_lag_seconds'))}"
+                     f", {'n/a' if behind is None else behind} bytes behind")
+    for rp in repl.get("replicas") or []:
+        lines.append(f"replica {rp.get('host')}: {rp.get('state')}, "
+                     f"lag {seconds(rp.get('lag_seconds'))}")
+    out.print("replication:", markup=False)
+    for line in lines:
+        out.print(f"  {line}", markup=False, highlight=False)
 
 
 def _top_table(stats: Any, previous: Any, elapsed: float, topology: Any) -> Table:
@@ -97,7 +120,8 @@ def top(
     try:
         settings = _settings(topology)
         topo = settings.topology()
-        with connect(admin_conninfo(settings), purpose="watch the database") as conn:
+        with connect(admin_conninfo(settings), purpose="watch the database",
+                     prefer_primary=True) as conn:
             previous, taken = collect(conn, topo, settings), time.monotonic()
             if once:
                 out.print(_top_table(previous, None, 0.0, topo))

@@ -30,7 +30,9 @@ _PRIMARY_HINT = ("Point DATABASE_URL at the primary, or list every server with "
                  "HOST2:5432/DB?target_session_attrs=read-write) so libpq finds it.")
 
 
-def _want_primary(params: dict[str, Any]) -> dict[str, Any]:
+def want_primary(params: dict[str, Any]) -> dict[str, Any]:
+    """*params* asking libpq for the writable server when they list several hosts and
+    say nothing themselves (``target_session_attrs=read-write``); else unchanged."""
     if "," in str(params.get("host", "")) and "target_session_attrs" not in params:
         return {**params, "target_session_attrs": "read-write"}
     return params
@@ -48,12 +50,19 @@ def require_primary(conn: psycopg.Connection[Any], purpose: str) -> None:
 
 
 def connect(params: dict[str, Any], *, purpose: str, autocommit: bool = True,
-            primary: bool = False) -> psycopg.Connection[Any]:
+            primary: bool = False, prefer_primary: bool = False) -> psycopg.Connection[Any]:
     """Connect with *params*; on failure raise DatabaseUnavailableError naming the
     (masked) target and *purpose*, never the password.  With *primary*, refuse a
-    standby (StandbyServerError)."""
+    standby (StandbyServerError).  With *prefer_primary* (monitoring), a multi-host
+    URL's writable server when one is up, else whichever host answers (libpq has no
+    ``prefer-primary``): health must still report when only a standby is left."""
+    if prefer_primary and not primary and want_primary(params) is not params:
+        try:
+            return connect(params, purpose=purpose, autocommit=autocommit, primary=True)
+        except StandbyServerError:
+            pass  # no writable host: report from a standby
     if primary:
-        params = _want_primary(params)
+        params = want_primary(params)
     try:
         # A connect_timeout in the URL wins (it used to collide with ours: TypeError).
         conn = psycopg.connect(**{"connect_timeout": CONNECT_TIMEOUT_S, **params},

@@ -12,9 +12,26 @@ more behind.  A standby that does not stream (no WAL receiver) is judged by the
 timestamp alone: it cannot know what it is missing.
 
 States: ``ok``; ``lagging`` (lag above the limit, or unknown); ``down`` (cannot
-connect or query); ``not-a-standby`` (the server is a primary, e.g. promoted: reading
-there is no longer reading a replica of our primary).  Each state change is logged
-once, with the replica's host and port only.
+connect or query, or -- for a service's replicas -- the service's schema is missing or
+not usable there: a wrong database name or a role without privileges); ``not-a-standby``
+(the server is a primary, e.g. promoted: reading there is no longer reading a replica
+of our primary, and a session there could turn read-only mode off and write).  Each
+state change is logged once, with the replica's host and port only.
+
+Never a primary: replica pools connect with ``target_session_attrs=standby`` (see
+config.replica_conninfos), and a pooled connection whose server reports
+``in_hot_standby=off`` (PostgreSQL 14+ reports it after each statement once a standby
+is promoted) is closed at checkout instead of used.
+
+A replica whose checkouts fail while its probe succeeds (e.g. out of connection slots)
+would flap between ``ok`` and ``down`` at the probe rate; after a failed checkout it
+stays ``down`` for a hold-down time that doubles with each failure in a row (up to
+:data:`MAX_HOLD_DOWN_S`), so a flapping replica logs a few lines, not two a second.
+
+Fork safety: the probe thread does not survive ``fork()``.  In the child every set
+forgets its thread (the next ``choose()`` starts one) and drops, without closing, the
+parent's probe connections (closing would send the server a Terminate on the
+parent's socket).
 """
 
 from __future__ import annotations
@@ -22,8 +39,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,6 +58,7 @@ log = logging.getLogger(__name__)
 OK, LAGGING, DOWN, NOT_A_STANDBY, UNKNOWN = "ok", "lagging", "down", "not-a-standby", "unknown"
 REFRESH_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 2
+MAX_HOLD_DOWN_S = 30.0
 
 # One round trip.  pg_stat_wal_receiver shows a row (pid only, for roles without
 # pg_read_all_stats) exactly while a WAL receiver runs.
@@ -49,7 +69,14 @@ LAG_QUERY = (
     "   AND pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn()"
     "  THEN 0::float8"
     "  ELSE extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp())::float8"
-    " END"
+    " END,"
+    # The service's schema, when given: usable by the role we log in as?  A replica URL
+    # naming another database (or a role without privileges there) would otherwise
+    # "work" and answer every read with 'relation does not exist'.
+    " CASE WHEN %(schema)s::text IS NULL THEN true"
+    "  WHEN pg_catalog.to_regnamespace(%(schema)s::text) IS NULL THEN false"
+    "  ELSE pg_catalog.has_schema_privilege(pg_catalog.to_regnamespace(%(schema)s::text),"
+    " 'USAGE') END"
 )
 
 P = TypeVar("P")
@@ -67,6 +94,10 @@ def judge(in_recovery: bool, lag: float | None, max_lag: float) -> str:
 
 def _probe_params(params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
+    # The probe must see a primary to report it (not-a-standby), where the pools'
+    # target_session_attrs=standby would only fail to connect; prefer-standby still
+    # finds the standby of a multi-host replica URL as the pools do.
+    out["target_session_attrs"] = "prefer-standby"
     # A probe must never hang the health cache: bounded connect and statement.
     out["connect_timeout"] = min(int(out.get("connect_timeout", PROBE_TIMEOUT_S) or
                                      PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
@@ -74,12 +105,16 @@ def _probe_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_lag(conn: psycopg.Connection[Any], max_lag: float) -> tuple[str, float | None]:
-    """``(state, lag_seconds)`` of the server *conn* is connected to."""
-    row = conn.execute(LAG_QUERY).fetchone()
+def read_lag(conn: psycopg.Connection[Any], max_lag: float,
+             schema: str | None = None) -> tuple[str, float | None]:
+    """``(state, lag_seconds)`` of the server *conn* is connected to; ``down`` when
+    *schema* is given and not usable there by the connected role."""
+    row = conn.execute(LAG_QUERY, {"schema": schema}).fetchone()
     assert row is not None
-    in_recovery, lag = bool(row[0]), row[1]
+    in_recovery, lag, schema_ok = bool(row[0]), row[1], bool(row[2])
     lag = None if lag is None else max(float(lag), 0.0)
+    if not schema_ok:
+        return DOWN, lag
     return judge(in_recovery, lag, max_lag), lag
 
 
@@ -96,12 +131,15 @@ def probe_once(params: dict[str, Any], max_lag: float) -> tuple[str, float | Non
 class Replica(Generic[P]):
     """One replica of one service: where it is, its cached health, and its pool."""
 
-    params: dict[str, Any]
-    pool: P
+    # repr=False: params hold the password, and a repr ends up in logs and tracebacks.
+    params: dict[str, Any] = field(repr=False)
+    pool: P = field(repr=False)
     label: str = ""
     state: str = UNKNOWN
     lag_seconds: float | None = None
     checked_at: float = 0.0
+    hold_until: float = 0.0  # no probe may call it ok before (monotonic clock)
+    failures: int = 0  # failed checkouts in a row
     _conn: psycopg.Connection[Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,15 +157,22 @@ class ReplicaSet(Generic[P]):
     """
 
     def __init__(self, service: str, replicas: Sequence[tuple[dict[str, Any], P]],
-                 max_lag: float, *, interval: float = REFRESH_INTERVAL_S) -> None:
+                 max_lag: float, *, interval: float = REFRESH_INTERVAL_S,
+                 schema: str | None = None) -> None:
         self.service = service
         self.max_lag = max_lag
+        self.schema = schema
         self.interval = interval
         self.replicas: list[Replica[P]] = [Replica(params, pool) for params, pool in replicas]
         self._turn = itertools.count()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Checkouts with replica=True by where they were served (the exporter's
+        # edulink_db_replica_reads_total): a fallback share near 1 means no replica helps.
+        self.served = {"replica": 0, "primary": 0}
+        self._served_lock = threading.Lock()
+        _SETS.add(self)
 
     def __repr__(self) -> str:
         return f"ReplicaSet({self.service!r}, {[r.label for r in self.replicas]})"
@@ -144,8 +189,24 @@ class ReplicaSet(Generic[P]):
         return healthy[next(self._turn) % len(healthy)]
 
     def mark_down(self, replica: Replica[P], reason: str) -> None:
-        """A checkout on *replica* failed: stop choosing it until a probe says otherwise."""
-        self._set(replica, DOWN, None, reason)
+        """A checkout on *replica* failed: stop choosing it until a probe says otherwise,
+        and not before a hold-down time (1 s, doubling per failure in a row)."""
+        replica.failures += 1
+        replica.hold_until = time.monotonic() + min(
+            self.interval * 2 ** (replica.failures - 1), MAX_HOLD_DOWN_S)
+        self._set(replica, DOWN, None, _scrub(reason, replica.params))
+
+    def mark_not_a_standby(self, replica: Replica[P]) -> None:
+        """A pooled connection of *replica* reports the server promoted."""
+        self._set(replica, NOT_A_STANDBY, None, "the server left recovery (promoted?)")
+
+    def checkout_ok(self, replica: Replica[P]) -> None:
+        replica.failures = 0
+        self.count("replica")
+
+    def count(self, served_by: str) -> None:
+        with self._served_lock:
+            self.served[served_by] += 1
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.replicas]
@@ -186,8 +247,10 @@ class ReplicaSet(Generic[P]):
             if replica._conn is None or replica._conn.closed:
                 replica._conn = psycopg.connect(**_probe_params(replica.params),
                                                 autocommit=True)
-            state, lag = read_lag(replica._conn, self.max_lag)
-            reason = (f"replay lag {lag:.1f}s over DATABASE_REPLICA_MAX_LAG "
+            state, lag = read_lag(replica._conn, self.max_lag, self.schema)
+            reason = (f"schema {self.schema} is missing or not usable by the service's role "
+                      "there (wrong database name, or missing grants?)" if state == DOWN
+                      else f"replay lag {lag:.1f}s over DATABASE_REPLICA_MAX_LAG "
                       f"{self.max_lag:g}s" if state == LAGGING and lag is not None
                       else "replay lag unknown (not streaming, nothing replayed yet)"
                       if state == LAGGING else "the server is not in recovery (promoted?)"
@@ -197,7 +260,10 @@ class ReplicaSet(Generic[P]):
                 replica._conn.close()
                 replica._conn = None
             state, lag = DOWN, None
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            reason = _scrub(" ".join(str(exc).split())[:200], replica.params) or type(
+                exc).__name__
+        if state == OK and time.monotonic() < replica.hold_until:
+            return  # held down after failed checkouts: the probe alone does not vouch
         self._set(replica, state, lag, reason)
 
     def _set(self, replica: Replica[P], state: str, lag: float | None, reason: str) -> None:
@@ -216,11 +282,48 @@ class ReplicaSet(Generic[P]):
 
 
 def build(service: str, params: Sequence[dict[str, Any]], max_lag: float,
-          make_pool: Callable[[dict[str, Any]], P]) -> ReplicaSet[P] | None:
+          make_pool: Callable[[dict[str, Any]], P], *,
+          schema: str | None = None) -> ReplicaSet[P] | None:
     """A ReplicaSet over *params* with a pool each (None when there are none)."""
     if not params:
         return None
-    return ReplicaSet(service, [(p, make_pool(p)) for p in params], max_lag)
+    return ReplicaSet(service, [(p, make_pool(p)) for p in params], max_lag, schema=schema)
+
+
+# Every live ReplicaSet, for the fork handler.
+_SETS: weakref.WeakSet[ReplicaSet[Any]] = weakref.WeakSet()
+# Probe connections inherited from the parent: kept referenced in the child, never
+# closed or garbage-collected there (PQfinish would end the parent's session).
+_INHERITED: list[psycopg.Connection[Any]] = []
+
+
+def _after_fork_in_child() -> None:
+    for replica_set in list(_SETS):
+        replica_set._lock = threading.Lock()
+        replica_set._stop = threading.Event()
+        replica_set._thread = None
+        for replica in replica_set.replicas:
+            if replica._conn is not None:
+                _INHERITED.append(replica._conn)
+                replica._conn = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _scrub(text: str, params: dict[str, Any]) -> str:
+    """*text* (a server or libpq message) with the password replaced, should it ever
+    be echoed; logs and health output show it."""
+    password = str(params.get("password") or "")
+    return text.replace(password, "********") if len(password) >= 4 else text
+
+
+def _promoted(conn: Any) -> bool:
+    """Whether the server of pooled connection *conn* said it left recovery (the
+    ``in_hot_standby`` report of PostgreSQL 14+; nothing is known before 14)."""
+    pgconn = getattr(conn, "pgconn", None)
+    return pgconn is not None and pgconn.parameter_status(b"in_hot_standby") == b"off"
 
 
 class _SyncCheckout(Protocol[C]):
@@ -266,11 +369,19 @@ class ReplicaCheckout(Generic[P, C]):
             except ServiceConnectionError as exc:
                 self._set.mark_down(replica, str(exc))
             else:
-                self._inner, self._replica = inner, replica
-                self._conn = conn
-                return conn
+                if not _promoted(conn):
+                    self._set.checkout_ok(replica)
+                    self._inner, self._replica = inner, replica
+                    self._conn = conn
+                    return conn
+                self._set.mark_not_a_standby(replica)
+                closing: Any = conn
+                closing.close()  # the pool drops a closed connection
+                inner.__exit__(None, None, None)
         self._inner, self._replica = self._primary, None
-        return self._primary.__enter__()
+        conn = self._primary.__enter__()
+        self._set.count("primary")
+        return conn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -279,6 +390,10 @@ class ReplicaCheckout(Generic[P, C]):
         self._inner = self._replica = None
         if replica is not None and _lost_server(exc, self._conn):
             self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
+        elif replica is not None and _promoted(self._conn):
+            self._set.mark_not_a_standby(replica)
+            self._conn.close()
+        self._conn = None
         inner.__exit__(exc_type, exc, tb)
 
 
@@ -305,10 +420,18 @@ class AsyncReplicaCheckout(Generic[P, C]):
             except ServiceConnectionError as exc:
                 self._set.mark_down(replica, str(exc))
             else:
-                self._inner, self._replica, self._conn = inner, replica, conn
-                return conn
+                if not _promoted(conn):
+                    self._set.checkout_ok(replica)
+                    self._inner, self._replica, self._conn = inner, replica, conn
+                    return conn
+                self._set.mark_not_a_standby(replica)
+                closing: Any = conn
+                await closing.close()
+                await inner.__aexit__(None, None, None)
         self._inner, self._replica = self._primary, None
-        return await self._primary.__aenter__()
+        conn = await self._primary.__aenter__()
+        self._set.count("primary")
+        return conn
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -317,5 +440,8 @@ class AsyncReplicaCheckout(Generic[P, C]):
         self._inner = self._replica = None
         if replica is not None and _lost_server(exc, self._conn):
             self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
+        elif replica is not None and _promoted(self._conn):
+            self._set.mark_not_a_standby(replica)
+            await self._conn.close()
         self._conn = None
         await inner.__aexit__(exc_type, exc, tb)

@@ -28,7 +28,8 @@ class DatabaseCollector(Collector):
         topology = self.settings.topology()
         up = GaugeMetricFamily(f"{PREFIX}_up", "1 if the database answered this scrape.")
         try:
-            with connect(admin_conninfo(self.settings), purpose="collect metrics") as conn:
+            with connect(admin_conninfo(self.settings), purpose="collect metrics",
+                         prefer_primary=True) as conn:
                 stats = collect(conn, topology, self.settings)
         except EdulinkDBError:
             up.add_metric([], 0)

@@ -23,7 +23,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client import make_asgi_app as _make_asgi_app
 from prometheus_client import make_wsgi_app as _make_wsgi_app
 from prometheus_client import start_http_server as _start_http_server
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 PREFIX = "edulink_db"
@@ -44,8 +49,8 @@ PERMISSION_ERRORS = Counter(f"{PREFIX}_permission_errors_total",
 
 
 __all__ = ["BUCKETS", "PREFIX", "QUERY_DURATION_NAME", "Collector", "HistogramMetricFamily",
-           "Metric", "PoolCollector", "metrics_asgi_app", "metrics_wsgi_app", "register",
-           "start_metrics_server"]
+           "Metric", "PoolCollector", "ReplicaReadCollector", "metrics_asgi_app",
+           "metrics_wsgi_app", "register", "start_metrics_server"]
 
 
 def register(collector: Collector) -> None:
@@ -73,6 +78,22 @@ class PoolCollector(Collector):
             waiting.add_metric([svc], float(stats["waiting"]))
         yield conns
         yield waiting
+
+
+class ReplicaReadCollector(Collector):
+    """``replica=True`` checkouts of this process by service and by where they were
+    served (``replica`` or ``primary``, the fallback), read at scrape time."""
+
+    def __init__(self, counts: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[Metric]:
+        reads = CounterMetricFamily(f"{PREFIX}_replica_reads",
+                                    "Checkouts with replica=True by where they were served.",
+                                    labels=["service", "served_by"])
+        for service, served_by, count in self._counts():
+            reads.add_metric([service, served_by], float(count))
+        yield reads
 
 
 def metrics_wsgi_app(registry: CollectorRegistry = REGISTRY) -> Any:

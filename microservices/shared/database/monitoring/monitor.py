@@ -274,7 +274,8 @@ def get_database_health(settings: Settings | None = None) -> dict[str, Any]:
     settings = settings or load_settings()
     topology = settings.topology()
     try:
-        with connect(admin_conninfo(settings), purpose="check database health") as conn:
+        with connect(admin_conninfo(settings), purpose="check database health",
+                     prefer_primary=True) as conn:
             stats = collect(conn, topology)
         error = None
     except EdulinkDBError as exc:
