@@ -59,6 +59,7 @@ from .config import (
     pooler_mode,
     service_conninfo,
 )
+from .connections import location
 from .connections.request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
@@ -78,6 +79,7 @@ from .core.errors import (
     PoolExhaustedError,
     ServiceAuthenticationError,
     ServiceConnectionError,
+    ServiceMovedError,
 )
 from .monitoring import metrics
 from .topology import Service
@@ -239,9 +241,10 @@ class _Stats:
 class _ServicePool:
     """A service's psycopg_pool plus the checkout policy around it."""
 
-    def __init__(self, service: Service, settings: Settings) -> None:
+    def __init__(self, service: Service, settings: Settings,
+                 params: dict[str, Any] | None = None) -> None:
         self.service = service
-        self.params = service_conninfo(service, settings)
+        self.params = params if params is not None else service_conninfo(service, settings)
         self.config = pool_config(settings, service, self.params)
         self.conninfo = conninfo_string(self.params)
         self.stats = _Stats()
@@ -496,14 +499,44 @@ class _ServicePool:
         }
 
 
+# -- relocation hook (issue 17) ------------------------------------------------------
+# How long a service's checkout waits while a cutover freezes its writes; the
+# cutover announces at most this long a freeze (relocation.cutover.FREEZE_S).
+FREEZE_WAIT_S = 10.0
+
+
+class _MoveWatch:
+    """Turns the refusal a frozen old location gives a queued statement (its writes
+    revoked: 42501; its tables retired: 42P01) into ServiceMovedError when the
+    registry shows the service moved since the checkout: retry it, it changed nothing."""
+
+    __slots__ = ("epoch", "registry", "service")
+
+    def __init__(self, registry: location.Registry, service: str, epoch: int) -> None:
+        self.registry, self.service, self.epoch = registry, service, epoch
+
+    def check(self, exc: BaseException) -> None:
+        if not isinstance(exc, psycopg.errors.InsufficientPrivilege
+                          | psycopg.errors.UndefinedTable):
+            return
+        now = self.registry.get(self.service, fresh=True)
+        if now.epoch != self.epoch:
+            raise ServiceMovedError(
+                f"Service {self.service!r} moved to another server while this checkout ran "
+                f"(location epoch {self.epoch} -> {now.epoch}); the statement changed "
+                "nothing: run it again, the next checkout goes to the new location.") from exc
+
+
 class Checkout:
     """Context manager returned by :meth:`ConnectionManager.get_connection`."""
 
-    __slots__ = ("_conn", "_entry", "_pool", "_prologue")
+    __slots__ = ("_conn", "_entry", "_moved", "_pool", "_prologue")
 
-    def __init__(self, entry: _ServicePool, prologue: Prologue | None) -> None:
+    def __init__(self, entry: _ServicePool, prologue: Prologue | None,
+                 moved: _MoveWatch | None = None) -> None:
         self._entry = entry
         self._prologue = prologue
+        self._moved = moved
         self._conn: ServiceConnection | None = None
         self._pool: ConnectionPool[ServiceConnection] | None = None
 
@@ -540,6 +573,8 @@ class Checkout:
         if entry.needs_reset(conn):
             entry.reset(conn)
         pool.putconn(conn)  # rolls back anything left open
+        if self._moved is not None and exc is not None:
+            self._moved.check(exc)
 
 
 class AsyncCheckout:
@@ -599,6 +634,7 @@ class ConnectionManager:
         self._settings = settings
         self._pools: dict[str, _ServicePool] = {}
         self._aliases: dict[str, _ServicePool] = {}
+        self._located: dict[str, _ServicePool] = {}  # relocation hook: pools elsewhere
         self._lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
         _MANAGERS.add(self)
@@ -635,15 +671,56 @@ class ConnectionManager:
         Raises UnknownServiceError, ServiceAuthenticationError,
         ServiceConnectionError (server unreachable) or PoolExhaustedError.
         """
-        return Checkout(self._entry(service), make_prologue(user_id, readonly))
+        entry, moved = self._follow(self._entry(service))
+        return Checkout(entry, make_prologue(user_id, readonly), moved)
 
     def get_async_connection(self, service: str, user_id: object | None = None,
                              readonly: bool = False) -> AsyncCheckout:
         """The asyncio twin of :meth:`get_connection` (``async with``)."""
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
-        return AsyncCheckout(self._entry(service), make_prologue(user_id, readonly),
-                             self._async_lock)
+        entry, _ = self._follow(self._entry(service), wait=False)
+        return AsyncCheckout(entry, make_prologue(user_id, readonly), self._async_lock)
+
+    # -- relocation hook (issue 17: edulink-db move-service) ---------------------------
+    # A moved service's pools, and its readers' pools, follow the location registry
+    # (connections/location.py) of the service's home server.
+    def _follow(self, home: _ServicePool, owner: str | None = None, *,
+                wait: bool = True) -> tuple[_ServicePool, _MoveWatch | None]:
+        """The pool of *home*'s service where *owner*'s schema (default: its own) lives
+        now.  The service's own checkouts wait while a cutover freezes its writes."""
+        registry = location.registry_for(home.conninfo)
+        name = owner or home.service.name
+        loc = registry.get(name)
+        if loc.frozen and wait and owner is None:
+            loc = registry.wait_unfrozen(name, FREEZE_WAIT_S)
+        if loc.where is None:
+            return home, _MoveWatch(registry, name, loc.epoch)
+        key = f"{home.service.name}@{loc.where}"
+        entry = self._located.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._located.get(key)
+                if entry is None:
+                    entry = _ServicePool(home.service, self.settings,
+                                         location.located_params(home.params, loc.where))
+                    self._located[key] = entry
+        return entry, _MoveWatch(registry, name, loc.epoch)
+
+    def get_reader_connection(self, service: str, reads: str, user_id: object | None = None,
+                              readonly: bool = True) -> Checkout:
+        """Like :meth:`get_connection`, on the server where service *reads*' schema lives
+        (the same as *service*'s own unless one of them was moved)."""
+        home = self._entry(service)
+        owner = self.settings.topology().service(reads).name
+        entry, moved = self._follow(home, owner)
+        return Checkout(entry, make_prologue(user_id, readonly), moved)
+
+    def location_of(self, service: str, via: str | None = None) -> str | None:
+        """Where *service*'s schema lives (None: at home), as seen from *via*'s pool."""
+        home = self._entry(via or service)
+        owner = self.settings.topology().service(service).name
+        return location.registry_for(home.conninfo).get(owner).where
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""
@@ -666,7 +743,7 @@ class ConnectionManager:
     def close_all(self) -> None:
         """Close every synchronous pool (async pools: :meth:`aclose_all`)."""
         with self._lock:
-            entries = list(self._pools.values())
+            entries = list(self._pools.values()) + list(self._located.values())
         for entry in entries:
             if entry._sync is not None:
                 entry._sync.close()
@@ -675,8 +752,8 @@ class ConnectionManager:
     async def aclose_all(self) -> None:
         """Close every pool, async and sync."""
         with self._lock:
-            entries = list(self._pools.values())
-            self._pools, self._aliases = {}, {}
+            entries = list(self._pools.values()) + list(self._located.values())
+            self._pools, self._aliases, self._located = {}, {}, {}
         for entry in entries:
             if entry._async is not None:
                 await entry._async.close()
