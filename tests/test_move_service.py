@@ -72,6 +72,10 @@ def _ctx(a: Cluster, b: Cluster, **kw: Any) -> MoveContext:
                        migrator_passwords=lambda _s: SERVICE_PASSWORD, **kw)
 
 
+def _steps(ctx: MoveContext) -> str:
+    return ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in ctx.steps[-1].items())
+
+
 def _leftovers(c: Cluster) -> list[Any]:
     with c.connect() as conn:
         return [*conn.execute("SELECT 'slot', slot_name FROM pg_replication_slots"),
@@ -141,7 +145,8 @@ def test_move_under_load(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: 
         for t in threads:
             t.join()
         print(f"\nmove under load: {len(committed)} writes, {reads[0]} reads, cutover pause "
-              f"{ctx.pauses[0] * 1000:.0f} ms, longest write {longest[0] * 1000:.0f} ms")
+              f"{ctx.pauses[0] * 1000:.0f} ms ({_steps(ctx)}), longest write "
+              f"{longest[0] * 1000:.0f} ms")
         assert errors == []
         assert committed and reads[0] > 0
         on_target = _codes(b)

@@ -42,11 +42,13 @@ import select
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -510,21 +512,52 @@ class _MoveWatch:
     revoked: 42501; its tables retired: 42P01) into ServiceMovedError when the
     registry shows the service moved since the checkout: retry it, it changed nothing."""
 
-    __slots__ = ("epoch", "registry", "service")
+    __slots__ = ("epoch", "home", "registry", "service")
 
-    def __init__(self, registry: location.Registry, service: str, epoch: int) -> None:
-        self.registry, self.service, self.epoch = registry, service, epoch
+    def __init__(self, registry: location.Registry, home: _ServicePool, service: str,
+                 epoch: int) -> None:
+        self.registry, self.home, self.service, self.epoch = registry, home, service, epoch
 
-    def check(self, exc: BaseException) -> None:
-        if not isinstance(exc, psycopg.errors.InsufficientPrivilege
-                          | psycopg.errors.UndefinedTable):
-            return
-        now = self.registry.get(self.service, fresh=True)
+    @staticmethod
+    def refused(exc: BaseException | None) -> bool:
+        return isinstance(exc, psycopg.errors.InsufficientPrivilege
+                          | psycopg.errors.UndefinedTable)
+
+    def moved(self, now: location.Location, exc: BaseException) -> None:
         if now.epoch != self.epoch:
             raise ServiceMovedError(
                 f"Service {self.service!r} moved to another server while this checkout ran "
                 f"(location epoch {self.epoch} -> {now.epoch}); the statement changed "
                 "nothing: run it again, the next checkout goes to the new location.") from exc
+
+    def check(self, exc: BaseException | None) -> None:
+        if exc is not None and self.refused(exc):
+            self.moved(self.registry.get(self.service, _runner(self.home), fresh=True), exc)
+
+    async def acheck(self, exc: BaseException | None, lock: asyncio.Lock) -> None:
+        if exc is not None and self.refused(exc):
+            self.moved(await self.registry.aget(self.service, _arunner(self.home, lock),
+                                                fresh=True), exc)
+
+
+def _runner(home: _ServicePool) -> location.Runner:
+    """Runs a registry query on a connection of *home*'s own pool (no extra connection)."""
+    def run(query: sql.Composed) -> location.Rows:
+        with home.sync_pool().connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
+                psycopg.Cursor(conn) as cur:  # plain: not the app's query
+            rows: location.Rows = cur.execute(query, prepare=False).fetchall()
+            return rows
+    return run
+
+
+def _arunner(home: _ServicePool, lock: asyncio.Lock) -> location.AsyncRunner:
+    async def run(query: sql.Composed) -> location.Rows:
+        pool = await home.async_pool(lock)
+        async with pool.connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
+                psycopg.AsyncCursor(conn) as cur:
+            await cur.execute(query, prepare=False)
+            return await cur.fetchall()
+    return run
 
 
 class Checkout:
@@ -573,23 +606,30 @@ class Checkout:
         if entry.needs_reset(conn):
             entry.reset(conn)
         pool.putconn(conn)  # rolls back anything left open
-        if self._moved is not None and exc is not None:
+        if self._moved is not None:
             self._moved.check(exc)
+
+
+_AsyncFollow = Callable[[], Awaitable[tuple[_ServicePool, _MoveWatch]]]
 
 
 class AsyncCheckout:
     """Async context manager returned by :meth:`ConnectionManager.get_async_connection`."""
 
-    __slots__ = ("_conn", "_entry", "_lock", "_prologue")
+    __slots__ = ("_conn", "_entry", "_follow", "_lock", "_moved", "_prologue")
 
     def __init__(self, entry: _ServicePool, prologue: Prologue | None,
-                 lock: asyncio.Lock) -> None:
+                 lock: asyncio.Lock, follow: _AsyncFollow | None = None) -> None:
         self._entry = entry
         self._prologue = prologue
         self._lock = lock
+        self._follow = follow
+        self._moved: _MoveWatch | None = None
         self._conn: AsyncServiceConnection | None = None
 
     async def __aenter__(self) -> AsyncServiceConnection:
+        if self._follow is not None:  # relocation hook (issue 17)
+            self._entry, self._moved = await self._follow()
         entry = self._entry
         pool = await entry.async_pool(self._lock)
         for _ in range(entry.config.max_size + 1):
@@ -621,6 +661,8 @@ class AsyncCheckout:
             await entry.areset(conn)
         pool = await entry.async_pool(self._lock)
         await pool.putconn(conn)
+        if self._moved is not None:
+            await self._moved.acheck(exc, self._lock)
 
 
 class ConnectionManager:
@@ -679,33 +721,51 @@ class ConnectionManager:
         """The asyncio twin of :meth:`get_connection` (``async with``)."""
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
-        entry, _ = self._follow(self._entry(service), wait=False)
-        return AsyncCheckout(entry, make_prologue(user_id, readonly), self._async_lock)
+        home = self._entry(service)
+        lock = self._async_lock
+        return AsyncCheckout(home, make_prologue(user_id, readonly), lock,
+                             lambda: self._afollow(home, lock))
 
     # -- relocation hook (issue 17: edulink-db move-service) ---------------------------
     # A moved service's pools, and its readers' pools, follow the location registry
-    # (connections/location.py) of the service's home server.
-    def _follow(self, home: _ServicePool, owner: str | None = None, *,
-                wait: bool = True) -> tuple[_ServicePool, _MoveWatch | None]:
-        """The pool of *home*'s service where *owner*'s schema (default: its own) lives
-        now.  The service's own checkouts wait while a cutover freezes its writes."""
-        registry = location.registry_for(home.conninfo)
-        name = owner or home.service.name
-        loc = registry.get(name)
-        if loc.frozen and wait and owner is None:
-            loc = registry.wait_unfrozen(name, FREEZE_WAIT_S)
-        if loc.where is None:
-            return home, _MoveWatch(registry, name, loc.epoch)
-        key = f"{home.service.name}@{loc.where}"
+    # (connections/location.py) of the service's home server, read through the
+    # service's own pool there.
+    def _located_pool(self, home: _ServicePool, where: str) -> _ServicePool:
+        key = f"{home.service.name}@{where}"
         entry = self._located.get(key)
         if entry is None:
             with self._lock:
                 entry = self._located.get(key)
                 if entry is None:
                     entry = _ServicePool(home.service, self.settings,
-                                         location.located_params(home.params, loc.where))
+                                         location.located_params(home.params, where))
                     self._located[key] = entry
-        return entry, _MoveWatch(registry, name, loc.epoch)
+        return entry
+
+    def _follow(self, home: _ServicePool, owner: str | None = None
+                ) -> tuple[_ServicePool, _MoveWatch]:
+        """The pool of *home*'s service where *owner*'s schema (default: its own) lives
+        now.  The service's own checkouts wait while a cutover freezes its writes."""
+        registry = location.registry_for(home.params)
+        name = owner or home.service.name
+        run = _runner(home)
+        loc = registry.get(name, run)
+        if loc.frozen and owner is None:
+            loc = registry.wait_unfrozen(name, run, FREEZE_WAIT_S)
+        entry = home if loc.where is None else self._located_pool(home, loc.where)
+        return entry, _MoveWatch(registry, home, name, loc.epoch)
+
+    async def _afollow(self, home: _ServicePool, lock: asyncio.Lock
+                       ) -> tuple[_ServicePool, _MoveWatch]:
+        """The asyncio twin of :meth:`_follow` (waits out a freeze without blocking)."""
+        registry = location.registry_for(home.params)
+        name = home.service.name
+        run = _arunner(home, lock)
+        loc = await registry.aget(name, run)
+        if loc.frozen:
+            loc = await registry.await_unfrozen(name, run, FREEZE_WAIT_S)
+        entry = home if loc.where is None else self._located_pool(home, loc.where)
+        return entry, _MoveWatch(registry, home, name, loc.epoch)
 
     def get_reader_connection(self, service: str, reads: str, user_id: object | None = None,
                               readonly: bool = True) -> Checkout:
@@ -720,7 +780,7 @@ class ConnectionManager:
         """Where *service*'s schema lives (None: at home), as seen from *via*'s pool."""
         home = self._entry(via or service)
         owner = self.settings.topology().service(service).name
-        return location.registry_for(home.conninfo).get(owner).where
+        return location.registry_for(home.params).get(owner, _runner(home)).where
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""

@@ -4,21 +4,32 @@
 ``edulink_db_meta.service_location`` on the service's *home* server (the one its
 pool connects to by configuration): the new location as a connection string
 without secrets (host, port, dbname, sslmode), an epoch that grows with every
-move, and ``frozen_until`` while a cutover is under way.  A process reads the
-whole table at most once per :data:`TTL_S` per home server (one query on a
-connection of its own), so a checkout normally costs a clock read and a dict
-lookup.  A service that was never moved has no row (or no table): its pool
-stays where its configuration points.
+move, and ``frozen_until`` while a cutover is under way.
+
+A process reads the registry at most once per :data:`TTL_S` per home server, with
+one query on a connection borrowed from a service's own pool at home (no
+connection of its own: the role's CONNECTION LIMIT budget is unchanged), so a
+checkout normally costs a clock read and a dict lookup.  A service that was never
+moved has no row (or no table): its pool stays where its configuration points.
+
+Trust: the registry redirects pools, so a row is believed only when the schema and
+the table are owned by an admin-class role (superuser or CREATEROLE).  A registry
+that anybody else created -- e.g. a service role with CREATE on the database,
+racing the first move -- is ignored (logged), and every service stays at home.
 
 Credentials are never stored: a pool at a new location logs in with the same
-role and password as at home (``move-service`` provisions them there).
+role and password as at home (``move-service`` provisions them there), and with
+``require_auth=scram-sha-256`` so the new location cannot ask for the password
+in clear text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +43,41 @@ META_SCHEMA = "edulink_db_meta"
 LOCATION_TABLE = "service_location"
 # How stale a process's view of the registry may be.  The cutover waits longer than
 # this between announcing a freeze and taking its locks, so every process has seen
-# the freeze before any write could be refused (see relocation.cutover).
-TTL_S = 0.1
+# the freeze before any write could be refused (see relocation.mover.cutover).
+TTL_S = 0.05
+# While a home server has no registry table (nothing ever moved), look for one this
+# often: a checkout then costs no round trip at all.  move-service creates the table
+# when a move starts and cuts over no sooner than PROBE_S + TTL_S after that.
+PROBE_S = 1.0
+# After a failed read (home unreachable, pool exhausted), keep the last known
+# locations this long before trying again, so checkouts do not each pay a timeout.
+RETRY_S = 1.0
+# How long a registry read may wait for a pooled connection.
+BORROW_TIMEOUT_S = 2.0
 # While a service is frozen its own checkouts wait, re-reading the registry this often.
 POLL_S = 0.01
 # A connection string for a location may carry only these keys: never a password.
 LOCATION_KEYS = ("host", "port", "dbname", "sslmode", "hostaddr")
+# A located connection insists on SCRAM unless the home conninfo chose otherwise.
+REQUIRE_AUTH = "scram-sha-256"
 
-_QUERY = sql.SQL("SELECT service, location, epoch, coalesce(frozen_until > now(), false)"
-                 " FROM {}").format(sql.Identifier(META_SCHEMA, LOCATION_TABLE))
+# Whether the registry's schema and table are owned by admin-class roles; NULL when
+# there is no registry table.
+_TRUSTED = sql.SQL(
+    "(SELECT bool_and((r.rolsuper OR r.rolcreaterole) AND c.relkind = 'r')"
+    " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " JOIN pg_catalog.pg_roles r ON r.oid IN (c.relowner, n.nspowner)"
+    " WHERE c.oid = pg_catalog.to_regclass({}))").format(
+    sql.Literal(sql.Identifier(META_SCHEMA, LOCATION_TABLE).as_string(None)))
+# Run while the table is not known to exist: never raises on a server that has none
+# (a read every TTL_S that failed would fill the server log with errors).
+PROBE = sql.SQL("SELECT {}").format(_TRUSTED)
+READ = sql.SQL("SELECT service, location, epoch, coalesce(frozen_until > now(), false), {}"
+               " FROM {}").format(_TRUSTED, sql.Identifier(META_SCHEMA, LOCATION_TABLE))
+
+Rows = Sequence[Sequence[Any]]
+Runner = Callable[[sql.Composed], Rows]
+AsyncRunner = Callable[[sql.Composed], Awaitable[Rows]]
 
 
 @dataclass(frozen=True)
@@ -61,78 +98,135 @@ def location_string(params: dict[str, Any]) -> str:
 
 
 def located_params(home: dict[str, Any], where: str) -> dict[str, Any]:
-    """*home*'s connection parameters (role, password, options) at location *where*."""
+    """*home*'s connection parameters (role, password, options) at location *where*.
+
+    Adds ``require_auth=scram-sha-256`` unless *home* sets require_auth: whoever
+    controls the new location must not be able to have the password sent in clear
+    text (``password`` in pg_hba.conf) or skip authentication."""
     params = dict(home)
     for key in LOCATION_KEYS:
         params.pop(key, None)
     moved = dict(conninfo_to_dict(where))
     params.update({k: v for k, v in moved.items() if k in LOCATION_KEYS})
+    params.setdefault("require_auth", REQUIRE_AUTH)
     return params
 
 
 class Registry:
-    """The cached registry of one home server, read with one service's credentials."""
+    """The cached registry of one home server.  It has no connection: callers pass a
+    *run* function that executes a query on one of their pooled connections there."""
 
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
-        self._conn: psycopg.Connection[Any] | None = None
+    def __init__(self, name: str) -> None:
+        self.name = name  # the home server, for logs
         self._rows: dict[str, Location] = {}
-        self._fetched = float("-inf")
+        self._due = float("-inf")
+        self._exists = False  # until a probe finds the table
         self._lock = threading.Lock()
 
-    def _refresh(self) -> None:
-        try:
-            if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True,
-                                             connect_timeout=5)
-            rows = self._conn.execute(_QUERY).fetchall()
-            self._rows = {r[0]: Location(r[1], int(r[2]), bool(r[3])) for r in rows}
-        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
-            self._rows = {}  # never moved anything: everything is at home
-        except psycopg.Error as exc:
-            # Home unreachable: keep the last known locations (a moved service keeps
-            # working while its old server is down), and try again after TTL_S.
-            log.warning("location registry unreadable (%s); using the last known locations",
-                        type(exc).__name__)
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
-        self._fetched = time.monotonic()
+    def _query(self) -> sql.Composed:
+        return READ if self._exists else PROBE
 
-    def get(self, service: str, *, fresh: bool = False) -> Location:
-        """*service*'s location, at most TTL_S old (``fresh``: read now)."""
-        if fresh or time.monotonic() - self._fetched > TTL_S:
-            with self._lock:
-                if fresh or time.monotonic() - self._fetched > TTL_S:
-                    self._refresh()
+    def _absorb(self, query: sql.Composed, rows: Rows | BaseException) -> bool:
+        """Take a query's result; True when READ must follow a successful PROBE."""
+        now = time.monotonic()
+        if isinstance(rows, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
+            self._exists, self._rows, self._due = False, {}, now + PROBE_S
+            return False
+        if isinstance(rows, BaseException):
+            # Home unreachable or the pool busy: keep the last known locations (a moved
+            # service keeps working while its old server is down) and retry later.
+            log.warning("location registry on %s unreadable (%s); using the last known "
+                        "locations for %g s", self.name, type(rows).__name__, RETRY_S)
+            self._due = now + RETRY_S
+            return False
+        if query is PROBE:
+            trusted = rows[0][0] if rows else None
+            if trusted is None:
+                self._rows, self._due = {}, now + PROBE_S
+                return False
+            self._exists = True
+            return True
+        if any(not r[4] for r in rows):
+            log.error("location registry %s.%s on %s is not owned by an admin role "
+                      "(superuser or CREATEROLE): ignored, every service stays at home; "
+                      "drop it and let move-service recreate it", META_SCHEMA,
+                      LOCATION_TABLE, self.name)
+            self._rows = {}
+        else:
+            self._rows = {r[0]: Location(r[1], int(r[2]), bool(r[3])) for r in rows}
+        self._due = now + TTL_S
+        return False
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def refresh(self, run: Runner) -> None:
+        with self._lock:
+            for _ in range(2):
+                query = self._query()
+                try:
+                    result: Rows | BaseException = run(query)
+                except psycopg.Error as exc:
+                    result = exc
+                if not self._absorb(query, result):
+                    return
+
+    async def arefresh(self, run: AsyncRunner) -> None:
+        for _ in range(2):
+            query = self._query()
+            try:
+                result: Rows | BaseException = await run(query)
+            except psycopg.Error as exc:
+                result = exc
+            if not self._absorb(query, result):
+                return
+
+    def cached(self, service: str) -> Location:
         return self._rows.get(service, HOME)
 
-    def wait_unfrozen(self, service: str, limit_s: float) -> Location:
+    def get(self, service: str, run: Runner, *, fresh: bool = False) -> Location:
+        """*service*'s location, at most TTL_S old (``fresh``: read now)."""
+        if fresh or self.due():
+            self.refresh(run)
+        return self.cached(service)
+
+    async def aget(self, service: str, run: AsyncRunner, *, fresh: bool = False) -> Location:
+        if fresh or self.due():
+            await self.arefresh(run)
+        return self.cached(service)
+
+    def wait_unfrozen(self, service: str, run: Runner, limit_s: float) -> Location:
         """Block while *service* is frozen (a cutover holds its writes), at most
         *limit_s*; the freeze itself expires on the server, so a killed cutover
         cannot hold writers for longer than it announced."""
         deadline = time.monotonic() + limit_s
-        loc = self.get(service, fresh=True)
+        loc = self.get(service, run, fresh=True)
         while loc.frozen and time.monotonic() < deadline:
             time.sleep(POLL_S)
-            loc = self.get(service, fresh=True)
+            loc = self.get(service, run, fresh=True)
         return loc
 
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    async def await_unfrozen(self, service: str, run: AsyncRunner, limit_s: float
+                             ) -> Location:
+        """The asyncio twin of :meth:`wait_unfrozen`."""
+        deadline = time.monotonic() + limit_s
+        loc = await self.aget(service, run, fresh=True)
+        while loc.frozen and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            loc = await self.aget(service, run, fresh=True)
+        return loc
 
 
 _REGISTRIES: dict[str, Registry] = {}
 _REGISTRIES_LOCK = threading.Lock()
 
 
-def registry_for(conninfo: str) -> Registry:
-    """The process-wide registry reader of the home server at *conninfo*."""
-    registry = _REGISTRIES.get(conninfo)
+def registry_for(home: dict[str, Any]) -> Registry:
+    """The process-wide registry cache of the home server *home* (connection params);
+    shared by every service whose home it is."""
+    key = location_string(home)
+    registry = _REGISTRIES.get(key)
     if registry is None:
         with _REGISTRIES_LOCK:
-            registry = _REGISTRIES.setdefault(conninfo, Registry(conninfo))
+            registry = _REGISTRIES.setdefault(key, Registry(key))
     return registry

@@ -18,7 +18,13 @@ from psycopg.conninfo import make_conninfo
 
 from ..config import mask_dsn
 from ..connections.direct import connect
-from ..connections.location import LOCATION_TABLE, META_SCHEMA, TTL_S, location_string
+from ..connections.location import (
+    LOCATION_TABLE,
+    META_SCHEMA,
+    PROBE_S,
+    TTL_S,
+    location_string,
+)
 from ..core.errors import MoveError
 from ..privileges.provisioning import provision
 from ..server.pg_tools import find_tool, libpq_env
@@ -28,6 +34,10 @@ from .preflight import PreflightReport, preflight
 PHASES = ("prepare", "copy", "cutover", "cleanup")
 # How long the registry announces a freeze; a killed cutover frees writers after it.
 FREEZE_S = 5.0
+# Beyond the registry's TTL: time for a statement checked out just before a process
+# saw the freeze to finish before the tables are locked (it would otherwise queue on
+# the lock and get ServiceMovedError).
+GRACE_S = 0.02
 # Lag (bytes) under which the copy phase counts as caught up.
 CAUGHT_UP_BYTES = 1024 * 1024
 HOLD_ENV = "EDULINK_DB_MOVE_HOLD"  # tests: sleep at the start of this phase (to kill -9)
@@ -49,7 +59,10 @@ class MoveContext:
     allow_unbounded_wal: bool = False
     sync_timeout_s: float = 600.0
     barrier_timeout_s: float = 10.0
+    slot_timeout_s: float = 30.0
     pauses: list[float] = field(default_factory=list)
+    # Per cutover: seconds spent in each step (grace, lock, barrier, setval, commit).
+    steps: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -62,32 +75,80 @@ class MoveContext:
         return None if loc == location_string(self.home) else loc
 
 
-META_DDL = [
-    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)),
-    sql.SQL("CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY, location text,"
-            " epoch bigint NOT NULL DEFAULT 0, frozen_until timestamptz,"
-            " moved_at timestamptz)").format(sql.Identifier(META_SCHEMA, LOCATION_TABLE)),
-    sql.SQL("CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY, target text NOT NULL,"
-            " phase text NOT NULL, fingerprint text,"
-            " updated_at timestamptz NOT NULL DEFAULT now())").format(
-        sql.Identifier(META_SCHEMA, "service_move")),
-    # Every service's pool reads the registry (no secrets in it); the journal is the
-    # admin's alone.
-    sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC").format(sql.Identifier(META_SCHEMA)),
-    sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(sql.Identifier(META_SCHEMA, LOCATION_TABLE)),
-]
-JOURNAL = sql.Identifier(META_SCHEMA, "service_move")
+JOURNAL_TABLE = "service_move"
+JOURNAL = sql.Identifier(META_SCHEMA, JOURNAL_TABLE)
 REGISTRY = sql.Identifier(META_SCHEMA, LOCATION_TABLE)
+META_TABLES = sql.SQL("CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY, location text,"
+                      " epoch bigint NOT NULL DEFAULT 0, frozen_until timestamptz,"
+                      " moved_at timestamptz); CREATE TABLE IF NOT EXISTS {} (service text"
+                      " PRIMARY KEY, target text NOT NULL, phase text NOT NULL, fingerprint"
+                      " text, started_at timestamptz NOT NULL DEFAULT now(),"
+                      " updated_at timestamptz NOT NULL DEFAULT now())").format(
+    REGISTRY, JOURNAL)
+# Every service's pool reads the registry (no secrets in it); nobody but the admin
+# writes it or reads the journal.
+META_GRANTS = sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC; GRANT SELECT ON {} TO PUBLIC").format(
+    sql.Identifier(META_SCHEMA), REGISTRY)
+
+# Objects of the meta schema that the admin running the move does not own (a
+# superuser owner is accepted: it could do anything anyway), and privileges on them
+# held by anyone but their owner beyond reading.
+_META_OWNERS = """
+SELECT x.what, r.rolname FROM (
+  SELECT 'schema ' || quote_ident(nspname) AS what, nspowner AS owner, 'r' AS kind
+  FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s
+  UNION ALL
+  SELECT 'table ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relowner,
+         c.relkind::text
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)) x
+JOIN pg_catalog.pg_roles r ON r.oid = x.owner
+WHERE (r.rolname <> current_user AND NOT r.rolsuper) OR x.kind <> 'r'
+UNION ALL
+SELECT 'table ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+       'grants ' || a.privilege_type || ' to '
+       || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
+WHERE n.nspname = %(schema)s AND a.grantee <> c.relowner AND a.privilege_type <> 'SELECT'
+UNION ALL
+SELECT 'schema ' || quote_ident(n.nspname), 'grants ' || a.privilege_type || ' to '
+       || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
+FROM pg_catalog.pg_namespace n CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a
+WHERE n.nspname = %(schema)s AND a.grantee <> n.nspowner AND a.privilege_type <> 'USAGE'
+"""
+
+
+def check_meta(conn: psycopg.Connection[Any]) -> None:
+    """Refuse (MoveError) a meta schema or table that someone other than this admin
+    (or a superuser) owns or may write: ``IF NOT EXISTS`` would silently adopt an
+    object an attacker created first, and whoever writes the registry redirects every
+    pool of a service to a server of their choice."""
+    bad = conn.execute(_META_OWNERS, {"schema": META_SCHEMA,
+                                      "tables": [LOCATION_TABLE, JOURNAL_TABLE]}).fetchall()
+    if bad:
+        raise MoveError(
+            f"Refusing to use {META_SCHEMA}: "
+            + "; ".join(f"{what} is {'owned by ' + who if not who.startswith('grants ') else who}"
+                        for what, who in bad)
+            + f". Only the admin running move-service (or a superuser) may own or write it."
+            f" If you did not create it, investigate; then DROP SCHEMA {META_SCHEMA} CASCADE"
+            " (or ALTER ... OWNER TO the admin, REVOKE the grants) and retry.")
 
 
 def ensure_meta(conn: psycopg.Connection[Any]) -> None:
-    for stmt in META_DDL:
-        conn.execute(stmt)
+    """Create the registry and journal (idempotent), refusing foreign ones."""
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
+    check_meta(conn)  # before creating anything in a schema somebody else owns
+    conn.execute(META_TABLES)
+    check_meta(conn)
+    conn.execute(META_GRANTS)
 
 
 def journal_get(ctx: MoveContext) -> tuple[str, str, str | None] | None:
     """(target, phase, fingerprint) of the move of ctx.service in progress, or None."""
     with connect(ctx.home, purpose="read the move journal") as conn:
+        check_meta(conn)
         try:
             row = conn.execute(sql.SQL("SELECT target, phase, fingerprint FROM {}"
                                        " WHERE service = %s").format(JOURNAL),
@@ -236,18 +297,7 @@ def copy(ctx: MoveContext) -> None:
                     sql.Identifier(schema, t) for t in tables))
             conn.execute(stmt)
         if not _exists(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", name):
-            ctx.progress("creating the replication slot (waits for open transactions)")
-            try:
-                conn.execute("SET statement_timeout = '30s'")
-                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [name])
-            except psycopg.errors.QueryCanceled:
-                blockers = conn.execute(
-                    "SELECT pid, usename, state FROM pg_stat_activity WHERE backend_xid IS NOT"
-                    " NULL OR (backend_xmin IS NOT NULL AND state LIKE 'idle in%%')").fetchall()
-                raise MoveError(
-                    "Creating the replication slot waited 30 s for open transactions: "
-                    + ", ".join(f"pid {p} ({u}, {s})" for p, u, s in blockers)
-                    + ". End them (pg_terminate_backend) or wait, then --resume.") from None
+            _create_slot(ctx, conn)
     with connect(ctx.target, purpose="subscribe on the target") as conn:
         conninfo = _subscription_conninfo(ctx, password)
         if _exists(conn, "SELECT 1 FROM pg_subscription WHERE subname = %s", name):
@@ -255,12 +305,45 @@ def copy(ctx: MoveContext) -> None:
                 sql.Identifier(name), sql.Literal(conninfo)))
             conn.execute(sql.SQL("ALTER SUBSCRIPTION {} ENABLE").format(sql.Identifier(name)))
         else:
+            # synchronous_commit: the apply worker reports a position as flushed only
+            # once its local commit is flushed; 'off' (the default) delays that report,
+            # hence the cutover's barrier, by up to wal_writer_delay.
             conn.execute(sql.SQL(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false,"
-                " slot_name = {}, copy_data = true)").format(
+                " slot_name = {}, copy_data = true, synchronous_commit = 'on')").format(
                 sql.Identifier(name), sql.Literal(conninfo), sql.Identifier(name),
                 sql.Literal(name)))
     wait_caught_up(ctx)
+
+
+# Sessions whose transaction holds an xid: creating a logical slot waits for them.
+_SLOT_BLOCKERS = ("SELECT pid, usename, state, now() - xact_start FROM pg_stat_activity"
+                  " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid() ORDER BY pid")
+
+
+def _create_slot(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
+    """Create the move's slot, waiting at most ctx.slot_timeout_s for the open write
+    transactions it must see end.  On timeout name them, and drop the publication and
+    temporary role this phase made, so nothing is left behind."""
+    ctx.progress("creating the replication slot (waits for open write transactions)")
+    try:
+        conn.execute(sql.SQL("SET statement_timeout = {}").format(
+            sql.Literal(f"{int(ctx.slot_timeout_s * 1000)}ms")))
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [ctx.name])
+    except psycopg.errors.QueryCanceled:
+        blockers = conn.execute(_SLOT_BLOCKERS).fetchall()
+        conn.execute("RESET statement_timeout")
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(ctx.name)))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ctx.name)))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ctx.name)))
+        raise MoveError(
+            f"Creating the replication slot waited {ctx.slot_timeout_s:g} s for open write "
+            "transactions to end: "
+            + (", ".join(f"pid {p} ({u}, {s}, open {age})" for p, u, s, age in blockers)
+               or "none left now")
+            + ". End them (pg_terminate_backend(pid)) or let them finish, then --resume; "
+            "nothing was left behind.") from None
+    conn.execute("RESET statement_timeout")
 
 
 def lag(ctx: MoveContext) -> tuple[int, int, int, float | None, str]:
@@ -308,16 +391,14 @@ def wait_caught_up(ctx: MoveContext) -> None:
 # -- phase 4: cut over -------------------------------------------------------------------
 
 
-def _announce_freeze(ctx: MoveContext, seconds: float | None) -> None:
-    with connect(ctx.home, purpose="announce the freeze") as conn:
-        ensure_meta(conn)
-        conn.execute(sql.SQL(
-            "INSERT INTO {} (service, frozen_until) VALUES (%s, now() + make_interval("
-            "secs => %s)) ON CONFLICT (service) DO UPDATE SET frozen_until ="
-            " EXCLUDED.frozen_until").format(REGISTRY), [ctx.service.name, seconds])
-        if seconds is None:
-            conn.execute(sql.SQL("UPDATE {} SET frozen_until = NULL WHERE service = %s"
-                                 ).format(REGISTRY), [ctx.service.name])
+def _announce_freeze(conn: psycopg.Connection[Any], ctx: MoveContext,
+                     seconds: float | None) -> None:
+    """Announce (or lift, *seconds* None) a freeze of ctx.service in the registry on
+    *conn* (the home server, meta schema ensured); the caller commits."""
+    conn.execute(sql.SQL(
+        "INSERT INTO {} (service, frozen_until) VALUES (%s, now() + make_interval("
+        "secs => %s)) ON CONFLICT (service) DO UPDATE SET frozen_until ="
+        " EXCLUDED.frozen_until").format(REGISTRY), [ctx.service.name, seconds])
 
 
 def _flip(conn: psycopg.Connection[Any], ctx: MoveContext) -> None:
@@ -354,17 +435,54 @@ def _writers(conn: psycopg.Connection[Any], schema: str) -> list[sql.Composable]
 
 
 def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
-    """Freeze, barrier, sequences, flip, unfreeze.  Returns the write pause in seconds.
-    Any failure before the flip rolls the freeze back: the source stays authoritative."""
+    """Freeze, barrier, sequences, flip, unfreeze.  Returns the write pause in seconds
+    (ctx.steps gets its breakdown).  Any failure before the flip rolls the freeze back:
+    the source stays authoritative."""
     schema, svc = ctx.service.schema, ctx.service
-    started = time.monotonic()
-    _announce_freeze(ctx, FREEZE_S)
-    # Every process re-reads the registry within TTL_S: after this, new checkouts of the
-    # service wait instead of writing into the freeze.
-    time.sleep(TTL_S + 0.05)
-    src = connect(ctx.source, purpose="freeze the schema", autocommit=False)
+    steps: dict[str, float] = {}
+    mark = started = time.monotonic()
+
+    def step(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        steps[name] = now - mark
+        mark = now
+
+    # Connect first: connecting is not part of the pause.
+    opened: list[psycopg.Connection[Any]] = []
+    try:
+        src = connect(ctx.source, purpose="freeze the schema", autocommit=False)
+        opened.append(src)
+        flusher = connect(ctx.source, purpose="flush the barrier")
+        opened.append(flusher)
+        tgt = connect(ctx.target, purpose="set the sequences")
+        opened.append(tgt)
+        home = src if location_string(ctx.source) == location_string(ctx.home) else connect(
+            ctx.home, purpose="flip the routing", autocommit=False)
+        opened.append(home)
+    except BaseException:
+        for conn in opened:
+            conn.close()
+        raise
     flipped = False
     try:
+        ensure_meta(home)
+        # Processes look for a registry table only every PROBE_S until one exists; the
+        # move created it when it started, so let them all have found it.
+        age = home.execute(sql.SQL("SELECT extract(epoch FROM now() - started_at)::float8"
+                                   " FROM {} WHERE service = %s").format(JOURNAL),
+                           [svc.name]).fetchone()
+        home.commit()
+        if age is not None and age[0] < PROBE_S + TTL_S:
+            time.sleep(PROBE_S + TTL_S - age[0])
+        mark = started = time.monotonic()
+        _announce_freeze(home, ctx, FREEZE_S)
+        home.commit()
+        # Every process re-reads the registry within TTL_S: after this, new checkouts of
+        # the service wait instead of writing into the freeze, and the few checked out
+        # just before have had GRACE_S to finish their statement.
+        time.sleep(TTL_S + GRACE_S)
+        step("grace")
         src.execute("SET LOCAL lock_timeout = '2s'")
         tables = _tables(src, schema)
         if tables:
@@ -380,53 +498,73 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
                 sql.Identifier(schema), sql.SQL(", ").join(writers)))
         # The owner's migrator could still write (DDL, DML): no logins until cleanup.
         src.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(svc.migrator_role)))
-        barrier = src.execute("SELECT pg_current_wal_lsn()").fetchone()
+        step("lock")
+        # Every write to the schema committed before the lock was granted, so its commit
+        # record lies before the insert position.  A committed transaction flushes the
+        # WAL past it now (not at the next wal_writer_delay); a transactional logical
+        # message (ignored by the subscription) makes the walsender pass it on at once:
+        # measured ~8 ms to confirmation, against 30-300 ms for an empty transaction.
+        barrier = src.execute("SELECT pg_current_wal_insert_lsn()").fetchone()
         assert barrier is not None
-        _wait_barrier(ctx, str(barrier[0]))
-        with connect(ctx.target, purpose="set the sequences") as tgt:
-            for seq in _tables(src, schema, ("S",)):
-                row = src.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(
-                    sql.Identifier(schema, seq))).fetchone()
-                assert row is not None
-                tgt.execute("SELECT setval(%s::regclass, %s, %s)",
-                            [sql.Identifier(schema, seq).as_string(tgt), row[0], row[1]])
+        _flush_barrier(flusher, ctx.name)
+        _wait_barrier(ctx, flusher, str(barrier[0]))
+        step("barrier")
+        seqs = _tables(src, schema, ("S",))
+        if seqs:
+            values = src.execute(sql.SQL(" UNION ALL ").join(
+                sql.SQL("SELECT {}, last_value, is_called FROM {}").format(
+                    sql.Literal(sql.Identifier(schema, q).as_string(src)),
+                    sql.Identifier(schema, q)) for q in seqs)).fetchall()
+            tgt.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+                sql.SQL("setval({}::regclass, {}, {})").format(
+                    sql.Literal(n), sql.Literal(v), sql.Literal(c)) for n, v, c in values)))
+        step("setval")
         _hold(ctx, "cutover")
-        if location_string(ctx.source) == location_string(ctx.home):
-            _flip(src, ctx)
-            src.commit()
-        else:
-            with connect(ctx.home, purpose="flip the routing", autocommit=False) as home:
-                _flip(home, ctx)
-                home.commit()
-            src.commit()
+        _flip(home, ctx)
+        if home is not src:
+            home.commit()
+        src.commit()
         flipped = True
+        step("commit")
     except psycopg.errors.LockNotAvailable:
         raise MoveError(f"Could not lock the tables of {schema} within 2 s (a long "
                         "transaction holds them); nothing changed: --resume to retry.") from None
     finally:
         if not flipped:
             src.rollback()
-            _announce_freeze(ctx, None)
-        src.close()
+            if home is not src:
+                home.rollback()
+            _announce_freeze(home, ctx, None)
+            home.commit()
+        for conn in opened:
+            conn.close()
     pause = time.monotonic() - started
     ctx.pauses.append(pause)
+    ctx.steps.append(steps)
     return pause
 
 
-def _wait_barrier(ctx: MoveContext, barrier: str) -> None:
+def _flush_barrier(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute("SET synchronous_commit = on")
+    try:
+        conn.execute("SELECT pg_logical_emit_message(true, %s, 'barrier')", [name])
+    except psycopg.errors.InsufficientPrivilege:
+        conn.execute("SELECT pg_current_xact_id()")  # slower, but needs no privilege
+
+
+def _wait_barrier(ctx: MoveContext, conn: psycopg.Connection[Any], barrier: str) -> None:
     deadline = time.monotonic() + ctx.barrier_timeout_s
-    with connect(ctx.source, purpose="wait for the barrier") as conn:
-        while True:
-            row = conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
-                               " pg_replication_slots WHERE slot_name = %s",
-                               [barrier, ctx.name]).fetchone()
-            if row and row[0]:
-                return
-            if time.monotonic() > deadline:
-                raise MoveError(f"The target did not confirm the barrier LSN {barrier} "
-                                f"within {ctx.barrier_timeout_s:g} s; the freeze was lifted "
-                                "and nothing changed: --resume to retry.")
-            time.sleep(0.005)
+    while True:
+        row = conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM"
+                           " pg_replication_slots WHERE slot_name = %s",
+                           [barrier, ctx.name]).fetchone()
+        if row and row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise MoveError(f"The target did not confirm the barrier LSN {barrier} "
+                            f"within {ctx.barrier_timeout_s:g} s; the freeze was lifted "
+                            "and nothing changed: --resume to retry.")
+        time.sleep(0.002)
 
 
 # -- phase 5: clean up ---------------------------------------------------------------------
@@ -567,7 +705,8 @@ def abort(ctx: MoveContext) -> None:
         raise MoveError(f"The move in progress goes to {entry[0]}: pass that as --to.")
     drop_replication(ctx)
     if entry is not None:
-        _announce_freeze(ctx, None)
+        with connect(ctx.home, purpose="lift the freeze") as conn:
+            _announce_freeze(conn, ctx, None)
         with connect(ctx.target, purpose="drop the target's copy") as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(ctx.service.schema)))
