@@ -146,6 +146,10 @@ def target_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
             report.problems.append(
                 "the target admin lacks pg_create_subscription (PostgreSQL 16+): GRANT "
                 "pg_create_subscription TO <admin> as a superuser")
+        if not _one(conn, "SELECT has_database_privilege(current_database(), 'CREATE')"):
+            report.problems.append(
+                "the target admin lacks CREATE on the target database (CREATE SUBSCRIPTION "
+                "and provisioning need it): GRANT CREATE ON DATABASE <db> TO <admin>")
         report.notes.append("a non-superuser subscription owner applies changes as the "
                             "table owners; tables with RLS need an owner that bypasses it")
     tables = _one(conn, "SELECT count(*) FROM pg_class c JOIN pg_namespace n"
