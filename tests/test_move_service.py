@@ -30,7 +30,7 @@ from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.relocation import MoveContext, preflight, run_move
 from microservices.shared.database.topology import default_topology
 
-from .clusters import Cluster
+from .clusters import Cluster, debian_bin_dir
 from .conftest import SERVICE_PASSWORD, do_provision, reachable_tempdir, service_env
 
 TOPOLOGY = default_topology()
@@ -50,9 +50,16 @@ def _p(c: Cluster) -> dict[str, Any]:
     return {k: v for k, v in c.params.items() if k != "connect_timeout"}
 
 
+# EDULINK_TEST_MOVE_PG=15: run the two servers on Debian's PostgreSQL 15 binaries.
+_MAJOR = os.environ.get("EDULINK_TEST_MOVE_PG")
+BIN_DIR = debian_bin_dir(int(_MAJOR)) if _MAJOR else None
+if _MAJOR and BIN_DIR is None:
+    pytest.skip(f"PostgreSQL {_MAJOR} binaries are not installed", allow_module_level=True)
+
+
 def _pair(root: Path, tag: str) -> tuple[Cluster, Cluster]:
-    return (Cluster.create(root, f"{tag}a", settings=SETTINGS),
-            Cluster.create(root, f"{tag}b", settings=SETTINGS))
+    return (Cluster.create(root, f"{tag}a", bin_dir=BIN_DIR, settings=SETTINGS),
+            Cluster.create(root, f"{tag}b", bin_dir=BIN_DIR, settings=SETTINGS))
 
 
 def _setup_source(a: Cluster, monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
@@ -204,8 +211,8 @@ def test_move_under_load(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 def test_preflight_refuses(root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No primary key, a cross-schema foreign key, unbounded WAL: each refused, nothing made."""
-    a = Cluster.create(root, "pfa", settings={})
-    b = Cluster.create(root, "pfb", settings=SETTINGS)
+    a = Cluster.create(root, "pfa", bin_dir=BIN_DIR, settings={})
+    b = Cluster.create(root, "pfb", bin_dir=BIN_DIR, settings=SETTINGS)
     try:
         _setup_source(a, monkeypatch, tmp_path)
         with a.connect() as conn:

@@ -215,10 +215,13 @@ def _copy_ddl(ctx: MoveContext) -> None:
     with connect(ctx.target, purpose="inspect the target") as conn:
         if _tables(conn, schema, ("r", "p", "S", "v", "m")):
             return  # already copied by an earlier run of this phase
-        major = conn.info.server_version // 10000
+        target_major = conn.info.server_version // 10000
     with connect(ctx.source, purpose="inspect the source") as conn:
-        major = max(major, conn.info.server_version // 10000)
-    pg_dump, pg_restore = find_tool("pg_dump", major), find_tool("pg_restore", major)
+        major = max(target_major, conn.info.server_version // 10000)
+    # One client version for all three (a pg_restore reads only archives of its own
+    # version or older); psql applies the script, newer psql talks to older servers.
+    pg_dump = find_tool("pg_dump", major)
+    pg_restore, psql = pg_dump.with_name("pg_restore"), pg_dump.with_name("psql")
     with tempfile.TemporaryDirectory(prefix="edulink-move-") as tmp:
         dump, listing = Path(tmp) / "schema.dump", Path(tmp) / "list"
         _run([str(pg_dump), "-Fc", "--schema-only", "-n", schema, "-f", str(dump),
@@ -236,9 +239,17 @@ def _copy_ddl(ctx: MoveContext) -> None:
                 continue
             keep.append(line)
         listing.write_text("\n".join(keep) + "\n")
-        _run([str(pg_restore), "--single-transaction", "--exit-on-error", "-L", str(listing),
-              "-d", str(ctx.target.get("dbname", "")), str(dump)], ctx.target,
-             "pg_restore of the schema's DDL on the target")
+        script = Path(tmp) / "schema.sql"
+        _run([str(pg_restore), "-L", str(listing), "-f", str(script), str(dump)], ctx.source,
+             "pg_restore of the schema's DDL to a script")
+        if target_major < 17:
+            # pg_dump 17+ sets transaction_timeout, which older servers reject.
+            script.write_text("".join(
+                line for line in script.read_text().splitlines(keepends=True)
+                if not line.startswith("SET transaction_timeout")))
+        _run([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+              "-f", str(script), "-d", str(ctx.target.get("dbname", ""))], ctx.target,
+             "applying the schema's DDL on the target")
 
 
 def _run(argv: list[str], params: dict[str, Any], what: str) -> str:
@@ -308,11 +319,17 @@ def copy(ctx: MoveContext) -> None:
             # synchronous_commit: the apply worker reports a position as flushed only
             # once its local commit is flushed; 'off' (the default) delays that report,
             # hence the cutover's barrier, by up to wal_writer_delay.
+            # run_as_owner (16+): apply as the admin, not as each table's owner, whom a
+            # FORCE ROW LEVEL SECURITY table would refuse ("cannot replicate into
+            # relation with row-level security enabled"); 15 always applies as the
+            # subscription owner (a superuser there).
+            as_owner = sql.SQL(", run_as_owner = true") \
+                if conn.info.server_version >= 160000 else sql.SQL("")
             conn.execute(sql.SQL(
                 "CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false,"
-                " slot_name = {}, copy_data = true, synchronous_commit = 'on')").format(
+                " slot_name = {}, copy_data = true, synchronous_commit = 'on'{})").format(
                 sql.Identifier(name), sql.Literal(conninfo), sql.Identifier(name),
-                sql.Literal(name)))
+                sql.Literal(name), as_owner))
     wait_caught_up(ctx)
 
 
@@ -353,6 +370,12 @@ def lag(ctx: MoveContext) -> tuple[int, int, int, float | None, str]:
             "SELECT count(*) FILTER (WHERE r.srsubstate IN ('r', 's')), count(*)"
             " FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid"
             " WHERE s.subname = %s", [ctx.name]).fetchone() or (0, 0)
+        failures = conn.execute(
+            "SELECT apply_error_count + sync_error_count FROM pg_stat_subscription_stats"
+            " WHERE subname = %s", [ctx.name]).fetchone()
+    if failures and failures[0]:
+        ctx.progress(f"the subscription's workers on the target failed {failures[0]} times "
+                     "so far (they retry): see the target's server log")
     with connect(ctx.source, purpose="read the slot's lag") as conn:
         row = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"

@@ -26,6 +26,7 @@ class PreflightReport:
     estimate_s: float = 0.0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    rls_tables: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +120,9 @@ def source_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
             report.problems.append(f"the source admin must be a member of {svc.owner_role} "
                                    "to publish its tables (a publication FOR TABLE needs the "
                                    "table owner)")
+    report.rls_tables = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relrowsecurity ORDER BY 1", [schema])]
     report.size_bytes = int(_one(
         conn, "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
               " JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -150,8 +154,13 @@ def target_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
             report.problems.append(
                 "the target admin lacks CREATE on the target database (CREATE SUBSCRIPTION "
                 "and provisioning need it): GRANT CREATE ON DATABASE <db> TO <admin>")
-        report.notes.append("a non-superuser subscription owner applies changes as the "
-                            "table owners; tables with RLS need an owner that bypasses it")
+        rls = report.rls_tables
+        if rls and not _one(conn, "SELECT rolbypassrls FROM pg_roles"
+                                  " WHERE rolname = current_user"):
+            report.problems.append(
+                "the target admin applies the replicated rows and lacks BYPASSRLS, but "
+                f"{', '.join(rls)} {'has' if len(rls) == 1 else 'have'} row-level security: "
+                "ALTER ROLE <admin> BYPASSRLS as a superuser")
     tables = _one(conn, "SELECT count(*) FROM pg_class c JOIN pg_namespace n"
                         " ON n.oid = c.relnamespace WHERE n.nspname = %s"
                         " AND c.relkind IN ('r', 'p', 'S')", [svc.schema])
