@@ -1,7 +1,7 @@
 """Benchmark of `edulink-db move-service`: write pause under ~200 writes/s over repeated
 moves (there and back), and the copy rate against `pg_dump | pg_restore` of the same schema.
 
-    .venv/bin/python -m benchmarks.move_service [--rows 100000] [--moves 4]
+    .venv/bin/python -m benchmarks.move_service [--rows 100000] [--moves 6] [--rate 200]
 
 Two throwaway clusters on loopback (tests/clusters.py). The pause is measured by the writer
 (the longest gap between two of its commits around each cutover) and by the cutover itself.
@@ -40,10 +40,35 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _baseline(a: Cluster, b: Cluster) -> float:
+    """pg_dump -Fc of the schema (DDL + data) piped into pg_restore of a fresh, empty
+    database on b; seconds.  Raises if either exits non-zero: a failed baseline is no
+    baseline.  --no-owner/--no-acl: the service roles do not exist in that database."""
+    with b.connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS dumpcopy")
+        conn.execute("CREATE DATABASE dumpcopy")
+    dump, restore = find_tool("pg_dump", 18), find_tool("pg_restore", 18)
+    t0 = time.perf_counter()
+    d = subprocess.Popen([str(dump), "-Fc", "-n", SVC.schema, "-d", "postgres"],
+                         env=libpq_env(_p(a)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    r = subprocess.run([str(restore), "--no-owner", "--no-acl", "--exit-on-error",
+                        "-d", "dumpcopy"], env=libpq_env({**_p(b), "dbname": "dumpcopy"}),
+                       stdin=d.stdout, capture_output=True, text=True, check=False)
+    d.wait()
+    seconds = time.perf_counter() - t0
+    if d.returncode or r.returncode:
+        raise SystemExit(f"baseline failed: pg_dump rc {d.returncode}, pg_restore rc "
+                         f"{r.returncode}: {r.stderr.strip()[-500:]}")
+    with b.connect() as conn:
+        conn.execute("DROP DATABASE dumpcopy")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--moves", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=100_000, help="rows of the copied table")
+    parser.add_argument("--moves", type=int, default=6, help="cutovers (there and back)")
+    parser.add_argument("--rate", type=float, default=200.0, help="target writes per second")
     args = parser.parse_args()
     root = reachable_tempdir("edulink-bench-move-")
     settings = {"max_slot_wal_keep_size": "1GB"}
@@ -64,70 +89,77 @@ def main() -> None:
                          " TO institution_service_role")
             conn.execute("GRANT USAGE ON ALL SEQUENCES IN SCHEMA institution_schema"
                          " TO institution_service_role")
-        # Baseline: pg_dump | pg_restore of the same schema into a scratch database of b.
-        with b.connect() as conn:
-            conn.execute("CREATE DATABASE dumpcopy")
-        do_provision({**_p(b), "dbname": "dumpcopy"}, TOPOLOGY)
-        major = 18
-        dump, restore = find_tool("pg_dump", major), find_tool("pg_restore", major)
-        t0 = time.perf_counter()
-        d = subprocess.Popen([str(dump), "-Fc", "-n", "institution_schema", "--no-acl",
-                              "-d", "postgres"], env=libpq_env(_p(a)), stdout=subprocess.PIPE)
-        r = subprocess.run([str(restore), "--no-acl", "-d", "dumpcopy"],
-                           env=libpq_env({**_p(b), "dbname": "dumpcopy"}), stdin=d.stdout,
-                           capture_output=True, check=False)
-        d.wait()
-        dump_s = time.perf_counter() - t0
+            conn.execute("VACUUM ANALYZE institution_schema.big")
+        dump_s = _baseline(a, b)
         os.environ["DATABASE_URL"] = to_url(_p(a))
+        # One writer thread: a small pool, within the role's CONNECTION LIMIT.
+        os.environ["DATABASE_POOL_SIZE"], os.environ["DATABASE_MAX_OVERFLOW"] = "2", "2"
         for s in TOPOLOGY.services:
             os.environ[f"EDULINK_DB_{s.name.upper()}_PASSWORD"] = SERVICE_PASSWORD
         manager = ConnectionManager(load_settings())
         commits: list[float] = []
-        failures = [0]
+        failures: list[str] = []
         stop = threading.Event()
 
         def writer() -> None:
-            while not stop.is_set():
+            # Paced on an absolute schedule: a stall is followed by catching up, not
+            # by a lower rate.
+            interval, start = 1.0 / args.rate, time.monotonic()
+            for i in itertools.count():
+                if stop.is_set():
+                    return
                 try:
                     with manager.get_connection("institution") as conn:
                         conn.execute("INSERT INTO institution_schema.events (body)"
                                      " VALUES ('x')")
                     commits.append(time.monotonic())
-                except Exception:
-                    failures[0] += 1
-                time.sleep(0.005)  # ~200 writes/s with the round trip
+                except Exception as exc:
+                    failures.append(type(exc).__name__)
+                delay = start + (i + 1) * interval - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
 
         thread = threading.Thread(target=writer)
         thread.start()
         time.sleep(1)
         cutovers: list[float] = []
-        copy_s = 0.0
+        steps: list[dict[str, float]] = []
+        phases: dict[str, float] = {}
         where = [a, b]
         for i in range(args.moves):
             src, dst = where[i % 2], where[(i + 1) % 2]
             ctx = MoveContext(topology=TOPOLOGY, service=SVC, home=_p(a), source=_p(src),
                               target=_p(dst), passwords=lambda _s: SERVICE_PASSWORD,
                               migrator_passwords=lambda _s: SERVICE_PASSWORD)
-            t0 = time.perf_counter()
             run_move(ctx)
             if i == 0:
-                copy_s = time.perf_counter() - t0 - ctx.pauses[0]
+                phases = dict(ctx.phase_s)
             cutovers.extend(ctx.pauses)
+            steps.extend(ctx.steps)
             time.sleep(0.5)
         stop.set()
         thread.join()
         gaps = [y - x for x, y in itertools.pairwise(commits)]
         worst = sorted(gaps)[-args.moves:]
         rate = len(commits) / (commits[-1] - commits[0]) if len(commits) > 1 else 0
-        print(f"writer: {len(commits)} commits at {rate:.0f}/s, {failures[0]} failed")
-        p50 = statistics.median(cutovers) * 1e3
-        print(f"cutover pause over {len(cutovers)} moves: p50 {p50:.0f}"
-              f" ms, p95 {_pct(cutovers, 0.95) * 1e3:.0f} ms, max {max(cutovers) * 1e3:.0f} ms")
-        print("longest writer gaps (one per move): "
-              + ", ".join(f"{g * 1e3:.0f} ms" for g in worst))
-        print(f"copy of {args.rows} rows: move-service (prepare + copy) {copy_s:.2f} s vs "
-              f"pg_dump | pg_restore {dump_s:.2f} s (rc {r.returncode}): ratio "
-              f"{copy_s / dump_s:.2f}x")
+        print(f"writer: {len(commits)} commits at {rate:.0f}/s (target {args.rate:g}/s), "
+              f"{len(failures)} failed {sorted(set(failures))}")
+
+        def summary(values: list[float]) -> str:
+            return (f"p50 {statistics.median(values) * 1e3:.0f} ms, p95 "
+                    f"{_pct(values, 0.95) * 1e3:.0f} ms, max {max(values) * 1e3:.0f} ms")
+
+        print(f"cutover pause over {len(cutovers)} moves (freeze announced -> routing "
+              f"flipped): {summary(cutovers)}")
+        print(f"writer-observed pause (longest gap between commits, one per move): "
+              f"{summary(worst)}")
+        for name in steps[0]:
+            print(f"  step {name:8s} {summary([s[name] for s in steps])}")
+        copy_s = phases.get("copy", 0.0)
+        print(f"copy of {args.rows} rows ({SVC.schema}): move-service copy phase "
+              f"{copy_s:.2f} s (+ prepare {phases.get('prepare', 0.0):.2f} s) vs "
+              f"pg_dump -Fc | pg_restore {dump_s:.2f} s: ratio {copy_s / dump_s:.2f}x "
+              f"(with prepare {(copy_s + phases.get('prepare', 0.0)) / dump_s:.2f}x)")
         manager.close_all()
     finally:
         a.destroy()

@@ -63,6 +63,8 @@ class MoveContext:
     pauses: list[float] = field(default_factory=list)
     # Per cutover: seconds spent in each step (grace, lock, barrier, setval, commit).
     steps: list[dict[str, float]] = field(default_factory=list)
+    # Seconds each phase took in this run (benchmarks/move_service.py reports them).
+    phase_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -696,23 +698,33 @@ def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | Non
         phase = "prepare"
     if phase == "prepare":
         _hold(ctx, "prepare")
+        t0 = time.monotonic()
         expected = prepare(ctx)
+        ctx.phase_s["prepare"] = time.monotonic() - t0
         journal_set(ctx, "copy", expected)
         phase = "copy"
     if phase == "copy":
         _hold(ctx, "copy")
+        t0 = time.monotonic()
         copy(ctx)
+        ctx.phase_s["copy"] = time.monotonic() - t0
         journal_set(ctx, "cutover")
         phase = "cutover"
     if phase == "cutover":
         ctx.progress("cutting over")
+        t0 = time.monotonic()
         wait_caught_up(ctx)
         pause = cutover(ctx, expected)
-        ctx.progress(f"routing flipped; writes paused {pause * 1000:.0f} ms")
+        ctx.phase_s["cutover"] = time.monotonic() - t0
+        ctx.progress(f"routing flipped; writes paused {pause * 1000:.0f} ms ("
+                     + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in ctx.steps[-1].items())
+                     + ")")
         phase = "cleanup"
     if phase == "cleanup":
         _hold(ctx, "cleanup")
+        t0 = time.monotonic()
         cleanup(ctx)
+        ctx.phase_s["cleanup"] = time.monotonic() - t0
         ctx.progress("cleaned up: no slot, publication, subscription or temporary role left")
     return report
 
