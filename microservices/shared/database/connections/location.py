@@ -6,10 +6,11 @@ pool connects to by configuration): the new location as a connection string
 without secrets (host, port, dbname, sslmode), an epoch that grows with every
 move, and ``frozen_until`` while a cutover is under way.
 
-A process reads the registry at most once per :data:`TTL_S` per home server, with
-one query on a connection borrowed from a service's own pool at home (no
-connection of its own: the role's CONNECTION LIMIT budget is unchanged), so a
-checkout normally costs a clock read and a dict lookup.  A service that was never
+A process reads the registry at most once per :data:`IDLE_TTL_S` per home server
+(once per :data:`TTL_S` while a cutover is announced: ``watch_until`` in the future
+or a freeze), with one query on a connection borrowed from a service's own pool at
+home (no connection of its own: the role's CONNECTION LIMIT budget is unchanged), so
+a checkout normally costs a clock read and a dict lookup.  A service that was never
 moved has no row (or no table): its pool stays where its configuration points.
 
 Trust: the registry redirects pools, so a row is believed only when the schema and
@@ -41,14 +42,20 @@ log = logging.getLogger(__name__)
 
 META_SCHEMA = "edulink_db_meta"
 LOCATION_TABLE = "service_location"
-# How stale a process's view of the registry may be.  The cutover waits longer than
-# this between announcing a freeze and taking its locks, so every process has seen
-# the freeze before any write could be refused (see relocation.mover.cutover).
+# How stale a process's view of the registry may be while a cutover is announced.
+# The cutover waits longer than this between announcing a freeze and taking its
+# locks, so every process has seen the freeze before any write could be refused (see
+# relocation.mover.cutover).
 TTL_S = 0.05
+# How stale it may be otherwise: a registry that nobody is about to change is read
+# once a second, not twenty times (a query per process and home server each time).
+# The cutover first sets watch_until and waits IDLE_TTL_S + TTL_S, so every process
+# has switched to TTL_S before the freeze is announced.
+IDLE_TTL_S = 1.0
 # While a home server has no registry table (nothing ever moved), look for one this
 # often: a checkout then costs no round trip at all.  move-service creates the table
-# when a move starts and cuts over no sooner than PROBE_S + TTL_S after that.
-PROBE_S = 1.0
+# when a move starts, and the cutover's watch period covers it as well.
+PROBE_S = IDLE_TTL_S
 # After a failed read (home unreachable, pool exhausted), keep the last known
 # locations this long before trying again, so checkouts do not each pay a timeout.
 RETRY_S = 1.0
@@ -72,8 +79,9 @@ _TRUSTED = sql.SQL(
 # Run while the table is not known to exist: never raises on a server that has none
 # (a read every TTL_S that failed would fill the server log with errors).
 PROBE = sql.SQL("SELECT {}").format(_TRUSTED)
-READ = sql.SQL("SELECT service, location, epoch, coalesce(frozen_until > now(), false), {}"
-               " FROM {}").format(_TRUSTED, sql.Identifier(META_SCHEMA, LOCATION_TABLE))
+READ = sql.SQL("SELECT service, location, epoch, coalesce(frozen_until > now(), false), {},"
+               " coalesce(watch_until > now(), false) FROM {}").format(
+    _TRUSTED, sql.Identifier(META_SCHEMA, LOCATION_TABLE))
 
 Rows = Sequence[Sequence[Any]]
 Runner = Callable[[sql.Composed], Rows]
@@ -154,7 +162,8 @@ class Registry:
             self._rows = {}
         else:
             self._rows = {r[0]: Location(r[1], int(r[2]), bool(r[3])) for r in rows}
-        self._due = now + TTL_S
+        watched = any(r[3] or r[5] for r in rows)
+        self._due = now + (TTL_S if watched else IDLE_TTL_S)
         return False
 
     def due(self) -> bool:

@@ -19,9 +19,9 @@ from psycopg.conninfo import make_conninfo
 from ..config import mask_dsn
 from ..connections.direct import connect
 from ..connections.location import (
+    IDLE_TTL_S,
     LOCATION_TABLE,
     META_SCHEMA,
-    PROBE_S,
     TTL_S,
     location_string,
 )
@@ -38,6 +38,9 @@ FREEZE_S = 5.0
 # saw the freeze to finish before the tables are locked (it would otherwise queue on
 # the lock and get ServiceMovedError).
 GRACE_S = 0.02
+# How long processes read the registry every TTL_S once a cutover is announced: the
+# wait before the freeze, the freeze itself and the flip fit well inside it.
+WATCH_S = 30.0
 # Lag (bytes) under which the copy phase counts as caught up.
 CAUGHT_UP_BYTES = 1024 * 1024
 HOLD_ENV = "EDULINK_DB_MOVE_HOLD"  # tests: sleep at the start of this phase (to kill -9)
@@ -82,8 +85,9 @@ JOURNAL = sql.Identifier(META_SCHEMA, JOURNAL_TABLE)
 REGISTRY = sql.Identifier(META_SCHEMA, LOCATION_TABLE)
 META_TABLES = sql.SQL("CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY, location text,"
                       " epoch bigint NOT NULL DEFAULT 0, frozen_until timestamptz,"
-                      " moved_at timestamptz); CREATE TABLE IF NOT EXISTS {} (service text"
-                      " PRIMARY KEY, target text NOT NULL, phase text NOT NULL, fingerprint"
+                      " watch_until timestamptz, moved_at timestamptz);"
+                      " CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY,"
+                      " target text NOT NULL, phase text NOT NULL, fingerprint"
                       " text, started_at timestamptz NOT NULL DEFAULT now(),"
                       " updated_at timestamptz NOT NULL DEFAULT now())").format(
     REGISTRY, JOURNAL)
@@ -492,14 +496,15 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
     flipped = False
     try:
         ensure_meta(home)
-        # Processes look for a registry table only every PROBE_S until one exists; the
-        # move created it when it started, so let them all have found it.
-        age = home.execute(sql.SQL("SELECT extract(epoch FROM now() - started_at)::float8"
-                                   " FROM {} WHERE service = %s").format(JOURNAL),
-                           [svc.name]).fetchone()
+        # Processes read the registry once a second until a cutover is announced: set
+        # watch_until, and let every process see it (and switch to reading it every
+        # TTL_S) before the freeze; this wait is not part of the write pause.
+        home.execute(sql.SQL(
+            "INSERT INTO {} (service, watch_until) VALUES (%s, now() + make_interval("
+            "secs => %s)) ON CONFLICT (service) DO UPDATE SET watch_until ="
+            " EXCLUDED.watch_until").format(REGISTRY), [svc.name, WATCH_S])
         home.commit()
-        if age is not None and age[0] < PROBE_S + TTL_S:
-            time.sleep(PROBE_S + TTL_S - age[0])
+        time.sleep(IDLE_TTL_S + TTL_S)
         mark = started = time.monotonic()
         _announce_freeze(home, ctx, FREEZE_S)
         home.commit()
