@@ -42,11 +42,13 @@ import select
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
@@ -61,7 +63,7 @@ from .config import (
     replica_conninfos,
     service_conninfo,
 )
-from .connections import replicas
+from .connections import location, replicas
 from .connections.request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
@@ -81,6 +83,7 @@ from .core.errors import (
     PoolExhaustedError,
     ServiceAuthenticationError,
     ServiceConnectionError,
+    ServiceMovedError,
 )
 from .monitoring import metrics
 from .topology import Service
@@ -251,16 +254,18 @@ class _ServicePool:
     """A service's psycopg_pool plus the checkout policy around it."""
 
     def __init__(self, service: Service, settings: Settings,
-                 params: dict[str, Any] | None = None) -> None:
+                 params: dict[str, Any] | None = None, *, replica: bool = False) -> None:
+        """*params*: connect elsewhere than the service's configured server (a read
+        replica, with *replica*; or where move-service put the service's schema)."""
         self.service = service
         self.params = service_conninfo(service, settings) if params is None else params
         self.config = pool_config(settings, service, self.params)
         # A replica may stop for good at any moment (its reads can go elsewhere), so
         # its idle connections are always looked at: one select(), no round trip.
-        self.is_replica = params is not None
-        self.recheck_after = RECHECK_IDLE_AFTER_S if params is None else 0.0
-        self.reset_sql = RESET_SESSION if params is None else REPLICA_RESET_SESSION
-        if params is not None:
+        self.is_replica = replica
+        self.recheck_after = 0.0 if replica else RECHECK_IDLE_AFTER_S
+        self.reset_sql = REPLICA_RESET_SESSION if replica else RESET_SESSION
+        if replica:
             # A replica that cannot serve soon is skipped for the primary, so waiting
             # the full checkout timeout for it would only delay the fallback.
             self.config = replace(self.config,
@@ -526,14 +531,75 @@ class _ServicePool:
         }
 
 
+# -- relocation hook (issue 17) ------------------------------------------------------
+# How long a service's checkout waits while a cutover freezes its writes; the
+# cutover announces at most this long a freeze (relocation.cutover.FREEZE_S).
+FREEZE_WAIT_S = 10.0
+
+
+class _MoveWatch:
+    """Turns the refusal a frozen old location gives a queued statement (its writes
+    revoked: 42501; its tables retired: 42P01) into ServiceMovedError when the
+    registry shows the service moved since the checkout: retry it, it changed nothing."""
+
+    __slots__ = ("epoch", "home", "registry", "service")
+
+    def __init__(self, registry: location.Registry, home: _ServicePool, service: str,
+                 epoch: int) -> None:
+        self.registry, self.home, self.service, self.epoch = registry, home, service, epoch
+
+    @staticmethod
+    def refused(exc: BaseException | None) -> bool:
+        return isinstance(exc, psycopg.errors.InsufficientPrivilege
+                          | psycopg.errors.UndefinedTable)
+
+    def moved(self, now: location.Location, exc: BaseException) -> None:
+        if now.epoch != self.epoch:
+            raise ServiceMovedError(
+                f"Service {self.service!r} moved to another server while this checkout ran "
+                f"(location epoch {self.epoch} -> {now.epoch}); the statement changed "
+                "nothing: run it again, the next checkout goes to the new location.") from exc
+
+    def check(self, exc: BaseException | None) -> None:
+        if exc is not None and self.refused(exc):
+            self.moved(self.registry.get(self.service, _runner(self.home), fresh=True), exc)
+
+    async def acheck(self, exc: BaseException | None, lock: asyncio.Lock) -> None:
+        if exc is not None and self.refused(exc):
+            self.moved(await self.registry.aget(self.service, _arunner(self.home, lock),
+                                                fresh=True), exc)
+
+
+def _runner(home: _ServicePool) -> location.Runner:
+    """Runs a registry query on a connection of *home*'s own pool (no extra connection)."""
+    def run(query: sql.Composed) -> location.Rows:
+        with home.sync_pool().connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
+                psycopg.Cursor(conn) as cur:  # plain: not the app's query
+            rows: location.Rows = cur.execute(query, prepare=False).fetchall()
+            return rows
+    return run
+
+
+def _arunner(home: _ServicePool, lock: asyncio.Lock) -> location.AsyncRunner:
+    async def run(query: sql.Composed) -> location.Rows:
+        pool = await home.async_pool(lock)
+        async with pool.connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
+                psycopg.AsyncCursor(conn) as cur:
+            await cur.execute(query, prepare=False)
+            return await cur.fetchall()
+    return run
+
+
 class Checkout:
     """Context manager returned by :meth:`ConnectionManager.get_connection`."""
 
-    __slots__ = ("_conn", "_entry", "_pool", "_prologue")
+    __slots__ = ("_conn", "_entry", "_moved", "_pool", "_prologue")
 
-    def __init__(self, entry: _ServicePool, prologue: Prologue | None) -> None:
+    def __init__(self, entry: _ServicePool, prologue: Prologue | None,
+                 moved: _MoveWatch | None = None) -> None:
         self._entry = entry
         self._prologue = prologue
+        self._moved = moved
         self._conn: ServiceConnection | None = None
         self._pool: ConnectionPool[ServiceConnection] | None = None
 
@@ -576,21 +642,30 @@ class Checkout:
             # A replica that went away mid-block took its idle sessions too: without
             # this, the first checkouts after it comes back would find them dead.
             pool.drain()
+        if self._moved is not None:
+            self._moved.check(exc)
+
+
+_AsyncFollow = Callable[[], Awaitable[tuple[_ServicePool, _MoveWatch]]]
 
 
 class AsyncCheckout:
     """Async context manager returned by :meth:`ConnectionManager.get_async_connection`."""
 
-    __slots__ = ("_conn", "_entry", "_lock", "_prologue")
+    __slots__ = ("_conn", "_entry", "_follow", "_lock", "_moved", "_prologue")
 
     def __init__(self, entry: _ServicePool, prologue: Prologue | None,
-                 lock: asyncio.Lock) -> None:
+                 lock: asyncio.Lock, follow: _AsyncFollow | None = None) -> None:
         self._entry = entry
         self._prologue = prologue
         self._lock = lock
+        self._follow = follow
+        self._moved: _MoveWatch | None = None
         self._conn: AsyncServiceConnection | None = None
 
     async def __aenter__(self) -> AsyncServiceConnection:
+        if self._follow is not None:  # relocation hook (issue 17)
+            self._entry, self._moved = await self._follow()
         entry = self._entry
         pool = await entry.async_pool(self._lock)
         for _ in range(entry.config.max_size + 1):
@@ -626,6 +701,8 @@ class AsyncCheckout:
         await pool.putconn(conn)
         if entry.is_replica and conn.closed:
             await pool.drain()  # as in Checkout.__exit__
+        if self._moved is not None:
+            await self._moved.acheck(exc, self._lock)
 
 
 class ConnectionManager:
@@ -640,6 +717,7 @@ class ConnectionManager:
         self._pools: dict[str, _ServicePool] = {}
         self._aliases: dict[str, _ServicePool] = {}
         self._replica_sets: dict[str, replicas.ReplicaSet[_ServicePool] | None] = {}
+        self._located: dict[str, _ServicePool] = {}  # relocation hook: pools elsewhere
         self._lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
         _MANAGERS.add(self)
@@ -675,7 +753,8 @@ class ConnectionManager:
                     self._replica_sets[name] = replicas.build(
                         name, replica_conninfos(entry.service, settings),
                         settings.database_replica_max_lag,
-                        lambda params: _ServicePool(entry.service, settings, params),
+                        lambda params: _ServicePool(entry.service, settings, params,
+                                                    replica=True),
                         schema=entry.service.schema)
         return self._replica_sets[name]
 
@@ -694,16 +773,19 @@ class ConnectionManager:
         Raises UnknownServiceError, ServiceAuthenticationError,
         ServiceConnectionError (server unreachable) or PoolExhaustedError.
         """
-        entry, prologue = self._entry(service), make_prologue(user_id, readonly)
-        if replica:
-            chosen = self._replica_set(entry)
+        home = self._entry(service)
+        entry, moved = self._follow(home)
+        if replica and entry is home:
+            chosen = self._replica_set(home)
             if chosen is not None:
                 # The primary stands in read-only too: a block that writes must fail
                 # whether or not a replica qualifies at that moment.
+                prologue = make_prologue(user_id, readonly)
                 return replicas.ReplicaCheckout(
                     chosen, lambda pool: Checkout(pool, prologue),
-                    Checkout(entry, make_prologue(user_id, True)))
-        return Checkout(entry, prologue)
+                    Checkout(home, make_prologue(user_id, True), moved))
+        # A moved service's replicas are the old server's: read its new primary.
+        return Checkout(entry, make_prologue(user_id, readonly or replica), moved)
 
     def get_async_connection(self, service: str, user_id: object | None = None,
                              readonly: bool = False, *, replica: bool = False
@@ -712,15 +794,19 @@ class ConnectionManager:
         """The asyncio twin of :meth:`get_connection` (``async with``)."""
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
-        entry, prologue = self._entry(service), make_prologue(user_id, readonly)
+        home = self._entry(service)
         lock = self._async_lock
         if replica:
-            chosen = self._replica_set(entry)
-            if chosen is not None:
+            chosen = self._replica_set(home)
+            if chosen is not None and location.registry_for(home.params).cached(
+                    home.service.name).where is None:
+                prologue = make_prologue(user_id, readonly)
                 return replicas.AsyncReplicaCheckout(
                     chosen, lambda pool: AsyncCheckout(pool, prologue, lock),
-                    AsyncCheckout(entry, make_prologue(user_id, True), lock))
-        return AsyncCheckout(entry, prologue, lock)
+                    AsyncCheckout(home, make_prologue(user_id, True), lock,
+                                  lambda: self._afollow(home, lock)))
+        return AsyncCheckout(home, make_prologue(user_id, readonly or replica), lock,
+                             lambda: self._afollow(home, lock))
 
     def replica_status(self, service: str) -> list[dict[str, Any]]:
         """Each configured replica of *service* as its selector sees it: ``host``
@@ -730,6 +816,62 @@ class ConnectionManager:
             return []
         chosen.start()
         return chosen.snapshot()
+
+    # -- relocation hook (issue 17: edulink-db move-service) ---------------------------
+    # A moved service's pools, and its readers' pools, follow the location registry
+    # (connections/location.py) of the service's home server, read through the
+    # service's own pool there.
+    def _located_pool(self, home: _ServicePool, where: str) -> _ServicePool:
+        key = f"{home.service.name}@{where}"
+        entry = self._located.get(key)
+        if entry is None:
+            with self._lock:
+                entry = self._located.get(key)
+                if entry is None:
+                    entry = _ServicePool(home.service, self.settings,
+                                         location.located_params(home.params, where))
+                    self._located[key] = entry
+        return entry
+
+    def _follow(self, home: _ServicePool, owner: str | None = None
+                ) -> tuple[_ServicePool, _MoveWatch]:
+        """The pool of *home*'s service where *owner*'s schema (default: its own) lives
+        now.  The service's own checkouts wait while a cutover freezes its writes."""
+        registry = location.registry_for(home.params)
+        name = owner or home.service.name
+        run = _runner(home)
+        loc = registry.get(name, run)
+        if loc.frozen and owner is None:
+            loc = registry.wait_unfrozen(name, run, FREEZE_WAIT_S)
+        entry = home if loc.where is None else self._located_pool(home, loc.where)
+        return entry, _MoveWatch(registry, home, name, loc.epoch)
+
+    async def _afollow(self, home: _ServicePool, lock: asyncio.Lock
+                       ) -> tuple[_ServicePool, _MoveWatch]:
+        """The asyncio twin of :meth:`_follow` (waits out a freeze without blocking)."""
+        registry = location.registry_for(home.params)
+        name = home.service.name
+        run = _arunner(home, lock)
+        loc = await registry.aget(name, run)
+        if loc.frozen:
+            loc = await registry.await_unfrozen(name, run, FREEZE_WAIT_S)
+        entry = home if loc.where is None else self._located_pool(home, loc.where)
+        return entry, _MoveWatch(registry, home, name, loc.epoch)
+
+    def get_reader_connection(self, service: str, reads: str, user_id: object | None = None,
+                              readonly: bool = True) -> Checkout:
+        """Like :meth:`get_connection`, on the server where service *reads*' schema lives
+        (the same as *service*'s own unless one of them was moved)."""
+        home = self._entry(service)
+        owner = self.settings.topology().service(reads).name
+        entry, moved = self._follow(home, owner)
+        return Checkout(entry, make_prologue(user_id, readonly), moved)
+
+    def location_of(self, service: str, via: str | None = None) -> str | None:
+        """Where *service*'s schema lives (None: at home), as seen from *via*'s pool."""
+        home = self._entry(via or service)
+        owner = self.settings.topology().service(service).name
+        return location.registry_for(home.params).get(owner, _runner(home)).where
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""
@@ -773,7 +915,8 @@ class ConnectionManager:
         """
         replica_entries = self._replica_entries(keep_async=True)
         with self._lock:
-            entries = list(self._pools.values()) + replica_entries
+            entries = (list(self._pools.values()) + list(self._located.values())
+                       + replica_entries)
         for entry in entries:
             if entry._sync is not None:
                 entry._sync.close()
@@ -783,8 +926,9 @@ class ConnectionManager:
         """Close every pool, async and sync, the replicas' included."""
         replica_entries = self._replica_entries(keep_async=False)
         with self._lock:
-            entries = list(self._pools.values()) + replica_entries
-            self._pools, self._aliases = {}, {}
+            entries = (list(self._pools.values()) + list(self._located.values())
+                       + replica_entries)
+            self._pools, self._aliases, self._located = {}, {}, {}
         for entry in entries:
             if entry._async is not None:
                 await entry._async.close()

@@ -244,9 +244,17 @@ class CrossSchemaAccessManager:
             profiles=sql.Identifier(user.schema, "profiles_userprofile"),
             users=sql.Identifier(auth.schema, "authentication_user"))
 
+        # Relocation hook (issue 17): read where the user schema lives now; the join
+        # needs the auth schema on the same server.
+        if self.connections.location_of(user.name, requester.name) != \
+                self.connections.location_of(auth.name, requester.name):
+            raise CrossServiceAccessError(
+                f"Schemas {user.schema} and {auth.schema} now live on different servers "
+                "(edulink-db move-service); this join cannot run: move them together.")
+
         def load() -> dict[str, Any] | None:
-            with self.connections.get_connection(requester.name, user_id=user_key,
-                                                 readonly=True) as conn, \
+            with self.connections.get_reader_connection(requester.name, user.name,
+                                                        user_id=user_key) as conn, \
                     conn.cursor(row_factory=dict_row) as cur:
                 row = cur.execute(query, [user_uuid]).fetchone()
             if row is None:
@@ -285,7 +293,7 @@ class CrossSchemaAccessManager:
             programs=sql.Identifier(inst.schema, "institutions_program"))
 
         def load() -> dict[str, Any] | None:
-            with self.connections.get_connection(requester.name, readonly=True) as conn, \
+            with self.connections.get_reader_connection(requester.name, inst.name) as conn, \
                     conn.cursor(row_factory=dict_row) as cur:
                 row: dict[str, Any] | None = cur.execute(query, [inst_uuid]).fetchone()
             return row

@@ -107,7 +107,7 @@ def _alias(params: dict[str, Any], *, service: str, readonly: bool,
                               "newer; drop pool= or upgrade Django.")
         opts["pool"] = pool if isinstance(pool, dict) else True
     return {
-        "ENGINE": "django.db.backends.postgresql",
+        "ENGINE": "microservices.shared.database.django_backend",
         "NAME": params.get("dbname", "postgres"),
         "USER": params.get("user", ""),
         "PASSWORD": params.get("password", ""),

@@ -149,3 +149,12 @@ class MigrationLintError(MigrationError):
 class ContractViolationError(MigrationLintError):
     """A pending migration would drop, rename, retype or move a column (or table) that
     another service reads; nothing was run."""
+
+
+class ServiceMovedError(ServiceConnectionError):
+    """A statement was refused because its service's schema moved to another server
+    (``edulink-db move-service``) while it ran; it changed nothing: run it again."""
+
+
+class MoveError(EdulinkDBError):
+    """``move-service`` refused or stopped; the message says what to do (nothing was lost)."""

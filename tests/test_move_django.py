@@ -1,0 +1,107 @@
+"""Django services follow move-service: the engine django_settings emits
+(microservices.shared.database.django_backend) consults the location registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from microservices.shared.database.relocation import MoveContext, run_move
+from microservices.shared.database.topology import default_topology
+
+from .clusters import Cluster
+from .conftest import SERVICE_PASSWORD, do_provision, reachable_tempdir
+from .test_django import env_for, run, scenario
+
+pytest.importorskip("django")
+
+TOPOLOGY = default_topology()
+SETTINGS = {"max_slot_wal_keep_size": "1GB"}
+
+
+def _p(c: Cluster) -> dict[str, Any]:
+    return {k: v for k, v in c.params.items() if k != "connect_timeout"}
+
+
+@pytest.fixture(scope="module")
+def moved() -> Iterator[tuple[Cluster, Cluster, str]]:
+    """Django-migrated services on a; a profile; then 'user' moved to b."""
+    root: Path = reachable_tempdir("edulink-movedj-")
+    a = Cluster.create(root, "a", settings=SETTINGS)
+    b = Cluster.create(root, "b", settings=SETTINGS)
+    try:
+        do_provision(_p(a), TOPOLOGY)
+        for service in ("auth", "user", "application"):
+            result = run(["-m", "django", "migrate", "--noinput"],
+                         env_for(_p(a), service, migrate=True))
+            assert result.returncode == 0, result.stderr
+        do_provision(_p(a), TOPOLOGY)
+        user_id = "6f1c2d1e-0000-4000-8000-000000000001"
+        assert scenario(_p(a), "user", "user_creates_profile", user_id)["count"] == 1
+        run_move(MoveContext(topology=TOPOLOGY, service=TOPOLOGY.service("user"), home=_p(a),
+                             source=_p(a), target=_p(b),
+                             passwords=lambda _s: SERVICE_PASSWORD,
+                             migrator_passwords=lambda _s: SERVICE_PASSWORD))
+        yield a, b, user_id
+    finally:
+        a.destroy()
+        b.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def where(admin: dict[str, Any], service: str, user_id: str, **extra: str) -> dict[str, Any]:
+    env = {**env_for(admin, service), **extra}
+    result = run(["move_scenarios.py", "where", user_id], env)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return data
+
+
+@pytest.mark.parametrize("pool", ["0", "1"])
+def test_django_service_follows_its_move(moved: tuple[Cluster, Cluster, str], pool: str
+                                         ) -> None:
+    """Configured for a (DATABASE_URL), the user service's Django connections go to b,
+    as its runtime role, and find its data there; with Django's pool too."""
+    a, b, user_id = moved
+    found = where(_p(a), "user", user_id, EDULINK_DJANGO_POOL=pool)
+    assert found["port"] == b.port
+    assert found["role"] == "user_service_role"
+    assert found["profiles"] == 1
+    # A service that did not move stays on a.
+    assert where(_p(a), "auth", "-")["port"] == a.port
+
+
+def test_django_cross_service_alias_follows_the_move(moved: tuple[Cluster, Cluster, str]
+                                                     ) -> None:
+    """application reads user's schema through its 'user' alias: on b now, with the
+    same exposure contract (reads granted, writes and other schemas refused)."""
+    a, _, user_id = moved
+    result = scenario(_p(a), "application", "application_works", user_id)
+    assert result["read"] == "Grace" and result["read_alias"] == "user"
+    assert "permission denied for table profiles_profile" in result["db_write"]
+    assert "permission denied for schema notification_schema" in result["other_read"]
+
+
+def test_django_connection_waits_out_a_freeze(moved: tuple[Cluster, Cluster, str]) -> None:
+    """While the registry announces a freeze of 'user', a new Django connection of the
+    user service is made only after the freeze ends (4 s: longer than the subprocess
+    takes to start, so a backend that did not wait would connect before it)."""
+    a, b, user_id = moved
+    with psycopg.connect(**_p(a), autocommit=True) as conn:
+        row = conn.execute(
+            "UPDATE edulink_db_meta.service_location SET frozen_until = clock_timestamp()"
+            " + interval '4 s' WHERE service = 'user' RETURNING frozen_until::text"
+        ).fetchone()
+    assert row is not None
+    found = where(_p(a), "user", user_id)
+    assert found["port"] == b.port
+    with psycopg.connect(**_p(a)) as conn:
+        later = conn.execute("SELECT %s::timestamptz >= %s::timestamptz",
+                             [found["connected_at"], row[0]]).fetchone()
+    assert later == (True,), (found["connected_at"], row[0])
