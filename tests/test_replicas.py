@@ -193,7 +193,6 @@ def test_stopped_replica_falls_back_to_the_primary_without_errors(
     caplog.set_level(logging.INFO, "microservices.shared.database.connections.replicas")
     thread.start()
     time.sleep(0.3)
-    stopping_at = time.monotonic()
     s1.stop()
     stopped_at = time.monotonic()
     try:
