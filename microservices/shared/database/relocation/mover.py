@@ -444,7 +444,7 @@ def _writers(conn: psycopg.Connection[Any], schema: str) -> list[sql.Composable]
     rows = conn.execute(
         "SELECT DISTINCT a.grantee FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " CROSS JOIN LATERAL aclexplode(c.relacl) a"
-        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'f')"
         "  AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"
         "  AND a.grantee <> c.relowner"
         " UNION SELECT DISTINCT a.grantee FROM pg_attribute t"
@@ -521,12 +521,16 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
         if expected_fingerprint is not None and fingerprint(src, schema) != expected_fingerprint:
             raise MoveError(f"The tables of {schema} changed (DDL) since the copy began; DDL "
                             "is not replicated: --abort, then move again.")
-        writers = _writers(src, schema)
-        if writers:
-            src.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN "
-                                "SCHEMA {} FROM {}").format(
-                sql.Identifier(schema), sql.SQL(", ").join(writers)))
-        # The owner's migrator could still write (DDL, DML): no logins until cleanup.
+        # The owner role too: it holds its privileges by ownership, and through it a
+        # migrator session opened before the cutover, a SECURITY DEFINER function or a
+        # view it owns would still commit on the source after the flip.  (A superuser
+        # session cannot be stopped this way: see docs/move-service.md.)  CASCADE: a
+        # writer holding a grant option may have passed the privilege on.
+        writers = [*_writers(src, schema), sql.Identifier(svc.owner_role)]
+        src.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN "
+                            "SCHEMA {} FROM {} CASCADE").format(
+            sql.Identifier(schema), sql.SQL(", ").join(writers)))
+        # The migrator must not start new sessions (DDL) either: no logins until cleanup.
         src.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(svc.migrator_role)))
         step("lock")
         # Every write to the schema committed before the lock was granted, so its commit

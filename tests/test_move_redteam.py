@@ -1,0 +1,81 @@
+"""Red-team cases for move-service: writes that bypass the cutover's REVOKE, concurrent
+runs, and a location that would weaken TLS."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from microservices.shared.database.relocation import mover, run_move
+
+from .conftest import SERVICE_PASSWORD, reachable_tempdir
+from .test_move_service import INST, TOPOLOGY, _codes, _ctx, _leftovers, _pair, _setup_source
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[Path]:
+    path = reachable_tempdir("edulink-move3-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_owner_privileged_writes_refused_after_flip(
+        root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Between the flip and the clean-up the source's tables still exist.  The owner
+    role holds its privileges by ownership, so the REVOKE from the writers did not
+    touch it: a migrator session opened before the cutover (NOLOGIN stops only new
+    logins) and a SECURITY DEFINER function owned by the owner role (EXECUTE is
+    PUBLIC's by default) still committed rows on the source that the target never got.
+    After the flip both must be refused."""
+    a, b = _pair(root, "owner")
+    try:
+        _setup_source(a, monkeypatch, tmp_path)
+        with a.connect() as conn:
+            # A schema of the owner's outside the moved one (e.g. a helper schema).
+            conn.execute("CREATE SCHEMA hooks AUTHORIZATION institution_service_owner")
+            conn.execute("GRANT USAGE ON SCHEMA hooks TO PUBLIC")
+            conn.execute("SET ROLE institution_service_owner")
+            conn.execute(
+                "CREATE FUNCTION hooks.add_institution(c text) RETURNS void"
+                " LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog AS"
+                " $$INSERT INTO institution_schema.institutions_institution (code, name)"
+                " VALUES (c, c)$$")
+        migrator = psycopg.connect(**{**a.params, "user": INST.migrator_role,
+                                      "password": SERVICE_PASSWORD}, autocommit=True)
+        other = next(s for s in TOPOLOGY.services if s.name != INST.name).runtime_role
+        outcome: dict[str, BaseException | None] = {}
+        real_cleanup = mover.cleanup
+
+        def attempt(what: str, conn: psycopg.Connection[Any], query: str) -> None:
+            try:
+                conn.execute(query)
+                outcome[what] = None
+            except psycopg.Error as exc:
+                outcome[what] = exc
+
+        def writes_then_cleanup(ctx: mover.MoveContext) -> None:
+            attempt("migrator", migrator, "INSERT INTO institution_schema."
+                    "institutions_institution (code, name) VALUES ('by-migrator', 'x')")
+            with psycopg.connect(**{**a.params, "user": other,
+                                    "password": SERVICE_PASSWORD}, autocommit=True) as rt:
+                attempt("definer", rt, "SELECT hooks.add_institution('by-definer')")
+            real_cleanup(ctx)
+
+        monkeypatch.setattr(mover, "cleanup", writes_then_cleanup)
+        run_move(_ctx(a, b))
+        migrator.close()
+        assert set(outcome) == {"migrator", "definer"}
+        for what, exc in outcome.items():
+            assert isinstance(exc, psycopg.errors.InsufficientPrivilege), (what, exc)
+        assert not {"by-migrator", "by-definer"} & _codes(a, "institution_schema_moved_1")
+        assert "seed500" in _codes(b)
+        assert _leftovers(a) == [] and _leftovers(b) == []
+    finally:
+        a.destroy()
+        b.destroy()
+
