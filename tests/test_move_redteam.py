@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from microservices.shared.database.connections.location import located_params
 from microservices.shared.database.relocation import mover, run_move
 
 from .conftest import SERVICE_PASSWORD, reachable_tempdir
@@ -79,3 +80,33 @@ def test_owner_privileged_writes_refused_after_flip(
         a.destroy()
         b.destroy()
 
+
+@pytest.mark.parametrize("where,expected", [
+    ("host=new port=5432 dbname=edulink", "verify-full"),          # no sslmode: keep home's
+    ("host=new port=5432 dbname=edulink sslmode=disable", "verify-full"),  # never weaker
+    ("host=new port=5432 dbname=edulink sslmode=prefer", "verify-full"),
+])
+def test_location_never_weakens_tls(where: str, expected: str) -> None:
+    """A pool configured with sslmode=verify-full at home must not follow a move to a
+    location without TLS verification: the registry's location comes from the admin's
+    --to URL, whose sslmode (often absent) was chosen for the admin's session, and
+    libpq's default, prefer, lets a man in the middle read every row (SCRAM keeps
+    only the password safe)."""
+    home = {"host": "home", "port": "5432", "dbname": "edulink", "user": "u",
+            "password": "pw", "sslmode": "verify-full", "sslrootcert": "/ca.pem"}
+    params = located_params(home, where)
+    assert params["host"] == "new"
+    assert params["sslmode"] == expected
+    assert params["sslrootcert"] == "/ca.pem"
+
+
+def test_location_may_strengthen_tls_and_drops_foreign_keys() -> None:
+    """A location may ask for more (verify-full where home said nothing); keys outside
+    the location's (a password, options, passfile, service) are never taken from it."""
+    home = {"host": "home", "port": "5432", "dbname": "edulink", "user": "u",
+            "password": "pw"}
+    params = located_params(home, "host=new port=6000 dbname=d sslmode=verify-full "
+                                  "password=evil user=postgres options='-c role=x' "
+                                  "passfile=/etc/passwd service=evil")
+    assert params == {"host": "new", "port": "6000", "dbname": "d", "sslmode": "verify-full",
+                      "user": "u", "password": "pw", "require_auth": "scram-sha-256"}
