@@ -110,3 +110,46 @@ def test_location_may_strengthen_tls_and_drops_foreign_keys() -> None:
                                   "passfile=/etc/passwd service=evil")
     assert params == {"host": "new", "port": "6000", "dbname": "d", "sslmode": "verify-full",
                       "user": "u", "password": "pw", "require_auth": "scram-sha-256"}
+
+
+def test_concurrent_runs_refused(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                 tmp_path: Path) -> None:
+    """Two deploys both run ``--resume`` (or one aborts while the other resumes): the
+    journal alone let both through, each re-keying the temporary role and dropping
+    the other's replication.  While one run holds the move, others are refused."""
+    import signal
+
+    from microservices.shared.database.core.errors import MoveError
+    from microservices.shared.database.relocation import abort
+
+    from .test_move_service import _cli, _wait_output
+
+    a, b = _pair(root, "twice")
+    try:
+        _setup_source(a, monkeypatch, tmp_path)
+        first = _cli(a, b, hold="copy")
+        _wait_output(first, "holding at phase copy")
+        try:
+            def resume() -> object:
+                return run_move(_ctx(a, b), resume=True)
+
+            def undo() -> object:
+                abort(_ctx(a, b))
+                return None
+
+            for attempt in (resume, undo):
+                with pytest.raises(MoveError, match="another move-service run") as info:
+                    attempt()
+                assert "server pid unknown" not in str(info.value)
+                assert "institution" in str(info.value)
+            assert "seed500" not in _codes(b)  # the refused resume copied nothing
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        # The killed run's session ended with it: its lock is gone, resume finishes.
+        run_move(_ctx(a, b), resume=True)
+        assert "seed500" in _codes(b)
+        assert _leftovers(a) == [] and _leftovers(b) == []
+    finally:
+        a.destroy()
+        b.destroy()

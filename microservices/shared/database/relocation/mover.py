@@ -7,7 +7,8 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -679,9 +680,45 @@ def cleanup(ctx: MoveContext) -> None:
 # -- orchestration --------------------------------------------------------------------------
 
 
+# Session advisory lock on the home server, (class, hashtext(service)): one run of
+# move-service (move, resume or abort) per service at a time.  A killed run's session
+# ends with it, and so does its lock.
+_LOCK_CLASS = 0x6D6F7665  # "move"
+
+
+@contextmanager
+def move_lock(ctx: MoveContext) -> Iterator[None]:
+    """Hold ctx.service's move lock on the home server, or raise MoveError naming the
+    session that holds it.  Without it two deploys' ``--resume`` (or a resume and an
+    abort) both pass the journal check and undo each other's replication."""
+    conn = connect(ctx.home, purpose="lock the move")
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                           [_LOCK_CLASS, ctx.service.name]).fetchone()
+        if not (row and row[0]):
+            holders = [str(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = %s::bigint::oid"
+                " AND objid = (hashtext(%s)::bigint & 4294967295)::oid AND objsubid = 2",
+                [_LOCK_CLASS, ctx.service.name])]
+            raise MoveError(
+                f"another move-service run of {ctx.service.name} is in progress (server "
+                f"pid {', '.join(holders) or 'unknown'} on the home server): let it finish; "
+                "if it was killed, its session ends with it -- retry in a moment.")
+        yield
+    finally:
+        conn.close()
+
+
 def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | None:
     """Run (or resume) the move of ctx.service; returns the preflight report of a new
-    move.  Raises MoveError (with what to do) when it refuses or stops."""
+    move.  Raises MoveError (with what to do) when it refuses or stops, or when
+    another run of this service's move holds its lock."""
+    with move_lock(ctx):
+        return _run_move(ctx, resume=resume)
+
+
+def _run_move(ctx: MoveContext, *, resume: bool) -> PreflightReport | None:
     entry = journal_get(ctx)
     target = location_string(ctx.target)
     if entry is not None and not resume:
@@ -740,7 +777,13 @@ def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | Non
 
 def abort(ctx: MoveContext) -> None:
     """Undo a move that has not cut over: drop what it created on both servers and lift
-    any freeze.  The source stays authoritative; the target's copy is dropped."""
+    any freeze.  The source stays authoritative; the target's copy is dropped.  Refused
+    while another run of this service's move holds its lock."""
+    with move_lock(ctx):
+        _abort(ctx)
+
+
+def _abort(ctx: MoveContext) -> None:
     entry = journal_get(ctx)
     if entry is not None and entry[1] == "cleanup":
         raise MoveError(f"The move of {ctx.service.name} has cut over already; finish it "
