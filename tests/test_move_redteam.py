@@ -15,7 +15,7 @@ from microservices.shared.database.connections.location import located_params
 from microservices.shared.database.relocation import mover, run_move
 
 from .conftest import SERVICE_PASSWORD, reachable_tempdir
-from .test_move_service import INST, TOPOLOGY, _codes, _ctx, _leftovers, _pair, _setup_source
+from .test_move_service import INST, TOPOLOGY, _codes, _ctx, _leftovers, _p, _pair, _setup_source
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,39 @@ def test_concurrent_runs_refused(root: Path, monkeypatch: pytest.MonkeyPatch,
             first.wait()
         # The killed run's session ended with it: its lock is gone, resume finishes.
         run_move(_ctx(a, b), resume=True)
+        assert "seed500" in _codes(b)
+        assert _leftovers(a) == [] and _leftovers(b) == []
+    finally:
+        a.destroy()
+        b.destroy()
+
+
+def test_moving_a_moved_service_from_its_old_server_refused(
+        root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """After a move the home server holds an empty re-provisioned schema.  A second
+    ``move-service institution --to C`` without ``--from`` passed the preflight (no
+    tables, nothing to refuse), copied that empty schema to C and flipped the registry
+    there: the service's pools followed to an empty schema, its data left behind."""
+    from psycopg import sql
+
+    from microservices.shared.database.core.errors import MoveError
+
+    a, b = _pair(root, "again")
+    try:
+        _setup_source(a, monkeypatch, tmp_path)
+        run_move(_ctx(a, b))
+        with a.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("third")))
+        third = {**_p(a), "dbname": "third"}
+        ctx = _ctx(a, b)
+        ctx.target = third
+        with pytest.raises(MoveError, match=r"lives on .*--from") as info:
+            run_move(ctx)
+        assert "port=" in str(info.value) and SERVICE_PASSWORD not in str(info.value)
+        with a.connect() as conn:
+            row = conn.execute("SELECT location FROM edulink_db_meta.service_location"
+                               " WHERE service = 'institution'").fetchone()
+        assert row is not None and f"port={b.params['port']}" in row[0]
         assert "seed500" in _codes(b)
         assert _leftovers(a) == [] and _leftovers(b) == []
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import mask_dsn
 from ..connections.direct import connect
@@ -680,6 +680,39 @@ def cleanup(ctx: MoveContext) -> None:
 # -- orchestration --------------------------------------------------------------------------
 
 
+def current_location(ctx: MoveContext) -> str:
+    """Where the registry on the home server says ctx.service lives now (a location
+    string; home's when it never moved or moved back)."""
+    with connect(ctx.home, purpose="read the registry") as conn:
+        check_meta(conn)
+        try:
+            row = conn.execute(sql.SQL("SELECT location FROM {} WHERE service = %s").format(
+                REGISTRY), [ctx.service.name]).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+    return row[0] if row and row[0] else location_string(ctx.home)
+
+
+def _server_of(location: str) -> tuple[str, str, str]:
+    """(host or hostaddr, port, dbname) of a location string: sslmode may differ
+    between the URL given to one move and the one given to the next."""
+    params = conninfo_to_dict(location)
+    return (str(params.get("host") or params.get("hostaddr") or ""),
+            str(params.get("port") or "5432"), str(params.get("dbname") or ""))
+
+
+def _check_source_is_current(ctx: MoveContext) -> None:
+    """Refuse to move from a server the service has left: its schema there is the
+    empty one the clean-up re-provisioned, and moving it would point every pool at an
+    empty copy, the data left behind."""
+    where = current_location(ctx)
+    if _server_of(where) != _server_of(location_string(ctx.source)):
+        raise MoveError(
+            f"{ctx.service.name} lives on {where} now (the registry on the home server), "
+            f"not on {location_string(ctx.source)}: pass that server's admin URL as --from "
+            "to move it from there.")
+
+
 # Session advisory lock on the home server, (class, hashtext(service)): one run of
 # move-service (move, resume or abort) per service at a time.  A killed run's session
 # ends with it, and so does its lock.
@@ -732,6 +765,7 @@ def _run_move(ctx: MoveContext, *, resume: bool) -> PreflightReport | None:
     report = None
     phase, expected = (entry[1], entry[2]) if entry else (None, None)
     if phase is None:
+        _check_source_is_current(ctx)
         report = preflight(ctx.source, ctx.target, ctx.service,
                            allow_unbounded_wal=ctx.allow_unbounded_wal)
         for note in report.notes:
