@@ -110,14 +110,35 @@ def located_params(home: dict[str, Any], where: str) -> dict[str, Any]:
 
     Adds ``require_auth=scram-sha-256`` unless *home* sets require_auth: whoever
     controls the new location must not be able to have the password sent in clear
-    text (``password`` in pg_hba.conf) or skip authentication."""
+    text (``password`` in pg_hba.conf) or skip authentication.  The sslmode is the
+    stronger of home's and the location's: a move never weakens TLS."""
     params = dict(home)
     for key in LOCATION_KEYS:
         params.pop(key, None)
     moved = dict(conninfo_to_dict(where))
     params.update({k: v for k, v in moved.items() if k in LOCATION_KEYS})
+    # The location's sslmode comes from the admin's --to URL (often absent: libpq's
+    # prefer): a pool that verifies its server at home must not lose that by moving.
+    sslmode = _stronger_sslmode(home.get("sslmode"), moved.get("sslmode"))
+    if sslmode is not None:
+        params["sslmode"] = sslmode
     params.setdefault("require_auth", REQUIRE_AUTH)
     return params
+
+
+# libpq's sslmodes, weakest first.
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _stronger_sslmode(home: Any, moved: Any) -> str | None:
+    """The stronger of two sslmodes (None when neither is set); an unknown value
+    is kept as given, for libpq to reject."""
+    modes = [str(m) for m in (home, moved) if m not in (None, "")]
+    if not modes:
+        return None
+    if any(m not in _SSLMODES for m in modes):
+        return next(m for m in modes if m not in _SSLMODES)
+    return max(modes, key=_SSLMODES.index)
 
 
 class Registry:

@@ -7,14 +7,15 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..config import mask_dsn
 from ..connections.direct import connect
@@ -444,7 +445,7 @@ def _writers(conn: psycopg.Connection[Any], schema: str) -> list[sql.Composable]
     rows = conn.execute(
         "SELECT DISTINCT a.grantee FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " CROSS JOIN LATERAL aclexplode(c.relacl) a"
-        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'f')"
         "  AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')"
         "  AND a.grantee <> c.relowner"
         " UNION SELECT DISTINCT a.grantee FROM pg_attribute t"
@@ -521,12 +522,16 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
         if expected_fingerprint is not None and fingerprint(src, schema) != expected_fingerprint:
             raise MoveError(f"The tables of {schema} changed (DDL) since the copy began; DDL "
                             "is not replicated: --abort, then move again.")
-        writers = _writers(src, schema)
-        if writers:
-            src.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN "
-                                "SCHEMA {} FROM {}").format(
-                sql.Identifier(schema), sql.SQL(", ").join(writers)))
-        # The owner's migrator could still write (DDL, DML): no logins until cleanup.
+        # The owner role too: it holds its privileges by ownership, and through it a
+        # migrator session opened before the cutover, a SECURITY DEFINER function or a
+        # view it owns would still commit on the source after the flip.  (A superuser
+        # session cannot be stopped this way: see docs/move-service.md.)  CASCADE: a
+        # writer holding a grant option may have passed the privilege on.
+        writers = [*_writers(src, schema), sql.Identifier(svc.owner_role)]
+        src.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN "
+                            "SCHEMA {} FROM {} CASCADE").format(
+            sql.Identifier(schema), sql.SQL(", ").join(writers)))
+        # The migrator must not start new sessions (DDL) either: no logins until cleanup.
         src.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(svc.migrator_role)))
         step("lock")
         # Every write to the schema committed before the lock was granted, so its commit
@@ -675,9 +680,78 @@ def cleanup(ctx: MoveContext) -> None:
 # -- orchestration --------------------------------------------------------------------------
 
 
+def current_location(ctx: MoveContext) -> str:
+    """Where the registry on the home server says ctx.service lives now (a location
+    string; home's when it never moved or moved back)."""
+    with connect(ctx.home, purpose="read the registry") as conn:
+        check_meta(conn)
+        try:
+            row = conn.execute(sql.SQL("SELECT location FROM {} WHERE service = %s").format(
+                REGISTRY), [ctx.service.name]).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+    return row[0] if row and row[0] else location_string(ctx.home)
+
+
+def _server_of(location: str) -> tuple[str, str, str]:
+    """(host or hostaddr, port, dbname) of a location string: sslmode may differ
+    between the URL given to one move and the one given to the next."""
+    params = conninfo_to_dict(location)
+    return (str(params.get("host") or params.get("hostaddr") or ""),
+            str(params.get("port") or "5432"), str(params.get("dbname") or ""))
+
+
+def _check_source_is_current(ctx: MoveContext) -> None:
+    """Refuse to move from a server the service has left: its schema there is the
+    empty one the clean-up re-provisioned, and moving it would point every pool at an
+    empty copy, the data left behind."""
+    where = current_location(ctx)
+    if _server_of(where) != _server_of(location_string(ctx.source)):
+        raise MoveError(
+            f"{ctx.service.name} lives on {where} now (the registry on the home server), "
+            f"not on {location_string(ctx.source)}: pass that server's admin URL as --from "
+            "to move it from there.")
+
+
+# Session advisory lock on the home server, (class, hashtext(service)): one run of
+# move-service (move, resume or abort) per service at a time.  A killed run's session
+# ends with it, and so does its lock.
+_LOCK_CLASS = 0x6D6F7665  # "move"
+
+
+@contextmanager
+def move_lock(ctx: MoveContext) -> Iterator[None]:
+    """Hold ctx.service's move lock on the home server, or raise MoveError naming the
+    session that holds it.  Without it two deploys' ``--resume`` (or a resume and an
+    abort) both pass the journal check and undo each other's replication."""
+    conn = connect(ctx.home, purpose="lock the move")
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))",
+                           [_LOCK_CLASS, ctx.service.name]).fetchone()
+        if not (row and row[0]):
+            holders = [str(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = %s::bigint::oid"
+                " AND objid = (hashtext(%s)::bigint & 4294967295)::oid AND objsubid = 2",
+                [_LOCK_CLASS, ctx.service.name])]
+            raise MoveError(
+                f"another move-service run of {ctx.service.name} is in progress (server "
+                f"pid {', '.join(holders) or 'unknown'} on the home server): let it finish; "
+                "if it was killed, its session ends with it -- retry in a moment.")
+        yield
+    finally:
+        conn.close()
+
+
 def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | None:
     """Run (or resume) the move of ctx.service; returns the preflight report of a new
-    move.  Raises MoveError (with what to do) when it refuses or stops."""
+    move.  Raises MoveError (with what to do) when it refuses or stops, or when
+    another run of this service's move holds its lock."""
+    with move_lock(ctx):
+        return _run_move(ctx, resume=resume)
+
+
+def _run_move(ctx: MoveContext, *, resume: bool) -> PreflightReport | None:
     entry = journal_get(ctx)
     target = location_string(ctx.target)
     if entry is not None and not resume:
@@ -691,6 +765,7 @@ def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | Non
     report = None
     phase, expected = (entry[1], entry[2]) if entry else (None, None)
     if phase is None:
+        _check_source_is_current(ctx)
         report = preflight(ctx.source, ctx.target, ctx.service,
                            allow_unbounded_wal=ctx.allow_unbounded_wal)
         for note in report.notes:
@@ -736,7 +811,13 @@ def run_move(ctx: MoveContext, *, resume: bool = False) -> PreflightReport | Non
 
 def abort(ctx: MoveContext) -> None:
     """Undo a move that has not cut over: drop what it created on both servers and lift
-    any freeze.  The source stays authoritative; the target's copy is dropped."""
+    any freeze.  The source stays authoritative; the target's copy is dropped.  Refused
+    while another run of this service's move holds its lock."""
+    with move_lock(ctx):
+        _abort(ctx)
+
+
+def _abort(ctx: MoveContext) -> None:
     entry = journal_get(ctx)
     if entry is not None and entry[1] == "cleanup":
         raise MoveError(f"The move of {ctx.service.name} has cut over already; finish it "
