@@ -13,6 +13,7 @@ As root, the servers run as the same unprivileged OS user as the embedded server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -202,6 +203,8 @@ class Cluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the root, once its last cluster is gone
+            self.dir.parent.rmdir()
 
     def __enter__(self) -> Cluster:
         return self

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,7 @@ def server() -> Iterator[dict[str, Any]]:
         yield emb.admin_params(info)
     finally:
         emb.stop()
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
