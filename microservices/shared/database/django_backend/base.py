@@ -40,7 +40,8 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
     def pool(self) -> Any:
         if self._edulink_direct:
             return None
-        return super().pool
+        # Django < 5.1 has no connection pool (nor this property).
+        return getattr(super(), "pool", None)
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         service = self.settings_dict.get(SERVICE_KEY)
@@ -82,7 +83,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         # A direct connection (the service moved) made while Django's pool is on is
         # closed, not handed to a pool it does not belong to.
         if self.connection is not None and getattr(self.connection, "_pool", None) is None \
-                and super().pool:
+                and getattr(super(), "pool", None):
             with self.wrap_database_errors:
                 self.connection.close()
             return
