@@ -272,6 +272,9 @@ class _ServicePool:
                                   timeout=min(self.config.timeout, REPLICA_CHECKOUT_TIMEOUT_S))
             self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
         self.conninfo = conninfo_string(self.params)
+        # The location registry of this pool's server, looked up once: checkouts of a
+        # service (and of its readers) consult it on every checkout.
+        self.registry = location.registry_for(self.params)
         self.stats = _Stats()
         # Cursor classes: instrumented when monitoring is on; plain psycopg otherwise,
         # so that turning monitoring off removes its cost entirely.
@@ -798,7 +801,7 @@ class ConnectionManager:
         lock = self._async_lock
         if replica:
             chosen = self._replica_set(home)
-            if chosen is not None and location.registry_for(home.params).cached(
+            if chosen is not None and home.registry.cached(
                     home.service.name).where is None:
                 prologue = make_prologue(user_id, readonly)
                 return replicas.AsyncReplicaCheckout(
@@ -837,7 +840,7 @@ class ConnectionManager:
                 ) -> tuple[_ServicePool, _MoveWatch]:
         """The pool of *home*'s service where *owner*'s schema (default: its own) lives
         now.  The service's own checkouts wait while a cutover freezes its writes."""
-        registry = location.registry_for(home.params)
+        registry = home.registry
         name = owner or home.service.name
         run = _runner(home)
         loc = registry.get(name, run)
@@ -849,7 +852,7 @@ class ConnectionManager:
     async def _afollow(self, home: _ServicePool, lock: asyncio.Lock
                        ) -> tuple[_ServicePool, _MoveWatch]:
         """The asyncio twin of :meth:`_follow` (waits out a freeze without blocking)."""
-        registry = location.registry_for(home.params)
+        registry = home.registry
         name = home.service.name
         run = _arunner(home, lock)
         loc = await registry.aget(name, run)
@@ -871,7 +874,7 @@ class ConnectionManager:
         """Where *service*'s schema lives (None: at home), as seen from *via*'s pool."""
         home = self._entry(via or service)
         owner = self.settings.topology().service(service).name
-        return location.registry_for(home.params).get(owner, _runner(home)).where
+        return home.registry.get(owner, _runner(home)).where
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""
