@@ -126,7 +126,9 @@ FROM ({members}) n
 
 def _handover(owner: str, objects: list[str]) -> str:
     """The statements that hand *objects* (``schema x`` / ``table x.y``) to META_OWNER."""
-    owner_to = f" OWNER TO {sql.Identifier(META_OWNER).as_string(None)}"
+    # META_OWNER passed validate_identifier: safe unquoted, and the objects' names come
+    # quoted by quote_ident from the catalog.
+    owner_to = f" OWNER TO {META_OWNER}"
     return "; ".join(("ALTER SCHEMA " + o.removeprefix("schema ") if o.startswith("schema ")
                       else "ALTER TABLE " + o.removeprefix("table ")) + owner_to
                      for o in objects)
@@ -218,6 +220,17 @@ def ensure_owner_role(conn: psycopg.Connection[Any]) -> None:
             f" of which {me} is not a member and cannot make itself one (PostgreSQL 16+:"
             f" only a role with ADMIN OPTION on it{': ' + ', '.join(holders) if holders else ''}"
             f" or a superuser can); as one of them run: {grant.as_string(conn)}") from None
+
+
+def use_meta(conn: psycopg.Connection[Any]) -> None:
+    """:func:`check_meta`, then (when the meta owner role exists) make the admin of
+    *conn* its member if it is not one yet (:func:`ensure_owner_role`), so that an
+    admin other than the one who ran the first move can read the journal; refused
+    with the GRANT to run when it cannot make itself a member.  Creates nothing else."""
+    check_meta(conn)
+    if conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s",
+                    [META_OWNER]).fetchone():
+        ensure_owner_role(conn)
 
 
 def _readers(conn: psycopg.Connection[Any], topology: Topology) -> list[str]:

@@ -28,7 +28,7 @@ from ..core.errors import MoveError
 from ..privileges.provisioning import provision
 from ..server.pg_tools import find_tool, libpq_env
 from ..topology import Service, Topology
-from .meta import JOURNAL, REGISTRY, check_meta, ensure_meta
+from .meta import JOURNAL, REGISTRY, ensure_meta, use_meta
 from .preflight import PreflightReport, preflight
 
 PHASES = ("prepare", "copy", "cutover", "cleanup")
@@ -83,7 +83,7 @@ class MoveContext:
 def journal_get(ctx: MoveContext) -> tuple[str, str, str | None] | None:
     """(target, phase, fingerprint) of the move of ctx.service in progress, or None."""
     with connect(ctx.home, purpose="read the move journal") as conn:
-        check_meta(conn)
+        use_meta(conn)
         try:
             row = conn.execute(sql.SQL("SELECT target, phase, fingerprint FROM {}"
                                        " WHERE service = %s").format(JOURNAL),
@@ -612,7 +612,7 @@ def current_location(ctx: MoveContext) -> str:
     """Where the registry on the home server says ctx.service lives now (a location
     string; home's when it never moved or moved back)."""
     with connect(ctx.home, purpose="read the registry") as conn:
-        check_meta(conn)
+        use_meta(conn)
         try:
             row = conn.execute(sql.SQL("SELECT location FROM {} WHERE service = %s").format(
                 REGISTRY), [ctx.service.name]).fetchone()
