@@ -17,7 +17,7 @@ from microservices.shared.database.connection_manager import ConnectionManager
 from microservices.shared.database.connections import location
 from microservices.shared.database.core.errors import MoveError
 from microservices.shared.database.relocation import MoveContext, run_move
-from microservices.shared.database.relocation.mover import check_meta, ensure_meta
+from microservices.shared.database.relocation.meta import check_meta, ensure_meta
 from microservices.shared.database.topology import default_topology
 
 from .clusters import Cluster
@@ -143,7 +143,7 @@ def test_no_service_role_can_write_the_registry_or_journal(pair: tuple[Cluster, 
         for role in roles:
             with a.connect() as conn:
                 conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-                # Reading the registry is what every pool does.
+                # Reading the registry is what every pool (and Django's migrate) does.
                 conn.execute("SELECT * FROM edulink_db_meta.service_location").fetchall()
                 for table in ("service_location", "service_move"):
                     name = sql.Identifier("edulink_db_meta", table)

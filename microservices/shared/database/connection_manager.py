@@ -80,6 +80,7 @@ from .connections.session_state import RESET_SESSION
 from .core.errors import (
     ConfigError,
     DatabaseUnavailableError,
+    MovedSchemaAccessError,
     PoolExhaustedError,
     ServiceAuthenticationError,
     ServiceConnectionError,
@@ -543,13 +544,22 @@ FREEZE_WAIT_S = 10.0
 class _MoveWatch:
     """Turns the refusal a frozen old location gives a queued statement (its writes
     revoked: 42501; its tables retired: 42P01) into ServiceMovedError when the
-    registry shows the service moved since the checkout: retry it, it changed nothing."""
+    registry shows the service moved since the checkout: retry it, it changed nothing.
 
-    __slots__ = ("epoch", "home", "registry", "service")
+    And a ``relation "<schema>.<table>" does not exist`` (42P01) for a table in the
+    schema of a service that the registry places on another server than this
+    checkout's (*where*: None = home) into MovedSchemaAccessError: a plain-SQL read of
+    a moved service's table, which only ``get_reader_connection`` can follow.  Both
+    run only on the error path (``check`` with an exception): a checkout that succeeds
+    pays nothing."""
+
+    __slots__ = ("epoch", "home", "registry", "service", "settings", "where")
 
     def __init__(self, registry: location.Registry, home: _ServicePool, service: str,
-                 epoch: int) -> None:
+                 epoch: int, where: str | None = None, settings: Settings | None = None
+                 ) -> None:
         self.registry, self.home, self.service, self.epoch = registry, home, service, epoch
+        self.where, self.settings = where, settings
 
     @staticmethod
     def refused(exc: BaseException | None) -> bool:
@@ -562,6 +572,33 @@ class _MoveWatch:
                 f"Service {self.service!r} moved to another server while this checkout ran "
                 f"(location epoch {self.epoch} -> {now.epoch}); the statement changed "
                 "nothing: run it again, the next checkout goes to the new location.") from exc
+        if self.settings is not None and isinstance(exc, psycopg.errors.UndefinedTable):
+            self.elsewhere(exc)
+
+    def elsewhere(self, exc: psycopg.errors.UndefinedTable) -> None:
+        """Raise MovedSchemaAccessError when *exc* names a relation qualified with the
+        schema of a service that lives on another server than this checkout's.  The
+        relation is matched on the quoted name PostgreSQL puts in the message (the same
+        in every lc_messages language); the registry was refreshed just before."""
+        assert self.settings is not None
+        text = exc.diag.message_primary or ""
+        reader = self.home.service.name
+        for svc in self.settings.topology().services:
+            mark = f'"{svc.schema}.'
+            if mark not in text:
+                continue
+            loc = self.registry.cached(svc.name)
+            if loc.where == self.where:
+                continue  # the schema lives here: a table that really does not exist
+            relation = text[text.index(mark) + 1:].split('"', 1)[0]
+            raise MovedSchemaAccessError(
+                f"{relation} does not exist on this server because service {svc.name!r} "
+                f"moved (edulink-db move-service, location epoch {loc.epoch}) to "
+                f"{loc.where or 'its home server'}; service {reader!r} read it with plain "
+                f"SQL on its own connection, which stays where {reader!r} lives. Read it "
+                f"with connection_manager.get_reader_connection({reader!r}, {svc.name!r}), "
+                "which follows the move (PostgreSQL still enforces the exposure grants).",
+                service=svc.name, location=loc.where, reader=reader) from exc
 
     def check(self, exc: BaseException | None) -> None:
         if exc is not None and self.refused(exc):
@@ -847,7 +884,7 @@ class ConnectionManager:
         if loc.frozen and owner is None:
             loc = registry.wait_unfrozen(name, run, FREEZE_WAIT_S)
         entry = home if loc.where is None else self._located_pool(home, loc.where)
-        return entry, _MoveWatch(registry, home, name, loc.epoch)
+        return entry, _MoveWatch(registry, home, name, loc.epoch, loc.where, self.settings)
 
     async def _afollow(self, home: _ServicePool, lock: asyncio.Lock
                        ) -> tuple[_ServicePool, _MoveWatch]:
@@ -859,7 +896,7 @@ class ConnectionManager:
         if loc.frozen:
             loc = await registry.await_unfrozen(name, run, FREEZE_WAIT_S)
         entry = home if loc.where is None else self._located_pool(home, loc.where)
-        return entry, _MoveWatch(registry, home, name, loc.epoch)
+        return entry, _MoveWatch(registry, home, name, loc.epoch, loc.where, self.settings)
 
     def get_reader_connection(self, service: str, reads: str, user_id: object | None = None,
                               readonly: bool = True) -> Checkout:

@@ -14,7 +14,9 @@ a checkout normally costs a clock read and a dict lookup.  A service that was ne
 moved has no row (or no table): its pool stays where its configuration points.
 
 Trust: the registry redirects pools, so a row is believed only when the schema and
-the table are owned by an admin-class role (superuser or CREATEROLE).  A registry
+the table are owned by an admin-class role (superuser or CREATEROLE), or by the
+project's meta owner role :data:`META_OWNER` while it is NOLOGIN and every member of
+it is admin-class.  A registry
 that anybody else created -- e.g. a service role with CREATE on the database,
 racing the first move -- is ignored (logged), and every service stays at home.
 
@@ -38,10 +40,15 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from ..core.identifiers import validate_identifier
+
 log = logging.getLogger(__name__)
 
 META_SCHEMA = "edulink_db_meta"
 LOCATION_TABLE = "service_location"
+# The project's NOLOGIN role that owns the meta schema and its tables (relocation/meta.py);
+# the admin running a move is a member.
+META_OWNER = validate_identifier("edulink_db_meta_owner", "meta owner role")
 # How stale a process's view of the registry may be while a cutover is announced.
 # The cutover waits longer than this between announcing a freeze and taking its
 # locks, so every process has seen the freeze before any write could be refused (see
@@ -68,14 +75,24 @@ LOCATION_KEYS = ("host", "port", "dbname", "sslmode", "hostaddr")
 # A located connection insists on SCRAM unless the home conninfo chose otherwise.
 REQUIRE_AUTH = "scram-sha-256"
 
-# Whether the registry's schema and table are owned by admin-class roles; NULL when
-# there is no registry table.
+# Whether the registry's schema and table are owned by admin-class roles (superuser,
+# CREATEROLE, or META_OWNER while it cannot log in and every role that is a member of it,
+# directly or through other roles, is a superuser or CREATEROLE: a service role granted
+# membership could otherwise write the registry and redirect pools); NULL when there
+# is no registry table.  Runs once per IDLE_TTL_S (TTL_S in a cutover), never per checkout.
 _TRUSTED = sql.SQL(
-    "(SELECT bool_and((r.rolsuper OR r.rolcreaterole) AND c.relkind = 'r')"
+    "(SELECT bool_and(c.relkind = 'r' AND (r.rolsuper OR r.rolcreaterole"
+    "  OR (r.rolname = {owner} AND NOT r.rolcanlogin AND NOT EXISTS ("
+    "   WITH RECURSIVE m(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a"
+    "     WHERE a.roleid = r.oid UNION SELECT a.member FROM pg_catalog.pg_auth_members a"
+    "     JOIN m ON a.roleid = m.oid)"
+    "   SELECT FROM m JOIN pg_catalog.pg_roles x ON x.oid = m.oid"
+    "   WHERE NOT (x.rolsuper OR x.rolcreaterole)))))"
     " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " JOIN pg_catalog.pg_roles r ON r.oid IN (c.relowner, n.nspowner)"
     " WHERE c.oid = pg_catalog.to_regclass({}))").format(
-    sql.Literal(sql.Identifier(META_SCHEMA, LOCATION_TABLE).as_string(None)))
+    sql.Literal(sql.Identifier(META_SCHEMA, LOCATION_TABLE).as_string(None)),
+    owner=sql.Literal(META_OWNER))
 # Run while the table is not known to exist: never raises on a server that has none
 # (a read every TTL_S that failed would fill the server log with errors).
 PROBE = sql.SQL("SELECT {}").format(_TRUSTED)
@@ -177,9 +194,9 @@ class Registry:
             return True
         if any(not r[4] for r in rows):
             log.error("location registry %s.%s on %s is not owned by an admin role "
-                      "(superuser or CREATEROLE): ignored, every service stays at home; "
-                      "drop it and let move-service recreate it", META_SCHEMA,
-                      LOCATION_TABLE, self.name)
+                      "(superuser, CREATEROLE, or %s with admin members only): ignored, "
+                      "every service stays at home; drop it and let move-service recreate it",
+                      META_SCHEMA, LOCATION_TABLE, self.name, META_OWNER)
             self._rows = {}
         else:
             self._rows = {r[0]: Location(r[1], int(r[2]), bool(r[3])) for r in rows}

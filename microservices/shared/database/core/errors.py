@@ -156,5 +156,22 @@ class ServiceMovedError(ServiceConnectionError):
     (``edulink-db move-service``) while it ran; it changed nothing: run it again."""
 
 
+class MovedSchemaAccessError(CrossServiceAccessError):
+    """A statement on a service's own connection used a table of another service whose
+    schema ``edulink-db move-service`` moved to another server: the schema left on this
+    server is empty (or its old copy retired), so PostgreSQL said ``relation ... does
+    not exist`` (42P01).  Not a transient failure: running it again fails the same way.
+    Read the moved service's data through
+    ``connection_manager.get_reader_connection(service, reads)``, which follows the move.
+
+    ``service`` is the moved service's name, ``location`` where it lives now (None: its
+    home server), ``reader`` the service whose connection ran the statement."""
+
+    def __init__(self, message: str, *, service: str, location: str | None,
+                 reader: str) -> None:
+        super().__init__(message)
+        self.service, self.location, self.reader = service, location, reader
+
+
 class MoveError(EdulinkDBError):
     """``move-service`` refused or stopped; the message says what to do (nothing was lost)."""

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..connections.location import META_OWNER, META_SCHEMA
 from ..topology import Topology
 from .model import (
     connection_budget_query,
@@ -97,6 +98,13 @@ class CatalogState:
     column_reads: dict[tuple[str, str, str, str], bool] = field(default_factory=dict)
     # The columns of the relations the topology exposes that exist, in attnum order.
     exposed_relation_columns: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    # The project's meta schema (connections.location.META_SCHEMA) when it exists:
+    # object ('schema' or a relation name) -> owner, its ACL entries (object, grantee
+    # or 'PUBLIC', privilege) bar the owner's own, and the members of the meta owner
+    # role (direct or indirect) that are neither superuser nor CREATEROLE.
+    meta_owners: dict[str, str] = field(default_factory=dict)
+    meta_privileges: set[tuple[str, str, str]] = field(default_factory=set)
+    meta_non_admin_members: set[str] = field(default_factory=set)
     queries: int = 0
 
 
@@ -290,7 +298,47 @@ def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogSt
             state.runtime_owned.add((role, kind, name))
     _read_migrators(conn, topology, q, state)
     _read_column_reads(topology, q, state)
+    _read_meta(q, state)
     return state
+
+
+def _read_meta(q: Callable[[str, dict[str, Any]], list[tuple[Any, ...]]],
+               state: CatalogState) -> None:
+    """Owners and ACLs of the meta schema and its relations, and the meta owner role's
+    non-admin members, in one query (nothing when no move ever ran here)."""
+    for kind, obj, owner, grantee, priv in q(
+        """
+        SELECT 'object', 'schema', pg_catalog.pg_get_userbyid(n.nspowner),
+               CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)
+               END, a.privilege_type
+          FROM pg_catalog.pg_namespace n
+          LEFT JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a ON a.grantee <> n.nspowner
+         WHERE n.nspname = %(schema)s
+        UNION ALL
+        SELECT 'object', c.relname::text, pg_catalog.pg_get_userbyid(c.relowner),
+               CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)
+               END, a.privilege_type
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN LATERAL pg_catalog.aclexplode(c.relacl) a ON a.grantee <> c.relowner
+         WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+        UNION ALL
+        SELECT 'member', '', '', r.rolname::text, '' FROM (
+          WITH RECURSIVE m(oid) AS (
+            SELECT a.member FROM pg_catalog.pg_auth_members a
+              JOIN pg_catalog.pg_roles o ON o.oid = a.roleid WHERE o.rolname = %(owner)s
+            UNION SELECT a.member FROM pg_catalog.pg_auth_members a JOIN m ON a.roleid = m.oid)
+          SELECT oid FROM m) m
+          JOIN pg_catalog.pg_roles r ON r.oid = m.oid
+         WHERE NOT (r.rolsuper OR r.rolcreaterole)
+        """,
+        {"schema": META_SCHEMA, "owner": META_OWNER},
+    ):
+        if kind == "member":
+            state.meta_non_admin_members.add(grantee)
+            continue
+        state.meta_owners[obj] = owner
+        if grantee is not None:
+            state.meta_privileges.add((obj, grantee, priv))
 
 
 def _read_column_reads(topology: Topology,

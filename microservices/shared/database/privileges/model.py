@@ -97,3 +97,13 @@ def connection_budget_query(topology: Topology) -> sql.Composed:
 def search_path_for(service: Service, topology: Topology) -> list[str]:
     """The role-level search_path of *service*'s runtime role."""
     return [service.schema, topology.shared.schema]
+
+
+def meta_readers(topology: Topology) -> list[str]:
+    """The roles that get USAGE on the meta schema and SELECT on the location registry
+    (relocation/meta.py), which verify therefore expects: every runtime role (its
+    pools, and its readers' pools, read the registry as the service's own role) and
+    every owner and migrator role (``manage.py migrate`` through the Django engine
+    reads it on the migrator's connection, whose role-level default makes it the owner
+    role).  Nobody else, PUBLIC included (on Supabase, anon and authenticated)."""
+    return [*topology.runtime_roles, *topology.owner_roles, *topology.migrator_roles]

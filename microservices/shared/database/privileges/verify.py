@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from ..connections.direct import connect
+from ..connections.location import LOCATION_TABLE, META_OWNER, META_SCHEMA
 from ..migrations.history import HISTORY_TABLE
 from ..topology import ROLE_SETTINGS, Topology
 from .catalog import (
@@ -33,6 +34,7 @@ from .catalog import (
 from .model import (
     OWN_SEQUENCE_PRIVILEGES,
     OWN_TABLE_PRIVILEGES,
+    meta_readers,
     search_path_for,
 )
 
@@ -432,7 +434,8 @@ def _schema_problems(
             problems.append(Problem(role, schema, "schema", "CREATE",
                                     "runtime role may create objects (DDL) in this schema",
                                     repair))
-        elif schema not in topology.schemas and schema != "public":
+        elif schema not in topology.schemas and schema not in ("public", META_SCHEMA):
+            # META_SCHEMA's grants are the project's own: _meta_problems checks them.
             warnings.append(f"{role} has USAGE on schema {schema}, which is outside the "
                             "topology (check what it grants)")
     return problems
@@ -623,6 +626,46 @@ def _ownership_problems(state: CatalogState) -> list[Problem]:
     return problems
 
 
+def _meta_problems(state: CatalogState, topology: Topology) -> list[Problem]:
+    """The project's meta schema (move-service's registry and journal), when present:
+    owned by META_OWNER; USAGE on the schema and SELECT on the registry for
+    :func:`.model.meta_readers` and nothing else for anyone (a PUBLIC grant from an
+    earlier version, any write grant, any grant on the journal); and no member of
+    META_OWNER that is not admin-class (it could redirect every pool)."""
+    problems: list[Problem] = []
+    readers = set(meta_readers(topology))
+    owner = sql.Identifier(META_OWNER)
+    for obj, got in sorted(state.meta_owners.items()):
+        if got != META_OWNER:
+            what = "schema" if obj == "schema" else f"table {obj}"
+            repair = (_q("ALTER SCHEMA {} OWNER TO {}", sql.Identifier(META_SCHEMA), owner)
+                      if obj == "schema" else
+                      _q("ALTER TABLE {} OWNER TO {}", sql.Identifier(META_SCHEMA, obj), owner))
+            problems.append(Problem(got, META_SCHEMA, what, "OWNER",
+                                    f"owned by {got}, expected {META_OWNER}", repair))
+    for obj, grantee, priv in sorted(state.meta_privileges):
+        expected = grantee in readers and (
+            (obj == "schema" and priv == "USAGE") or (obj == LOCATION_TABLE and priv == "SELECT"))
+        if expected:
+            continue
+        if obj == "schema":
+            what, repair = "schema", _q(f"REVOKE {priv} ON SCHEMA {{}} FROM {{}}",
+                                        sql.Identifier(META_SCHEMA), _grantee(grantee))
+        else:
+            what, repair = f"table {obj}", _q(f"REVOKE {priv} ON TABLE {{}} FROM {{}}",
+                                              sql.Identifier(META_SCHEMA, obj), _grantee(grantee))
+        problems.append(Problem(grantee, META_SCHEMA, what, priv,
+                                f"has {priv} on move-service's metadata, which only the "
+                                "topology's roles may read (the registry) and only "
+                                f"{META_OWNER} may write", repair))
+    for member in sorted(state.meta_non_admin_members):
+        problems.append(Problem(member, META_SCHEMA, f"role {META_OWNER}", "MEMBER",
+                                f"is a member of {META_OWNER} but not an admin (superuser or "
+                                "CREATEROLE): it can write the location registry",
+                                _q("REVOKE {} FROM {}", owner, sql.Identifier(member))))
+    return problems
+
+
 def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     """Every difference between *state* and what *topology* declares."""
     report = VerifyReport(catalog_queries=state.queries)
@@ -637,6 +680,7 @@ def compare(state: CatalogState, topology: Topology) -> VerifyReport:
     report.problems += _default_privilege_problems(state, topology)
     report.problems += _routine_problems(state)
     report.problems += _ownership_problems(state)
+    report.problems += _meta_problems(state, topology)
     report.matrix = _matrix(state, topology)
     flagged = {(p.role, p.schema) for p in report.problems}
     for role, row in report.matrix.items():

@@ -21,8 +21,6 @@ from ..config import mask_dsn
 from ..connections.direct import connect
 from ..connections.location import (
     IDLE_TTL_S,
-    LOCATION_TABLE,
-    META_SCHEMA,
     TTL_S,
     location_string,
 )
@@ -30,6 +28,7 @@ from ..core.errors import MoveError
 from ..privileges.provisioning import provision
 from ..server.pg_tools import find_tool, libpq_env
 from ..topology import Service, Topology
+from .meta import JOURNAL, REGISTRY, ensure_meta, use_meta
 from .preflight import PreflightReport, preflight
 
 PHASES = ("prepare", "copy", "cutover", "cleanup")
@@ -81,81 +80,10 @@ class MoveContext:
         return None if loc == location_string(self.home) else loc
 
 
-JOURNAL_TABLE = "service_move"
-JOURNAL = sql.Identifier(META_SCHEMA, JOURNAL_TABLE)
-REGISTRY = sql.Identifier(META_SCHEMA, LOCATION_TABLE)
-META_TABLES = sql.SQL("CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY, location text,"
-                      " epoch bigint NOT NULL DEFAULT 0, frozen_until timestamptz,"
-                      " watch_until timestamptz, moved_at timestamptz);"
-                      " CREATE TABLE IF NOT EXISTS {} (service text PRIMARY KEY,"
-                      " target text NOT NULL, phase text NOT NULL, fingerprint"
-                      " text, started_at timestamptz NOT NULL DEFAULT now(),"
-                      " updated_at timestamptz NOT NULL DEFAULT now())").format(
-    REGISTRY, JOURNAL)
-# Every service's pool reads the registry (no secrets in it); nobody but the admin
-# writes it or reads the journal.
-META_GRANTS = sql.SQL("GRANT USAGE ON SCHEMA {} TO PUBLIC; GRANT SELECT ON {} TO PUBLIC").format(
-    sql.Identifier(META_SCHEMA), REGISTRY)
-
-# Objects of the meta schema that the admin running the move does not own (a
-# superuser owner is accepted: it could do anything anyway), and privileges on them
-# held by anyone but their owner beyond reading.
-_META_OWNERS = """
-SELECT x.what, r.rolname FROM (
-  SELECT 'schema ' || quote_ident(nspname) AS what, nspowner AS owner, 'r' AS kind
-  FROM pg_catalog.pg_namespace WHERE nspname = %(schema)s
-  UNION ALL
-  SELECT 'table ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relowner,
-         c.relkind::text
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  WHERE n.nspname = %(schema)s AND c.relname = ANY(%(tables)s)) x
-JOIN pg_catalog.pg_roles r ON r.oid = x.owner
-WHERE (r.rolname <> current_user AND NOT r.rolsuper) OR x.kind <> 'r'
-UNION ALL
-SELECT 'table ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname),
-       'grants ' || a.privilege_type || ' to '
-       || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) a
-WHERE n.nspname = %(schema)s AND a.grantee <> c.relowner AND a.privilege_type <> 'SELECT'
-UNION ALL
-SELECT 'schema ' || quote_ident(n.nspname), 'grants ' || a.privilege_type || ' to '
-       || CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END
-FROM pg_catalog.pg_namespace n CROSS JOIN LATERAL pg_catalog.aclexplode(n.nspacl) a
-WHERE n.nspname = %(schema)s AND a.grantee <> n.nspowner AND a.privilege_type <> 'USAGE'
-"""
-
-
-def check_meta(conn: psycopg.Connection[Any]) -> None:
-    """Refuse (MoveError) a meta schema or table that someone other than this admin
-    (or a superuser) owns or may write: ``IF NOT EXISTS`` would silently adopt an
-    object an attacker created first, and whoever writes the registry redirects every
-    pool of a service to a server of their choice."""
-    bad = conn.execute(_META_OWNERS, {"schema": META_SCHEMA,
-                                      "tables": [LOCATION_TABLE, JOURNAL_TABLE]}).fetchall()
-    if bad:
-        raise MoveError(
-            f"Refusing to use {META_SCHEMA}: "
-            + "; ".join(f"{what} is {'owned by ' + who if not who.startswith('grants ') else who}"
-                        for what, who in bad)
-            + f". Only the admin running move-service (or a superuser) may own or write it."
-            f" If you did not create it, investigate; then DROP SCHEMA {META_SCHEMA} CASCADE"
-            " (or ALTER ... OWNER TO the admin, REVOKE the grants) and retry.")
-
-
-def ensure_meta(conn: psycopg.Connection[Any]) -> None:
-    """Create the registry and journal (idempotent), refusing foreign ones."""
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(META_SCHEMA)))
-    check_meta(conn)  # before creating anything in a schema somebody else owns
-    conn.execute(META_TABLES)
-    check_meta(conn)
-    conn.execute(META_GRANTS)
-
-
 def journal_get(ctx: MoveContext) -> tuple[str, str, str | None] | None:
     """(target, phase, fingerprint) of the move of ctx.service in progress, or None."""
     with connect(ctx.home, purpose="read the move journal") as conn:
-        check_meta(conn)
+        use_meta(conn)
         try:
             row = conn.execute(sql.SQL("SELECT target, phase, fingerprint FROM {}"
                                        " WHERE service = %s").format(JOURNAL),
@@ -177,7 +105,7 @@ def _journal_set(conn: psycopg.Connection[Any], ctx: MoveContext, phase: str,
 
 def journal_set(ctx: MoveContext, phase: str, fingerprint: str | None = None) -> None:
     with connect(ctx.home, purpose="write the move journal") as conn:
-        ensure_meta(conn)
+        ensure_meta(conn, ctx.topology)
         _journal_set(conn, ctx, phase, fingerprint)
 
 
@@ -496,7 +424,7 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
         raise
     flipped = False
     try:
-        ensure_meta(home)
+        ensure_meta(home, ctx.topology)
         # Processes read the registry once a second until a cutover is announced: set
         # watch_until, and let every process see it (and switch to reading it every
         # TTL_S) before the freeze; this wait is not part of the write pause.
@@ -684,7 +612,7 @@ def current_location(ctx: MoveContext) -> str:
     """Where the registry on the home server says ctx.service lives now (a location
     string; home's when it never moved or moved back)."""
     with connect(ctx.home, purpose="read the registry") as conn:
-        check_meta(conn)
+        use_meta(conn)
         try:
             row = conn.execute(sql.SQL("SELECT location FROM {} WHERE service = %s").format(
                 REGISTRY), [ctx.service.name]).fetchone()
