@@ -443,8 +443,10 @@ def test_preflight_names_what_a_supabase_like_admin_lacks(
         privileges = sorted(p for p in report.problems if "admin" in p)
         print("\n" + "\n".join(report.problems))
         assert privileges == sorted([
-            "the source admin needs REPLICATION, BYPASSRLS to create the move's temporary "
-            "replication role (it reads every row, RLS included)",
+            f"the source admin needs REPLICATION, BYPASSRLS (PostgreSQL {version // 10000}: "
+            "the replication slot and the subscription's login need REPLICATION, reading "
+            "every row needs BYPASSRLS): ALTER ROLE <admin> REPLICATION BYPASSRLS as a "
+            "superuser",
             target_lacks,
         ])
         assert not report.ok

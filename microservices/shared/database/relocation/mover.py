@@ -6,6 +6,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,11 +26,17 @@ from ..connections.location import (
     location_string,
 )
 from ..core.errors import MoveError
+from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
 from ..privileges.provisioning import provision
 from ..server.pg_tools import find_tool, libpq_env
 from ..topology import Service, Topology
 from .meta import JOURNAL, REGISTRY, ensure_meta, use_meta
-from .preflight import PreflightReport, preflight
+from .preflight import (
+    PreflightReport,
+    migration_lock_key,
+    preflight,
+    replication_login,
+)
 
 PHASES = ("prepare", "copy", "cutover", "cleanup")
 # How long the registry announces a freeze; a killed cutover frees writers after it.
@@ -127,12 +134,14 @@ def fingerprint(conn: psycopg.Connection[Any], schema: str) -> str:
     return str(value[0]) if value else ""
 
 
-def _tables(conn: psycopg.Connection[Any], schema: str, kinds: tuple[str, ...] = ("r",)
-            ) -> list[str]:
+def _tables(conn: psycopg.Connection[Any], schema: str, kinds: tuple[str, ...] = ("r",),
+            *, persistence: str | None = None) -> list[str]:
+    """Relations of *schema* of the given kinds (and relpersistence, when given)."""
     return [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relkind = ANY(%s::\"char\"[]) ORDER BY 1",
-        [schema, list(kinds)])]
+        " WHERE n.nspname = %s AND c.relkind = ANY(%s::\"char\"[])"
+        " AND (%s::\"char\" IS NULL OR c.relpersistence = %s::\"char\") ORDER BY 1",
+        [schema, list(kinds), persistence, persistence])]
 
 
 # -- phase 2: prepare the target --------------------------------------------------------
@@ -212,40 +221,71 @@ def _exists(conn: psycopg.Connection[Any], query: str, name: str) -> bool:
     return conn.execute(query, [name]).fetchone() is not None
 
 
-def _subscription_conninfo(ctx: MoveContext, password: str) -> str:
+def _subscription_conninfo(ctx: MoveContext, user: str, password: str) -> str:
     params = {k: ctx.source[k] for k in ("host", "port", "dbname", "sslmode")
               if ctx.source.get(k)}
-    params.update(user=ctx.name, password=password)
+    params.update(user=user, password=password)
     return make_conninfo(**{k: str(v) for k, v in params.items()})
 
 
+def _published(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """The tables a publication of *schema* lists: top-level ones only (a partitioned
+    table is published through its root, so partitions attached later follow), not
+    unlogged ones (they cannot be published; the cutover copies them)."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " AND c.relpersistence = 'p' ORDER BY 1", [schema])]
+
+
 def copy(ctx: MoveContext) -> None:
+    """Publish the schema's tables, create the slot and subscribe on the target; wait
+    until caught up.  The subscription logs in as a temporary replication role, or --
+    when the source admin may not create one (PostgreSQL 15 without a superuser) but has
+    REPLICATION and BYPASSRLS itself -- as the source admin (preflight checked which)."""
     schema, name = ctx.service.schema, ctx.name
     password = secrets.token_urlsafe(24)
     with connect(ctx.source, purpose="publish the schema") as conn:
-        tables = _tables(conn, schema)
+        tables = _published(conn, schema)
+        login, problem = replication_login(conn)
+        if problem:
+            raise MoveError(f"Cannot replicate from the source: {problem}; then --resume "
+                            "(or --abort).")
         role = sql.Identifier(name)
-        if _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name):
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+        if login == "admin":
+            user, password = str(ctx.source.get("user", "")), str(ctx.source.get("password", ""))
+            ctx.progress(f"the subscription logs in as the source admin {user} (it may not "
+                         "create a replication role here): its password sits in the target's "
+                         "pg_subscription, readable by superusers only, until the clean-up")
         else:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION BYPASSRLS PASSWORD {}").format(
-                role, sql.Literal(password)))
-            conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                role, sql.Literal("edulink-db move-service temporary replication role")))
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
-            sql.Identifier(schema), role))
-        conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
-            sql.Identifier(schema), role))
+            user = name
+            if _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name):
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    role, sql.Literal(password)))
+            else:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION BYPASSRLS PASSWORD {}"
+                                     ).format(role, sql.Literal(password)))
+                conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    role, sql.Literal("edulink-db move-service temporary replication role")))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(schema), role))
+            conn.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), role))
         if not _exists(conn, "SELECT 1 FROM pg_publication WHERE pubname = %s", name):
             stmt = sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name))
             if tables:
                 stmt = sql.SQL("{} FOR TABLE {}").format(stmt, sql.SQL(", ").join(
                     sql.Identifier(schema, t) for t in tables))
+            if conn.info.server_version >= 130000:
+                # Changes to a partition are published as the root's: the target's
+                # partitioning routes them, partitions attached later are covered, and
+                # the initial copy reads each root with its partitions.
+                stmt = sql.SQL("{} WITH (publish_via_partition_root = true)").format(stmt)
             conn.execute(stmt)
         if not _exists(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", name):
             _create_slot(ctx, conn)
     with connect(ctx.target, purpose="subscribe on the target") as conn:
-        conninfo = _subscription_conninfo(ctx, password)
+        conninfo = _subscription_conninfo(ctx, user, password)
         if _exists(conn, "SELECT 1 FROM pg_subscription WHERE subname = %s", name):
             conn.execute(sql.SQL("ALTER SUBSCRIPTION {} CONNECTION {}").format(
                 sql.Identifier(name), sql.Literal(conninfo)))
@@ -286,8 +326,9 @@ def _create_slot(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
         blockers = conn.execute(_SLOT_BLOCKERS).fetchall()
         conn.execute("RESET statement_timeout")
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(ctx.name)))
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ctx.name)))
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ctx.name)))
+        if _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", ctx.name):
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ctx.name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ctx.name)))
         raise MoveError(
             f"Creating the replication slot waited {ctx.slot_timeout_s:g} s for open write "
             "transactions to end: "
@@ -424,6 +465,10 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
         raise
     flipped = False
     try:
+        # Not part of the pause: the target's rows are current up to the catch-up, and
+        # a materialized view is a snapshot anyway.  Before the flip, so no process
+        # ever reads an unpopulated view on the target.
+        _refresh_matviews(ctx, src, tgt)
         ensure_meta(home, ctx.topology)
         # Processes read the registry once a second until a cutover is announced: set
         # watch_until, and let every process see it (and switch to reading it every
@@ -447,6 +492,14 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
         if tables:
             src.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
                 sql.SQL(", ").join(sql.Identifier(schema, t) for t in tables)))
+        # A migration holding the runner's lock would change DDL that is not
+        # replicated; holding it ourselves until the flip commits keeps new ones out.
+        row = src.execute("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))",
+                          [MIGRATION_LOCK_CLASS, migration_lock_key(svc)]).fetchone()
+        if not (row and row[0]):
+            raise MoveError(f"A migration of {svc.name} is running on the source (it holds "
+                            "the migration lock); nothing changed: let it finish, then "
+                            "--resume.")
         if expected_fingerprint is not None and fingerprint(src, schema) != expected_fingerprint:
             raise MoveError(f"The tables of {schema} changed (DDL) since the copy began; DDL "
                             "is not replicated: --abort, then move again.")
@@ -482,6 +535,12 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
                 sql.SQL("setval({}::regclass, {}, {})").format(
                     sql.Literal(n), sql.Literal(v), sql.Literal(c)) for n, v, c in values)))
         step("setval")
+        unlogged = _tables(src, schema, ("r",), persistence="u")
+        if unlogged:
+            _copy_unlogged(src, tgt, schema, unlogged)
+            step("unlogged")
+        _verify_copy(src, tgt, schema)
+        step("verify")
         _hold(ctx, "cutover")
         _flip(home, ctx)
         if home is not src:
@@ -505,6 +564,132 @@ def cutover(ctx: MoveContext, expected_fingerprint: str | None) -> float:
     ctx.pauses.append(pause)
     ctx.steps.append(steps)
     return pause
+
+
+def _refresh_matviews(ctx: MoveContext, src: psycopg.Connection[Any],
+                      tgt: psycopg.Connection[Any]) -> None:
+    """REFRESH on the target every materialized view populated on the source
+    (pg_dump --schema-only creates them empty), as its owner: ownership stays with the
+    topology's owner role, who can REFRESH it later.  A view never populated on the
+    source stays unpopulated.  Creation (oid) order on the target is pg_dump's
+    dependency order, so a view over another view is refreshed after it."""
+    schema = ctx.service.schema
+    populated = set(_matviews(src, schema, populated_only=True))
+    if src.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        src.rollback()  # src is not autocommit: do not hold a snapshot until the lock
+    todo = [(m, owner) for m, owner, is_pop in _matview_rows(tgt, schema)
+            if m in populated and not is_pop]
+    for view, owner in todo:
+        ctx.progress(f"refreshing the materialized view {schema}.{view} on the target")
+        tgt.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
+        try:
+            tgt.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(
+                sql.Identifier(schema, view)))
+        finally:
+            tgt.execute("RESET ROLE")
+
+
+def _matview_rows(conn: psycopg.Connection[Any], schema: str) -> list[tuple[str, str, bool]]:
+    return [(r[0], r[1], bool(r[2])) for r in conn.execute(
+        "SELECT c.relname, pg_get_userbyid(c.relowner), c.relispopulated FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind = 'm' ORDER BY c.oid", [schema])]
+
+
+def _matviews(conn: psycopg.Connection[Any], schema: str, *, populated_only: bool
+              ) -> list[str]:
+    return [m for m, _o, pop in _matview_rows(conn, schema) if pop or not populated_only]
+
+
+def _copy_unlogged(src: psycopg.Connection[Any], tgt: psycopg.Connection[Any], schema: str,
+                   tables: list[str]) -> None:
+    """Copy unlogged tables (never published) in the freeze: *src* holds their locks,
+    so the rows read are the final ones.  The target's copy is replaced wholesale;
+    its triggers are skipped where the target admin may (session_replication_role),
+    as the subscription's apply skips them."""
+    tgt.execute("BEGIN")
+    try:
+        try:
+            tgt.execute("SET LOCAL session_replication_role = replica")
+        except psycopg.errors.InsufficientPrivilege:
+            tgt.execute("ROLLBACK")
+            tgt.execute("BEGIN")
+        for table in tables:
+            ident = sql.Identifier(schema, table)
+            tgt.execute(sql.SQL("TRUNCATE ONLY {}").format(ident))
+            with src.cursor().copy(sql.SQL("COPY (SELECT * FROM ONLY {}) TO STDOUT").format(
+                    ident)) as out, tgt.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(
+                    ident)) as into:
+                for chunk in out:
+                    into.write(chunk)
+        tgt.execute("COMMIT")
+    except BaseException:
+        tgt.execute("ROLLBACK")
+        raise
+
+
+def _counts(conn: psycopg.Connection[Any], schema: str, tables: list[str]
+            ) -> dict[str, int]:
+    """Rows of each table FROM ONLY (a partitioned root or inheritance parent would
+    count its children too), in one statement."""
+    if not tables:
+        return {}
+    rows = conn.execute(sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {}::text, count(*) FROM ONLY {}").format(
+            sql.Literal(t), sql.Identifier(schema, t)) for t in tables)).fetchall()
+    return {str(t): int(n) for t, n in rows}
+
+
+def _verify_copy(src: psycopg.Connection[Any], tgt: psycopg.Connection[Any],
+                 schema: str) -> None:
+    """In the freeze, before the flip: every leaf table (plain, partition, inheritance
+    child, unlogged) holds as many rows on the target as on the source, every sequence
+    on the target is at least the source's, and materialized views are populated
+    exactly where they are on the source.  Both sides count at once (two threads, one
+    statement each), so the pause grows by the slower count, not their sum.  Raises
+    MoveError naming the first difference; the caller rolls the freeze back."""
+    tables = _tables(src, schema, ("r",))
+    found: dict[str, dict[str, int]] = {}
+    failed: list[BaseException] = []
+
+    def count_target() -> None:
+        try:
+            found["target"] = _counts(tgt, schema, tables)
+        except BaseException as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=count_target)
+    worker.start()
+    try:
+        source = _counts(src, schema, tables)
+    finally:
+        worker.join()
+    if failed:
+        raise MoveError(f"Counting the rows on the target failed ({failed[0]}); nothing "
+                        "changed, the source stays authoritative: --resume to retry.")
+    target = found["target"]
+    for table in tables:
+        if source[table] != target.get(table):
+            raise MoveError(
+                f"Row counts differ in the freeze: {schema}.{table} has {source[table]} rows "
+                f"on the source, {target.get(table)} on the target; nothing was flipped, the "
+                "source stays authoritative: --abort, then move again.")
+    seqs = _tables(src, schema, ("S",))
+    if seqs:
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::text, last_value FROM {}").format(
+                sql.Literal(q), sql.Identifier(schema, q)) for q in seqs)
+        theirs = {str(q): int(v) for q, v in tgt.execute(query)}
+        for q, v in src.execute(query):
+            if theirs.get(q, v - 1) < v:
+                raise MoveError(f"Sequence {schema}.{q} is at {theirs.get(q)} on the target, "
+                                f"behind the source's {v}; nothing was flipped: --resume.")
+    want = set(_matviews(src, schema, populated_only=True))
+    have = set(_matviews(tgt, schema, populated_only=True))
+    if want != have:
+        raise MoveError(f"Materialized views of {schema} populated on the source "
+                        f"({', '.join(sorted(want)) or 'none'}) differ from the target's "
+                        f"({', '.join(sorted(have)) or 'none'}); nothing was flipped: --resume.")
 
 
 def _flush_barrier(conn: psycopg.Connection[Any], name: str) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 
 from ..connections.direct import connect
+from ..migrations.history import HISTORY_TABLE
+from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
 from ..topology import Service
 
 # A rough copy rate for the time estimate (logical replication's initial COPY on this
@@ -27,6 +29,12 @@ class PreflightReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     rls_tables: list[str] = field(default_factory=list)
+    unlogged: list[str] = field(default_factory=list)
+    # Who the subscription logs in as on the source: "role" (a temporary replication
+    # role) or "admin" (the source admin itself, when it cannot create that role).
+    replication_login: str = "role"
+    # Whether the source conninfo carries a password (the subscription needs one).
+    source_has_password: bool = True
 
     @property
     def ok(self) -> bool:
@@ -38,34 +46,102 @@ def _one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
     return row[0] if row else None
 
 
+def migration_lock_key(svc: Service) -> str:
+    """The key the migration runner hashes for *svc*'s advisory lock (runner.py)."""
+    return f'"{svc.schema}"."{HISTORY_TABLE}"'
+
+
+# Leaf tables (plain tables and partitions, not partitioned parents: UPDATE/DELETE
+# check the replica identity of the leaf a row lives in) that would be published
+# (unlogged tables are not), with their replica identity, whether they have a primary
+# key and whether the index REPLICA IDENTITY USING INDEX named still exists.
+_IDENTITIES = """
+SELECT c.relname, c.relreplident::text,
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relkind = 'r' AND c.relpersistence = 'p'
+ORDER BY 1
+"""
+
+
+def replica_identity_problems(conn: psycopg.Connection[Any], schema: str) -> list[str]:
+    """One line per published leaf table whose UPDATE/DELETE would fail on the live
+    source once published, naming the real cause and the fix."""
+    out = []
+    for name, ident, has_pk, has_replident in conn.execute(_IDENTITIES, [schema]):
+        table = f"{schema}.{name}"
+        if ident == "n":
+            out.append(
+                f"table {table} has REPLICA IDENTITY NOTHING"
+                + (" (its primary key is not used)" if has_pk else "")
+                + ": UPDATE/DELETE would fail once published; ALTER TABLE ... REPLICA "
+                + ("IDENTITY DEFAULT" if has_pk else "IDENTITY FULL (or add a primary key)")
+                + ", then retry")
+        elif ident == "d" and not has_pk:
+            out.append(
+                f"table {table} has no primary key (REPLICA IDENTITY DEFAULT uses it): add a "
+                "primary key, or ALTER TABLE ... REPLICA IDENTITY FULL/USING INDEX, then retry")
+        elif ident == "i" and not has_replident:
+            out.append(
+                f"table {table} has REPLICA IDENTITY USING INDEX, but that index was dropped: "
+                "ALTER TABLE ... REPLICA IDENTITY "
+                + ("DEFAULT" if has_pk else "USING INDEX <a unique index> (or FULL)")
+                + ", then retry")
+    return out
+
+
+def replication_login(conn: psycopg.Connection[Any]) -> tuple[str, str | None]:
+    """("role" | "admin", problem or None): whether the source admin on *conn* can
+    create the move's temporary LOGIN REPLICATION BYPASSRLS role, or else can serve as
+    the subscription's login itself.  PostgreSQL 15 lets only a superuser create a role
+    with REPLICATION or BYPASSRLS; 16+ lets a CREATEROLE role grant them when it has
+    them itself."""
+    row = conn.execute("SELECT rolsuper, rolcreaterole, rolreplication, rolbypassrls,"
+                       " rolcanlogin FROM pg_roles WHERE rolname = current_user").fetchone()
+    su, createrole, replication, bypassrls, login = row or (False,) * 5
+    if su:
+        return "role", None
+    major = conn.info.server_version // 10000
+    has_both = replication and bypassrls
+    if has_both and createrole and major >= 16:
+        return "role", None
+    if has_both and login:
+        return "admin", None
+    missing = [w for w, has in (("REPLICATION", replication), ("BYPASSRLS", bypassrls))
+               if not has]
+    return "role", (
+        f"the source admin needs {', '.join(missing)} (PostgreSQL {major}: the replication "
+        "slot and the subscription's login need REPLICATION, reading every row needs "
+        f"BYPASSRLS): ALTER ROLE <admin> {' '.join(missing)} as a superuser")
+
+
 def source_checks(conn: psycopg.Connection[Any], svc: Service, report: PreflightReport,
                   *, allow_unbounded_wal: bool) -> None:
     schema = svc.schema
     report.tables = [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
-        " ORDER BY 1", [schema])]
+        " AND c.relpersistence = 'p' ORDER BY 1", [schema])]
     report.sequences = [r[0] for r in conn.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = %s AND c.relkind = 'S' ORDER BY 1", [schema])]
     if _one(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", [schema]) == 0:
         report.problems.append(f"schema {schema} does not exist on the source")
         return
-    # UPDATE/DELETE on a published table without a replica identity fail on the
-    # publisher: the live service would break. Refuse before publishing.
-    for (name,) in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relkind = 'r' AND (c.relreplident = 'n' OR"
-            "  (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i"
-            "   WHERE i.indrelid = c.oid AND i.indisprimary))) ORDER BY 1", [schema]):
+    report.unlogged = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relpersistence = 'u' ORDER BY 1",
+        [schema])]
+    report.problems.extend(replica_identity_problems(conn, schema))
+    holder = _one(conn, "SELECT string_agg(pid::text, ', ') FROM pg_locks"
+                        " WHERE locktype = 'advisory' AND granted AND classid = %s::bigint::oid"
+                        " AND objid = (hashtext(%s)::bigint & 4294967295)::oid"
+                        " AND objsubid = 2", [MIGRATION_LOCK_CLASS, migration_lock_key(svc)])
+    if holder:
         report.problems.append(
-            f"table {schema}.{name} has no primary key or replica identity: add a primary "
-            f"key, or ALTER TABLE ... REPLICA IDENTITY FULL/USING INDEX, then retry")
-    for (name,) in conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = %s AND c.relkind = 'p'", [schema]):
-        report.problems.append(f"table {schema}.{name} is partitioned: not supported by "
-                               "move-service yet")
+            f"a migration of {svc.name} is running on the source (server pid {holder} holds "
+            "its migration lock): DDL is not replicated; let it finish, then retry")
     for conname, src, dst in conn.execute(
             "SELECT con.conname, cn.nspname || '.' || c.relname, fn.nspname || '.' || f.relname"
             " FROM pg_constraint con"
@@ -105,29 +181,38 @@ def source_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
     else:
         report.notes.append(f"WAL retention of the move's slot is capped at {keep} "
                             "(max_slot_wal_keep_size)")
+    report.rls_tables = [r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND c.relrowsecurity ORDER BY 1",
+        [schema])]
+    report.replication_login, problem = replication_login(conn)
+    if problem:
+        report.problems.append(problem)
+    elif report.replication_login == "admin":
+        report.notes.append(
+            f"PostgreSQL {conn.info.server_version // 10000}: the source admin cannot create "
+            "a role with REPLICATION and BYPASSRLS (that needs a superuser before 16), so the "
+            "subscription will connect as the source admin itself; its password sits in the "
+            "target's pg_subscription (readable by superusers only) until the clean-up")
     superuser = bool(_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
     if not superuser:
-        attrs = conn.execute("SELECT rolreplication, rolbypassrls, rolcreaterole FROM pg_roles"
-                             " WHERE rolname = current_user").fetchone()
-        missing = [what for what, has in zip(("REPLICATION", "BYPASSRLS", "CREATEROLE"),
-                                             attrs or (False, False, False), strict=True)
-                   if not has]
-        if missing:
-            report.problems.append(
-                "the source admin needs " + ", ".join(missing) + " to create the move's "
-                "temporary replication role (it reads every row, RLS included)")
         if not _one(conn, "SELECT pg_has_role(current_user, %s, 'USAGE')", [svc.owner_role]):
             report.problems.append(f"the source admin must be a member of {svc.owner_role} "
                                    "to publish its tables (a publication FOR TABLE needs the "
-                                   "table owner)")
-    report.rls_tables = [r[0] for r in conn.execute(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = %s AND c.relkind = 'r' AND c.relrowsecurity ORDER BY 1", [schema])]
+                                   f"table owner): GRANT {svc.owner_role} TO <admin>")
+        if not _one(conn, "SELECT has_database_privilege(current_database(), 'CREATE')"):
+            report.problems.append(
+                "the source admin lacks CREATE on the source database (CREATE PUBLICATION "
+                "needs it): GRANT CREATE ON DATABASE <db> TO <admin>")
     report.size_bytes = int(_one(
         conn, "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
               " JOIN pg_namespace n ON n.oid = c.relnamespace"
               " WHERE n.nspname = %s AND c.relkind = 'r'", [schema]) or 0)
     report.estimate_s = report.size_bytes / ESTIMATE_BYTES_PER_S
+    if report.unlogged:
+        report.notes.append(
+            "unlogged tables cannot be published; their rows are copied during the freeze "
+            f"(the write pause grows with them): {', '.join(report.unlogged)}")
     blockers = conn.execute(
         "SELECT pid, usename, now() - xact_start FROM pg_stat_activity"
         " WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '1 minute'"
@@ -140,7 +225,15 @@ def source_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
 def target_checks(conn: psycopg.Connection[Any], svc: Service, report: PreflightReport) -> None:
     version = conn.info.server_version
     superuser = bool(_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+    if report.replication_login == "admin" and not report.source_has_password:
+        report.problems.append(
+            "the subscription must log in as the source admin, but the source URL carries "
+            "no password: put the admin's password in the source URL")
     if not superuser:
+        if not _one(conn, "SELECT rolcreaterole FROM pg_roles WHERE rolname = current_user"):
+            report.problems.append(
+                "the target admin lacks CREATEROLE (provisioning creates the topology's "
+                "roles there): ALTER ROLE <admin> CREATEROLE as a superuser")
         if version < 160000:
             report.problems.append(
                 "the target runs PostgreSQL 15 or older: CREATE SUBSCRIPTION needs a "
@@ -163,10 +256,11 @@ def target_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
                 "ALTER ROLE <admin> BYPASSRLS as a superuser")
     tables = _one(conn, "SELECT count(*) FROM pg_class c JOIN pg_namespace n"
                         " ON n.oid = c.relnamespace WHERE n.nspname = %s"
-                        " AND c.relkind IN ('r', 'p', 'S')", [svc.schema])
+                        " AND c.relkind IN ('r', 'p', 'S', 'v', 'm')", [svc.schema])
     if tables:
         report.problems.append(
-            f"schema {svc.schema} on the target already has {tables} tables or sequences: "
+            f"schema {svc.schema} on the target already has {tables} tables, views or "
+            "sequences: "
             "the target must be empty (abort an earlier move with --abort, or drop them)")
 
 
@@ -180,7 +274,8 @@ def preflight(source: dict[str, Any], target: dict[str, Any], svc: Service, *,
               ) -> PreflightReport:
     """Check both servers; never changes anything.  *target_prepared*: a resumed move
     has already copied the DDL, so the target's tables are expected."""
-    report = PreflightReport(service=svc.name)
+    report = PreflightReport(service=svc.name, source_has_password=bool(
+        source.get("password")))
     with connect(source, purpose="preflight the source of the move") as conn:
         source_checks(conn, svc, report, allow_unbounded_wal=allow_unbounded_wal)
         source_id = conn.execute(_WHO).fetchone()
