@@ -111,38 +111,57 @@ class RestoreReport:
 
 
 # Entry types of a pg_restore listing that are more than one word, longest first.
+# pg_dump's own names (pg_dump.c, pg_backup_archiver.c); a name of one word needs no entry.
 _TOC_TYPES = sorted([
-    "TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "DEFAULT ACL", "FK CONSTRAINT",
-    "ROW SECURITY", "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE",
-    "EVENT TRIGGER", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "LARGE OBJECT",
+    "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH", "SEQUENCE SET", "SEQUENCE OWNED BY",
+    "DEFAULT ACL", "FK CONSTRAINT", "CHECK CONSTRAINT", "ROW SECURITY",
+    "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE", "EVENT TRIGGER",
+    "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION TABLE",
+    "LARGE OBJECT", "BLOB METADATA", "BLOB DATA", "STATISTICS DATA", "SHELL TYPE",
+    "PROCEDURAL LANGUAGE", "ACCESS METHOD", "OPERATOR CLASS", "OPERATOR FAMILY",
     "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER",
-    "TEXT SEARCH TEMPLATE", "USER MAPPING", "FOREIGN DATA WRAPPER", "DEFAULT",
+    "TEXT SEARCH TEMPLATE", "USER MAPPING", "FOREIGN DATA WRAPPER", "FOREIGN SERVER",
+    "DATABASE PROPERTIES", "SECURITY LABEL", "DEFAULT",
 ], key=len, reverse=True)
+
+
+def toc_entry(line: str) -> tuple[str, str | None, str] | None:
+    """(DESC, NAMESPACE or None, NAME) of a ``pg_restore --list`` line, None for comments.
+
+    The documented form is ``dumpId; tableoid oid DESC NAMESPACE NAME OWNER``: DESC may
+    be several words (matched against pg_dump's list, longest first), NAMESPACE is ``-``
+    for none, NAME may hold spaces, OWNER (possibly empty) is the last field.
+    """
+    if line.startswith(";") or ";" not in line:
+        return None
+    head, _, rest = line.partition("; ")
+    fields = rest.split(" ", 2)
+    if not head.strip().isdigit() or len(fields) < 3:
+        return None
+    body = fields[2]
+    kind = next((k for k in _TOC_TYPES if body.startswith(k + " ")), body.split(" ")[0])
+    tail = body[len(kind) + 1:]
+    namespace, _, named = tail.partition(" ")
+    name = named.rsplit(" ", 1)[0] if " " in named else named
+    return kind, None if namespace == "-" else namespace, name
 
 
 def _toc_schema(line: str) -> str | None:
     """The schema a pg_restore --list line belongs to (None for comments and globals).
 
-    Lines look like ``217; 1259 16400 TABLE auth_schema users auth_owner``; a schema's
-    own entries have namespace ``-``: ``SCHEMA - auth_schema owner``,
+    A schema's own entries have namespace ``-``: ``SCHEMA - auth_schema owner``,
     ``ACL - SCHEMA auth_schema owner``.
     """
-    if line.startswith(";") or not line.strip():
+    entry = toc_entry(line)
+    if entry is None:
         return None
-    parts = line.split(" ", 3)
-    if len(parts) < 4:
-        return None
-    rest = parts[3]
-    kind = next((t for t in _TOC_TYPES if rest.startswith(t + " ")), rest.split(" ")[0])
-    fields = rest[len(kind) + 1:].split(" ")
-    if not fields:
-        return None
-    if fields[0] != "-":
-        return fields[0]
-    if kind == "SCHEMA" and len(fields) > 1:
-        return fields[1]
-    if kind in ("ACL", "COMMENT", "SECURITY LABEL") and len(fields) > 2 and fields[1] == "SCHEMA":
-        return fields[2]
+    kind, namespace, name = entry
+    if namespace is not None:
+        return namespace
+    if kind == "SCHEMA":
+        return name
+    if kind in ("ACL", "COMMENT", "SECURITY LABEL") and name.startswith("SCHEMA "):
+        return name[len("SCHEMA "):]
     return None
 
 
@@ -307,15 +326,19 @@ class BackupManager:
 
     @staticmethod
     def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
+        # Leaf by leaf: every table that holds rows itself (partitions at any depth,
+        # default partitions, inheritance children, unlogged tables), each FROM ONLY.
+        # A partitioned parent holds none (pg_dump writes its rows under the leaves),
+        # and an inheritance parent's count(*) would include its children's rows.
         tables = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY(%s)"
-            " AND NOT c.relispartition ORDER BY 1, 2", [schemas]).fetchall()
+            " WHERE c.relkind = 'r' AND n.nspname = ANY(%s)"
+            " ORDER BY 1, 2", [schemas]).fetchall()
         if not tables:
             return {}
         union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT %s, count(*) FROM {}").format(sql.Identifier(s, t))
+            sql.SQL("SELECT %s, count(*) FROM ONLY {}").format(sql.Identifier(s, t))
             for s, t in tables)
         rows = conn.execute(union, [f"{s}.{t}" for s, t in tables]).fetchall()
         return {name: int(n) for name, n in rows}
@@ -342,10 +365,9 @@ class BackupManager:
         """The tables whose data the archive holds."""
         tables = set()
         for line in self._listing(manifest):
-            if " TABLE DATA " in line:
-                parts = line.split(" TABLE DATA ", 1)[1].split()
-                if len(parts) >= 2:
-                    tables.add(f"{parts[0]}.{parts[1]}")
+            entry = toc_entry(line)
+            if entry is not None and entry[0] == "TABLE DATA" and entry[1] is not None:
+                tables.add(f"{entry[1]}.{entry[2]}")
         return tables
 
     def verify(self, backup_id: str, deep: bool = False) -> dict[str, Any]:
@@ -448,6 +470,17 @@ class BackupManager:
             self.progress("applying the backup's preamble (roles, schemas, grants)")
             opening += preamble_sql(directory / "preamble.sql", keep_role_settings=not scratch)
         drop = [s for s in (replace if replace is not None else schemas) if s != "public"]
+        if "public" in (replace or []):
+            # The public schema is never created by pg_dump's script (every database has
+            # one): empty it by recreating it as a new database has it.
+            opening += (b"DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n"
+                        b"ALTER SCHEMA public OWNER TO pg_database_owner;\n"
+                        b"GRANT USAGE ON SCHEMA public TO PUBLIC;\n")
+        if not scratch and self._archive_has_blobs(manifest):
+            # Large objects belong to the database, not to a schema: a restore that holds
+            # them replaces them all (pg_restore recreates each with its own OID).
+            opening += (b"SELECT pg_catalog.lo_unlink(oid) FROM "
+                        b"pg_catalog.pg_largeobject_metadata;\n")
         # The restore replaces whole schemas: objects created after the backup go too;
         # and pg_restore recreates the schemas the preamble created already if fresh.
         for schema in dict.fromkeys(drop + ([s for s in schemas if s != "public"]
@@ -455,8 +488,11 @@ class BackupManager:
             opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
                 sql.Identifier(schema)).as_string(None).encode()
         pg_restore = find_tool("pg_restore", major)
-        restore_args = [str(pg_restore), "--file=-", "--clean", "--if-exists",
-                        "--single-transaction"]
+        # The schemas being restored were dropped above, so pg_restore's own --clean is
+        # not needed, and it would break a schema holding a view that pg_dump split into
+        # a placeholder and a _RETURN rule (the rule's "drop" is a CREATE OR REPLACE
+        # VIEW in a schema that is gone).
+        restore_args = [str(pg_restore), "--file=-", "--single-transaction"]
         toc: Path | None = None
         if set(schemas) != set(manifest.schemas):
             toc = self._toc_for(manifest, schemas)
@@ -485,6 +521,11 @@ class BackupManager:
         finally:
             if toc is not None:
                 toc.unlink(missing_ok=True)
+
+    def _archive_has_blobs(self, manifest: Manifest) -> bool:
+        return any((entry := toc_entry(line)) is not None
+                   and entry[0] in ("BLOB", "BLOB METADATA", "LARGE OBJECT", "BLOBS")
+                   for line in self._listing(manifest))
 
     def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
         return any(" ROW SECURITY " in line and _toc_schema(line) in schemas

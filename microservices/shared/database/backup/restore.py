@@ -72,7 +72,7 @@ def count_check_sql(row_counts: dict[str, int], schemas: Iterable[str]) -> bytes
         if schema not in chosen:
             continue
         checks.append(sql.SQL(
-            "  SELECT count(*) INTO n FROM {};\n"
+            "  SELECT count(*) INTO n FROM ONLY {};\n"
             "  IF n <> {} THEN bad := bad || pg_catalog.format("
             "'%s: manifest %s, restored %s; ', {}, {}, n); END IF;\n").format(
                 sql.Identifier(schema, name), sql.Literal(expected), sql.Literal(table),
