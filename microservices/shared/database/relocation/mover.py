@@ -326,9 +326,7 @@ def _create_slot(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
         blockers = conn.execute(_SLOT_BLOCKERS).fetchall()
         conn.execute("RESET statement_timeout")
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(ctx.name)))
-        if _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", ctx.name):
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(ctx.name)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(ctx.name)))
+        _drop_move_role(conn, ctx)
         raise MoveError(
             f"Creating the replication slot waited {ctx.slot_timeout_s:g} s for open write "
             "transactions to end: "
@@ -337,6 +335,24 @@ def _create_slot(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
             + ". End them (pg_terminate_backend(pid)) or let them finish, then --resume; "
             "nothing was left behind.") from None
     conn.execute("RESET statement_timeout")
+
+
+def _drop_move_role(conn: psycopg.Connection[Any], ctx: MoveContext) -> None:
+    """Drop the temporary replication role, if any.  Revoke its grants rather than
+    DROP OWNED BY: on 16+ a non-superuser admin that created it holds ADMIN OPTION on
+    it but not its privileges, which DROP OWNED BY requires."""
+    if not _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", ctx.name):
+        return
+    role, schema = sql.Identifier(ctx.name), sql.Identifier(ctx.service.schema)
+    if _exists(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", ctx.service.schema):
+        conn.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(
+            schema, role))
+        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(schema, role))
+    try:
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
+    except psycopg.errors.DependentObjectsStillExist:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+        conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 def lag(ctx: MoveContext) -> tuple[int, int, int, float | None, str]:
@@ -743,9 +759,7 @@ def drop_replication(ctx: MoveContext) -> None:
                 conn.execute("SELECT pg_terminate_backend(%s)", [row[0]])
             time.sleep(0.1)
         conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(name))
-        if _exists(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", ctx.name):
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(name))
-            conn.execute(sql.SQL("DROP ROLE {}").format(name))
+        _drop_move_role(conn, ctx)
 
 
 def retire_source(ctx: MoveContext, epoch: int) -> None:
