@@ -202,9 +202,6 @@ def test_non_admin_member_of_the_meta_role_makes_the_registry_untrusted(
         _reset(home)
 
 
-@pytest.mark.xfail(reason="B's copy phase fails: 'permission denied to drop objects' owned by"
-                   " edulink_move_institution (mover's copy/cleanup, not the meta layer)",
-                   strict=False)
 def test_change_of_admin_then_moved_table_error(root: Path, monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     """Admin A prepares a move and aborts it; admin B (another Supabase-like admin)
