@@ -499,6 +499,13 @@ class BackupManager:
             restore_args.append(f"--use-list={toc}")
         restore_args.append(str(directory / manifest.archive))
         self.progress(f"restoring {', '.join(schemas)} in one transaction")
+        matviews = sorted(f"{e[1]}.{e[2]}" for line in self._listing(manifest)
+                          if (e := toc_entry(line)) is not None
+                          and e[0] == "MATERIALIZED VIEW DATA" and e[1] in schemas)
+        if matviews:
+            # pg_dump keeps a materialized view's query, not its rows.
+            self.progress(f"materialized views are refreshed from the restored tables, not "
+                          f"restored as they were: {', '.join(matviews)}")
         with connect(target, purpose="restore") as conn:
             target_major = conn.info.server_version // 10000
         # pg_restore 18 writing a script cannot know the server, and emits settings
