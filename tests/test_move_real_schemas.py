@@ -135,6 +135,8 @@ def test_sample_schema_moves_under_a_writer(root: Path, monkeypatch: pytest.Monk
             time.sleep(0.3)
         assert writer.errors == [] and writer.commits > 0
         assert report is not None and report.ok
+        print("\nleaf rows in the freeze (source / target):", ", ".join(
+            f"{t} {n}/{seen['target'].rows[t]}" for t, n in seen["source"].rows.items()))
         _assert_same(seen["source"], seen["target"])
         snap = seen["target"]
         assert snap.rows["session_cache"] == 300  # unlogged: copied in the freeze
