@@ -100,3 +100,20 @@ def test_cli_backup_auto_exits_0_on_partitioned_schema(sample_db: dict[str, Any]
     result = subprocess.run([sys.executable, "-m", "microservices.shared.database", "backup",
                              "auto"], capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_manifest_records_matviews_and_drill_skips_a_damaged_newest(
+        sample_db: dict[str, Any]) -> None:
+    m = BackupManager(load_settings())
+    older = m.create_schema_backup([INST.schema]).backup_id
+    newer = m.create_schema_backup([INST.schema]).backup_id
+    assert m.store.load(older).matviews == {f"{INST.schema}.campus_cold": False,
+                                            f"{INST.schema}.campus_stats": True}
+    m.verify(older)
+    m.verify(newer)
+    dump = m.store.path(newer) / f"{newer}.dump"
+    dump.write_bytes(dump.read_bytes()[:1000])  # truncated after it was verified
+    report = run_drill(m)
+    assert report.ok and report.backup_id == older
+    with pytest.raises(Exception, match="truncated"):
+        m.restore(newer, safety_backup=False)

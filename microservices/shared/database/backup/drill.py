@@ -65,7 +65,22 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
         if not candidates:
             raise BackupNotFoundError(
                 "No verified backup to drill: take one with 'edulink-db backup auto'.")
-        backup_id = candidates[-1].backup_id
+        # The newest one whose files are all there and intact: a damaged newest backup
+        # must not stop the drill of the one before it.
+        skipped: list[str] = []
+        for candidate in reversed(candidates):
+            try:
+                store.check_files(candidate)
+            except BackupError as exc:
+                skipped.append(f"{candidate.backup_id} ({exc})")
+                continue
+            backup_id = candidate.backup_id
+            break
+        else:
+            raise BackupNotFoundError("No verified backup can be drilled: "
+                                      + "; ".join(skipped))
+        for line in skipped:
+            manager.progress(f"drill: skipping {line}")
     manifest = store.load(backup_id)
     manager.progress(f"drill: checking {backup_id} (checksums, archive)")
     store.check_files(manifest)
@@ -83,14 +98,12 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
         manager._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
         report.restore_seconds = round(time.perf_counter() - started, 3)
         with connect(target, purpose="count the drill's rows") as conn:
-            counts = manager._count_rows(conn, manifest.schemas)
-        report.mismatches = [f"{t}: manifest {n}, restored {counts.get(t)}"
-                             for t, n in sorted(manifest.row_counts.items())
-                             if counts.get(t) != n]
+            report.mismatches, counts = manager.restored_problems(manifest, conn)
         report.tables, report.rows = len(counts), sum(counts.values())
         report.ok = not report.mismatches
         if report.mismatches:
-            report.error = "row counts differ: " + "; ".join(report.mismatches)
+            report.error = "the restore differs from the backup: " + "; ".join(
+                report.mismatches)
     except BackupError as exc:
         report.error = str(exc)
     finally:

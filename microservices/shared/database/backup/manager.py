@@ -307,6 +307,7 @@ class BackupManager:
                 try:
                     # Meanwhile, count rows in the very snapshot pg_dump reads.
                     row_counts = self._count_rows(snap, schemas)
+                    matviews = self._matviews(snap, schemas)
                 finally:
                     code = proc.wait()
                 if code != 0:
@@ -322,7 +323,8 @@ class BackupManager:
             database=str(admin.get("dbname", "")), format=fmt,
             compression="gzip:6" if compress else "none", server_version=server_version,
             tool_version=str(tool_version(pg_dump)), started_at="", finished_at="",
-            duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot)
+            duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot,
+            matviews=matviews)
 
     @staticmethod
     def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
@@ -342,6 +344,31 @@ class BackupManager:
             for s, t in tables)
         rows = conn.execute(union, [f"{s}.{t}" for s, t in tables]).fetchall()
         return {name: int(n) for name, n in rows}
+
+    @staticmethod
+    def _matviews(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, bool]:
+        """Whether each materialized view of *schemas* is populated."""
+        return {f"{s}.{n}": bool(p) for s, n, p in conn.execute(
+            "SELECT n.nspname, c.relname, c.relispopulated FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY 1, 2", [schemas])}
+
+    def restored_problems(self, manifest: Manifest, conn: psycopg.Connection[Any]
+                          ) -> tuple[list[str], dict[str, int]]:
+        """What makes a restore of *manifest* on *conn* differ from the backup, one line
+        per object (and the leaf counts found).  The one definition of "this backup
+        restores as it was taken", used by deep verify and by drills (and so by
+        ``backup auto``, which verifies what it takes)."""
+        counts = self._count_rows(conn, manifest.schemas)
+        problems = [f"table {t}: manifest {n} rows, restored {counts.get(t)}"
+                    for t, n in sorted(manifest.row_counts.items()) if counts.get(t) != n]
+        if manifest.matviews:
+            found = self._matviews(conn, manifest.schemas)
+            problems += [f"materialized view {v}: "
+                         + ("populated at backup, not after the restore" if was else
+                            "unpopulated at backup, populated after the restore")
+                         for v, was in sorted(manifest.matviews.items()) if found.get(v) != was]
+        return problems, counts
 
     # -- verifying ------------------------------------------------------------------
     def _listing(self, manifest: Manifest) -> list[str]:
@@ -392,7 +419,7 @@ class BackupManager:
             raise
         store.record_verification(manifest, deep=deep, ok=ok)
         if not ok:
-            raise BackupError(f"{backup_id}: restored row counts differ from the manifest: "
+            raise BackupError(f"{backup_id}: the restore differs from the backup: "
                               + "; ".join(mismatches))
         return {"backup_id": backup_id, "ok": True, "deep": deep,
                 "tables": len(manifest.row_counts)}
@@ -408,9 +435,7 @@ class BackupManager:
         try:
             self._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
             with connect(target, purpose="count restored rows") as conn:
-                counts = self._count_rows(conn, manifest.schemas)
-            return [f"{t}: manifest {n}, restored {counts.get(t)}"
-                    for t, n in sorted(manifest.row_counts.items()) if counts.get(t) != n]
+                return self.restored_problems(manifest, conn)[0]
         finally:
             with connect(admin, purpose="drop the scratch database") as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(

@@ -122,6 +122,9 @@ class Manifest:
     row_counts: dict[str, int]
     snapshot: str
     verified: dict[str, Any] = field(default_factory=dict)  # {"at", "deep", "ok"}
+    # "schema.view" -> populated, in the dump's snapshot (pg_dump stores no matview rows:
+    # a restore refreshes the populated ones, so only this flag can be checked).
+    matviews: dict[str, bool] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
     key_id: str = ""
     hmac: str = ""  # HMAC-SHA256 of every other field (see BackupStore.sign)
