@@ -127,6 +127,10 @@ class Settings(BaseSettings):
         None, description="HMAC key signing backup manifests (else generated into secrets)")
     edulink_db_drill_url: SecretStr | None = Field(
         None, description="server for 'backups drill' scratch databases (default: the admin's)")
+    # Admin URLs of the servers moved services live on (comma-separated), matched to the
+    # location registry by host, port and dbname; else move-service's saved credential.
+    edulink_db_location_admin_urls: SecretStr | None = Field(
+        None, description="admin URLs of moved services' servers, for backups and restores")
 
     # edulink-db itself.
     edulink_db_topology: Path | None = None
@@ -139,7 +143,8 @@ class Settings(BaseSettings):
         for key, value in super().__repr_args__():
             if key == "database_url" and value is not None:
                 yield key, mask_dsn(value.get_secret_value())
-            elif key == "database_replica_urls" and value is not None:
+            elif key in ("database_replica_urls", "edulink_db_location_admin_urls") and (
+                    value is not None):
                 yield key, ",".join(mask_dsn(u) for u in split_urls(value.get_secret_value()))
             else:
                 yield key, value

@@ -19,6 +19,17 @@ files' checksums and pg_restore's archive listing are checked, so a damaged back
 is refused untouched. Unless told otherwise, the schemas about to be replaced are
 first saved in a ``prerestore_*`` backup, so a mistaken restore can be undone.
 
+**Backup sets.** A full backup covers the topology's schemas, the project's own
+metadata (``edulink_db_meta``) and large objects; never a hosting platform's schemas
+(core/platform.py) unless named with ``include_schemas``. Full and schema backups
+follow moves (``edulink-db move-service``): the schemas on the home server go into
+one backup as before; each moved service's schema is dumped from where the location
+registry says it lives now, with a snapshot of its own, into a *part*: a sibling
+backup ``<set id>.<service>`` whose manifest has ``set_id`` and ``source``. The set's
+home manifest lists every schema in ``set_schemas`` (its source location and the
+backup holding it). Restores follow the registry too: a moved schema is restored
+where it lives now.
+
 **Clean targets.** A backup carries ``preamble.sql``: the topology's roles,
 schemas, grants, default privileges and helpers, as in ``edulink-db sql``. It is
 applied first when the target database lacks them, so a schema backup restores
@@ -44,10 +55,19 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..config import Settings, admin_conninfo, load_settings, mask_dsn
 from ..connections.direct import connect, want_primary
-from ..core.errors import BackupError, BackupNotFoundError, ConfigError
+from ..connections.location import META_SCHEMA, location_string
+from ..core.errors import BackupError, BackupNotFoundError, ConfigError, EdulinkDBError
 from ..core.identifiers import validate_identifier
+from ..core.platform import is_platform_schema
 from ..privileges.provisioning import render_postgresql_script
 from ..server.pg_tools import find_tool, libpq_env, tool_version
+from .placement import (
+    Placement,
+    location_admin,
+    moves_in_progress,
+    placements,
+    read_placements,
+)
 from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
 from .store import (
     BackupStore,
@@ -62,6 +82,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 RESTORE_LOCK_TIMEOUT = "60s"
+SET_KINDS = ("full", "schema")  # backups that follow moves (a prerestore saves one server)
 # Settings newer pg_restore versions put in a script's header: (first major, name).
 _VERSIONED_SETTINGS = [(17, "transaction_timeout")]
 
@@ -89,6 +110,7 @@ class BackupInfo:
     size: int
     duration_s: float
     row_counts: dict[str, int] = field(default_factory=dict)
+    parts: list[str] = field(default_factory=list)  # the set's part backups (moved schemas)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, store: BackupStore) -> BackupInfo:
@@ -105,6 +127,8 @@ class RestoreReport:
     safety_backup: str | None
     preamble_applied: bool
     duration_s: float
+    # One entry per archive and server the restore used: {backup_id, schemas, target}.
+    parts: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -163,6 +187,35 @@ def _toc_schema(line: str) -> str | None:
     if kind in ("ACL", "COMMENT", "SECURITY LABEL") and name.startswith("SCHEMA "):
         return name[len("SCHEMA "):]
     return None
+
+
+def _select_schemas(settings: Settings, present: list[str], schemas: list[str] | None,
+                    exclude: list[str], include: list[str]) -> tuple[list[str], list[str]]:
+    """(schemas to dump, notes for the manifest).
+
+    *schemas* None is a full backup: the topology's schemas that are present and the
+    project's metadata schema, then *include* (any schema, a platform one too). A
+    platform schema never gets in by default: it is the platform's to back up, and its
+    dump does not restore outside the platform. *exclude*: schemas this set dumps
+    from where they moved (their home copies are empty). A schema backup whose every
+    schema moved keeps the registry (edulink_db_meta) in its home part."""
+    if schemas is None:
+        wanted = [s for s in settings.topology().schemas if s in present]
+        if META_SCHEMA in present:
+            wanted.append(META_SCHEMA)
+        wanted += [s for s in include if s not in wanted]
+    else:
+        wanted = list(schemas)
+    chosen = [s for s in wanted if s not in exclude]
+    if not chosen and exclude and META_SCHEMA in present:
+        chosen = [META_SCHEMA]
+    if not chosen:
+        raise ConfigError("Nothing to back up: the database has none of the topology's "
+                          "schemas. Provision it ('edulink-db provision') or name schemas "
+                          "with 'backup schema'.")
+    notes = [f"{s}: a platform schema, included because it was asked for"
+             for s in chosen if is_platform_schema(s)]
+    return chosen, notes
 
 
 def target_params(target_db: str | None, settings: Settings) -> dict[str, Any]:
@@ -226,9 +279,17 @@ class BackupManager:
 
     # -- creating ---------------------------------------------------------------
     def create_full_backup(self, compress: bool = True, *, fmt: str = "custom",
-                           jobs: int = 1) -> BackupInfo:
-        """Every schema of the database."""
-        return self._backup("full", None, compress=compress, fmt=fmt, jobs=jobs)
+                           jobs: int = 1, include_schemas: list[str] | None = None
+                           ) -> BackupInfo:
+        """The topology's schemas, wherever each lives now (moved ones in parts of the
+        set), the project's metadata (edulink_db_meta, when present) and large objects.
+        A platform's schemas (core/platform.py) only when named in *include_schemas*,
+        which adds any schema of the home database (noted in the manifest)."""
+        include = list(dict.fromkeys(include_schemas or []))
+        for schema in include:
+            validate_identifier(schema, "schema to include")
+        return self._backup("full", None, compress=compress, fmt=fmt, jobs=jobs,
+                            include=include)
 
     def create_schema_backup(self, schemas: list[str], compress: bool = True, *,
                              fmt: str = "custom", jobs: int = 1) -> BackupInfo:
@@ -241,7 +302,13 @@ class BackupManager:
                             fmt=fmt, jobs=jobs)
 
     def _backup(self, kind: str, schemas: list[str] | None, *, compress: bool, fmt: str,
-                jobs: int, admin: dict[str, Any] | None = None) -> BackupInfo:
+                jobs: int, admin: dict[str, Any] | None = None,
+                include: list[str] | None = None) -> BackupInfo:
+        """Take a backup (a set, for full and schema backups: see the module's doc).
+
+        Every moved schema's location credential is looked up before anything is
+        dumped, so a missing one fails the whole set at once, in one line. A failed
+        part or home dump leaves no part of the set behind."""
         if fmt not in ("custom", "directory"):
             raise ConfigError(f"Unknown backup format {fmt!r}; use 'custom' or 'directory'.")
         if jobs < 1 or (jobs > 1 and fmt != "directory"):
@@ -251,13 +318,66 @@ class BackupManager:
         # commit, not whichever host answers first (a standby may lag, and pg_dump there
         # can be cancelled by recovery conflicts).  pg_dump gets the same parameters.
         admin = want_primary(admin or admin_conninfo(self.settings))
+        moved: dict[str, tuple[Placement, dict[str, Any]]] = {}
+        if kind in SET_KINDS:
+            placed = placements(self.settings, admin)
+            wanted = schemas if schemas is not None else list(placed)
+            moved = {s: (placed[s], want_primary(location_admin(self.settings, placed[s])))
+                     for s in wanted if s in placed and placed[s].location is not None}
         store = self.store
         backup_id = store.new_id(kind)
+        work = store.start(backup_id)  # reserves the set's id (and its parts' ids)
+        done: list[Manifest] = []
+        try:
+            for schema, (placement, params) in moved.items():
+                part_id = f"{backup_id}.{placement.service}"
+                self.progress(f"{schema} lives on {placement.location}: dumping it there "
+                              f"into {part_id}")
+                part = self._timed_dump(params, part_id, kind, [schema], compress=compress,
+                                        fmt=fmt, jobs=jobs)
+                part.set_id = backup_id
+                store.save(part)
+                done.append(part)
+            started, t0 = now_utc(), time.perf_counter()
+            manifest = self._dump(admin, backup_id, kind, schemas, work, compress=compress,
+                                  fmt=fmt, jobs=jobs, exclude=list(moved),
+                                  include=include or [])
+            manifest.started_at = started.isoformat()
+            manifest.finished_at = now_utc().isoformat()
+            manifest.duration_s = round(time.perf_counter() - t0, 3)
+            if kind in SET_KINDS:
+                manifest.set_schemas = {
+                    s: {"source": m.source, "backup_id": m.backup_id}
+                    for m in [manifest, *done] for s in m.schemas}
+            store.complete(work, manifest)
+        except BaseException as exc:
+            for part in done:
+                store.delete(part.backup_id)
+            store.abandon(work, kind, str(exc))
+            raise
+        self.progress(f"backup {backup_id}: {manifest.size / 1e6:.1f} MB, "
+                      f"{sum(manifest.row_counts.values())} rows, {manifest.duration_s:.1f}s")
+        mode = self.settings.edulink_db_backup_verify
+        if mode != "none":
+            for part in done:
+                self.verify(part.backup_id, deep=mode == "deep")
+            self.verify(backup_id, deep=mode == "deep")
+        info = BackupInfo.from_manifest(manifest, store)
+        for part in done:
+            info.schemas += part.schemas
+            info.row_counts.update(part.row_counts)
+            info.size += part.size
+            info.parts.append(part.backup_id)
+        return info
+
+    def _timed_dump(self, admin: dict[str, Any], backup_id: str, kind: str,
+                    schemas: list[str], **kw: Any) -> Manifest:
+        """One complete backup of *schemas* from *admin*'s server (a part of a set)."""
+        store = self.store
         work = store.start(backup_id)
         started, t0 = now_utc(), time.perf_counter()
         try:
-            manifest = self._dump(admin, backup_id, kind, schemas, work, compress=compress,
-                                  fmt=fmt, jobs=jobs)
+            manifest = self._dump(admin, backup_id, kind, schemas, work, **kw)
             manifest.started_at = started.isoformat()
             manifest.finished_at = now_utc().isoformat()
             manifest.duration_s = round(time.perf_counter() - t0, 3)
@@ -265,16 +385,14 @@ class BackupManager:
         except BaseException as exc:
             store.abandon(work, kind, str(exc))
             raise
-        self.progress(f"backup {backup_id}: {manifest.size / 1e6:.1f} MB, "
-                      f"{sum(manifest.row_counts.values())} rows, {manifest.duration_s:.1f}s")
-        mode = self.settings.edulink_db_backup_verify
-        if mode != "none":
-            self.verify(backup_id, deep=mode == "deep")
-        return BackupInfo.from_manifest(manifest, store)
+        return manifest
 
     def _dump(self, admin: dict[str, Any], backup_id: str, kind: str,
               schemas: list[str] | None, work: Path, *, compress: bool, fmt: str,
-              jobs: int) -> Manifest:
+              jobs: int, exclude: list[str] | None = None,
+              include: list[str] | None = None) -> Manifest:
+        """Dump *schemas* of *admin*'s database (None: a full backup's selection, plus
+        *include*), minus *exclude* (schemas a set takes from where they moved)."""
         with connect(admin, purpose="back up", autocommit=False) as snap:
             snap.isolation_level = IsolationLevel.REPEATABLE_READ
             snap.read_only = True
@@ -282,8 +400,8 @@ class BackupManager:
             present = [r[0] for r in snap.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s)"
                 " AND nspname NOT LIKE 'pg\\_%%' ORDER BY 1", [list(SYSTEM_SCHEMAS)]).fetchall()]
-            if schemas is None:
-                schemas = present
+            schemas, notes = _select_schemas(self.settings, present, schemas,
+                                             exclude or [], include or [])
             missing = [s for s in schemas if s not in present]
             if missing:
                 raise ConfigError(f"No schema {', '.join(missing)} in database "
@@ -297,8 +415,12 @@ class BackupManager:
                     f"--compress={6 if compress else 0}"]
             if jobs > 1:
                 args.append(f"--jobs={jobs}")
-            if kind != "full":
-                args += [f"--schema={s}" for s in schemas]
+            # Always by name: a full backup is the project's schemas, not the platform's.
+            # With --schema, pg_dump leaves large objects out unless asked (-b).
+            args += [f"--schema={s}" for s in schemas]
+            large_objects = kind == "full"
+            if large_objects:
+                args.append("-b")  # --large-objects (--blobs before 16)
             self.progress(f"dumping {len(schemas)} schema(s) with {pg_dump.name} "
                           f"{tool_version(pg_dump)} ({fmt})")
             with tempfile.TemporaryFile("w+") as errors:
@@ -324,7 +446,8 @@ class BackupManager:
             compression="gzip:6" if compress else "none", server_version=server_version,
             tool_version=str(tool_version(pg_dump)), started_at="", finished_at="",
             duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot,
-            matviews=matviews)
+            matviews=matviews, source=location_string(admin),
+            large_objects=large_objects, notes=notes)
 
     @staticmethod
     def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
@@ -444,12 +567,74 @@ class BackupManager:
     # -- restoring -----------------------------------------------------------------
     def restore(self, backup_id: str, *, schemas: list[str] | None = None,
                 target_db: str | None = None, safety_backup: bool = True) -> RestoreReport:
-        """Replace *schemas* (default: all in the backup) with the backup's contents,
-        atomically. Raises BackupError/BackupCorruptError/BackupNotFoundError."""
+        """Replace *schemas* with the backup's contents, atomically per server.
+
+        Default *schemas*: every schema of the backup's set except the location
+        registry (edulink_db_meta: restored only when named, for an old registry would
+        send pools back to where services no longer live). Each schema goes where the
+        registry on the home server says it lives now (a moved one: to its location,
+        from whichever backup of the set holds it), or to *target_db* when given.
+        Refused, in one line, while a chosen schema's service is being moved.
+        Raises BackupError/BackupCorruptError/BackupNotFoundError/ConfigError."""
+        started = time.perf_counter()
+        manifest = self.store.load(backup_id)
+        holders = ({s: h["backup_id"] for s, h in manifest.set_schemas.items()}
+                   or dict.fromkeys(manifest.schemas, backup_id))
+        chosen = list(dict.fromkeys(schemas or [s for s in holders if s != META_SCHEMA]
+                                    or list(holders)))
+        absent = [s for s in chosen if s not in holders]
+        if absent:
+            raise ConfigError(f"Backup {backup_id} does not contain {', '.join(absent)} "
+                              f"(it has {', '.join(holders)}).")
+        # (backup id, target params) -> schemas restored from that archive to that server
+        routes: dict[tuple[str, str], tuple[dict[str, Any], list[str]]] = {}
+        if target_db:
+            where = {s: target_params(target_db, self.settings) for s in chosen}
+        else:
+            where = self._restore_destinations(chosen)
+        for schema in chosen:
+            params = where[schema]
+            entry = routes.setdefault((holders[schema], mask_dsn(params)), (params, []))
+            entry[1].append(schema)
+        done: list[RestoreReport] = []
+        for (holder, _shown), (params, part_schemas) in routes.items():
+            part = manifest if holder == backup_id else self.store.load(holder)
+            done.append(self._restore_one(part, part_schemas, params,
+                                          safety_backup=safety_backup))
+        first = done[0]
+        return RestoreReport(
+            backup_id=backup_id, schemas=chosen,
+            target=", ".join(dict.fromkeys(r.target for r in done)),
+            safety_backup=first.safety_backup,
+            preamble_applied=any(r.preamble_applied for r in done),
+            duration_s=round(time.perf_counter() - started, 3),
+            parts=[{"backup_id": r.backup_id, "schemas": r.schemas, "target": r.target,
+                    "safety_backup": r.safety_backup} for r in done])
+
+    def _restore_destinations(self, schemas: list[str]) -> dict[str, dict[str, Any]]:
+        """Where each of *schemas* lives now (admin parameters), from the home server's
+        registry; refuses schemas whose service is being moved."""
+        home = admin_conninfo(self.settings)
+        with connect(home, purpose="read the location registry") as conn:
+            placed = read_placements(conn, self.settings.topology(), home)
+            moving = moves_in_progress(conn)
+        busy = [f"{placed[s].service} ({s}) to {moving[placed[s].service]}"
+                for s in schemas if s in placed and placed[s].service in moving]
+        if busy:
+            raise BackupError(
+                f"Not restoring: a move is in progress for {', '.join(busy)}; finish it "
+                "('edulink-db move-service SERVICE --resume') or undo it (--abort) first.")
+        return {s: (want_primary(location_admin(self.settings, placed[s]))
+                    if s in placed and placed[s].location is not None else home)
+                for s in schemas}
+
+    def _restore_one(self, manifest: Manifest, chosen: list[str], target: dict[str, Any],
+                     *, safety_backup: bool) -> RestoreReport:
+        """Restore *chosen* schemas of one archive (*manifest*) into *target*."""
         started = time.perf_counter()
         store = self.store
-        manifest = store.load(backup_id)
-        chosen = schemas or manifest.schemas
+        backup_id = manifest.backup_id
+
         absent = [s for s in chosen if s not in manifest.schemas]
         if absent:
             raise ConfigError(f"Backup {backup_id} does not contain {', '.join(absent)} "
@@ -458,9 +643,8 @@ class BackupManager:
         store.check_files(manifest)
         self._archive_tables(manifest)
         if self._archive_has_rls(manifest, chosen):
-            with connect(target_params(target_db, self.settings), purpose="restore") as conn:
+            with connect(target, purpose="restore") as conn:
                 _require_rls_bypass(conn, chosen, "Restoring", archive_has_rls=True)
-        target = target_params(target_db, self.settings)
         with connect(target, purpose="restore") as conn:
             existing = {r[0] for r in conn.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
@@ -590,7 +774,9 @@ class BackupManager:
         """Delete backups beyond EDULINK_DB_BACKUP_KEEP_LAST (per kind) that are also
         older than EDULINK_DB_BACKUP_KEEP_DAYS; never the newest verified backup."""
         store = self.store
-        backups = store.backups()
+        every = store.backups()
+        # A set's parts go with it: counted once, deleted together.
+        backups = [m for m in every if not m.set_id]
         keep_last = self.settings.edulink_db_backup_keep_last
         cutoff = now_utc() - timedelta(days=self.settings.edulink_db_backup_keep_days)
         verified = [m for m in backups if m.verified.get("ok")]
@@ -603,6 +789,9 @@ class BackupManager:
             for m in items[:-keep_last]:
                 if m.finished < cutoff and m.backup_id not in protected:
                     doomed.append(m.backup_id)
+        sets = {m.backup_id for m in backups}
+        doomed += [m.backup_id for m in every if m.set_id
+                   and (m.set_id in doomed or (m.set_id not in sets and m.finished < cutoff))]
         if not dry_run:
             for backup_id in doomed:
                 store.delete(backup_id)
@@ -633,6 +822,8 @@ class BackupManager:
             warnings.append(f"the newest verified backup ({newest.backup_id}) is "
                             f"{age / 3600:.1f} h old (limit "
                             f"{self.settings.edulink_db_backup_max_age_hours:g} h)")
+        coverage = self._coverage()
+        warnings += [f.message for f in coverage or [] if f.overdue]
         return {
             "directory": str(store.root),
             "total_backups": len(backups),
@@ -643,7 +834,24 @@ class BackupManager:
             "newest_verified": newest.backup_id if newest else None,
             "newest_verified_age_seconds": round(age) if age is not None else None,
             "warnings": warnings,
+            # Per schema: the newest verified backup that covers it where it lives now
+            # (None when the database cannot be reached to say where that is).
+            "coverage": None if coverage is None else {
+                f.schema: {"newest": f.newest, "age_seconds": None if f.age_s is None
+                           else round(f.age_s), "overdue": f.overdue,
+                           "location": f.location, "message": f.message}
+                for f in coverage},
         }
+
+    def _coverage(self) -> list[Any] | None:
+        """backup_freshness of the topology's schemas present at home; None when the
+        home server cannot be asked (status still reports what the folder holds)."""
+        from .schedule import backup_freshness, present_schemas
+
+        try:
+            return backup_freshness(self.settings, present_schemas(self.settings))
+        except (psycopg.Error, EdulinkDBError, OSError):
+            return None
 
     def list_backups(self) -> list[dict[str, Any]]:
         return [{"backup_id": m.backup_id, "kind": m.kind, "schemas": m.schemas,

@@ -17,6 +17,11 @@ its interval. PostgreSQL does not record when a schema was created; a schema's a
 taken from its first migration (``edulink_schema_history``) and from when edulink-db
 first saw it (``.policy-state.json`` in the backup folder): a schema younger than two
 intervals is not overdue without a backup.
+
+Moves: a schema counts as backed up only by a verified backup taken from where it
+lives now (the location registry), after it moved there (``moved_at``); a backup
+of it taken at home before the move no longer counts, and a moved schema without
+a backup since is dated from the move.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from ..config import Settings, admin_conninfo
 from ..connections.direct import connect
-from ..core.errors import ConfigError
+from ..connections.location import location_string
+from ..core.errors import ConfigError, EdulinkDBError
 from ..core.secrets_store import ensure_private_dir
+from .placement import Placement, placements, same_server
 from .store import BackupStore, Manifest, backup_key, now_utc
 
 STATE_FILE = ".policy-state.json"
@@ -84,10 +93,36 @@ def _started(m: Manifest) -> datetime:
     return datetime.fromisoformat(m.started_at) if m.started_at else m.finished
 
 
-def newest_verified(backups: list[Manifest], schema: str | None) -> Manifest | None:
-    """The newest verified full/schema backup (holding *schema*, if given)."""
+@dataclass
+class Where:
+    """Where the policy's schemas live now: *placed* by schema (from the registry),
+    *home* the home server's location string (None: unknown, e.g. server down)."""
+
+    placed: dict[str, Placement] = field(default_factory=dict)
+    home: str | None = None
+
+
+def covers(m: Manifest, placement: Placement | None, home: str | None) -> bool:
+    """Whether backup *m* may stand for its schema at *placement*: taken from where
+    the schema lives now, after it moved there. Without a placement, any backup does;
+    a manifest without a source (older edulink-db) was taken at home."""
+    if placement is None:
+        return True
+    if placement.moved_at is not None and _started(m) < placement.moved_at:
+        return False
+    if placement.location is None:
+        return not m.source or home is None or same_server(m.source, home)
+    return bool(m.source) and same_server(m.source, placement.location)
+
+
+def newest_verified(backups: list[Manifest], schema: str | None,
+                    where: Where | None = None) -> Manifest | None:
+    """The newest verified full/schema backup (holding *schema*, if given; with
+    *where*, only one that covers the schema where it lives now: see :func:`covers`)."""
+    placement = where.placed.get(schema) if where is not None and schema else None
     found = [m for m in backups if m.kind in POLICY_KINDS and m.verified.get("ok")
-             and (schema is None or schema in m.schemas)]
+             and (schema is None or schema in m.schemas)
+             and covers(m, placement, where.home if where is not None else None)]
     return max(found, key=_started, default=None)
 
 
@@ -102,8 +137,10 @@ class Plan:
         return not self.full and not self.schemas
 
 
-def plan(backups: list[Manifest], policy: Policy, present: list[str], now: datetime) -> Plan:
-    """What is due at *now* (injected, so tests need no clock)."""
+def plan(backups: list[Manifest], policy: Policy, present: list[str], now: datetime,
+         where: Where | None = None) -> Plan:
+    """What is due at *now* (injected, so tests need no clock). A moved schema whose
+    backups all predate its move (or come from elsewhere) is due at once."""
     if policy.full_every is not None:
         last = max((_started(m) for m in backups
                     if m.kind == "full" and m.verified.get("ok")), default=None)
@@ -116,7 +153,7 @@ def plan(backups: list[Manifest], policy: Policy, present: list[str], now: datet
         every = policy.schema_every.get(schema)
         if every is None:
             continue
-        newest = newest_verified(backups, schema)
+        newest = newest_verified(backups, schema, where)
         if newest is None or (now - _started(newest)).total_seconds() >= every:
             due.append(schema)
             reasons.append(f"{schema}: " + ("no verified backup" if newest is None else
@@ -183,32 +220,44 @@ class Freshness:
     age_s: float | None
     overdue: bool
     message: str
+    location: str | None = None  # where the schema lives, when it moved off home
 
 
 def freshness(backups: list[Manifest], policy: Policy, present: list[str],
-              first_seen: dict[str, datetime], now: datetime) -> list[Freshness]:
+              first_seen: dict[str, datetime], now: datetime,
+              where: Where | None = None) -> list[Freshness]:
     """Per present schema: the newest verified backup's age, and whether it is overdue:
     older than twice the interval, or, without a backup, the schema known for longer
-    than that (*first_seen*: the earliest evidence of the schema; none = new)."""
+    than that (*first_seen*: the earliest evidence of the schema; none = new). With
+    *where*, only backups that cover a schema where it lives now count, and a moved
+    schema without one is dated from its move."""
     out = []
     for schema in present:
         every = policy.schema_every.get(schema)
-        newest = newest_verified(backups, schema)
+        placement = where.placed.get(schema) if where is not None else None
+        newest = newest_verified(backups, schema, where)
+        moved_at = placement.moved_at if placement is not None else None
+        location = placement.location if placement is not None else None
         age = (now - newest.finished).total_seconds() if newest else None
         if every is None:
             out.append(Freshness(schema, None, newest.backup_id if newest else None, age,
                                  False, f"{schema}: backups off"))
             continue
         since = age if age is not None else (
-            now - first_seen.get(schema, now)).total_seconds()
+            now - (moved_at or first_seen.get(schema, now))).total_seconds()
         overdue = since > 2 * every
-        if newest is None:
+        if newest is None and moved_at is not None:
+            at = f" on {location}" if location else " at home"
+            msg = (f"{schema}: no verified backup taken{at} since it moved there "
+                   f"{since / 3600:.1f} h ago"
+                   + ("; run 'edulink-db backup auto' (from cron)" if overdue else ""))
+        elif newest is None:
             msg = (f"{schema}: no verified backup, schema first seen {since / 3600:.1f} h ago"
                    + ("; run 'edulink-db backup auto' (from cron)" if overdue else ""))
         else:
             msg = f"{schema}: newest verified backup {newest.backup_id}, {since / 3600:.1f} h old"
         out.append(Freshness(schema, every, newest.backup_id if newest else None, age,
-                             overdue, msg))
+                             overdue, msg, location))
     return out
 
 
@@ -216,6 +265,41 @@ def store_for(settings: Settings, *, create_key: bool) -> BackupStore:
     root = settings.edulink_db_backup_dir or (settings.home / "backups")
     return BackupStore(Path(root).expanduser().resolve(),
                        key=backup_key(settings, create=create_key))
+
+
+def current_where(settings: Settings, root: Path | None = None) -> Where:
+    """Where the schemas live now, from the registry on the home server; when it cannot
+    be read (server down), the last placements recorded in the backup folder's state
+    (*root*), so the exporter still judges a moved schema by its own backups."""
+    try:
+        home = admin_conninfo(settings)
+        where = Where(placements(settings, home), location_string(home))
+    except (EdulinkDBError, psycopg.Error):
+        if root is None:
+            raise
+        return _where_from_state(read_state(root))
+    if root is not None and root.is_dir():
+        saved = {"home": where.home, "placed": {
+            s: {"service": p.service, "location": p.location,
+                "moved_at": p.moved_at.isoformat() if p.moved_at else None}
+            for s, p in where.placed.items()}}
+        if read_state(root).get("placements") != saved:
+            with contextlib.suppress(OSError):  # a read-only backup folder
+                update_state(root, lambda data: data.__setitem__("placements", saved))
+    return where
+
+
+def _where_from_state(state: dict[str, Any]) -> Where:
+    saved = state.get("placements")
+    if not isinstance(saved, dict):
+        return Where()
+    placed = {}
+    for schema, p in (saved.get("placed") or {}).items():
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            placed[schema] = Placement(
+                str(p["service"]), schema, p.get("location"),
+                datetime.fromisoformat(p["moved_at"]) if p.get("moved_at") else None)
+    return Where(placed, saved.get("home"))
 
 
 def backup_freshness(
@@ -231,12 +315,13 @@ def backup_freshness(
     now = now or now_utc()
     store = store_for(settings, create_key=False)
     backups = store.backups() if store.has_key else []
-    unbacked = [s for s in present if newest_verified(backups, s) is None]
+    where = current_where(settings, store.root)
+    unbacked = [s for s in present if newest_verified(backups, s, where) is None]
     evidence = first_migration(unbacked) if first_migration and unbacked else {}
     for schema, at in note_schemas(store.root, present, now, create=False).items():
         seen = datetime.fromisoformat(at)
         evidence[schema] = min(seen, evidence.get(schema, seen))
-    return freshness(backups, load_policy(settings), present, evidence, now)
+    return freshness(backups, load_policy(settings), present, evidence, now, where)
 
 
 # -- backup auto ----------------------------------------------------------------------
@@ -276,7 +361,8 @@ def run_auto(manager: Any, now: datetime | None = None) -> AutoReport:
         settings: Settings = manager.settings
         present = present_schemas(settings)
         note_schemas(store.root, present, now)
-        todo = plan(store.backups(), load_policy(settings), present, now)
+        where = current_where(settings, store.root)
+        todo = plan(store.backups(), load_policy(settings), present, now, where)
         report = AutoReport(plan=todo)
         if todo.full:
             info = manager.create_full_backup()
@@ -286,8 +372,10 @@ def run_auto(manager: Any, now: datetime | None = None) -> AutoReport:
             info = None
         if info is not None:
             report.taken.append(info.backup_id)
-            if not store.load(info.backup_id).verified.get("ok"):
-                manager.verify(info.backup_id)  # so restore and drill accept it as is
+            # Parts first: the set's home backup is the one that is listed as taken.
+            for backup_id in [*info.parts, info.backup_id]:
+                if not store.load(backup_id).verified.get("ok"):
+                    manager.verify(backup_id)  # so restore and drill accept it as is
         report.pruned = manager.prune()
         return report
     finally:

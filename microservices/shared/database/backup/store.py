@@ -125,6 +125,15 @@ class Manifest:
     # "schema.view" -> populated, in the dump's snapshot (pg_dump stores no matview rows:
     # a restore refreshes the populated ones, so only this flag can be checked).
     matviews: dict[str, bool] = field(default_factory=dict)
+    # Backup sets (see manager.py): the server this archive was dumped from, as a
+    # location string (host, port, dbname, sslmode: never a password); in a part, the
+    # id of its set's home backup; in a set's home backup, every schema of the set:
+    # {schema: {"source": location string, "backup_id": the backup holding it}}.
+    source: str = ""
+    set_id: str = ""
+    set_schemas: dict[str, dict[str, str]] = field(default_factory=dict)
+    large_objects: bool = False  # pg_dump --large-objects: the database's large objects
+    notes: list[str] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
     key_id: str = ""
     hmac: str = ""  # HMAC-SHA256 of every other field (see BackupStore.sign)
