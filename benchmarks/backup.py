@@ -2,9 +2,12 @@
 
     python benchmarks/backup.py [--mb 200] [--rounds 2]
 
-A user_schema table of at least --mb MB (heap + index) is backed up with
-BackupManager.create_schema_backup and with `pg_dump -Fc -Z6 -n user_schema` (the
-same binary, format and compression), then restored with BackupManager.restore
+A user_schema table of at least --mb MB (heap + index), plus the test fixture schema
+(tests/data/sample_schema.sql: partitions, inheritance, an unlogged table, materialized
+views, a split view, RLS) in institution_schema, is backed up with
+BackupManager.create_schema_backup and with `pg_dump -Fc -Z6 -n user_schema -n
+institution_schema` (the same binary, format and compression), then restored with
+BackupManager.restore
 into a fresh database and with `pg_restore --single-transaction` into another
 (the API restores in one transaction too, and
 checks row counts before it commits). Rounds alternate which goes first;
@@ -32,6 +35,9 @@ from benchmarks._server import bench_database
 from microservices.shared.database.backup.manager import BackupManager
 from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.server.pg_tools import find_tool, libpq_env, tool_version
+from tests.sample_schema import load_sample_schema, snapshot
+
+SCHEMAS = ["user_schema", "institution_schema"]
 
 
 def fill(admin: dict[str, Any], megabytes: int) -> int:
@@ -81,6 +87,10 @@ def main() -> int:
         base = {**admin, "dbname": "postgres"}
         size = fill(admin, args.mb)
         print(f"user_schema.big: {size / 1e6:.0f} MB")
+        load_sample_schema(admin, "institution_schema", "institution_service_owner")
+        fixture = snapshot(admin, "institution_schema")
+        print(f"institution_schema: the fixture, {sum(fixture.rows.values())} rows in "
+              f"{len(fixture.rows)} leaf tables")
         os.environ["DATABASE_URL"] = to_url(admin)
         os.environ["EDULINK_DB_BACKUP_DIR"] = tempfile.mkdtemp(prefix="edulink-bench-bk-")
         # The manifest signing key goes to a throwaway secrets store, not the cwd's.
@@ -105,13 +115,14 @@ def main() -> int:
         plain_file = Path(tempfile.mkdtemp(prefix="edulink-bench-plain-")) / "plain.dump"
 
         def plain_dump() -> None:
-            subprocess.run([str(plain_dump_tool), "-Fc", "-Z6", "-n", "user_schema",
+            subprocess.run([str(plain_dump_tool), "-Fc", "-Z6",
+                            *(f"--schema={s}" for s in SCHEMAS),
                             "-f", str(plain_file)], env=libpq_env(admin), check=True)
 
         backup_ids: list[str] = []
 
         def api_dump() -> None:
-            backup_ids.append(manager.create_schema_backup(["user_schema"]).backup_id)
+            backup_ids.append(manager.create_schema_backup(SCHEMAS).backup_id)
 
         dumps: dict[str, list[float]] = {"plain": [], "api": []}
         restores: dict[str, list[float]] = {"plain": [], "api": []}
@@ -138,6 +149,7 @@ def main() -> int:
                 with psycopg.connect(**admin) as conn:
                     original = conn.execute("SELECT count(*) FROM user_schema.big").fetchone()
                 assert restored == original, (restored, original)
+                assert snapshot(targets["api"], "institution_schema").rows == fixture.rows
             finally:
                 for target in targets.values():
                     drop_db(base, target)

@@ -6,8 +6,10 @@
   never populated, a view pg_dump splits into placeholder + rule, enums, domains,
   functions, triggers, RLS; about 13,000 rows).
 - :func:`load_pagila` loads the Pagila sample database (a third party's, MIT-style
-  licence) into a service schema, when ``shared/data/pagila`` lies beside the
-  checkout (it does in CI); :data:`PAGILA` is None otherwise.
+  licence) into a service schema, from ``EDULINK_TEST_PAGILA`` (a folder holding
+  pagila-schema.sql and pagila-data.sql) or ``shared/data/pagila`` beside the checkout;
+  :data:`PAGILA` is None (and its tests skip) without one. Its files are a third
+  party's and stay out of this repository.
 - :func:`make_supabase_like` gives a database the platform roles and schemas of a
   Supabase project and a non-superuser admin like Supabase's ``postgres``.
 - :func:`snapshot` records what a schema holds (row counts of every leaf table,
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
@@ -30,7 +33,8 @@ from psycopg import sql
 from microservices.shared.database.core.identifiers import validate_identifier
 
 DATA = Path(__file__).parent / "data"
-_pagila = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pagila"
+_pagila = Path(os.environ.get("EDULINK_TEST_PAGILA") or
+               Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pagila")
 PAGILA: Path | None = _pagila if (_pagila / "pagila-schema.sql").is_file() else None
 
 

@@ -5,20 +5,40 @@ every leaf table must hold exactly its rows again."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from microservices.shared.database.backup.drill import run_drill
 from microservices.shared.database.backup.manager import BackupManager, toc_entry
 from microservices.shared.database.backup.schedule import run_auto
+from microservices.shared.database.backup.store import Manifest
 from microservices.shared.database.config import load_settings, to_url
+from microservices.shared.database.core.errors import BackupUntrustedError
 from microservices.shared.database.topology import default_topology
 
-from .conftest import _create_database, _drop_database, do_provision, service_env
-from .sample_schema import PAGILA, load_pagila, load_sample_schema, snapshot
+from .clusters import Cluster
+from .conftest import (
+    _create_database,
+    _drop_database,
+    do_provision,
+    reachable_tempdir,
+    service_env,
+)
+from .sample_schema import (
+    PAGILA,
+    load_pagila,
+    load_sample_schema,
+    make_supabase_like,
+    platform_regex,
+    snapshot,
+)
+from .test_move_service import BIN_DIR, _p
 
 TOPOLOGY = default_topology()
 INST = TOPOLOGY.service("institution")
@@ -115,3 +135,71 @@ def test_manifest_records_matviews_and_drill_skips_a_damaged_newest(
     assert report.ok and report.backup_id == older
     with pytest.raises(Exception, match="truncated"):
         m.restore(newer, safety_backup=False)
+
+
+def test_supabase_full_backup_leaves_the_platform_out(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On a Supabase-like project (platform schemas and roles, a non-superuser admin) a
+    full backup holds the topology's schemas, the project's metadata and large objects,
+    and no platform schema; it verifies, drills and restores in place. A platform
+    schema asked for by name is included, and the manifest says so. A server of its
+    own: roles are cluster-wide, and the admin must create the topology's itself."""
+    root = reachable_tempdir("edulink-supa-bk-")
+    cluster = Cluster.create(root, "supabk", bin_dir=BIN_DIR)
+    supa = make_supabase_like(_p(cluster))
+    admin = supa.admin
+    try:
+        do_provision(admin, TOPOLOGY)
+        service_env(monkeypatch, admin, extra={"EDULINK_DB_BACKUP_DIR": str(tmp_path / "bk"),
+                                               "EDULINK_DB_HOME": str(tmp_path / "home")})
+        load_sample_schema(admin, INST.schema, INST.owner_role)
+        with psycopg.connect(**admin, autocommit=True) as conn:
+            conn.execute("SELECT pg_catalog.lo_from_bytea(0, 'transcript.pdf')")
+        before = snapshot(admin, INST.schema)
+        m = BackupManager(load_settings())
+        info = m.create_full_backup()
+        manifest = m.store.load(info.backup_id)
+        assert supa.platform_schemas and not [s for s in manifest.schemas
+                                              if platform_regex().match(s)]
+        assert set(TOPOLOGY.schemas) <= set(manifest.schemas) <= {*TOPOLOGY.schemas,
+                                                                  "edulink_db_meta"}
+        assert manifest.large_objects and manifest.large_object_count == 1
+        assert manifest.sequences[f"{INST.schema}.ticket_seq"] == 4242
+        assert m.verify(info.backup_id, deep=True)["ok"]
+        drill = run_drill(m)
+        assert drill.ok and drill.backup_id == info.backup_id, drill.error
+        print(f"\nsupabase-like full backup: {', '.join(manifest.schemas)}; platform left "
+              f"out: {', '.join(supa.platform_schemas)}; drill {drill.rows} rows")
+        m.restore(info.backup_id, safety_backup=False)
+        assert snapshot(admin, INST.schema) == before
+        with psycopg.connect(**admin) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata"
+                                ).fetchone() == (1,)
+            assert conn.execute("SELECT count(*) FROM auth.users").fetchone() is not None
+        asked = m.store.load(m.create_full_backup(include_schemas=["auth"]).backup_id)
+        assert "auth" in asked.schemas
+        assert any(note.startswith("auth: a platform schema") for note in asked.notes)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_old_manifests_keep_their_signature(sample_db: dict[str, Any]) -> None:
+    """A manifest written before the set/sequence/large-object fields existed (no such
+    keys in its JSON) still verifies: new fields are signed only when they hold data."""
+    m = BackupManager(load_settings())
+    info = m.create_schema_backup([INST.schema])
+    path = m.store.path(info.backup_id) / "manifest.json"
+    data = json.loads(path.read_text())
+    for key in ("matviews", "sequences", "source", "set_id", "set_schemas",
+                "large_objects", "large_object_count", "notes"):
+        data.pop(key, None)
+    manifest = Manifest.from_dict(dict(data))
+    m.store.sign(manifest)
+    data["key_id"], data["hmac"] = manifest.key_id, manifest.hmac
+    path.write_text(json.dumps(data))
+    assert m.store.load(info.backup_id).row_counts == info.row_counts
+    data["row_counts"][f"{INST.schema}.campus"] = 1  # and an edit is still caught
+    path.write_text(json.dumps(data))
+    with pytest.raises(BackupUntrustedError):
+        m.store.load(info.backup_id)

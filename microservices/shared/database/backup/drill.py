@@ -60,8 +60,9 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
     restore that fails is a failed drill (report.ok False), not an exception."""
     store = manager.store
     if backup_id is None:
+        # A set's parts are drilled with their set, not alone.
         candidates = [m for m in store.backups()
-                      if m.kind in POLICY_KINDS and m.verified.get("ok")]
+                      if m.kind in POLICY_KINDS and m.verified.get("ok") and not m.set_id]
         if not candidates:
             raise BackupNotFoundError(
                 "No verified backup to drill: take one with 'edulink-db backup auto'.")
@@ -82,9 +83,14 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
         for line in skipped:
             manager.progress(f"drill: skipping {line}")
     manifest = store.load(backup_id)
-    manager.progress(f"drill: checking {backup_id} (checksums, archive)")
-    store.check_files(manifest)
-    manager._archive_tables(manifest)
+    # A backup set (a service moved to another server): its parts restore into the same
+    # scratch database, so the drill proves the whole set restores together.
+    parts = [store.load(part_id) for part_id in dict.fromkeys(
+        h["backup_id"] for h in manifest.set_schemas.values()) if part_id != backup_id]
+    for archive in [manifest, *parts]:
+        manager.progress(f"drill: checking {archive.backup_id} (checksums, archive)")
+        store.check_files(archive)
+        manager._archive_tables(archive)
     server = _drill_server(manager)
     scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
     report = DrillReport(backup_id=backup_id, server=mask_dsn(server),
@@ -95,11 +101,16 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
     try:
         manager.progress(f"drill: restoring {backup_id} into {scratch}")
         started = time.perf_counter()
-        manager._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
+        for archive in [manifest, *parts]:
+            manager._restore_into(archive, target, archive.schemas, fresh=True,
+                                  scratch=True)
         report.restore_seconds = round(time.perf_counter() - started, 3)
         with connect(target, purpose="count the drill's rows") as conn:
-            report.mismatches, counts = manager.restored_problems(manifest, conn)
-        report.tables, report.rows = len(counts), sum(counts.values())
+            for archive in [manifest, *parts]:
+                problems, counts = manager.restored_problems(archive, conn)
+                report.mismatches += problems
+                report.tables += len(counts)
+                report.rows += sum(counts.values())
         report.ok = not report.mismatches
         if report.mismatches:
             report.error = "the restore differs from the backup: " + "; ".join(

@@ -334,7 +334,7 @@ class BackupManager:
                 self.progress(f"{schema} lives on {placement.location}: dumping it there "
                               f"into {part_id}")
                 part = self._timed_dump(params, part_id, kind, [schema], compress=compress,
-                                        fmt=fmt, jobs=jobs)
+                                        fmt=fmt, jobs=jobs, part=True)
                 part.set_id = backup_id
                 store.save(part)
                 done.append(part)
@@ -390,9 +390,12 @@ class BackupManager:
     def _dump(self, admin: dict[str, Any], backup_id: str, kind: str,
               schemas: list[str] | None, work: Path, *, compress: bool, fmt: str,
               jobs: int, exclude: list[str] | None = None,
-              include: list[str] | None = None) -> Manifest:
+              include: list[str] | None = None, part: bool = False) -> Manifest:
         """Dump *schemas* of *admin*'s database (None: a full backup's selection, plus
-        *include*), minus *exclude* (schemas a set takes from where they moved)."""
+        *include*), minus *exclude* (schemas a set takes from where they moved). A full
+        backup takes the database's large objects too, except in a *part* (a moved
+        schema's server): large objects are the home database's, and logical
+        replication, hence a move, does not carry them."""
         with connect(admin, purpose="back up", autocommit=False) as snap:
             snap.isolation_level = IsolationLevel.REPEATABLE_READ
             snap.read_only = True
@@ -418,7 +421,7 @@ class BackupManager:
             # Always by name: a full backup is the project's schemas, not the platform's.
             # With --schema, pg_dump leaves large objects out unless asked (-b).
             args += [f"--schema={s}" for s in schemas]
-            large_objects = kind == "full"
+            large_objects = kind == "full" and not part
             if large_objects:
                 args.append("-b")  # --large-objects (--blobs before 16)
             self.progress(f"dumping {len(schemas)} schema(s) with {pg_dump.name} "
@@ -430,6 +433,8 @@ class BackupManager:
                     # Meanwhile, count rows in the very snapshot pg_dump reads.
                     row_counts = self._count_rows(snap, schemas)
                     matviews = self._matviews(snap, schemas)
+                    sequences = self._sequences(snap, schemas)
+                    blobs = (self._large_object_count(snap) if large_objects else None)
                 finally:
                     code = proc.wait()
                 if code != 0:
@@ -446,8 +451,8 @@ class BackupManager:
             compression="gzip:6" if compress else "none", server_version=server_version,
             tool_version=str(tool_version(pg_dump)), started_at="", finished_at="",
             duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot,
-            matviews=matviews, source=location_string(admin),
-            large_objects=large_objects, notes=notes)
+            matviews=matviews, sequences=sequences, source=location_string(admin),
+            large_objects=large_objects, large_object_count=blobs, notes=notes)
 
     @staticmethod
     def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
@@ -476,6 +481,29 @@ class BackupManager:
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
             " WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY 1, 2", [schemas])}
 
+    @staticmethod
+    def _sequences(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
+        """Each sequence's last value (None never called: left out). Sequences are not
+        transactional: this is read while pg_dump runs, so the dumped value may only be
+        higher (a nextval in between), never lower."""
+        names = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'S' AND n.nspname = ANY(%s) ORDER BY 1, 2",
+            [schemas]).fetchall()
+        if not names:
+            return {}
+        union = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT %s, last_value, is_called FROM {}").format(sql.Identifier(s, n))
+            for s, n in names)
+        return {name: int(value) for name, value, called in
+                conn.execute(union, [f"{s}.{n}" for s, n in names]).fetchall() if called}
+
+    @staticmethod
+    def _large_object_count(conn: psycopg.Connection[Any]) -> int:
+        row = conn.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()
+        return int(row[0]) if row else 0
+
     def restored_problems(self, manifest: Manifest, conn: psycopg.Connection[Any]
                           ) -> tuple[list[str], dict[str, int]]:
         """What makes a restore of *manifest* on *conn* differ from the backup, one line
@@ -491,6 +519,18 @@ class BackupManager:
                          + ("populated at backup, not after the restore" if was else
                             "unpopulated at backup, populated after the restore")
                          for v, was in sorted(manifest.matviews.items()) if found.get(v) != was]
+        if manifest.sequences:
+            now = self._sequences(conn, manifest.schemas)
+            problems += [f"sequence {q}: last value {v} at backup, "
+                         + (f"{now[q]} after the restore" if q in now else
+                            "never called after the restore")
+                         for q, v in sorted(manifest.sequences.items())
+                         if now.get(q, -2**63) < v]
+        if manifest.large_object_count is not None:
+            found_blobs = self._large_object_count(conn)
+            if found_blobs != manifest.large_object_count:
+                problems.append(f"large objects: {manifest.large_object_count} at backup, "
+                                f"{found_blobs} after the restore")
         return problems, counts
 
     # -- verifying ------------------------------------------------------------------

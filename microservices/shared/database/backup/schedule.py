@@ -245,12 +245,13 @@ def freshness(backups: list[Manifest], policy: Policy, present: list[str],
             continue
         since = age if age is not None else (
             now - (moved_at or first_seen.get(schema, now))).total_seconds()
-        overdue = since > 2 * every
+        # A moved schema that no backup covers where it lives now is a problem at once:
+        # its data was in backups before the move, and is in none since.
+        overdue = since > 2 * every or (newest is None and moved_at is not None)
         if newest is None and moved_at is not None:
             at = f" on {location}" if location else " at home"
-            msg = (f"{schema}: no verified backup taken{at} since it moved there "
-                   f"{since / 3600:.1f} h ago"
-                   + ("; run 'edulink-db backup auto' (from cron)" if overdue else ""))
+            msg = (f"{schema}: in no backup since it moved{at} {since / 3600:.1f} h ago;"
+                   " run 'edulink-db backup auto' (from cron)")
         elif newest is None:
             msg = (f"{schema}: no verified backup, schema first seen {since / 3600:.1f} h ago"
                    + ("; run 'edulink-db backup auto' (from cron)" if overdue else ""))

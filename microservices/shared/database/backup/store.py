@@ -125,6 +125,9 @@ class Manifest:
     # "schema.view" -> populated, in the dump's snapshot (pg_dump stores no matview rows:
     # a restore refreshes the populated ones, so only this flag can be checked).
     matviews: dict[str, bool] = field(default_factory=dict)
+    # "schema.sequence" -> last value (called ones), read while pg_dump ran; a restore
+    # must bring back at least that much.
+    sequences: dict[str, int] = field(default_factory=dict)
     # Backup sets (see manager.py): the server this archive was dumped from, as a
     # location string (host, port, dbname, sslmode: never a password); in a part, the
     # id of its set's home backup; in a set's home backup, every schema of the set:
@@ -133,6 +136,7 @@ class Manifest:
     set_id: str = ""
     set_schemas: dict[str, dict[str, str]] = field(default_factory=dict)
     large_objects: bool = False  # pg_dump --large-objects: the database's large objects
+    large_object_count: int | None = None  # how many, in the dump's snapshot
     notes: list[str] = field(default_factory=list)
     manifest_version: int = MANIFEST_VERSION
     key_id: str = ""
@@ -142,7 +146,10 @@ class Manifest:
         return asdict(self)
 
     def signed_bytes(self) -> bytes:
-        body = {k: v for k, v in self.as_dict().items() if k != "hmac"}
+        # Fields added after the first signed manifests are signed only when they hold
+        # something: a manifest written before they existed keeps its signature.
+        body = {k: v for k, v in self.as_dict().items() if k != "hmac"
+                and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         return _HMAC_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":"),
                                          ensure_ascii=True).encode()
 
@@ -206,6 +213,11 @@ def _owned_real(path: Path, what: str, fix: str) -> os.stat_result:
             f"checked. If you trust its content, run chmod -R go-w on it; otherwise: {fix}")
     return st
 
+
+# Manifest fields newer than manifest_version 1's first release -> their "empty" value.
+_LATER_FIELDS: dict[str, Any] = {
+    "matviews": {}, "sequences": {}, "source": "", "set_id": "", "set_schemas": {},
+    "large_objects": False, "large_object_count": None, "notes": []}
 
 class BackupStore:
     """The backup directory: create, list, load, check and delete backups.

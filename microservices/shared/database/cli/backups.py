@@ -49,18 +49,35 @@ def _print_backup(info: BackupInfo, json_out: bool) -> None:
     if json_out:
         _print_json({"backup_id": info.backup_id, "kind": info.kind, "schemas": info.schemas,
                      "path": str(info.path), "size": info.size,
-                     "duration_s": info.duration_s, "row_counts": info.row_counts})
+                     "duration_s": info.duration_s, "row_counts": info.row_counts,
+                     "parts": info.parts})
     else:
         out.print(f"{info.backup_id}: {', '.join(info.schemas)} — {info.size / 1e6:.1f} MB, "
                   f"{sum(info.row_counts.values())} rows, {info.duration_s:.1f}s", highlight=False)
+        if info.parts:
+            out.print(f"  moved services, dumped where they live now: {', '.join(info.parts)}",
+                      highlight=False)
 
 
 @backup_app.command("full")
-def backup_full(fmt: FormatOption = "custom", jobs: JobsOption = 1,
-                compress: CompressOption = True, json_out: JsonOption = False) -> None:
-    """Back up the whole database (pg_dump), with a snapshot-consistent manifest."""
+def backup_full(
+    fmt: FormatOption = "custom", jobs: JobsOption = 1, compress: CompressOption = True,
+    include_schema: Annotated[list[str] | None, typer.Option(
+        "--include-schema", help="Also dump this schema of the home database (repeatable),"
+                                 " e.g. a hosting platform's, which is left out by default.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Back up every service's schema, the project's metadata and large objects.
+
+    Each schema is dumped from where it lives now: a service moved with move-service is
+    dumped from its server into a part of the same backup set. A hosting platform's
+    schemas (Supabase's auth, storage, realtime, ...) are left out unless named with
+    --include-schema. Each server's dump has its own snapshot-consistent manifest.
+    """
     try:
-        info = _backup_manager(json_out).create_full_backup(compress, fmt=fmt, jobs=jobs)
+        info = _backup_manager(json_out).create_full_backup(
+            compress, fmt=fmt, jobs=jobs, include_schemas=include_schema)
     except EdulinkDBError as exc:
         _fail(exc)
     _print_backup(info, json_out)

@@ -8,6 +8,7 @@ import typer
 from psycopg.conninfo import conninfo_to_dict
 
 from .. import lifecycle
+from ..backup.placement import remember_location_admin
 from ..config import admin_conninfo, mask_dsn
 from ..core.errors import ConfigError, EdulinkDBError
 from ..relocation import MoveContext, abort, citus_sql, run_move
@@ -77,6 +78,12 @@ def move_service(
             out.print(f"aborted: {svc.name} stays on {mask_dsn(ctx.source)}", highlight=False)
             return
         run_move(ctx, resume=resume)
+        if ctx.target_location is not None:
+            # Backups and restores of the service now reach its data there.
+            remember_location_admin(settings, ctx.target)
         out.print(f"moved: {svc.name} now lives on {mask_dsn(ctx.target)}", highlight=False)
+        # Backups taken before the move hold the old copy: none covers the service now.
+        out.print(f"{svc.schema} is in no backup taken where it lives now: run "
+                  "'edulink-db backup auto' (or 'backup schema') next", highlight=False)
     except EdulinkDBError as exc:
         _fail(exc)

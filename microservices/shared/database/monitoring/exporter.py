@@ -84,10 +84,15 @@ class DatabaseCollector(Collector):
         yield from _replication_metrics(stats.replication)
 
     def _backup_metrics(self) -> Iterable[Metric]:
-        """Age of each schema's newest verified backup, and the last drill's result."""
+        """Per schema: whether a verified backup covers it where it lives now, and the
+        age of that backup; and the last drill's result. A moved schema that no backup
+        taken at its new server covers has covered 0 and, as its age, the time since it
+        moved (its data has been in no backup since then)."""
         from datetime import datetime
 
-        from ..backup.schedule import newest_verified, read_state, store_for
+        import psycopg
+
+        from ..backup.schedule import current_where, newest_verified, read_state, store_for
         from ..backup.store import now_utc
 
         try:
@@ -96,15 +101,27 @@ class DatabaseCollector(Collector):
             schemas = self.settings.topology().schemas
         except EdulinkDBError:
             return
+        try:
+            where = current_where(self.settings, store.root)
+        except (EdulinkDBError, psycopg.Error):
+            where = None
         now = now_utc()
         age = GaugeMetricFamily(f"{PREFIX}_backup_age_seconds",
-                                "Age of the newest verified backup holding the schema.",
+                                "Age of the newest verified backup covering the schema where"
+                                " it lives now (moved and uncovered: seconds since the move).",
                                 labels=["schema"])
+        covered = GaugeMetricFamily(f"{PREFIX}_backup_covered",
+                                    "1 if a verified backup covers the schema where it lives"
+                                    " now, else 0.", labels=["schema"])
         for schema in schemas:
-            newest = newest_verified(backups, schema)
+            newest = newest_verified(backups, schema, where)
+            covered.add_metric([schema], 0.0 if newest is None else 1.0)
+            placement = where.placed.get(schema) if where is not None else None
             if newest is not None:
                 age.add_metric([schema], (now - newest.finished).total_seconds())
-        yield age
+            elif placement is not None and placement.moved_at is not None:
+                age.add_metric([schema], (now - placement.moved_at).total_seconds())
+        yield from (age, covered)
         drill = read_state(store.root).get("last_drill")
         if isinstance(drill, dict) and drill.get("at"):
             ok = GaugeMetricFamily(f"{PREFIX}_backup_drill_success",
