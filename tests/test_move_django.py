@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,3 +111,86 @@ def test_django_connection_waits_out_a_freeze(moved: tuple[Cluster, Cluster, str
         later = conn.execute("SELECT %s::timestamptz >= %s::timestamptz",
                              [found["connected_at"], row[0]]).fetchone()
     assert later == (True,), (found["connected_at"], row[0])
+
+
+@pytest.mark.parametrize("pool", [
+    "0", pytest.param("1", marks=pytest.mark.skipif(django.VERSION < (5, 1),
+                                                    reason="Django's pool needs Django 5.1"))])
+def test_moved_connections_are_initialised_and_pooled_like_home(
+        moved: tuple[Cluster, Cluster, str], pool: str) -> None:
+    """Each connection Django gets after the move has the session time zone Django's
+    init sets (UTC with USE_TZ), not the server's (Asia/Tokyo here); with pool=True,
+    20 checkouts reuse the few sessions of a pool at the new location (psycopg_pool's
+    min_size, 4), as at home; without, each makes its own."""
+    a, b, _user_id = moved
+    for c in (a, b):
+        with c.connect() as conn:
+            conn.execute("ALTER DATABASE postgres SET TimeZone = 'Asia/Tokyo'")
+    sessions = {}
+    try:
+        for service, server in (("user", b), ("auth", a)):  # moved, and at home
+            result = run(["move_scenarios.py", "initialised", "20"],
+                         {**env_for(_p(a), service), "EDULINK_DJANGO_POOL": pool})
+            assert result.returncode == 0, result.stderr
+            found = json.loads(result.stdout.strip().splitlines()[-1])
+            assert found["port"] == server.port
+            assert found["zones"] == ["UTC"], (service, found)
+            sessions[service] = found["sessions"]
+        assert sessions["user"] == sessions["auth"] == (4 if pool == "1" else 20), sessions
+    finally:
+        for c in (a, b):
+            with c.connect() as conn:
+                conn.execute("ALTER DATABASE postgres RESET TimeZone")
+
+
+class _CountingProxy:
+    """A TCP forwarder in front of a real server that counts connections made to it."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_failed_connection_is_tried_once_and_says_why(
+        moved: tuple[Cluster, Cluster, str]) -> None:
+    """A service at home whose login fails: one connection attempt, the server's own
+    reason (server, role, cause) and no warning about the location registry."""
+    a, _b, _user_id = moved
+    proxy = _CountingProxy(a.port)
+    try:
+        env = {**env_for({**_p(a), "port": proxy.port}, "auth"),
+               "EDULINK_DB_AUTH_PASSWORD": "not-the-password"}
+        result = run(["move_scenarios.py", "where", "-"], env)
+    finally:
+        proxy.close()
+    assert result.returncode != 0
+    assert 'password authentication failed for user "auth_service_role"' in result.stderr
+    assert f"port {proxy.port}" in result.stderr
+    assert "registry" not in result.stderr
+    assert "not-the-password" not in result.stderr
+    assert proxy.accepted == 1, result.stderr

@@ -33,6 +33,22 @@ def where(user_id: str) -> dict:
     return {"port": int(port), "role": role, "connected_at": started, "profiles": count}
 
 
+def initialised(checkouts: str) -> dict:
+    """The session time zone of each new connection (Django's init sets it to UTC
+    with USE_TZ), and how many server sessions *checkouts* connect/close cycles used
+    (Django's pool reuses them)."""
+    pids, zones = set(), set()
+    for _ in range(int(checkouts)):
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid(), current_setting('TimeZone'),"
+                           " current_setting('port')")
+            pid, zone, port = cursor.fetchone()
+        pids.add(pid)
+        zones.add(zone)
+    connection.close()
+    return {"sessions": len(pids), "zones": sorted(zones), "port": int(port)}
+
 if __name__ == "__main__":
     name, *args = sys.argv[1:]
     print(json.dumps(globals()[name](*args)))

@@ -231,6 +231,12 @@ class Registry:
     def cached(self, service: str) -> Location:
         return self._rows.get(service, HOME)
 
+    def postpone(self, error: BaseException) -> None:
+        """The home server could not be reached to read the registry (*error*): keep
+        the last known locations and retry after RETRY_S, as a failed read does."""
+        with self._lock:
+            self._absorb(self._query(), error)
+
     def get(self, service: str, run: Runner, *, fresh: bool = False) -> Location:
         """*service*'s location, at most TTL_S old (``fresh``: read now)."""
         if fresh or self.due():

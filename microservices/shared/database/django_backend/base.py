@@ -6,11 +6,21 @@ server, cached for ``location.TTL_S`` per process:
 
 - at home (never moved, or moved back): the connection Django would make, and the
   registry refresh, when one is due, runs on that very connection (no extra one);
-- moved: a direct connection to the new location with the same role and password,
-  SCRAM required (``location.located_params``); with Django's pool (``pool=True``)
-  such connections bypass the pool, which stays bound to the home server;
+- moved: a connection to the new location with the same role, password and options,
+  SCRAM required (``location.located_params``). With Django's pool (``pool=True``,
+  Django 5.1+) it comes from a pool of that location's own, made like Django's home
+  pool (same sizes, timeout, checks, and Django's ``_configure_connection`` as its
+  configure callback), so moved connections are pooled and capped as at home;
 - frozen (a cutover in progress) on a writable alias: wait, at most
   ``FREEZE_WAIT_S``, then go where the registry then points.
+
+Either way the connection then goes through Django's own ``init_connection_state``
+unchanged: time zone, role and isolation level are set exactly as Django sets them
+(by the pool's configure callback when pooled, else on the connection itself).
+
+One connection attempt per checkout: when the home server cannot be reached to read
+the registry, a service at home gets that connection error as it is (no retry), and
+a moved one goes to its last known location.
 
 A statement already sent when a cutover revokes the old location's writes gets
 Django's ProgrammingError (permission denied); the freeze announced beforehand
@@ -19,7 +29,8 @@ makes that rare (see docs/move-service.md).
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
 import psycopg
 from django.db.backends.postgresql import base
@@ -31,20 +42,77 @@ SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layer
 READONLY_KEY = "EDULINK_READONLY"
 
 
+class _HomeUnreachable(Exception):  # an internal signal: it never escapes
+    """Connecting to the home server (to read the registry) failed: __cause__."""
+
+
 class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
     """Django's PostgreSQL DatabaseWrapper whose new connections follow the registry."""
 
-    _edulink_direct = False  # True while making a connection that bypasses the pool
+    # Where this wrapper's current connection lives (None: home). Set before Django's
+    # get_new_connection runs, and kept until the next one, so that `pool` (used by
+    # Django to get, configure and give back the connection) is that location's pool.
+    _edulink_where: str | None = None
+    # (alias, location) -> the pool of a moved service's alias there; process-wide,
+    # as Django's own _connection_pools (keyed by alias) is.
+    _edulink_pools: ClassVar[dict[tuple[str, str], Any]] = {}
+    _edulink_pools_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @property
     def pool(self) -> Any:
-        if self._edulink_direct:
-            return None
-        # Django < 5.1 has no connection pool (nor this property).
-        return getattr(super(), "pool", None)
+        home_pool = getattr(super(), "pool", None)  # Django < 5.1 has no pool
+        where = self._edulink_where
+        if home_pool is None or where is None:
+            return home_pool
+        key = (self.alias, where)
+        pool = self._edulink_pools.get(key)
+        if pool is None:
+            with self._edulink_pools_lock:
+                pool = self._edulink_pools.get(key)
+                if pool is None:
+                    pool = self._edulink_pools[key] = self._located_pool(home_pool, where)
+        return pool
+
+    def _located_pool(self, home_pool: Any, where: str) -> Any:
+        """A pool like Django's *home_pool*, connecting to *where*."""
+        from psycopg_pool import ConnectionPool
+
+        return ConnectionPool(
+            kwargs=location.located_params(dict(home_pool.kwargs), where),
+            open=False, configure=self._configure_connection,
+            check=home_pool._check,  # Django's choice (CONN_HEALTH_CHECKS)
+            min_size=home_pool.min_size, max_size=home_pool.max_size,
+            name=f"{home_pool.name}@{where}", timeout=home_pool.timeout,
+            max_waiting=home_pool.max_waiting, max_lifetime=home_pool.max_lifetime,
+            max_idle=home_pool.max_idle, reconnect_timeout=home_pool.reconnect_timeout,
+            num_workers=home_pool.num_workers)
+
+    def close_pool(self) -> None:
+        """Close the home pool (Django's) and every location's pool of this alias."""
+        with self._edulink_pools_lock:
+            located = [self._edulink_pools.pop(k) for k in list(self._edulink_pools)
+                       if k[0] == self.alias]
+        for pool in located:
+            pool.close()
+        where, self._edulink_where = self._edulink_where, None
+        try:
+            super().close_pool()
+        finally:
+            self._edulink_where = where
+
+    def _drop_stale_pools(self, where: str | None) -> None:
+        # The service moved again (or back): pools of its earlier locations go. Their
+        # checked-out connections are closed when given back to a closed pool.
+        with self._edulink_pools_lock:
+            stale = [self._edulink_pools.pop(k) for k in list(self._edulink_pools)
+                     if k[0] == self.alias and k[1] != where]
+        for pool in stale:
+            threading.Thread(target=pool.close, name=f"close {pool.name}",
+                             daemon=True).start()
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         service = self.settings_dict.get(SERVICE_KEY)
+        self._edulink_where = None
         if not service:
             return super().get_new_connection(conn_params)
         registry = location.registry_for(conn_params)
@@ -52,7 +120,10 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
 
         def run(query: Any) -> location.Rows:
             if not home or home[0].closed:
-                home[:] = [super(DatabaseWrapper, self).get_new_connection(conn_params)]
+                try:
+                    home[:] = [super(DatabaseWrapper, self).get_new_connection(conn_params)]
+                except psycopg.Error as exc:
+                    raise _HomeUnreachable from exc
             conn = home[0]
             with psycopg.Cursor(conn) as cur:
                 rows: location.Rows = cur.execute(query, prepare=False).fetchall()
@@ -60,31 +131,28 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
                 conn.rollback()  # leave it idle: Django sets autocommit next
             return rows
 
-        loc = registry.get(service, run)
-        if loc.frozen and not self.settings_dict.get(READONLY_KEY):
-            loc = registry.wait_unfrozen(service, run, FREEZE_WAIT_S)
+        try:
+            loc = registry.get(service, run)
+            if loc.frozen and not self.settings_dict.get(READONLY_KEY):
+                loc = registry.wait_unfrozen(service, run, FREEZE_WAIT_S)
+        except _HomeUnreachable as unreachable:
+            error = unreachable.__cause__
+            assert isinstance(error, psycopg.Error)
+            loc = registry.cached(service)
+            if loc.where is None:
+                raise error from None  # at home: the one attempt's own error
+            registry.postpone(error)  # moved: carry on where it was last seen
+        if self._edulink_pools:
+            self._drop_stale_pools(loc.where)
         if loc.where is None:
             return home[0] if home else super().get_new_connection(conn_params)
         if home:
             self._edulink_release(home[0])
-        self._edulink_direct = True
-        try:
-            return super().get_new_connection(location.located_params(conn_params, loc.where))
-        finally:
-            self._edulink_direct = False
+        self._edulink_where = loc.where
+        return super().get_new_connection(location.located_params(conn_params, loc.where))
 
     def _edulink_release(self, conn: Any) -> None:
         if getattr(conn, "_pool", None) is not None:
             conn._pool.putconn(conn)
         else:
             conn.close()
-
-    def _close(self) -> None:
-        # A direct connection (the service moved) made while Django's pool is on is
-        # closed, not handed to a pool it does not belong to.
-        if self.connection is not None and getattr(self.connection, "_pool", None) is None \
-                and getattr(super(), "pool", None):
-            with self.wrap_database_errors:
-                self.connection.close()
-            return
-        super()._close()
