@@ -108,8 +108,7 @@ def main() -> None:
         rng = random.Random(14)
 
         def without_wrapper() -> None:
-            if django_rls._rls_execute in connection.execute_wrappers:
-                connection.execute_wrappers.remove(django_rls._rls_execute)
+            django_rls._uninstall_on(connection)
 
         def with_wrapper() -> None:
             django_rls.install()

@@ -136,7 +136,10 @@ def test_moved_connections_are_initialised_and_pooled_like_home(
             assert found["port"] == server.port
             assert found["zones"] == ["UTC"], (service, found)
             sessions[service] = found["sessions"]
-        assert sessions["user"] == sessions["auth"] == (4 if pool == "1" else 20), sessions
+        if pool == "1":  # at most the pool's min_size (4): how many exist yet varies
+            assert 1 <= sessions["user"] <= 4 and 1 <= sessions["auth"] <= 4, sessions
+        else:
+            assert sessions == {"user": 20, "auth": 20}
     finally:
         for c in (a, b):
             with c.connect() as conn:

@@ -46,7 +46,9 @@ runs without the request's user.
 
 from __future__ import annotations
 
+import re
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -139,68 +141,62 @@ def rls_user(user_id: object, *, using: str | Iterable[str] | None = None,
         _CONTEXT.reset(token)
 
 
-# -- the execute wrapper -----------------------------------------------------------------
+# -- carrying the user: cursors and a wrapper -------------------------------------------
+#
+# Plain cursors (Django's ClientCursor or ServerBindingCursor, and any cursor made on the
+# raw psycopg connection) get the prologue from a subclass installed as the connection's
+# cursor_factory: below Django's execute wrappers and its query logging, so both see
+# the application's SQL and parameters, never the prologue. Django's named (server-side)
+# cursors for .iterator() are made by class, not by the factory: an execute wrapper that
+# does not rewrite SQL handles those.
 
-def _prologue_cursor(db: Any, raw: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    """A plain psycopg cursor for the prologue, reused per physical connection.
+# Statements PostgreSQL refuses in a transaction block, hence in a multi-statement
+# Query message or with a prologue: none reads rows under a policy, so they run as
+# they are, without the user.
+_NON_TRANSACTIONAL = re.compile(
+    r"\s*(?:(?:CREATE|DROP)\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY|REINDEX\b[^;]*\bCONCURRENTLY"
+    r"|VACUUM|(?:CREATE|DROP)\s+(?:DATABASE|TABLESPACE)|ALTER\s+SYSTEM"
+    r"|(?:CREATE|ALTER|DROP)\s+SUBSCRIPTION|(?:COMMIT|ROLLBACK)\s+PREPARED|DISCARD\s+ALL"
+    r"|ALTER\s+DATABASE\b[^;]*\bSET\s+TABLESPACE|CLUSTER\s*;?\s*$)",
+    re.IGNORECASE)
 
-    Server-side binding (``$1``) whatever cursor class Django uses for queries.
-    """
-    cached = getattr(db, _CURSOR_ATTR, None)
-    if cached is not None and cached[0] is raw and not cached[1].closed:
-        cursor: psycopg.Cursor[Any] = cached[1]
-        return cursor
-    cursor = psycopg.Cursor(raw)
-    setattr(db, _CURSOR_ATTR, (raw, cursor))
-    return cursor
+# Raw connections whose open transaction carried a user: a statement there without
+# a user clears it, so nothing outlives a ``with rls_user(...)`` block that ends
+# inside a transaction. Weak: a connection that goes away takes its entry with it.
+_DIRTY: weakref.WeakKeyDictionary[psycopg.Connection[Any], bool] = weakref.WeakKeyDictionary()
 
 
-def _rls_execute(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
-                 context: dict[str, Any]) -> Any:
-    db = context["connection"]
-    raw = db.connection
-    if not isinstance(raw, psycopg.Connection):  # pragma: no cover - psycopg2 backend
-        raise RequestContextError("Row-level security for Django needs psycopg 3.")
+def _wanted(alias: str, raw: psycopg.Connection[Any]) -> tuple[str, str] | None:
+    """(prologue, value) that the next statement on *raw* (alias *alias*) must carry,
+    or None when it needs none: no user, and nothing to clear in this transaction."""
     status = raw.pgconn.transaction_status
-    if status == TransactionStatus.IDLE and getattr(db, _DIRTY_ATTR, None) is not None:
-        setattr(db, _DIRTY_ATTR, None)  # the transaction that carried a user has ended
+    if status == TransactionStatus.IDLE:
+        _DIRTY.pop(raw, None)  # the transaction that carried a user has ended
+    elif status == TransactionStatus.INERROR:
+        return None  # rejected anyway: keep PostgreSQL's error
     ctx = _CONTEXT.get()
-    user = ctx.user_id if ctx is not None and ctx.applies_to(db.alias) else None
-    readonly = bool(ctx is not None and ctx.readonly and ctx.applies_to(db.alias))
-    if status == TransactionStatus.INERROR:
-        return execute(sql, params, many, context)  # rejected anyway; keep Django's error
-    if user is None and not readonly and (
-            status != TransactionStatus.INTRANS or getattr(db, _DIRTY_ATTR, None) is not raw):
-        # A fresh (implicit or explicit) transaction: nothing to carry or to clear.
-        # (Otherwise this transaction carried a user earlier: clear it below.)
-        return execute(sql, params, many, context)
-    value = _NO_USER if user is None else user
-    prologue = _SET_USER_READONLY if readonly else _SET_USER
-    if not raw.autocommit:
-        # The value may outlive this statement in the open transaction.
-        setattr(db, _DIRTY_ATTR, raw)
-    cursor = context["cursor"].cursor
-    if (not many and isinstance(cursor, psycopg.ClientCursor) and isinstance(sql, str)
-            and not raw.pgconn.pipeline_status):
-        joined = _join(prologue, value, sql, params)
-        if joined is not None:
-            # One simple-protocol Query message holding both statements: one
-            # implicit transaction outside atomic(), one round trip, and no
-            # pipeline machinery (which measured ~100 us of client CPU per query).
-            result = execute(joined[0], joined[1], many, context)
-            cursor.nextset()  # Django reads the query's result, not set_config's
-            return result
-    with db.wrap_database_errors:
-        if isinstance(cursor, psycopg.ServerCursor) or not psycopg.Pipeline.is_supported():
-            return _execute_unpipelined(db, raw, prologue, value, execute, sql, params, many,
-                                        context)
-        # A query error may surface at the pipeline's Sync, after Django's own
-        # error wrapping returned: wrap_database_errors above turns it into
-        # Django's exception class (IntegrityError ...), as callers expect.
-        with raw.pipeline():
-            _prologue_cursor(db, raw).execute(prologue, (value,))
-            result = execute(sql, params, many, context)
-        return result
+    applies = ctx is not None and ctx.applies_to(alias)
+    user = ctx.user_id if applies and ctx is not None else None
+    readonly = bool(applies and ctx is not None and ctx.readonly)
+    if user is None and not readonly and raw not in _DIRTY:
+        return None
+    if not raw.autocommit and user is not None:
+        _DIRTY[raw] = True  # set_config(..., true) lasts until this transaction ends
+    return (_SET_USER_READONLY if readonly else _SET_USER), (_NO_USER if user is None else user)
+
+
+@contextmanager
+def _carrying(raw: psycopg.Connection[Any], prologue: str, value: str) -> Iterator[None]:
+    """Run the block's statements after *prologue*, in one transaction with it: the
+    open one, else an explicit one (so COMMIT errors, e.g. a deferred constraint,
+    arrive here, with the connection left usable)."""
+    if raw.autocommit:
+        with raw.transaction():
+            psycopg.Cursor(raw).execute(prologue, (value,))
+            yield
+    else:
+        psycopg.Cursor(raw).execute(prologue, (value,))
+        yield
 
 
 _NAMED_PARAM = "edulink_rls_user_id"
@@ -209,11 +205,10 @@ _NAMED_PARAM = "edulink_rls_user_id"
 def _join(prologue: str, value: str, sql: str, params: Any) -> tuple[str, Any] | None:
     """*prologue* and *sql* as one client-side-bound query text, or None if params don't allow.
 
-    Django's default psycopg cursor (a ClientCursor) merges parameters into
-    the text on the client and sends it with the simple query protocol, where
-    several statements are allowed and run in one implicit transaction.  The
-    user id becomes one more bound parameter, quoted by psycopg like every
-    other value Django sends.
+    Django's default cursor (a ClientCursor) merges parameters into the text on the
+    client and sends it with the simple query protocol, where several statements are
+    allowed and run in one implicit transaction. The user id becomes one more bound
+    parameter, quoted by psycopg like every other value.
     """
     if params is None:
         # Without parameters psycopg leaves '%' alone; with ours it would not.
@@ -226,21 +221,113 @@ def _join(prologue: str, value: str, sql: str, params: Any) -> tuple[str, Any] |
     return None
 
 
-def _execute_unpipelined(db: Any, raw: psycopg.Connection[Any], prologue: str, value: str,
-                         execute: Callable[..., Any], sql: Any, params: Any, many: bool,
-                         context: dict[str, Any]) -> Any:
-    """Prologue as its own statement: needs an explicit transaction around both."""
-    if raw.autocommit:
-        with raw.transaction():
-            _prologue_cursor(db, raw).execute(prologue, (value,))
-            return execute(sql, params, many, context)
-    _prologue_cursor(db, raw).execute(prologue, (value,))
-    return execute(sql, params, many, context)
+class _RLSCursorMixin:
+    """The prologue for every statement of a plain cursor (see the section's note)."""
+
+    _edulink_alias = "default"
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        raw: psycopg.Connection[Any] = self.connection  # type: ignore[attr-defined]
+        wanted = _wanted(self._edulink_alias, raw)
+        if wanted is None or (isinstance(query, str) and _NON_TRANSACTIONAL.match(query)):
+            return super().execute(query, params, **kwargs)  # type: ignore[misc]
+        prologue, value = wanted
+        if (isinstance(self, psycopg.ClientCursor) and isinstance(query, str) and not kwargs
+                and not raw.pgconn.pipeline_status):
+            joined = _join(prologue, value, query, params)
+            if joined is not None:
+                # One Query message holding both statements: one implicit transaction
+                # in autocommit, one round trip (a pipeline costs ~100 us of client
+                # CPU per query; an explicit transaction two more round trips).
+                result = super().execute(joined[0], joined[1])  # type: ignore[misc]
+                self.nextset()  # the query's result, not set_config's
+                self._hide_prologue(prologue, value)
+                return result
+        with _carrying(raw, prologue, value):
+            return super().execute(query, params, **kwargs)  # type: ignore[misc]
+
+    def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+        raw: psycopg.Connection[Any] = self.connection  # type: ignore[attr-defined]
+        wanted = _wanted(self._edulink_alias, raw)
+        if wanted is None:
+            return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+        with _carrying(raw, *wanted):
+            return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+
+    @contextmanager
+    def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        raw: psycopg.Connection[Any] = self.connection  # type: ignore[attr-defined]
+        wanted = _wanted(self._edulink_alias, raw)
+        if wanted is None:
+            with super().copy(statement, params, **kwargs) as copy:  # type: ignore[misc]
+                yield copy
+            return
+        with _carrying(raw, *wanted), super().copy(  # type: ignore[misc]
+                statement, params, **kwargs) as copy:
+            yield copy
+
+    def _hide_prologue(self, prologue: str, value: str) -> None:
+        # Django's last_executed_query (connection.queries, debug output,
+        # assertNumQueries) reads the client-bound text psycopg sent: show the
+        # application's statement, as without the RLS layer.
+        query = getattr(self, "_query", None)
+        text = getattr(query, "query", None)
+        if not isinstance(text, bytes):
+            return
+        literal = self._tx.as_literal(value)  # type: ignore[attr-defined]
+        head = prologue.replace("%s", "{}").encode().replace(b"{}", literal) + b"; "
+        if text.startswith(head):
+            query.query = text[len(head):]  # type: ignore[union-attr]
+
+
+_CURSOR_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def _cursor_class(base: type, alias: str) -> type:
+    """*base* (the connection's cursor class) with the prologue, for *alias*."""
+    if issubclass(base, _RLSCursorMixin):
+        base = base.__mro__[2]  # already ours (another alias's): wrap its base
+    made = _CURSOR_CLASSES.get((base, alias))
+    if made is None:
+        made = _CURSOR_CLASSES.setdefault((base, alias), type(
+            f"RLS{base.__name__}", (_RLSCursorMixin, base), {"_edulink_alias": alias}))
+    return made
+
+
+def _named_cursor_execute(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
+                          context: dict[str, Any]) -> Any:
+    """Execute wrapper for Django's named cursors (.iterator()): their DECLARE runs
+    after the prologue, in one transaction with it. Other cursors pass through."""
+    cursor = context["cursor"].cursor
+    if not isinstance(cursor, psycopg.ServerCursor):
+        return execute(sql, params, many, context)
+    db = context["connection"]
+    raw = db.connection
+    wanted = _wanted(db.alias, raw)
+    if wanted is None:
+        return execute(sql, params, many, context)
+    with _carrying(raw, *wanted):
+        return execute(sql, params, many, context)
 
 
 def _install_on(db: Any) -> None:
-    if db.vendor == "postgresql" and _rls_execute not in db.execute_wrappers:
-        db.execute_wrappers.insert(0, _rls_execute)  # outermost: sees every query
+    if db.vendor != "postgresql":
+        return
+    if _named_cursor_execute not in db.execute_wrappers:
+        db.execute_wrappers.append(_named_cursor_execute)
+    raw = db.connection
+    if isinstance(raw, psycopg.Connection) and not issubclass(raw.cursor_factory,
+                                                              _RLSCursorMixin):
+        raw.cursor_factory = _cursor_class(raw.cursor_factory, db.alias)
+
+
+def _uninstall_on(db: Any) -> None:
+    """Take the RLS layer off one wrapper and its connection (benchmarks' baseline)."""
+    if _named_cursor_execute in db.execute_wrappers:
+        db.execute_wrappers.remove(_named_cursor_execute)
+    raw = db.connection
+    if isinstance(raw, psycopg.Connection) and issubclass(raw.cursor_factory, _RLSCursorMixin):
+        raw.cursor_factory = raw.cursor_factory.__mro__[2]
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -251,13 +338,13 @@ _signal_connected = False
 
 
 def install() -> None:
-    """Install the wrapper on every PostgreSQL alias, now and for each new connection.
+    """Install the RLS layer on every PostgreSQL alias, now and for each new connection.
 
-    Idempotent and cheap (rls_user() calls it on every entry).  The
-    ``connection_created`` signal covers the DatabaseWrapper of every thread
-    from then on (Django's pool hands a new psycopg connection to the same
-    wrapper per checkout, and the signal fires for each); this thread's
-    wrappers that connected earlier get it here.
+    Idempotent and cheap (rls_user() calls it on every entry). The
+    ``connection_created`` signal covers the DatabaseWrapper of every thread from then
+    on (Django's pool hands a new psycopg connection to the same wrapper per checkout,
+    and the signal fires for each); this thread's wrappers that connected earlier get
+    it here.
     """
     global _signal_connected
     from django.db import connections

@@ -424,9 +424,13 @@ class EmbeddedServer:
         self._check_binaries(user)
         if not _can_enter(self.home, user):
             # Evidence that the directory is edulink-db's own home, not e.g. /root given
-            # as EDULINK_DB_HOME: we just created it, or it holds our files already.
-            ours = new_home or any((self.home / name).exists()
-                                   for name in ("secrets.json", "state.json", "pgdata"))
+            # as EDULINK_DB_HOME: we just created it, it holds our files already, or it
+            # holds nothing but our lock (a concurrent edulink-db created it just now and
+            # we took the lock first).
+            ours = new_home or any(
+                (self.home / name).exists()
+                for name in ("secrets.json", "state.json", "pgdata")) or set(
+                os.listdir(self.home)) <= {"embedded.lock"}
             if not ours:
                 raise EmbeddedServerError(
                     f"The embedded server's OS user {user.name!r} cannot enter the home "
