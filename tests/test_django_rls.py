@@ -124,7 +124,9 @@ def test_rls_user_context_manager(
 def test_careless_use_gets_clear_errors_and_ids_stay_data(
     provisioned_db: dict[str, Any], users: list[str]
 ) -> None:
-    out = rls_scenario(provisioned_db, "user", "careless")
+    out = rls_scenario(provisioned_db, "user", "careless",
+                       env={"EDULINK_DJANGO_SQLITE_ALIAS": "1"})
+    assert "not PostgreSQL: local_cache" in out["sqlite_alias"]
     for name in ("empty", "nul"):
         assert "empty user id (or one with a NUL byte)" in out[name]
     for name in ("bool", "object"):
@@ -190,3 +192,56 @@ def test_benchmark_script_runs() -> None:
     out = run_benchmark("django_rls.py", "--seconds", "0.02", "--rounds", "1")
     assert "a plain Django (baseline)" in out and "c rls_user block" in out
     assert "goals: (c)/(a)" in out
+
+
+@pytest.mark.parametrize("mode", CONNECTION_MODES)
+def test_the_rls_layer_is_invisible_to_django_and_other_code(
+    provisioned_db: dict[str, Any], users: list[str], mode: dict[str, str]
+) -> None:
+    """Under a user context: Django logs the application's SQL, other execute wrappers
+    see it with its parameters, CREATE INDEX CONCURRENTLY and VACUUM run, a deferred
+    constraint failing at commit is an IntegrityError and leaves the connection
+    usable, no cursor is left open, and raw psycopg cursors and COPY carry the user."""
+    with psycopg.connect(**provisioned_db, autocommit=True) as conn:
+        conn.execute("SET ROLE user_service_role")
+        conn.execute("SET search_path = user_schema")
+        for name in ("edulink_rls_probe_child", "edulink_rls_probe"):
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute("RESET ROLE")
+        conn.execute("SET ROLE user_service_owner")
+        conn.execute("CREATE TABLE edulink_rls_probe (n int PRIMARY KEY)")
+        conn.execute("CREATE TABLE edulink_rls_probe_child (parent int REFERENCES"
+                     " edulink_rls_probe DEFERRABLE INITIALLY DEFERRED)")
+        conn.execute("GRANT SELECT, INSERT ON edulink_rls_probe, edulink_rls_probe_child"
+                     " TO user_service_role")
+    user = users[0]
+    out = rls_scenario(provisioned_db, "user", "behaves_like_django", user, env=mode)
+    assert len(out["logged"]) == 1 and "set_config" not in out["logged"][0]
+    assert out["logged"][0].startswith("SELECT COUNT(*)")
+    assert out["wrapped"] == [["SELECT %s::text", ["p"]]]
+    assert out["last_executed"] in ("SELECT 'p'::text", "SELECT %s::text")
+    assert out["pg_cursors"] == 0
+    assert out["non_transactional"] == "ok"
+    assert out["deferred"] == out["deferred_autocommit"] == "IntegrityError"
+    assert out["after_deferred"] == user
+    assert out["raw_cursor"] == user and out["copy"] == [user]
+    assert out["visible_after"] == []
+    ddl = run(["rls_scenarios.py", "concurrent_index", user],
+              {**env_for(provisioned_db, "user", migrate=True), **mode})
+    assert ddl.returncode == 0, ddl.stderr
+    assert json.loads(ddl.stdout.strip().splitlines()[-1]) == {"ok": True, "user": user}
+
+
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+def test_async_orm_keeps_each_tasks_user(
+    provisioned_db: dict[str, Any], users: list[str], through: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Eight asyncio tasks, each in its own rls_user, through Django's async ORM
+    (aget, aexists, async for), with and without a transaction pooler: each sees its
+    own row only, and nothing outside its block."""
+    env = {}
+    if through == "pgbouncer":
+        env = _through_pgbouncer(provisioned_db, request.getfixturevalue("pgbouncer"))
+    out = rls_scenario(provisioned_db, "user", "async_orm", "10", *users, env=env)
+    assert out == {"own": 80, "leaks": 0, "missing": 0}

@@ -79,6 +79,33 @@ def middleware_async(*user_ids: str) -> dict:
     return result
 
 
+def async_orm(rounds: str, *user_ids: str) -> dict:
+    """Concurrent asyncio tasks, one user each, using Django's async ORM (aget, aexists,
+    async for) inside rls_user, yielding to each other between queries."""
+    async def task(user_id: str) -> dict:
+        counts = {"own": 0, "leaks": 0, "missing": 0}
+        others = [u for u in user_ids if u != user_id]
+        for i in range(int(rounds)):
+            with rls_user(user_id):
+                mine = await Profile.objects.aget(user_id=user_id)
+                await asyncio.sleep(0)
+                counts["own"] += mine.user_id is not None
+                counts["leaks"] += await Profile.objects.filter(
+                    user_id=others[i % len(others)]).aexists()
+                listed = [str(p.user_id) async for p in Profile.objects.all()]
+                counts["leaks"] += len(set(listed) - {user_id})
+                counts["missing"] += user_id not in listed
+            await asyncio.sleep(0)
+            counts["leaks"] += await Profile.objects.acount()  # outside: no user
+        return counts
+
+    async def run() -> list[dict]:
+        return await asyncio.gather(*[task(u) for u in user_ids])
+
+    results = asyncio.run(run())
+    return {key: sum(r[key] for r in results) for key in ("own", "leaks", "missing")}
+
+
 def context_manager(first: str, second: str) -> dict:
     out: dict = {}
     with rls_user(first):
@@ -198,6 +225,12 @@ def careless() -> dict:
             out["alias"] = "allowed"
     except RequestContextError as exc:
         out["alias"] = str(exc)
+    if "local_cache" in connections.settings:
+        try:
+            with rls_user("u", using="local_cache"):
+                out["sqlite_alias"] = "allowed"
+        except RequestContextError as exc:
+            out["sqlite_alias"] = str(exc)
     try:  # placed before authentication: request.user is missing
         RLSUserMiddleware(lambda request: None)(HttpRequest())
         out["no_user"] = "allowed"
@@ -229,6 +262,73 @@ def mirror(user_id: str) -> dict:
             str(u) for u in ProfileMirror.objects.values_list("user_id", flat=True))
     out["after_setting"] = _setting("user")
     return out
+
+
+def behaves_like_django(user_id: str) -> dict:
+    """What Django itself and other code see under a user context: logged SQL, other
+    execute wrappers, statements that refuse transaction blocks, a deferred constraint
+    failing at commit, pg_cursors, a raw psycopg cursor, COPY."""
+    from django.db import IntegrityError
+    from django.test.utils import CaptureQueriesContext
+
+    out: dict = {}
+    seen: list = []
+
+    def spy(execute, sql, params, many, context):
+        seen.append((sql, list(params) if isinstance(params, (list, tuple)) else params))
+        return execute(sql, params, many, context)
+
+    with rls_user(user_id):
+        with CaptureQueriesContext(connection) as captured:
+            Profile.objects.filter(user_id=user_id).count()
+        out["logged"] = [q["sql"] for q in captured.captured_queries]
+        with connection.execute_wrapper(spy), connection.cursor() as cursor:
+            cursor.execute("SELECT %s::text", ["p"])
+            out["last_executed"] = connection.ops.last_executed_query(
+                cursor.cursor, "SELECT %s::text", ["p"])
+        out["wrapped"] = seen
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_cursors")
+            out["pg_cursors"] = cursor.fetchone()[0]
+            # A statement that cannot run in a transaction block (the runtime role
+            # may not vacuum the table: PostgreSQL skips it with a warning).
+            cursor.execute("VACUUM edulink_rls_probe")
+            out["non_transactional"] = "ok"
+            # A deferred constraint that fails at COMMIT, then the same connection again.
+            try:
+                with transaction.atomic():
+                    cursor.execute("INSERT INTO edulink_rls_probe_child (parent) VALUES (999)")
+                out["deferred"] = "allowed"
+            except IntegrityError as exc:
+                out["deferred"] = type(exc).__name__
+            try:  # and in autocommit: the implicit commit fails
+                cursor.execute("INSERT INTO edulink_rls_probe_child (parent) VALUES (998)")
+                out["deferred_autocommit"] = "allowed"
+            except IntegrityError as exc:
+                out["deferred_autocommit"] = type(exc).__name__
+            cursor.execute("SELECT shared_schema.current_user_id()")
+            out["after_deferred"] = cursor.fetchone()[0]
+        raw = connection.connection
+        with raw.cursor() as cur:  # SQL on the raw psycopg connection carries it too
+            out["raw_cursor"] = cur.execute("SELECT shared_schema.current_user_id()"
+                                            ).fetchone()[0]
+        with raw.cursor() as cur, cur.copy("COPY (SELECT shared_schema.current_user_id())"
+                                           " TO STDOUT") as copy:
+            out["copy"] = [bytes(row).decode().strip() for row in copy]
+    out["visible_after"] = _visible()
+    return out
+
+
+def concurrent_index(user_id: str) -> dict:
+    """As the migrator (EDULINK_DB_DJANGO_MIGRATE=1): index DDL that refuses transaction
+    blocks, under a user context."""
+    with rls_user(user_id), connection.cursor() as cursor:
+        cursor.execute("CREATE INDEX CONCURRENTLY IF NOT EXISTS rls_probe_idx"
+                       " ON edulink_rls_probe (n)")
+        cursor.execute("REINDEX INDEX CONCURRENTLY rls_probe_idx")
+        cursor.execute("DROP INDEX CONCURRENTLY IF EXISTS rls_probe_idx")
+        cursor.execute("SELECT shared_schema.current_user_id()")
+        return {"ok": True, "user": cursor.fetchone()[0]}
 
 
 def leak(rounds: str, *user_ids: str) -> dict:

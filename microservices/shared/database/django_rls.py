@@ -115,6 +115,12 @@ def _aliases(using: str | Iterable[str] | None) -> frozenset[str] | None:
         raise RequestContextError(
             f"rls_user(using=...) names no configured database alias: {unknown or 'none'}; "
             f"DATABASES has {', '.join(sorted(connections.settings))}.")
+    other = sorted(n for n in names if connections[n].vendor != "postgresql")
+    if other:
+        # Row-level security is PostgreSQL's: a context there would protect nothing.
+        raise RequestContextError(
+            f"rls_user(using=...) names alias(es) that are not PostgreSQL: "
+            f"{', '.join(other)}; row-level security applies to PostgreSQL aliases only.")
     return names
 
 

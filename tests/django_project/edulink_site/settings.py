@@ -40,6 +40,8 @@ if os.environ.get("EDULINK_DJANGO_SERVER_BINDING") == "1":  # Django's ServerBin
 if os.environ.get("EDULINK_DJANGO_CONN_MAX_AGE"):
     for alias in DATABASES.values():
         alias["CONN_MAX_AGE"] = int(os.environ["EDULINK_DJANGO_CONN_MAX_AGE"])
+if os.environ.get("EDULINK_DJANGO_SQLITE_ALIAS") == "1":  # a non-PostgreSQL alias
+    DATABASES["local_cache"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
 DATABASE_ROUTERS = [get_database_router()]
 # user_mirror is not in the topology: map it here (the override setting).
 EDULINK_DB_APP_SERVICES = {"user_mirror": "user"}
