@@ -13,35 +13,51 @@
 The seed's policies read ``app.current_user_id`` (through
 ``shared_schema.current_user_id()``).  A session-level ``SET`` would survive the
 request and, behind a transaction pooler, reach another client's request.  So
-the value is never session state: an ``execute_wrapper`` installed on every
-PostgreSQL alias (the service's ``'default'`` and the cross-service read-only
-aliases) sends ``SELECT set_config('app.current_user_id', $1, true)`` in the
-same transaction as each query:
+the value is never session state: each statement that runs under a context carries
+``SELECT set_config('app.current_user_id', $1, true)`` in its own transaction.
 
-* Outside ``atomic()`` (autocommit) the prologue and the query are pipelined
-  (psycopg pipeline mode, extended protocol) before one Sync: one implicit
-  transaction, one round trip.  The setting ends with that statement.
-* Inside ``atomic()`` the same pipelining puts it in the open transaction.  It
-  is sent with *every* statement rather than once per transaction: a savepoint
-  rollback (a nested ``atomic()`` that fails) undoes a ``set_config`` made inside
-  it, so "already set in this transaction" cannot be tracked reliably on the
-  client.  Once a transaction has carried a user, each later statement in it
-  without a context clears the value (``''``, which ``current_user_id()`` reads
-  as NULL), so nothing outlives a ``with rls_user(...)`` block that ends inside
-  a transaction.
-* Django's server-side cursors (``.iterator()`` without
-  ``DISABLE_SERVER_SIDE_CURSORS``) cannot be pipelined: in autocommit their
-  ``DECLARE`` runs in a short explicit transaction with the prologue.
+Where that happens, and why there:
+
+* **Below Django.**  The connection's ``cursor_factory`` becomes a subclass of
+  Django's cursor class (ClientCursor, or ServerBindingCursor with
+  ``server_side_binding``) that adds the prologue inside ``execute()``.  Django's
+  execute wrappers (an app's query logger, Sentry, the debug toolbar) and its query
+  log (``connection.queries``, ``assertNumQueries``, ``last_executed_query``) see the
+  application's SQL and parameters, as without the layer.  Raw SQL on the psycopg
+  connection (``connection.connection.cursor()``) and ``cursor.copy()`` carry the
+  user too.
+* **One message, when it can.**  Django's default cursor binds parameters on the
+  client and uses the simple query protocol: the prologue and the statement go as
+  one Query message, one round trip, one implicit transaction in autocommit.  Where
+  that is impossible (server-side binding, ``executemany``, COPY, a parameter dict
+  using our parameter's name), the prologue runs as its own statement: inside the
+  open transaction, or, in autocommit, in an explicit transaction around both, so
+  a deferred constraint failing at COMMIT is an ordinary IntegrityError and the
+  connection stays usable.  No pipeline is used: a pipeline costs ~100 us of client
+  CPU per statement and shows up in ``pg_cursors``.
+* **Inside ``atomic()``** the prologue goes with *every* statement: a savepoint
+  rollback undoes a ``set_config`` made inside it, so "already set in this
+  transaction" cannot be tracked reliably on the client.  Once a transaction has
+  carried a user, each later statement in it without a context clears the value
+  (``''``, which ``current_user_id()`` reads as NULL), so nothing outlives a
+  ``with rls_user(...)`` block that ends inside a transaction.
+* **Statements that refuse a transaction block** (``CREATE INDEX CONCURRENTLY``,
+  ``REINDEX ... CONCURRENTLY``, ``VACUUM``, ``CREATE DATABASE``, ``ALTER SYSTEM``,
+  ...) read no rows under a policy: they run as they are, without the prologue.
+* **Django's named cursors** (``.iterator()``) are made by class, not by the
+  factory: an execute wrapper that does not rewrite SQL runs their ``DECLARE`` after
+  the prologue, in one transaction.
 
 The context lives in a :class:`contextvars.ContextVar`: per thread and per
-asyncio task, copied into ``sync_to_async`` threads, absent in new threads and
-after the ``with`` block / request.  No context means no ``app.current_user_id``,
-so policies built on ``current_user_id()`` match nothing (fail closed).
+asyncio task, copied into ``sync_to_async`` threads (Django's async ORM), absent in
+new threads and after the ``with`` block / request.  No context means no
+``app.current_user_id``, so policies built on ``current_user_id()`` match nothing
+(fail closed).  A context names PostgreSQL aliases only (another vendor's alias is
+refused: it has no row-level security).
 
-Not covered (they bypass Django's execute wrappers): ``cursor.copy()``,
-``cursor.callproc()`` and SQL on ``connection.connection`` (the raw psycopg
-connection); a ``StreamingHttpResponse`` iterated after the middleware returned
-runs without the request's user.
+Not covered: ``cursor.callproc()`` on psycopg directly (Django's goes through
+``execute``), and a ``StreamingHttpResponse`` iterated after the middleware
+returned runs without the request's user.
 """
 
 from __future__ import annotations
@@ -177,14 +193,16 @@ def _wanted(alias: str, raw: psycopg.Connection[Any]) -> tuple[str, str] | None:
     or None when it needs none: no user, and nothing to clear in this transaction."""
     status = raw.pgconn.transaction_status
     if status == TransactionStatus.IDLE:
-        _DIRTY.pop(raw, None)  # the transaction that carried a user has ended
+        if _DIRTY:  # (an empty map is the common case: no weak reference made)
+            _DIRTY.pop(raw, None)  # the transaction that carried a user has ended
     elif status == TransactionStatus.INERROR:
         return None  # rejected anyway: keep PostgreSQL's error
     ctx = _CONTEXT.get()
-    applies = ctx is not None and ctx.applies_to(alias)
-    user = ctx.user_id if applies and ctx is not None else None
-    readonly = bool(applies and ctx is not None and ctx.readonly)
-    if user is None and not readonly and raw not in _DIRTY:
+    if ctx is None or not ctx.applies_to(alias):
+        user, readonly = None, False
+    else:
+        user, readonly = ctx.user_id, ctx.readonly
+    if user is None and not readonly and not (_DIRTY and raw in _DIRTY):
         return None
     if not raw.autocommit and user is not None:
         _DIRTY[raw] = True  # set_config(..., true) lasts until this transaction ends
@@ -280,10 +298,19 @@ class _RLSCursorMixin:
         text = getattr(query, "query", None)
         if not isinstance(text, bytes):
             return
-        literal = self._tx.as_literal(value)  # type: ignore[attr-defined]
-        head = prologue.replace("%s", "{}").encode().replace(b"{}", literal) + b"; "
+        head = _HEADS.get((prologue, value))
+        if head is None:
+            literal = self._tx.as_literal(value)  # type: ignore[attr-defined]
+            head = prologue.replace("%s", "{}").encode().replace(b"{}", literal) + b"; "
+            if len(_HEADS) > 1024:  # one per user id seen: keep it bounded
+                _HEADS.clear()
+            _HEADS[(prologue, value)] = head
         if text.startswith(head):
             query.query = text[len(head):]  # type: ignore[union-attr]
+
+
+# (prologue, user id) -> the bound prologue as psycopg sends it (see _hide_prologue).
+_HEADS: dict[tuple[str, str], bytes] = {}
 
 
 _CURSOR_CLASSES: dict[tuple[type, str], type] = {}
