@@ -66,7 +66,7 @@ import re
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -214,13 +214,21 @@ def _carrying(raw: psycopg.Connection[Any], prologue: str, value: str) -> Iterat
     """Run the block's statements after *prologue*, in one transaction with it: the
     open one, else an explicit one (so COMMIT errors, e.g. a deferred constraint,
     arrive here, with the connection left usable)."""
-    if raw.autocommit:
-        with raw.transaction():
-            psycopg.Cursor(raw).execute(prologue, (value,))
-            yield
-    else:
+    if not raw.autocommit:
         psycopg.Cursor(raw).execute(prologue, (value,))
         yield
+        return
+    # BEGIN and the prologue in one Query message: one round trip fewer than psycopg's
+    # transaction() (which sends BEGIN alone). Plain cursors, not the RLS factory's.
+    psycopg.ClientCursor(raw).execute(f"BEGIN; {prologue}", (value,))
+    try:
+        yield
+    except BaseException:
+        if raw.pgconn.transaction_status != TransactionStatus.IDLE and not raw.closed:
+            with suppress(psycopg.Error):  # a broken connection: the first error matters
+                psycopg.Cursor(raw).execute("ROLLBACK")
+        raise
+    psycopg.Cursor(raw).execute("COMMIT")
 
 
 _NAMED_PARAM = "edulink_rls_user_id"
