@@ -145,22 +145,74 @@ def reachable_tempdir(prefix: str) -> Path:
     return path
 
 
+# Extensions the chosen modules' migrations create: without one, Django's migrate of the
+# test database fails and not a single test of any module runs.
+EXTENSIONS = {
+    "db_functions": ["pgcrypto"],
+    "postgres_tests": ["bloom", "btree_gin", "btree_gist", "citext", "hstore", "pg_trgm",
+                       "unaccent", "uuid-ossp"],
+}
+
+
+def needed_extensions(modules: list[str]) -> set[str]:
+    return {ext for label in modules for ext in EXTENSIONS.get(label.split(".")[0], [])}
+
+
+def missing_extensions(params: dict[str, Any], needed: set[str]) -> list[str]:
+    with psycopg.connect(**params, autocommit=True) as conn:
+        have = {r[0] for r in conn.execute("SELECT name FROM pg_catalog.pg_available_extensions")}
+    return sorted(needed - have)
+
+
+def newest_debian_bin_dir() -> Path | None:
+    from tests.clusters import debian_bin_dir
+
+    base = Path("/usr/lib/postgresql")
+    versions = sorted((int(p.name) for p in base.glob("[0-9]*") if p.name.isdigit()),
+                      reverse=True)
+    return next((d for v in versions if (d := debian_bin_dir(v)) is not None), None)
+
+
 @contextlib.contextmanager
-def home_server() -> Iterator[dict[str, Any]]:
+def home_server(modules: list[str], notes: list[str]) -> Iterator[dict[str, Any]]:
     """Superuser parameters of the test server: ``EDULINK_TEST_DATABASE_URL``, or a
-    fresh embedded server, stopped afterwards."""
+    fresh embedded server, stopped afterwards.  The embedded wheel is built without
+    OpenSSL and libuuid (no pgcrypto, no uuid-ossp), which db_functions and
+    postgres_tests create: then the server is a throwaway cluster of the newest
+    Debian PostgreSQL installed instead (tests/clusters.py), said in the notes."""
+    needed = needed_extensions(modules)
     url = os.environ.get("EDULINK_TEST_DATABASE_URL")
     if url:
-        yield {**conninfo_to_dict(url), "dbname": "postgres"}
+        params = {**conninfo_to_dict(url), "dbname": "postgres"}
+        missing = missing_extensions(params, needed)
+        if missing:
+            raise SuiteError(f"the server of EDULINK_TEST_DATABASE_URL lacks the extensions "
+                             f"{', '.join(missing)} that the chosen modules' migrations create")
+        yield params
         return
     from microservices.shared.database.server.embedded import EmbeddedServer
     from tests.ports import free_port
 
     home = reachable_tempdir("edulink-django-suite-") / ".edulink-db"
     emb = EmbeddedServer(home, port=free_port())
-    info = emb.start()
     try:
-        yield emb.admin_params(info)
+        params = emb.admin_params(emb.start())
+        missing = missing_extensions(params, needed)
+        if not missing:
+            yield params
+            return
+        emb.stop()
+        debian = newest_debian_bin_dir()
+        if debian is None:
+            raise SuiteError(f"the embedded PostgreSQL lacks the extensions {', '.join(missing)}"
+                             " that the chosen modules' migrations create, and no Debian "
+                             "PostgreSQL is installed: set EDULINK_TEST_DATABASE_URL")
+        from tests.clusters import Cluster
+
+        notes.append(f"the embedded PostgreSQL lacks {', '.join(missing)}: the home server is "
+                     f"a throwaway cluster from {debian}")
+        with Cluster.create(home.parent, "home", bin_dir=debian) as cluster:
+            yield {**cluster.params}
     finally:
         emb.stop()
         shutil.rmtree(home.parent, ignore_errors=True)
@@ -467,7 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, ModeResult] = {}
     notes: list[str] = []
     with contextlib.ExitStack() as stack:
-        home = stack.enter_context(home_server())
+        try:
+            home = stack.enter_context(home_server(modules, notes))
+        except SuiteError as exc:
+            print(f"django_suite: {exc}", file=sys.stderr)
+            return 2
         pg = server_version(home)
         header = (f"Django {version} suite, {len(modules)} module(s), PostgreSQL "
                   f"{pg // 10000}.{pg % 10000} at {home['host']}:{home['port']}")
