@@ -122,7 +122,7 @@ def fetch_suite(version: str, cache: Path) -> Path:
     actual = sha256(sdist)
     if expected != actual:
         raise SuiteError(
-            f"Django {version} sdist {sdist.name}: sha256 {actual} does not match the pin "
+            f"Django {version} sdist {sdist}: sha256 {actual} does not match the pin "
             f"{expected or '(none: add a line to ' + str(HASHES.relative_to(ROOT)) + ')'}")
     tree = cache / f"django-{version}"
     marker = tree / ".edulink-verified"
@@ -269,7 +269,7 @@ TEST_COLLATION = "sv-x-icu"
 
 
 @contextlib.contextmanager
-def test_collation(server: dict[str, Any], notes: list[str], label: str) -> Iterator[None]:
+def stand_in_collation(server: dict[str, Any], notes: list[str], label: str) -> Iterator[None]:
     """On a server without :data:`TEST_COLLATION`, a stand-in copied from "C" in
     template1 (which Django's test databases and ours are created from) for as long as
     the block runs: the suite's models can then be created, and only tests that depend
@@ -528,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         header = (f"Django {version} suite, {len(modules)} module(s), PostgreSQL "
                   f"{pg // 10000}.{pg % 10000} at {home['host']}:{home['port']}")
         print(header, flush=True)
-        stack.enter_context(test_collation(home, notes, "home server"))
+        stack.enter_context(stand_in_collation(home, notes, "home server"))
         second: SecondServer | None = None
         for mode in modes:
             if mode == "moved-pool" and django.VERSION < (5, 1):
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                     second = SecondServer(home)
                     stack.callback(second.close)
                     notes += second.notes
-                    stack.enter_context(test_collation(second.params, notes, "second server"))
+                    stack.enter_context(stand_in_collation(second.params, notes, "second server"))
                 owner_existed = meta_owner_exists(home)
                 made = prepare_moved(mode, home, second)
             print(f"--- {mode}: running", flush=True)
