@@ -201,7 +201,8 @@ def test_the_rls_layer_is_invisible_to_django_and_other_code(
     """Under a user context: Django logs the application's SQL, other execute wrappers
     see it with its parameters, CREATE INDEX CONCURRENTLY and VACUUM run, a deferred
     constraint failing at commit is an IntegrityError and leaves the connection
-    usable, no cursor is left open, and raw psycopg cursors and COPY carry the user."""
+    usable, no cursor is left open, COPY carries the user (a raw psycopg cursor does
+    not: it sees no user), and execute_wrappers and cursor_factory stay Django's."""
     with psycopg.connect(**provisioned_db, autocommit=True) as conn:
         conn.execute("SET ROLE user_service_role")
         conn.execute("SET search_path = user_schema")
@@ -224,7 +225,10 @@ def test_the_rls_layer_is_invisible_to_django_and_other_code(
     assert out["non_transactional"] == "ok"
     assert out["deferred"] == out["deferred_autocommit"] == "IntegrityError"
     assert out["after_deferred"] == user
-    assert out["raw_cursor"] == user and out["copy"] == [user]
+    assert out["copy"] == [user]
+    assert out["raw_cursor"] is None  # below Django: not covered, and closed, not leaked
+    assert out["cursor_factory"].startswith("django.db.backends.postgresql.base.")
+    assert out["execute_wrappers"] == 0
     assert out["visible_after"] == []
     ddl = run(["rls_scenarios.py", "concurrent_index", user],
               {**env_for(provisioned_db, "user", migrate=True), **mode})

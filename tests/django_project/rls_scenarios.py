@@ -267,7 +267,7 @@ def mirror(user_id: str) -> dict:
 def behaves_like_django(user_id: str) -> dict:
     """What Django itself and other code see under a user context: logged SQL, other
     execute wrappers, statements that refuse transaction blocks, a deferred constraint
-    failing at commit, pg_cursors, a raw psycopg cursor, COPY."""
+    failing at commit, pg_cursors, a raw psycopg cursor, COPY, what Django's tests check."""
     from django.db import IntegrityError
     from django.test.utils import CaptureQueriesContext
 
@@ -309,12 +309,15 @@ def behaves_like_django(user_id: str) -> dict:
             cursor.execute("SELECT shared_schema.current_user_id()")
             out["after_deferred"] = cursor.fetchone()[0]
         raw = connection.connection
-        with raw.cursor() as cur:  # SQL on the raw psycopg connection carries it too
+        with raw.cursor() as cur:  # SQL on the raw psycopg connection: no user (closed)
             out["raw_cursor"] = cur.execute("SELECT shared_schema.current_user_id()"
                                             ).fetchone()[0]
-        with raw.cursor() as cur, cur.copy("COPY (SELECT shared_schema.current_user_id())"
-                                           " TO STDOUT") as copy:
+        with connection.cursor() as cursor, cursor.copy(
+                "COPY (SELECT shared_schema.current_user_id()) TO STDOUT") as copy:
             out["copy"] = [bytes(row).decode().strip() for row in copy]
+        # What Django's own tests check is left as Django made it.
+        out["cursor_factory"] = raw.cursor_factory.__module__ + "." + raw.cursor_factory.__name__
+        out["execute_wrappers"] = len(connection.execute_wrappers)
     out["visible_after"] = _visible()
     return out
 

@@ -18,14 +18,14 @@ the value is never session state: each statement that runs under a context carri
 
 Where that happens, and why there:
 
-* **Below Django.**  The connection's ``cursor_factory`` becomes a subclass of
-  Django's cursor class (ClientCursor, or ServerBindingCursor with
-  ``server_side_binding``) that adds the prologue inside ``execute()``.  Django's
-  execute wrappers (an app's query logger, Sentry, the debug toolbar) and its query
-  log (``connection.queries``, ``assertNumQueries``, ``last_executed_query``) see the
-  application's SQL and parameters, as without the layer.  Raw SQL on the psycopg
-  connection (``connection.connection.cursor()``) and ``cursor.copy()`` carry the
-  user too.
+* **Below Django.**  Each cursor an alias creates becomes, as soon as Django made it,
+  an instance of a subclass of its own class (Django's ClientCursor,
+  ServerBindingCursor or named ServerSideCursor, or a ``cursor_factory`` of your own)
+  that adds the prologue inside ``execute()``.  Django's execute wrappers (an app's
+  query logger, Sentry, the debug toolbar) and its query log (``connection.queries``,
+  ``assertNumQueries``, ``last_executed_query``) see the application's SQL and
+  parameters, as without the layer; ``execute_wrappers`` and the connection's
+  ``cursor_factory`` are left as Django set them.  ``cursor.copy()`` carries the user.
 * **One message, when it can.**  Django's default cursor binds parameters on the
   client and uses the simple query protocol: the prologue and the statement go as
   one Query message, one round trip, one implicit transaction in autocommit.  Where
@@ -44,9 +44,8 @@ Where that happens, and why there:
 * **Statements that refuse a transaction block** (``CREATE INDEX CONCURRENTLY``,
   ``REINDEX ... CONCURRENTLY``, ``VACUUM``, ``CREATE DATABASE``, ``ALTER SYSTEM``,
   ...) read no rows under a policy: they run as they are, without the prologue.
-* **Django's named cursors** (``.iterator()``) are made by class, not by the
-  factory: an execute wrapper that does not rewrite SQL runs their ``DECLARE`` after
-  the prologue, in one transaction.
+* **Django's named cursors** (``.iterator()``) declare their cursor after the
+  prologue, in one transaction with it.
 
 The context lives in a :class:`contextvars.ContextVar`: per thread and per
 asyncio task, copied into ``sync_to_async`` threads (Django's async ORM), absent in
@@ -55,9 +54,9 @@ new threads and after the ``with`` block / request.  No context means no
 (fail closed).  A context names PostgreSQL aliases only (another vendor's alias is
 refused: it has no row-level security).
 
-Not covered: ``cursor.callproc()`` on psycopg directly (Django's goes through
-``execute``), and a ``StreamingHttpResponse`` iterated after the middleware
-returned runs without the request's user.
+Not covered (they see no user, so RLS policies show them nothing): SQL on the raw
+psycopg connection (``connection.connection.cursor()``), and a
+``StreamingHttpResponse`` iterated after the middleware returned.
 """
 
 from __future__ import annotations
@@ -163,14 +162,14 @@ def rls_user(user_id: object, *, using: str | Iterable[str] | None = None,
         _CONTEXT.reset(token)
 
 
-# -- carrying the user: cursors and a wrapper -------------------------------------------
+# -- carrying the user: the cursors Django creates --------------------------------------
 #
-# Plain cursors (Django's ClientCursor or ServerBindingCursor, and any cursor made on the
-# raw psycopg connection) get the prologue from a subclass installed as the connection's
-# cursor_factory: below Django's execute wrappers and its query logging, so both see
-# the application's SQL and parameters, never the prologue. Django's named (server-side)
-# cursors for .iterator() are made by class, not by the factory: an execute wrapper that
-# does not rewrite SQL handles those.
+# Each cursor a PostgreSQL alias creates (Django's ClientCursor, ServerBindingCursor or
+# named ServerSideCursor for .iterator(), or the class of a cursor_factory in OPTIONS)
+# becomes, right after Django made it, an instance of a subclass that adds the prologue
+# in execute(). That is below Django's execute wrappers and query log, so both see the
+# application's SQL and parameters, never the prologue; and neither execute_wrappers
+# nor the connection's cursor_factory change (Django's own tests check both).
 
 # Statements PostgreSQL refuses in a transaction block, hence in a multi-statement
 # Query message or with a prologue: none reads rows under a policy, so they run as
@@ -254,8 +253,9 @@ def _join(prologue: str, value: str, sql: str, params: Any) -> tuple[str, Any] |
 
 
 class _RLSCursorMixin:
-    """The prologue for every statement of a plain cursor (see the section's note)."""
+    """The prologue for every statement of a cursor (see the section's note)."""
 
+    __slots__ = ()  # the instance's layout stays Django's: __class__ may be swapped
     _edulink_alias = "default"
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
@@ -331,44 +331,37 @@ def _cursor_class(base: type, alias: str) -> type:
     made = _CURSOR_CLASSES.get((base, alias))
     if made is None:
         made = _CURSOR_CLASSES.setdefault((base, alias), type(
-            f"RLS{base.__name__}", (_RLSCursorMixin, base), {"_edulink_alias": alias}))
+            f"RLS{base.__name__}", (_RLSCursorMixin, base),
+            {"_edulink_alias": alias, "__slots__": ()}))
     return made
 
 
-def _named_cursor_execute(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
-                          context: dict[str, Any]) -> Any:
-    """Execute wrapper for Django's named cursors (.iterator()): their DECLARE runs
-    after the prologue, in one transaction with it. Other cursors pass through."""
-    cursor = context["cursor"].cursor
-    if not isinstance(cursor, psycopg.ServerCursor):
-        return execute(sql, params, many, context)
-    db = context["connection"]
-    raw = db.connection
-    wanted = _wanted(db.alias, raw)
-    if wanted is None:
-        return execute(sql, params, many, context)
-    with _carrying(raw, *wanted):
-        return execute(sql, params, many, context)
-
-
 def _install_on(db: Any) -> None:
-    if db.vendor != "postgresql":
+    """Make every cursor *db* creates carry the user (see the section's note)."""
+    if db.vendor != "postgresql" or getattr(db.create_cursor, _MARK, False):
         return
-    if _named_cursor_execute not in db.execute_wrappers:
-        db.execute_wrappers.append(_named_cursor_execute)
-    raw = db.connection
-    if isinstance(raw, psycopg.Connection) and not issubclass(raw.cursor_factory,
-                                                              _RLSCursorMixin):
-        raw.cursor_factory = _cursor_class(raw.cursor_factory, db.alias)
+    create = db.create_cursor  # Django's, bound to db
+
+    def create_cursor(name: str | None = None) -> Any:
+        cursor = create(name)
+        if not isinstance(cursor, _RLSCursorMixin):
+            # Same instance, one class further down: Django keeps its cursor (a
+            # ClientCursor, ServerBindingCursor or named ServerSideCursor, or one of
+            # its own cursor_factory) and the connection's cursor_factory is untouched.
+            cursor.__class__ = _cursor_class(type(cursor), db.alias)
+        return cursor
+
+    setattr(create_cursor, _MARK, True)
+    db.create_cursor = create_cursor
 
 
 def _uninstall_on(db: Any) -> None:
-    """Take the RLS layer off one wrapper and its connection (benchmarks' baseline)."""
-    if _named_cursor_execute in db.execute_wrappers:
-        db.execute_wrappers.remove(_named_cursor_execute)
-    raw = db.connection
-    if isinstance(raw, psycopg.Connection) and issubclass(raw.cursor_factory, _RLSCursorMixin):
-        raw.cursor_factory = raw.cursor_factory.__mro__[2]
+    """Take the RLS layer off one wrapper (benchmarks' baseline)."""
+    if getattr(db.create_cursor, _MARK, False):
+        del db.create_cursor  # Django's method again
+
+
+_MARK = "_edulink_rls"
 
 
 def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
