@@ -12,8 +12,9 @@ configure_service_database('user'), persistent connection), autocommit:
       shared_schema.current_user_id() (PostgreSQL's policy work included)
   (f) .iterator() over 1,000 rows (a server-side cursor), no RLS layer -- baseline of (g)
   (g) the same inside one rls_user(...) block
-Rounds are interleaved in a shuffled order; each round gives each path's ratio
-to its baseline ((a), or (f) for (g)) in that round, and the table shows the medians.
+Each round interleaves short batches of all paths, reshuffled every time, until each
+path has run --seconds; each round gives each path's ratio to its baseline ((a), or (f)
+for (g)) in that round, and the table shows the medians over rounds.
 Goals (issue 26): (c)/(a) <= 1.10 and (g)/(f) <= 1.10 -- time per operation, Django's
 own overhead included.
 """
@@ -147,17 +148,21 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in paths}
         ratios: dict[str, list[float]] = {name: [] for name in paths}
         order = list(paths)
+        for name in order:  # warm every path up once
+            paths[name][0]()
+            _timed(paths[name], 50)
         for _ in range(args.rounds):
-            rng.shuffle(order)
-            this_round: dict[str, float] = {}
-            for name in order:
-                setup, user, op, _baseline = paths[name]
-                setup()
-                if user is None:
-                    this_round[name] = _rate(op, args.seconds)
-                else:
-                    with django_rls.rls_user(user):  # one block, many reads: a request
-                        this_round[name] = _rate(op, args.seconds)
+            # A round interleaves short batches of every path (shuffled each time) for
+            # --seconds per path, so that the machine's drifts hit all paths alike.
+            spent = dict.fromkeys(paths, 0.0)
+            done = dict.fromkeys(paths, 0)
+            while min(spent.values()) < args.seconds:
+                rng.shuffle(order)
+                for name in order:
+                    batch = BATCH[paths[name][2] is iterate]
+                    spent[name] += _timed(paths[name], batch)
+                    done[name] += batch
+            this_round = {name: done[name] / spent[name] for name in paths}
             for name, rate in this_round.items():
                 rates[name].append(rate)
                 ratios[name].append(this_round[paths[name][3]] / rate)
@@ -175,16 +180,32 @@ def main() -> None:
           f"{GOAL} {'met' if iter_ratio <= GOAL else 'NOT met'}")
 
 
-def _rate(op: Callable[[], None], seconds: float) -> float:
-    for _ in range(50):  # warm up
-        op()
-    count, start = 0, time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for _ in range(20):
+# Operations per batch: (a pk read, an .iterator() over 1,000 rows).
+BATCH = {False: 20, True: 2}
+
+
+def _timed(path: tuple[Callable[[], None], str | None, Callable[[], None], str],
+           count: int) -> float:
+    """Seconds *count* runs of *path*'s operation take, after its setup, inside its
+    rls_user block if it has a user (one block, many operations: a request)."""
+    setup, user, op, _baseline = path
+    setup()
+    if user is None:
+        start = time.perf_counter()
+        for _ in range(count):
             op()
-        count += 20
-    return count / (time.perf_counter() - start)
+        return time.perf_counter() - start
+    with _rls_user(user):
+        start = time.perf_counter()
+        for _ in range(count):
+            op()
+        return time.perf_counter() - start
+
+
+def _rls_user(user: str) -> Any:
+    from microservices.shared.database.django_rls import rls_user
+
+    return rls_user(user)
 
 
 if __name__ == "__main__":
