@@ -325,7 +325,7 @@ _CURSOR_CLASSES: dict[tuple[type, str], type] = {}
 
 
 def _cursor_class(base: type, alias: str) -> type:
-    """*base* (the connection's cursor class) with the prologue, for *alias*."""
+    """*base* (the class of a cursor Django made) with the prologue, for *alias*."""
     if issubclass(base, _RLSCursorMixin):
         base = base.__mro__[2]  # already ours (another alias's): wrap its base
     made = _CURSOR_CLASSES.get((base, alias))
