@@ -31,7 +31,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..config import Settings, _parse_replica_urls, _with_sslmode, to_url
 from ..connections.direct import connect
-from ..connections.location import _TRUSTED, LOCATION_TABLE, META_SCHEMA, location_string
+from ..connections.location import (
+    _TRUSTED,
+    LOCATION_TABLE,
+    META_SCHEMA,
+    location_string,
+    server_key,
+)
 from ..core.errors import BackupError
 from ..topology import Topology
 
@@ -51,14 +57,6 @@ class Placement:
     schema: str
     location: str | None = None
     moved_at: datetime | None = None
-
-
-def server_key(location: str | dict[str, Any]) -> tuple[str, str, str]:
-    """(host or hostaddr, port, dbname): what makes two locations the same server
-    (sslmode may be written differently in two URLs of one server)."""
-    params = dict(conninfo_to_dict(location)) if isinstance(location, str) else location
-    return (str(params.get("host") or params.get("hostaddr") or ""),
-            str(params.get("port") or "5432"), str(params.get("dbname") or ""))
 
 
 def same_server(a: str | dict[str, Any] | None, b: str | dict[str, Any] | None) -> bool:

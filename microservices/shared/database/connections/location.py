@@ -122,6 +122,15 @@ def location_string(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={params[k]}" for k in LOCATION_KEYS if params.get(k) not in (None, ""))
 
 
+def server_key(location: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(host or hostaddr, port, dbname) of a location string or connection parameters:
+    what makes two locations the same server (sslmode may be written differently in
+    two URLs of one server)."""
+    params = dict(conninfo_to_dict(location)) if isinstance(location, str) else location
+    return (str(params.get("host") or params.get("hostaddr") or ""),
+            str(params.get("port") or "5432"), str(params.get("dbname") or ""))
+
+
 def located_params(home: dict[str, Any], where: str) -> dict[str, Any]:
     """*home*'s connection parameters (role, password, options) at location *where*.
 

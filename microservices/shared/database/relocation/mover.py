@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 from ..config import mask_dsn
 from ..connections.direct import connect
@@ -24,6 +24,7 @@ from ..connections.location import (
     IDLE_TTL_S,
     TTL_S,
     location_string,
+    server_key,
 )
 from ..core.errors import MoveError
 from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
@@ -820,20 +821,13 @@ def current_location(ctx: MoveContext) -> str:
     return row[0] if row and row[0] else location_string(ctx.home)
 
 
-def _server_of(location: str) -> tuple[str, str, str]:
-    """(host or hostaddr, port, dbname) of a location string: sslmode may differ
-    between the URL given to one move and the one given to the next."""
-    params = conninfo_to_dict(location)
-    return (str(params.get("host") or params.get("hostaddr") or ""),
-            str(params.get("port") or "5432"), str(params.get("dbname") or ""))
-
-
 def _check_source_is_current(ctx: MoveContext) -> None:
     """Refuse to move from a server the service has left: its schema there is the
     empty one the clean-up re-provisioned, and moving it would point every pool at an
     empty copy, the data left behind."""
     where = current_location(ctx)
-    if _server_of(where) != _server_of(location_string(ctx.source)):
+    # sslmode may differ between the URL given to one move and the one given to the next.
+    if server_key(where) != server_key(ctx.source):
         raise MoveError(
             f"{ctx.service.name} lives on {where} now (the registry on the home server), "
             f"not on {location_string(ctx.source)}: pass that server's admin URL as --from "
