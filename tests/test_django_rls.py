@@ -221,6 +221,10 @@ def test_the_rls_layer_is_invisible_to_django_and_other_code(
     assert out["logged"][0].startswith("SELECT COUNT(*)")
     assert out["wrapped"] == [["SELECT %s::text", ["p"]]]
     assert out["last_executed"] in ("SELECT 'p'::text", "SELECT %s::text")
+    assert out["iterated"] == [user] and out["iterated_first"] == user
+    assert len(out["iterator_logged"]) == 2, out["iterator_logged"]
+    for logged in out["iterator_logged"]:
+        assert logged.startswith(("DECLARE", "SELECT")) and "set_config" not in logged
     assert out["pg_cursors"] == 0
     assert out["non_transactional"] == "ok"
     assert out["deferred"] == out["deferred_autocommit"] == "IntegrityError"

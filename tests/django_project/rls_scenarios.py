@@ -287,6 +287,13 @@ def behaves_like_django(user_id: str) -> dict:
             out["last_executed"] = connection.ops.last_executed_query(
                 cursor.cursor, "SELECT %s::text", ["p"])
         out["wrapped"] = seen
+        # .iterator(): a named cursor where server-side cursors are on. The log shows
+        # psycopg's DECLARE (or the SELECT), never the prologue; the cursor is closed.
+        with CaptureQueriesContext(connection) as captured:
+            out["iterated"] = [str(p.user_id) for p in Profile.objects.iterator(chunk_size=1)]
+            first = next(Profile.objects.iterator(chunk_size=1), None)  # abandoned early
+            out["iterated_first"] = None if first is None else str(first.user_id)
+        out["iterator_logged"] = [q["sql"] for q in captured.captured_queries]
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_cursors")
             out["pg_cursors"] = cursor.fetchone()[0]
