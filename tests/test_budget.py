@@ -11,6 +11,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import django
 import psycopg
 import pytest
 
@@ -192,3 +193,27 @@ def test_budget_numbers(max_connections: int, limit: int, pools: dict[int, int])
 def test_cli_help_has_an_example() -> None:
     result = run(["budget", "--help"], Path.cwd(), {**os.environ, "COLUMNS": "200"})
     assert "Example: edulink-db budget --processes 4" in result.stdout
+
+
+_DJANGO_POOL = ("import django, json; django.setup(); from django.db import connection; "
+                "connection.ensure_connection(); p = connection.pool; "
+                "print(json.dumps([p.min_size, p.max_size]))")
+
+
+@pytest.mark.skipif(django.VERSION < (5, 1), reason="Django's pool needs Django 5.1")
+def test_django_pool_is_sized_from_the_budget(fresh_db: dict[str, Any]) -> None:
+    from .test_django import env_for
+    from .test_django import run as django_run
+
+    do_provision(fresh_db, default_topology())
+    with psycopg.connect(**fresh_db) as conn:
+        limit = budget.read_budget(conn, default_topology(), load_settings()).roles[1].limit
+    env = {**env_for(fresh_db, "user"), "EDULINK_DJANGO_POOL": "1"}
+    sized = django_run(["-c", _DJANGO_POOL], env)
+    assert sized.returncode == 0, sized.stderr
+    derived = budget.derived_pool(limit, 2)
+    assert json.loads(sized.stdout) == [derived.min_size, derived.max_size]
+    refused = django_run(["-c", _DJANGO_POOL], {**env, "EDULINK_DB_USER_POOL_SIZE": str(limit)})
+    assert refused.returncode != 0
+    assert (f"2 process(es) x pool max {limit} = {2 * limit} connections, but role "
+            f"user_service_role has CONNECTION LIMIT {limit}") in refused.stderr

@@ -323,15 +323,9 @@ class _ServicePool:
         """
         try:
             with psycopg.connect(self.conninfo, connect_timeout=10, autocommit=True) as conn:
-                row = conn.execute("SELECT rolconnlimit FROM pg_catalog.pg_roles"
-                                   " WHERE rolname = current_user").fetchone()
-                server = budget.read_server(conn)
+                limit = budget.held_limit(conn, self.service, self.topology)
         except psycopg.OperationalError as exc:
             raise _classify_connect_error(self.service, self.params, exc) from None
-        limit = row[0] if row else -1
-        if limit < 0:  # not provisioned here: the share the budget would give it
-            limit = budget.role_limits(server, self.topology).get(
-                self.service.runtime_role, budget.derived_limit(server, self.topology))
         sized = pool_config(self.settings, self.service, self.params, limit)
         self.config = replace(self.config, min_size=sized.min_size, max_size=sized.max_size)
 

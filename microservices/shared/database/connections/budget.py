@@ -198,18 +198,37 @@ def pool_size(settings: Settings, service: Service, limit: int, *,
         return derived
     min_size = derived.min_size if size is None else size
     max_size = max(min_size, derived.max_size) if overflow is None else min_size + overflow
-    pool = PoolSize(min_size, max_size, explicit=True)
-    if pooler != TRANSACTION and max_size * procs > limit:
-        name = service.name.upper()
-        raise PoolDoesNotFit(
-            f"service {service.name}: {procs} process(es) x pool max {max_size} = "
-            f"{max_size * procs} connections, but role {service.runtime_role} has CONNECTION "
-            f"LIMIT {limit}. Fix: lower the pool (unset EDULINK_DB_{name}_POOL_SIZE/"
-            f"_MAX_OVERFLOW and DATABASE_POOL_SIZE/_MAX_OVERFLOW to derive "
-            f"{derived.max_size}), run fewer processes (EDULINK_DB_{name}_PROCESSES), move "
-            "to a plan with more max_connections, or connect through the transaction pooler.",
-            max_size * procs, limit)
-    return pool
+    check_fit(service, max_size, procs, limit, pooler=pooler)
+    return PoolSize(min_size, max_size, explicit=True)
+
+
+def check_fit(service: Service, max_size: int, procs: int, limit: int, *,
+              pooler: str = "none", setting: str = "") -> None:
+    """Refuse an explicit pool max that lets *procs* processes open more than *limit*."""
+    if pooler == TRANSACTION or max_size * procs <= limit:
+        return
+    name = service.name.upper()
+    setting = setting or (f"EDULINK_DB_{name}_POOL_SIZE/_MAX_OVERFLOW and "
+                          "DATABASE_POOL_SIZE/_MAX_OVERFLOW")
+    raise PoolDoesNotFit(
+        f"service {service.name}: {procs} process(es) x pool max {max_size} = "
+        f"{max_size * procs} connections, but role {service.runtime_role} has CONNECTION "
+        f"LIMIT {limit}. Fix: lower the pool (unset {setting} to derive "
+        f"{derived_pool(limit, procs).max_size}), run fewer processes "
+        f"(EDULINK_DB_{name}_PROCESSES), move to a plan with more max_connections, or "
+        "connect through the transaction pooler.", max_size * procs, limit)
+
+
+def held_limit(conn: psycopg.Connection[Any], service: Service, topology: Topology) -> int:
+    """The CONNECTION LIMIT of the role *conn* is logged in as; for a role without one
+    (not provisioned on that server), the share the budget would give it."""
+    row = conn.execute("SELECT rolconnlimit FROM pg_catalog.pg_roles"
+                       " WHERE rolname = current_user").fetchone()
+    if row is not None and row[0] >= 0:
+        return int(row[0])
+    server = read_server(conn)
+    return role_limits(server, topology).get(service.runtime_role,
+                                             derived_limit(server, topology))
 
 
 # -- the whole table ---------------------------------------------------------------------
