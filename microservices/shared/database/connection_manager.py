@@ -393,8 +393,9 @@ class _ServicePool:
                 return _classify_connect_error(self.service, self.params, exc)
         return PoolExhaustedError(
             f"Pool {self.service.name!r} exhausted: no connection within "
-            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or raise "
-            f"DATABASE_MAX_OVERFLOW / EDULINK_DB_{self.service.name.upper()}_MAX_OVERFLOW."
+            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or give "
+            f"the pool more room: 'edulink-db budget' shows how the role's CONNECTION LIMIT "
+            f"is shared among EDULINK_DB_{self.service.name.upper()}_PROCESSES processes."
         )
 
     def lend(self, conn: ServiceConnection | AsyncServiceConnection,
