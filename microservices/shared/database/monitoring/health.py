@@ -30,7 +30,7 @@ from psycopg import sql
 
 from ..config import Settings, host_label, pooler_mode
 from ..connections import budget
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, EdulinkDBError
 from ..topology import Service, Topology
 from .fingerprint import fingerprint
 
@@ -271,6 +271,17 @@ def _check(status: str, value: Any, threshold: Any, message: str,
     return out
 
 
+def _pooler(settings: Settings) -> str:
+    """The pooler mode of the configured server (services derive their connection from
+    the admin's), "none" when that cannot be told."""
+    from ..config import admin_conninfo
+
+    try:
+        return pooler_mode(settings, admin_conninfo(settings))
+    except EdulinkDBError:
+        return "none"
+
+
 def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
                             settings: Settings, svc: Service) -> None:
     """The service's processes' pools (connections/budget.py) against its role's
@@ -279,7 +290,7 @@ def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseS
     if limit < 0:
         return
     try:
-        budget.pool_size(settings, svc, limit, pooler=pooler_mode(settings, {}))
+        budget.pool_size(settings, svc, limit, pooler=_pooler(settings))
     except budget.PoolDoesNotFit as exc:
         checks[f"connection_limit:{svc.name}"] = _check(DEGRADED, exc.connections, limit,
                                                         str(exc), svc.name)
