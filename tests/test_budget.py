@@ -5,6 +5,7 @@ service holds its pool full; explicit pools that cannot fit are refused at start
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -95,6 +96,18 @@ def test_fresh_up_is_healthy_and_stays_so_with_every_pool_full(
         assert all(want[r["role"]] <= r["limit"] for r in plan["roles"])
         full = _health(tmp_path, env)
         assert full["overall_status"] == "healthy", _not_ok(full)
+        # Other sessions eating half the headroom still degrade the connections check,
+        # before it turns unhealthy.
+        warn, mc = full["checks"]["connections"]["threshold"], plan["server"]["max_connections"]
+        assert warn >= 0.8 and math.ceil(round(warn * mc, 6)) < math.ceil(0.95 * mc)
+        with psycopg.connect(**admin) as conn:
+            now = conn.execute("SELECT count(*)::int FROM pg_stat_activity"
+                               " WHERE backend_type = 'client backend'").fetchone()
+        assert now is not None  # counts itself; the health check's session takes its place
+        for _ in range(math.ceil(round(warn * mc, 6)) - now[0]):
+            stack.enter_context(psycopg.connect(**admin))
+        crowded = _health(tmp_path, env)
+        assert crowded["checks"]["connections"]["status"] == "degraded", crowded["checks"]
 
 
 def _fit_env(**extra: str) -> dict[str, str]:

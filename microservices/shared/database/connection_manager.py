@@ -256,7 +256,6 @@ class _ServicePool:
         replica, with *replica*; or where move-service put the service's schema)."""
         self.service = service
         self.settings = settings
-        self.topology = settings.topology()
         self.params = service_conninfo(service, settings) if params is None else params
         self.config = pool_config(settings, service, self.params)
         # A replica may stop for good at any moment (its reads can go elsewhere), so
@@ -323,7 +322,7 @@ class _ServicePool:
         """
         try:
             with psycopg.connect(self.conninfo, connect_timeout=10, autocommit=True) as conn:
-                limit = budget.held_limit(conn, self.service, self.topology)
+                limit = budget.held_limit(conn, self.service, self.settings.topology())
         except psycopg.OperationalError as exc:
             raise _classify_connect_error(self.service, self.params, exc) from None
         sized = pool_config(self.settings, self.service, self.params, limit)

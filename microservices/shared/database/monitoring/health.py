@@ -21,6 +21,7 @@ Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -319,8 +320,9 @@ def _connections_warn_ratio(stats: DatabaseStats, settings: Settings,
         return settings.database_connections_warn_ratio
     server = budget.Server(mc, stats.reserved_connections)
     planned = (sum(limits) + server.headroom // 2) / mc
-    return round(min(max(settings.database_connections_warn_ratio, planned),
-                     CONNECTIONS_UNHEALTHY), 3)
+    # Degraded still comes two connections before unhealthy.
+    latest = (math.ceil(CONNECTIONS_UNHEALTHY * mc) - 2) / mc
+    return round(max(settings.database_connections_warn_ratio, min(planned, latest)), 3)
 
 
 def _cache_hit_check(stats: DatabaseStats, settings: Settings) -> dict[str, Any]:
