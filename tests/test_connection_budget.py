@@ -1,9 +1,9 @@
 """Connection budget: each runtime role gets a CONNECTION LIMIT, verify checks the limits
-and their sum, and a pool larger than its role's limit is reported."""
+and their sum, and a pool larger than its role's limit is refused (and health reports it).
+The per-process pools and the whole table: tests/test_budget.py."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from microservices.shared.database.core.errors import TopologyError
+from microservices.shared.database.core.errors import ConfigError, TopologyError
 from microservices.shared.database.privileges.model import HEADROOM_MIN, HEADROOM_PERCENT
 from microservices.shared.database.privileges.verify import verify
 from microservices.shared.database.topology import Topology, parse_topology
@@ -117,9 +117,8 @@ def test_unlimited_runtime_role_is_reported(
     assert verify(fresh_db, topo).ok
 
 
-def test_pool_larger_than_the_role_limit_warns_and_health_reports_it(
-    fresh_db: dict[str, Any], server: dict[str, Any], manager_for: Any,
-    caplog: pytest.LogCaptureFixture,
+def test_pool_larger_than_the_role_limit_is_refused_and_health_reports_it(
+    fresh_db: dict[str, Any], manager_for: Any,
 ) -> None:
     from microservices.shared.database.monitoring.monitor import get_database_health
     from microservices.shared.database.topology import default_topology
@@ -130,16 +129,14 @@ def test_pool_larger_than_the_role_limit_warns_and_health_reports_it(
     overflow = limit + 5
     manager = manager_for(fresh_db, EDULINK_DB_USER_POOL_SIZE="1",
                           EDULINK_DB_USER_MAX_OVERFLOW=str(overflow),
+                          EDULINK_DB_USER_PROCESSES="1",
                           EDULINK_DB_AUTH_POOL_SIZE="1", EDULINK_DB_AUTH_MAX_OVERFLOW="0")
-    with caplog.at_level(logging.WARNING, logger="microservices.shared.database"):
-        with manager.get_connection("user") as conn:
-            conn.execute("SELECT 1")
-        with manager.get_connection("auth") as conn:  # within its limit: no warning
-            conn.execute("SELECT 1")
-    warnings = [r.getMessage() for r in caplog.records if "CONNECTION LIMIT" in r.getMessage()]
-    assert len(warnings) == 1, warnings
-    assert (f"service user: pool max_size {overflow + 1} exceeds the CONNECTION LIMIT {limit}"
-            " of role user_service_role") in warnings[0]
+    refused = (rf"service user: 1 process\(es\) x pool max {overflow + 1} = {overflow + 1} "
+               rf"connections, but role user_service_role has CONNECTION LIMIT {limit}\.")
+    with pytest.raises(ConfigError, match=refused), manager.get_connection("user"):
+        pass
+    with manager.get_connection("auth") as conn:  # within its limit
+        conn.execute("SELECT 1")
     health = get_database_health(manager.settings)
     check = health["checks"]["connection_limit:user"]
     assert (check["value"], check["threshold"], check["status"]) == (overflow + 1, limit,

@@ -30,7 +30,12 @@ def test_seed_api_connects_as_the_service_role(provisioned_db: dict[str, Any],
                                                                  "shared_schema"])]
     assert manager.health_check("user_service") is True
     stats = manager.get_pool_stats("user_service")
-    assert stats["checked_out"] == 0 and stats["max_size"] == 30
+    with psycopg.connect(**provisioned_db) as admin:
+        limit = admin.execute("SELECT rolconnlimit FROM pg_roles"
+                              " WHERE rolname = 'user_service_role'").fetchone()
+    assert limit is not None and limit[0] > 0
+    # Sized from the connection budget: 2 processes (the default) share the role's limit.
+    assert stats["checked_out"] == 0 and stats["max_size"] == (limit[0] - 1) // 2
     with pytest.raises(UnknownServiceError, match="billing"):
         manager.get_connection("billing")
 

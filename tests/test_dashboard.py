@@ -620,3 +620,18 @@ def test_the_cookie_is_not_the_token(token_app: DashboardApp) -> None:
                 ).status == 401
     assert call(token_app, "/api/series.json",
                 headers={"Cookie": f"edulink_db_dashboard={value}"}).status == 200
+
+
+def test_index_shows_the_connection_budget(app: DashboardApp, dash_env: dict[str, Any]) -> None:
+    from microservices.shared.database.connections import budget
+
+    index = call(app, "/")
+    assert index.status == 200 and 'id="budget"' in index.text
+    with psycopg.connect(**dash_env) as conn:
+        plan = budget.read_budget(conn, app.data.topology, app.data.settings)
+    user = next(r for r in plan.roles if r.service == "user")
+    assert user.pool is not None
+    row = index.text.split('<tr data-service="user"><td>user</td>', 1)[1].split("</tr>")[0]
+    assert (f"<td>{user.limit}</td><td>{user.processes}</td>\n"
+            f"<td>{user.pool.min_size}-{user.pool.max_size}</td><td>{user.total}</td>") in row
+    assert f"every pool full {plan.runtime_total}" in index.text

@@ -70,9 +70,12 @@ class Settings(BaseSettings):
         None, description="libpq sslmode; default 'require' for non-loopback hosts"
     )
 
-    # Pools (one per service).
-    database_pool_size: int = Field(10, ge=0)
-    database_max_overflow: int = Field(20, ge=0)
+    # Pools (one per service and process).  Unset: sized from the connection budget
+    # (connections/budget.py), so that every process of a service fits its role's limit.
+    database_pool_size: int | None = Field(None, ge=1, description="min connections")
+    database_max_overflow: int | None = Field(None, ge=0, description="beyond min")
+    edulink_db_processes_per_service: int = Field(
+        2, ge=1, description="processes per service, each with its own pool")
     database_pool_timeout: float = Field(30.0, gt=0)
     database_pool_max_lifetime: float = Field(3600.0, gt=0)
     database_pool_check: bool = False

@@ -29,9 +29,12 @@ with one extra round trip before the pool gets the connection back, and closed
 if that fails.  A checkout that changed nothing pays nothing.
 
 Pools are built on psycopg_pool, opened lazily on first use, and thread-safe.
-Sizes: min = ``DATABASE_POOL_SIZE``, max = min + ``DATABASE_MAX_OVERFLOW``,
-checkout timeout ``DATABASE_POOL_TIMEOUT``; each can be overridden per service
-with ``EDULINK_DB_<SERVICE>_POOL_SIZE`` / ``_MAX_OVERFLOW`` / ``_POOL_TIMEOUT``.
+Sizes come from the connection budget (:mod:`.connections.budget`): the role's
+CONNECTION LIMIT divided by the service's processes, read when the pool opens.
+Explicit sizes (min = ``DATABASE_POOL_SIZE``, max = min + ``DATABASE_MAX_OVERFLOW``,
+or per service ``EDULINK_DB_<SERVICE>_POOL_SIZE`` / ``_MAX_OVERFLOW``) win, and are
+refused at opening when the processes' pools cannot fit that limit.  Checkout
+timeout: ``DATABASE_POOL_TIMEOUT`` / ``EDULINK_DB_<SERVICE>_POOL_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ from .config import (
     replica_conninfos,
     service_conninfo,
 )
-from .connections import location, replicas
+from .connections import budget, location, replicas
 from .connections.request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
@@ -110,23 +113,12 @@ class PoolConfig:
         return None if self.pooler == "transaction" else 5
 
 
-def _int_override(settings: Settings, service: Service, key: str, default: int) -> int:
-    raw = settings.service_override(service, key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"EDULINK_DB_{service.name.upper()}_{key} must be a whole number "
-                          f">= 0, got {raw!r}.")
-    return value
-
-
-def pool_config(settings: Settings, service: Service, params: dict[str, Any]) -> PoolConfig:
-    min_size = _int_override(settings, service, "POOL_SIZE", settings.database_pool_size)
-    overflow = _int_override(settings, service, "MAX_OVERFLOW", settings.database_max_overflow)
+def pool_config(settings: Settings, service: Service, params: dict[str, Any],
+                limit: int | None = None) -> PoolConfig:
+    """*limit*: the CONNECTION LIMIT the pool's role holds (read when the pool opens);
+    the sizes come from the connection budget (connections/budget.py).  Without it the
+    sizes are only provisional: the explicit ones, else 0 until the pool opens."""
+    pooler = pooler_mode(settings, params)
     timeout_raw = settings.service_override(service, "POOL_TIMEOUT")
     try:
         timeout = float(timeout_raw) if timeout_raw is not None else \
@@ -136,16 +128,20 @@ def pool_config(settings: Settings, service: Service, params: dict[str, Any]) ->
     if timeout <= 0:
         raise ConfigError(f"EDULINK_DB_{service.name.upper()}_POOL_TIMEOUT must be a number "
                           f"of seconds > 0, got {timeout_raw!r}.")
-    if min_size + overflow < 1:
-        raise ConfigError(f"Pool of service {service.name!r} would have no connections: "
-                          "DATABASE_POOL_SIZE + DATABASE_MAX_OVERFLOW must be at least 1.")
+    if limit is None:
+        size, overflow = budget.explicit_pool(settings, service)
+        min_size = size or 0
+        max_size = min_size + overflow if overflow is not None else min_size
+    else:
+        sizes = budget.pool_size(settings, service, limit, pooler=pooler)
+        min_size, max_size = sizes.min_size, sizes.max_size
     return PoolConfig(
         min_size=min_size,
-        max_size=min_size + overflow,
+        max_size=max_size,
         timeout=timeout,
         max_lifetime=settings.database_pool_max_lifetime,
         check=settings.database_pool_check,
-        pooler=pooler_mode(settings, params),
+        pooler=pooler,
     )
 
 
@@ -259,6 +255,7 @@ class _ServicePool:
         """*params*: connect elsewhere than the service's configured server (a read
         replica, with *replica*; or where move-service put the service's schema)."""
         self.service = service
+        self.settings = settings
         self.params = service_conninfo(service, settings) if params is None else params
         self.config = pool_config(settings, service, self.params)
         # A replica may stop for good at any moment (its reads can go elsewhere), so
@@ -318,24 +315,18 @@ class _ServicePool:
         """Connect once before building a pool, so a wrong password or an unreachable
         server is reported at once and precisely, not as a pool timeout later.
 
-        The same connection reads the role's CONNECTION LIMIT (one catalog read per
-        pool opening, nothing per checkout) and warns when the pool may grow past it:
-        the connections beyond the limit would fail at the worst moment, under load.
+        The same connection reads the role's CONNECTION LIMIT and the server's
+        max_connections (one catalog read per pool opening, nothing per checkout), from
+        which the connection budget sizes the pool; an explicit size that cannot fit is
+        refused here, at start, rather than failing under load.
         """
         try:
             with psycopg.connect(self.conninfo, connect_timeout=10, autocommit=True) as conn:
-                row = conn.execute("SELECT rolconnlimit FROM pg_catalog.pg_roles"
-                                   " WHERE rolname = current_user").fetchone()
+                limit = budget.held_limit(conn, self.service, self.settings.topology())
         except psycopg.OperationalError as exc:
             raise _classify_connect_error(self.service, self.params, exc) from None
-        limit = row[0] if row else -1
-        if 0 <= limit < self.config.max_size:
-            log.warning(
-                "service %s: pool max_size %d exceeds the CONNECTION LIMIT %d of role %s; "
-                "lower EDULINK_DB_%s_MAX_OVERFLOW / _POOL_SIZE or raise connection_limit in "
-                "the topology (every process of the service shares that limit)",
-                self.service.name, self.config.max_size, limit, self.service.runtime_role,
-                self.service.name.upper())
+        sized = pool_config(self.settings, self.service, self.params, limit)
+        self.config = replace(self.config, min_size=sized.min_size, max_size=sized.max_size)
 
     def sync_pool(self) -> ConnectionPool[ServiceConnection]:
         pool = self._sync
@@ -401,8 +392,9 @@ class _ServicePool:
                 return _classify_connect_error(self.service, self.params, exc)
         return PoolExhaustedError(
             f"Pool {self.service.name!r} exhausted: no connection within "
-            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or raise "
-            f"DATABASE_MAX_OVERFLOW / EDULINK_DB_{self.service.name.upper()}_MAX_OVERFLOW."
+            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or give "
+            f"the pool more room: 'edulink-db budget' shows how the role's CONNECTION LIMIT "
+            f"is shared among EDULINK_DB_{self.service.name.upper()}_PROCESSES processes."
         )
 
     def lend(self, conn: ServiceConnection | AsyncServiceConnection,

@@ -290,7 +290,7 @@ DO $do$
 DECLARE per_role int; r text;
 BEGIN
   SELECT b.derived INTO per_role
-    FROM (SELECT mc, sr, rc, usable, headroom, GREATEST(1, (usable - headroom - 0) / 6) FROM (SELECT mc, sr, rc, usable, GREATEST(10, (usable * 5 + 99) / 100) AS headroom FROM (SELECT mc, sr, rc, mc - sr - rc AS usable FROM (SELECT pg_catalog.current_setting('max_connections')::int AS mc, pg_catalog.current_setting('superuser_reserved_connections')::int AS sr, coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0) AS rc) AS x) AS u) AS b) AS b(mc, sr, rc, usable, headroom, derived);
+    FROM (SELECT mc, sr, rc, usable, headroom, GREATEST(1, (usable - headroom - 0) / 6) FROM (SELECT mc, sr, rc, usable, GREATEST(10, (usable * 5 + 99) / 100) AS headroom FROM (SELECT mc, sr, rc, mc - sr - rc AS usable FROM (SELECT pg_catalog.current_setting('max_connections')::int, pg_catalog.current_setting('superuser_reserved_connections')::int, coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0)) AS x(mc, sr, rc)) AS u) AS b) AS b(mc, sr, rc, usable, headroom, derived);
   FOREACH r IN ARRAY '{auth_service_role,user_service_role,institution_service_role,notification_service_role,application_service_role,internship_service_role}'::text[] LOOP
     EXECUTE pg_catalog.format('ALTER ROLE %I CONNECTION LIMIT %s', r, per_role);
   END LOOP;

@@ -60,6 +60,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
 
     @property
     def pool(self) -> Any:
+        self._edulink_size_pool()
         home_pool = getattr(super(), "pool", None)  # Django < 5.1 has no pool
         where = self._edulink_where
         if home_pool is None or where is None:
@@ -72,6 +73,35 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
                 if pool is None:
                     pool = self._edulink_pools[key] = self._located_pool(home_pool, where)
         return pool
+
+    def _edulink_size_pool(self) -> None:
+        """Before Django builds this alias's pool: its min and max size from the
+        connection budget (connections/budget.py), as the service's other pools, unless
+        OPTIONS["pool"] sets them -- then they must fit the role's CONNECTION LIMIT."""
+        options = self.settings_dict["OPTIONS"]
+        wanted, name = options.get("pool"), self.settings_dict.get(SERVICE_KEY)
+        pools = getattr(self, "_connection_pools", None)  # Django < 5.1: no pool
+        if not wanted or name is None or pools is None or self.alias in pools:
+            return  # sized once per pool: an opened pool is in _connection_pools
+        from ..config import load_settings, pooler_mode
+        from ..connections import budget
+
+        settings = load_settings()
+        topology = settings.topology()
+        service = topology.service(name)
+        params = self.get_connection_params()
+        with psycopg.connect(**params) as conn:
+            limit = budget.held_limit(conn, service, topology)
+        given = dict(wanted) if isinstance(wanted, dict) else {}
+        pooler = pooler_mode(settings, params)
+        if "max_size" in given or "min_size" in given:
+            top = given.get("max_size") or given["min_size"]
+            budget.check_fit(service, int(top), budget.processes(settings, service), limit,
+                             pooler=pooler, setting='OPTIONS["pool"] max_size/min_size')
+        else:
+            size = budget.pool_size(settings, service, limit, pooler=pooler)
+            given.update(min_size=size.min_size, max_size=size.max_size)
+        options["pool"] = given
 
     def _located_pool(self, home_pool: Any, where: str) -> Any:
         """A pool like Django's *home_pool*, connecting to *where*."""

@@ -126,9 +126,11 @@ def env_example(topology: Topology) -> str:
 # EDULINK_DB_{svc}_PASSWORD=
 # EDULINK_DB_{svc}_MIGRATOR_PASSWORD=
 
-# -- Connection pools (per service) ------------------------------------------------
-# DATABASE_POOL_SIZE=10
-# DATABASE_MAX_OVERFLOW=20
+# -- Connection pools (per service and process) -------------------------------------
+# Sized from each role's CONNECTION LIMIT unless set; see 'edulink-db budget'.
+# EDULINK_DB_PROCESSES_PER_SERVICE=2
+# DATABASE_POOL_SIZE=2
+# DATABASE_MAX_OVERFLOW=4
 # DATABASE_POOL_TIMEOUT=30
 
 # -- Health checks -------------------------------------------------------------------

@@ -21,6 +21,7 @@ Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,8 +29,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ..config import Settings, host_label
-from ..core.errors import ConfigError
+from ..config import Settings, host_label, pooler_mode
+from ..connections import budget
+from ..core.errors import ConfigError, EdulinkDBError
 from ..topology import Service, Topology
 from .fingerprint import fingerprint
 
@@ -43,6 +45,7 @@ CONNECTIONS_UNHEALTHY = 0.95
 class DatabaseStats:
     server_version: str = ""
     max_connections: int = 0
+    reserved_connections: int = 0  # superuser_reserved_connections + reserved_connections
     connections: int = 0
     cache_hit_ratio: float | None = None
     cache_blocks: int = 0  # blks_hit + blks_read: the sample behind cache_hit_ratio
@@ -82,9 +85,12 @@ def collect(conn: psycopg.Connection[Any], topology: Topology,
         stats.queries += 1
         return conn.execute(query, params).fetchall()
 
-    (stats.server_version, stats.max_connections, stats.connections, stats.cache_hit_ratio,
-     stats.cache_blocks, stats.xid_age, limit_roles, limits, in_recovery, standbys) = q(
+    (stats.server_version, stats.max_connections, stats.reserved_connections,
+     stats.connections, stats.cache_hit_ratio, stats.cache_blocks, stats.xid_age,
+     limit_roles, limits, in_recovery, standbys) = q(
         "SELECT current_setting('server_version'), current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+        " + coalesce(current_setting('reserved_connections', true)::int, 0),"
         " (SELECT count(*) FROM pg_catalog.pg_stat_activity"
         "   WHERE backend_type = 'client backend')::int,"
         # Tables and indexes only, as PgHero measures it: pg_stat_database also counts
@@ -266,24 +272,31 @@ def _check(status: str, value: Any, threshold: Any, message: str,
     return out
 
 
+def _pooler(settings: Settings) -> str:
+    """The pooler mode of the configured server (services derive their connection from
+    the admin's), "none" when that cannot be told."""
+    from ..config import admin_conninfo
+
+    try:
+        return pooler_mode(settings, admin_conninfo(settings))
+    except EdulinkDBError:
+        return "none"
+
+
 def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
                             settings: Settings, svc: Service) -> None:
-    """The service's pool against its role's CONNECTION LIMIT (-1 = none)."""
-    from ..connection_manager import pool_config
-
+    """The service's processes' pools (connections/budget.py) against its role's
+    CONNECTION LIMIT (-1 = none)."""
     limit = stats.connection_limits.get(svc.runtime_role, -1)
     if limit < 0:
         return
     try:
-        pool_max = pool_config(settings, svc, {}).max_size
+        budget.pool_size(settings, svc, limit, pooler=_pooler(settings))
+    except budget.PoolDoesNotFit as exc:
+        checks[f"connection_limit:{svc.name}"] = _check(DEGRADED, exc.connections, limit,
+                                                        str(exc), svc.name)
     except ConfigError:
-        return  # opening the pool reports the bad setting itself; health must not raise
-    if pool_max > limit:
-        checks[f"connection_limit:{svc.name}"] = _check(
-            DEGRADED, pool_max, limit,
-            f"{svc.name}'s pool may open {pool_max} connections, but role "
-            f"{svc.runtime_role} has CONNECTION LIMIT {limit}: connections beyond it fail "
-            "under load", svc.name)
+        pass  # opening the pool reports the bad setting itself; health must not raise
     role = stats.roles.get(svc.runtime_role, _empty_role())
     in_use = sum(role[k] for k in ("active", "idle", "idle_in_transaction", "other"))
     if in_use >= limit:
@@ -291,6 +304,25 @@ def _connection_limit_checks(checks: dict[str, dict[str, Any]], stats: DatabaseS
             DEGRADED, in_use, limit,
             f"{svc.runtime_role} holds {in_use} connections, its CONNECTION LIMIT is {limit}: "
             "new connections of this service are refused", svc.name)
+
+
+def _connections_warn_ratio(stats: DatabaseStats, settings: Settings,
+                            topology: Topology) -> float:
+    """DATABASE_CONNECTIONS_WARN_RATIO when set; else at least its default, or more where
+    the connection budget plans for more: the runtime roles' limits are what the
+    services may hold by construction, so every pool full is no warning.  Degraded once
+    the other sessions (admin, migrators, monitoring) have used half the headroom the
+    budget keeps for them."""
+    mc = stats.max_connections
+    limits = [stats.connection_limits.get(r, -1) for r in topology.runtime_roles]
+    if (not mc or any(limit < 0 for limit in limits)
+            or "database_connections_warn_ratio" in settings.model_fields_set):
+        return settings.database_connections_warn_ratio
+    server = budget.Server(mc, stats.reserved_connections)
+    planned = (sum(limits) + server.headroom // 2) / mc
+    # Degraded still comes two connections before unhealthy.
+    latest = (math.ceil(CONNECTIONS_UNHEALTHY * mc) - 2) / mc
+    return round(max(settings.database_connections_warn_ratio, min(planned, latest)), 3)
 
 
 def _cache_hit_check(stats: DatabaseStats, settings: Settings) -> dict[str, Any]:
@@ -320,7 +352,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
                 "services": {}}
     checks["connection"] = _check(OK, True, True, f"PostgreSQL {stats.server_version}")
     ratio = stats.connections / stats.max_connections if stats.max_connections else 0.0
-    warn = settings.database_connections_warn_ratio
+    warn = _connections_warn_ratio(stats, settings, topology)
     checks["connections"] = _check(
         UNHEALTHY if ratio >= CONNECTIONS_UNHEALTHY else DEGRADED if ratio >= warn else OK,
         round(ratio, 3), warn,

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from ..connections.budget import HEADROOM_MIN as HEADROOM_MIN
+from ..connections.budget import HEADROOM_PERCENT as HEADROOM_PERCENT
+from ..connections.budget import connection_budget_query as connection_budget_query
 from ..topology import Service, Topology
 
 OWN_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -48,17 +51,8 @@ MANAGED_COMMENT = (f"{MANAGED_MARKER}: created by edulink-db provision; "
 UNADOPTABLE_ATTRIBUTES = ("rolsuper", "rolbypassrls", "rolreplication", "rolcreaterole",
                           "rolcreatedb")
 
-# Connection budget of the runtime roles whose topology sets no connection_limit:
-# usable = max_connections - superuser_reserved_connections - reserved_connections
-# (16+), minus headroom for the sessions that are not runtime roles: the
-# provisioning admin (1-2), one migrator per service while a deploy runs (6 in the
-# default topology), monitoring and a psql session.  That is about 10 on any server,
-# and a share of big servers (5 %, rounded up) for more of the same.  What is left
-# after explicit limits is split evenly, at least 1 each.  With max_connections = 200
-# (the embedded server): usable 197, headroom 10, 31 per service, so the default pool
-# (10 + 20 overflow) fits; Supabase's smallest plan (60) gives 7 per service.
-HEADROOM_MIN = 10
-HEADROOM_PERCENT = 5
+# The connection budget (each runtime role's CONNECTION LIMIT) is one model shared with
+# the pools, health and `edulink-db budget`: connections/budget.py.
 
 
 def managed_mark_sql(oid_expr: str) -> sql.Composed:
@@ -67,31 +61,6 @@ def managed_mark_sql(oid_expr: str) -> sql.Composed:
     return sql.SQL("coalesce(pg_catalog.starts_with(pg_catalog.shobj_description({}, "
                    "'pg_authid'), {}), false)").format(sql.SQL(oid_expr),
                                                        sql.Literal(MANAGED_MARKER))
-
-
-def connection_budget_query(topology: Topology) -> sql.Composed:
-    """The server's connection budget for *topology*, as one row: max_connections,
-    superuser_reserved_connections, reserved_connections, usable, headroom, derived.
-
-    Run on the server being provisioned (and by verify), so the script,
-    ``provision`` and ``verify`` share one formula.  ``derived`` is the limit of
-    each runtime role without an explicit ``connection_limit``.
-    """
-    explicit = sum(s.connection_limit or 0 for s in topology.services)
-    derived = sum(1 for s in topology.services if s.connection_limit is None)
-    return sql.SQL(
-        "SELECT mc, sr, rc, usable, headroom,"
-        " GREATEST(1, (usable - headroom - {explicit}) / {derived})"
-        " FROM (SELECT mc, sr, rc, usable,"
-        " GREATEST({hmin}, (usable * {hpct} + 99) / 100) AS headroom"
-        " FROM (SELECT mc, sr, rc, mc - sr - rc AS usable"
-        " FROM (SELECT pg_catalog.current_setting('max_connections')::int AS mc,"
-        " pg_catalog.current_setting('superuser_reserved_connections')::int AS sr,"
-        # reserved_connections exists from PostgreSQL 16 on.
-        " coalesce(pg_catalog.current_setting('reserved_connections', true)::int, 0) AS rc"
-        ") AS x) AS u) AS b"
-    ).format(explicit=sql.Literal(explicit), derived=sql.Literal(max(derived, 1)),
-             hmin=sql.Literal(HEADROOM_MIN), hpct=sql.Literal(HEADROOM_PERCENT))
 
 
 def search_path_for(service: Service, topology: Topology) -> list[str]:

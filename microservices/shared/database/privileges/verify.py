@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from ..connections import budget
 from ..connections.direct import connect
 from ..connections.location import LOCATION_TABLE, META_OWNER, META_SCHEMA
 from ..migrations.history import HISTORY_TABLE
@@ -278,10 +279,14 @@ def _ownership_mark_problems(state: CatalogState) -> list[Problem]:
 
 
 def expected_connection_limits(state: CatalogState, topology: Topology) -> dict[str, int]:
-    """runtime role -> the CONNECTION LIMIT it should have on this server."""
-    derived = state.connection_budget[5] if state.connection_budget else -1
-    return {s.runtime_role: s.connection_limit if s.connection_limit is not None else derived
-            for s in topology.services}
+    """runtime role -> the CONNECTION LIMIT it should have on this server: the
+    connection budget's model (connections/budget.py) applied to the server's numbers
+    that the catalog read (the same formula the provisioning SQL ran there)."""
+    if state.connection_budget is None:
+        return {s.runtime_role: s.connection_limit if s.connection_limit is not None else -1
+                for s in topology.services}
+    max_conn, su_reserved, reserved = state.connection_budget[:3]
+    return budget.role_limits(budget.Server(max_conn, su_reserved, reserved), topology)
 
 
 def _connection_budget_problems(state: CatalogState, topology: Topology,

@@ -33,7 +33,7 @@ ROLE_SETTINGS = frozenset({"statement_timeout", "lock_timeout",
 _DURATION = re.compile(r"(0|[1-9][0-9]{0,8})(us|ms|s|min|h|d)?")
 
 # CONNECTION LIMIT of a runtime role; when absent, provisioning derives it from the
-# server's max_connections (see privileges.model.connection_budget_query).
+# server's max_connections (see connections/budget.py).
 CONNECTION_LIMIT = "connection_limit"
 # Far above any real max_connections (PostgreSQL caps it at 262143); a typo guard.
 MAX_CONNECTION_LIMIT = 262_143

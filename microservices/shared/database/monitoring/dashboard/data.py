@@ -27,7 +27,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ...config import Settings, admin_conninfo
+from ...config import Settings, admin_conninfo, pooler_mode
+from ...connections import budget
 from ...core.errors import EdulinkDBError
 from ...topology import Topology
 from ..fingerprint import fingerprint
@@ -243,9 +244,19 @@ class DashboardData:
             note = None if row is None or row[0] else STATS_ROLE_NOTE
             result = {"stats": stats, "health": health, "top": top, "blocked": blocked,
                       "replication": getattr(stats, "replication", None),
-                      "privilege_note": note}
+                      "privilege_note": note, "budget": self._budget(stats)}
             self._live = (time.monotonic(), result)
             return result
+
+    def _budget(self, stats: DatabaseStats) -> budget.Budget | None:
+        """The connection budget from the figures just read (no query of its own)."""
+        server = budget.Server(stats.max_connections, stats.reserved_connections)
+        try:
+            return budget.plan(server, self.topology, self.settings,
+                               catalog=stats.connection_limits,
+                               pooler=pooler_mode(self.settings, _admin_params(self.settings)))
+        except EdulinkDBError:  # a bad processes setting: the pools report it themselves
+            return None
 
     def slow(self) -> dict[str, Any]:
         """Migrations, backups and privileges, at most *slow_refresh* seconds old."""
