@@ -3,6 +3,7 @@ service process that holds only its own credential, and rotation of one service.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -300,9 +301,16 @@ def test_rotating_one_service_leaves_the_others_and_running_pools_follow(
     monkeypatch.setenv(f"EDULINK_DB_{user.name.upper()}_POOL_SIZE", "1")
     monkeypatch.setenv(f"EDULINK_DB_{user.name.upper()}_POOL_TIMEOUT", "5")
     manager = ConnectionManager(load_settings())
-    try:
+
+    async def check() -> None:
+        async with manager.get_async_connection(user.name) as aconn:
+            cur = await aconn.execute("SELECT current_user")
+            assert await cur.fetchone() == (user.runtime_role,)
+
+    async def scenario() -> None:
         with manager.get_connection(user.name) as conn:
             conn.execute("SELECT 1")
+        await check()
         rotate = subprocess.run([*CLI, "provision", "--rotate-passwords", user.name],
                                 cwd=project["dir"] / "admin", env=project["env"],
                                 capture_output=True, text=True, timeout=180)
@@ -316,13 +324,51 @@ def test_rotating_one_service_leaves_the_others_and_running_pools_follow(
                           "password": after[f"service:{svc.runtime_role}"]}
                 psycopg.connect(**params).close()
         assert _export(project, user.name, "json", str(credential)).returncode == 0
-        # The pool's connection goes away (a restart, max_lifetime): its replacement
-        # must log in with the new password, read from the re-exported file.
+        # The pools' connections go away (a restart, max_lifetime): their replacements
+        # must log in with the new password, read from the re-exported file.  The timeout
+        # makes pg_terminate_backend wait for the backends to exit, so that no checkout
+        # gets a connection whose backend is still on its way out.
         with psycopg.connect(**project["admin"], autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            conn.execute("SELECT pg_terminate_backend(pid, 5000)"
+                         " FROM pg_stat_activity"
                          " WHERE usename = %s", [user.runtime_role])
         for _ in range(3):
             with manager.get_connection(user.name) as conn:
                 assert conn.execute("SELECT current_user").fetchone() == (user.runtime_role,)
+            await check()
+
+    async def run() -> None:
+        try:
+            await scenario()
+        finally:
+            await manager.aclose_all()
+
+    asyncio.run(run())
+
+
+def test_pools_on_the_secrets_store_follow_a_rotation_too(
+        project: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Development: the password comes from the admin side's secrets store."""
+    user = project["topology"].service(f"user_{project['suffix']}")
+    for key in list(os.environ):
+        if key.startswith(("DATABASE_", "EDULINK_")):
+            monkeypatch.delenv(key)
+    for key, value in project["env"].items():
+        if key.startswith(("DATABASE_", "EDULINK_")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv(f"EDULINK_DB_{user.name.upper()}_POOL_SIZE", "1")
+    monkeypatch.setenv(f"EDULINK_DB_{user.name.upper()}_POOL_TIMEOUT", "5")
+    settings = load_settings()
+    manager = ConnectionManager(settings)
+    try:
+        with manager.get_connection(user.name) as conn:
+            conn.execute("SELECT 1")
+        run_provision(settings, rotate=[user.name])
+        with psycopg.connect(**project["admin"], autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid, 5000)"
+                         " FROM pg_stat_activity"
+                         " WHERE usename = %s", [user.runtime_role])
+        with manager.get_connection(user.name) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (user.runtime_role,)
     finally:
         manager.close_all()
