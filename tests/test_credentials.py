@@ -372,3 +372,54 @@ def test_pools_on_the_secrets_store_follow_a_rotation_too(
             assert conn.execute("SELECT current_user").fetchone() == (user.runtime_role,)
     finally:
         manager.close_all()
+
+
+DJANGO_SCRIPT = textwrap.dedent("""
+    import sys
+    import django
+    from django.conf import settings
+    from microservices.shared.database.django_settings import configure_service_database
+
+    settings.configure(DATABASES=configure_service_database(sys.argv[1]), INSTALLED_APPS=[],
+                       USE_TZ=True)
+    django.setup()
+    from django.db import connection
+
+    def who():
+        connection.close()  # each request of a CONN_MAX_AGE=0 site connects anew
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_user")
+            return cursor.fetchone()[0]
+
+    print(who(), flush=True)
+    sys.stdin.readline()  # the password is rotated and the file exported again
+    print(who(), flush=True)
+""")
+
+
+def test_django_connections_follow_a_rotation_of_the_credential_file(
+        project: dict[str, Any]) -> None:
+    pytest.importorskip("django")
+    user = project["topology"].service(f"user_{project['suffix']}")
+    credential = project["dir"] / "user.json"
+    assert _export(project, user.name, "json", str(credential)).returncode == 0
+    host_dir = project["dir"] / "django-host"
+    host_dir.mkdir()
+    env = {**_service_env(credential), "EDULINK_DB_TOPOLOGY": project["env"]["EDULINK_DB_TOPOLOGY"],
+           "EDULINK_DB_HOME": str(host_dir / ".edulink-db")}
+    proc = subprocess.Popen([sys.executable, "-c", DJANGO_SCRIPT, user.name], cwd=host_dir,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == user.runtime_role
+        rotate = subprocess.run([*CLI, "provision", "--rotate-passwords", user.name],
+                                cwd=project["dir"] / "admin", env=project["env"],
+                                capture_output=True, text=True, timeout=180)
+        assert rotate.returncode == 0, rotate.stderr
+        assert _export(project, user.name, "json", str(credential)).returncode == 0
+        out, err = proc.communicate("\n", timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == user.runtime_role
+    finally:
+        proc.kill()
