@@ -26,7 +26,7 @@ import pprint
 from typing import Any
 
 from .config import Settings, service_conninfo, to_url
-from .core.credentials import SERVICE_ENV, Credential
+from .core.credentials import SERVICE_ENV, Credential, parse
 from .topology import Service
 
 FORMATS = ("env", "json", "k8s-secret", "django")
@@ -35,7 +35,12 @@ FORMATS = ("env", "json", "k8s-secret", "django")
 def service_credential(service: Service, settings: Settings) -> Credential:
     """The runtime credential of *service* as this (admin) side resolves it."""
     params = service_conninfo(service, settings)
-    return Credential(service.name, {k: str(v) for k, v in params.items() if v is not None})
+    params.pop("passfile", None)  # the password is in the credential itself
+    credential = Credential(service.name, {k: str(v) for k, v in params.items()
+                                           if v is not None})
+    # What a service host would refuse is refused here, before anything is written.
+    parse(json.dumps(credential.as_json()), f"the credential of service {service.name}")
+    return credential
 
 
 def env_var(service: Service) -> str:

@@ -36,13 +36,10 @@ CREDENTIALS_FILE_ENV = "EDULINK_DB_CREDENTIALS_FILE"
 SERVICE_ENV = "EDULINK_DB_SERVICE"
 FORMAT_KEY = "edulink_db_credential"
 FORMAT_VERSION = 1
-# libpq keywords a credential may carry; anything else is a mistake (or an attempt to
-# smuggle e.g. passfile/sslkey paths from the host into a service's connections).
-ALLOWED_KEYS = frozenset({
-    "host", "hostaddr", "port", "dbname", "user", "password", "sslmode", "sslrootcert",
-    "require_auth", "target_session_attrs", "options", "application_name",
-    "connect_timeout", "channel_binding",
-})
+# libpq keywords a credential may not carry: they would take connection settings or
+# passwords from other files of the host (~/.pgpass, pg_service.conf), and the credential
+# must be the whole truth about how the service logs in.
+FORBIDDEN_KEYS = frozenset({"passfile", "service"})
 REQUIRED_KEYS = ("host", "dbname", "user", "password")
 
 
@@ -77,10 +74,10 @@ def parse(text: str, source: str) -> Credential:
     if not isinstance(service, str) or not service or not isinstance(conn, dict):
         raise ConfigError(f"{source} must name its \"service\" and hold a \"connection\" "
                           "object.")
-    unknown = sorted(k for k in conn if k not in ALLOWED_KEYS)
-    if unknown:
-        raise ConfigError(f"{source}: unsupported connection key(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(ALLOWED_KEYS))}.")
+    forbidden = sorted(k for k in conn if k in FORBIDDEN_KEYS)
+    if forbidden:
+        raise ConfigError(f"{source}: the connection may not use {', '.join(forbidden)} "
+                          "(settings from other files); export the credential again.")
     missing = [k for k in REQUIRED_KEYS if not conn.get(k)]
     if missing:
         raise ConfigError(f"{source}: connection lacks {', '.join(missing)}.")
