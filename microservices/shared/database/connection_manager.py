@@ -44,6 +44,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -225,7 +226,8 @@ async def _ausable(conn: AsyncServiceConnection,
 
 
 def _classify_connect_error(service: Service, params: dict[str, Any],
-                            exc: psycopg.OperationalError, credentials_file: Any = None
+                            exc: psycopg.OperationalError,
+                            credentials_file: Path | None = None
                             ) -> ServiceConnectionError:
     reason = " ".join(str(exc).split())
     target = mask_dsn(params)

@@ -44,15 +44,15 @@ def export(
         if output is None:
             raise ConfigError("Say where to write the credential: -o FILE (written with "
                               "mode 0600), or -o - to print it on stdout.")
+        path = Path(output).expanduser()
+        if output != "-" and not path.parent.is_dir():
+            raise ConfigError(f"-o {output}: directory {path.parent} does not exist.")
         settings = _settings(topology)
         svc = settings.topology().service(service)
         text = render(svc, settings, fmt)
         if output == "-":
             sys.stdout.write(text)
             return
-        path = Path(output).expanduser()
-        if not path.parent.is_dir():
-            raise ConfigError(f"-o {output}: directory {path.parent} does not exist.")
         write_private(path, text)
     except EdulinkDBError as exc:
         _fail(exc)
