@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .core import credentials
 from .core.errors import ConfigError, DatabaseNotRunningError
 from .core.secrets_store import SecretStore
 from .topology import Service, Topology, load_topology
@@ -139,6 +141,9 @@ class Settings(BaseSettings):
     edulink_db_topology: Path | None = None
     edulink_db_home: Path | None = None
     edulink_db_migrations: Path | None = None
+    # A service process's own credential (core/credentials.py), and which service it is.
+    edulink_db_credentials_file: Path | None = None
+    edulink_db_service: str | None = None
 
     def __repr_args__(self) -> Any:
         # DATABASE_URL shows as a masked URL (host and user stay readable), instead of
@@ -349,6 +354,9 @@ def service_conninfo(service: Service, settings: Settings | None = None, *,
     ``EDULINK_DB_<SERVICE>_MIGRATOR_URL`` / ``_MIGRATOR_PASSWORD`` the migrator.
     """
     settings = settings or load_settings()
+    own = own_credential(service, settings) if kind == "runtime" else None
+    if own is not None:
+        return _with_sslmode(dict(own.params), settings)
     variable = f"EDULINK_DB_{service.name.upper()}_{login_override_key(kind, 'URL')}"
     url = settings.service_override(service, login_override_key(kind, "URL"))
     if url:
@@ -367,6 +375,42 @@ def service_conninfo(service: Service, settings: Settings | None = None, *,
             f"'edulink-db provision' to generate one into {settings.secret_store.path}."
         )
     return derive_service_conninfo(admin_conninfo(settings), service, password, kind=kind)
+
+
+def own_credential(service: Service, settings: Settings) -> credentials.Credential | None:
+    """*service*'s credential from ``EDULINK_DB_CREDENTIALS_FILE`` (None when unset).
+
+    A process that says which service it is (``EDULINK_DB_SERVICE``) or holds a
+    credential file is that service only: asking for another one is a ConfigError."""
+    claimed = settings.edulink_db_service
+    claimed = settings.topology().service(claimed).name if claimed else None
+    path = settings.edulink_db_credentials_file
+    if path is None:
+        if claimed is not None and claimed != service.name:
+            raise ConfigError(
+                f"{credentials.SERVICE_ENV}={claimed} says this process is service "
+                f"{claimed!r}; it cannot connect as service {service.name!r}.")
+        return None
+    credential = credentials.load(path.expanduser())
+    owner = settings.topology().service(credential.service).name
+    credentials.check_service(
+        credentials.Credential(owner, credential.params), path, service.name, claimed)
+    return credential
+
+
+def password_source(service: Service, settings: Settings) -> Callable[[], str | None] | None:
+    """Reads *service*'s runtime password again from where it came from -- the credential
+    file or the secrets store -- so that a pool's next connection after a rotation uses
+    the new one; None when the process cannot see it change (environment variables,
+    ``.env``, a whole ``EDULINK_DB_<SERVICE>_URL``)."""
+    if settings.edulink_db_credentials_file is not None:
+        path = settings.edulink_db_credentials_file.expanduser()
+        return lambda: credentials.load(path).params.get("password")
+    if settings.service_override(service, "URL") or settings.service_override(
+            service, "PASSWORD"):
+        return None
+    store, key = settings.secret_store, service_password_key(service)
+    return lambda: store.get(key)
 
 
 def derive_service_conninfo(
@@ -500,7 +544,8 @@ def replica_conninfos(service: Service, settings: Settings | None = None) -> lis
         variable = f"EDULINK_DB_{service.name.upper()}_REPLICA_URLS"
         return [_read_only_params(_with_sslmode(p, settings), variable)
                 for p in _parse_replica_urls(own, variable)]
-    if settings.service_override(service, "URL"):
+    if settings.service_override(service, "URL") or own_credential(service, settings):
+        # A process with its own credential has no admin's replica URLs to derive from.
         # The service lives on a server of its own: DATABASE_REPLICA_URLS replicate the
         # shared primary, not that server, and reading there would return other data.
         return []

@@ -47,6 +47,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -62,6 +63,7 @@ from .config import (
     host_label,
     load_settings,
     mask_dsn,
+    password_source,
     pooler_mode,
     replica_conninfos,
     service_conninfo,
@@ -220,15 +222,20 @@ async def _ausable(conn: AsyncServiceConnection,
 
 
 def _classify_connect_error(service: Service, params: dict[str, Any],
-                            exc: psycopg.OperationalError) -> ServiceConnectionError:
+                            exc: psycopg.OperationalError,
+                            credentials_file: Path | None = None
+                            ) -> ServiceConnectionError:
     reason = " ".join(str(exc).split())
     target = mask_dsn(params)
     if "password authentication failed" in reason or "no password supplied" in reason \
             or getattr(exc.diag, "sqlstate", None) in ("28P01", "28000"):
+        check = (f"EDULINK_DB_CREDENTIALS_FILE={credentials_file} (export it again after a "
+                 "rotation: 'edulink-db credentials export')" if credentials_file else
+                 f"EDULINK_DB_{service.name.upper()}_PASSWORD, or run 'edulink-db provision' "
+                 "to (re)set the generated password")
         return ServiceAuthenticationError(
             f"Service {service.name!r} cannot log in as {service.runtime_role} at {target}: "
-            f"{reason}. Check EDULINK_DB_{service.name.upper()}_PASSWORD, or run "
-            "'edulink-db provision' to (re)set the generated password."
+            f"{reason}. Check {check}."
         )
     return ServiceConnectionError(
         f"Service {service.name!r} cannot reach the database at {target}: {reason}"
@@ -270,6 +277,13 @@ class _ServicePool:
                                   timeout=min(self.config.timeout, REPLICA_CHECKOUT_TIMEOUT_S))
             self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
         self.conninfo = conninfo_string(self.params)
+        # Where this pool's password came from, to read it again before each new
+        # connection (a rotation then needs no restart); only when the password is that
+        # source's (a replica URL with credentials of its own keeps them).
+        self.credentials_file = settings.edulink_db_credentials_file
+        source = password_source(service, settings)
+        self._password = source if source is not None and source() == self.params.get(
+            "password") else None
         # The location registry of this pool's server, looked up once: checkouts of a
         # service (and of its readers) consult it on every checkout.
         self.registry = location.registry_for(self.params)
@@ -303,6 +317,22 @@ class _ServicePool:
         self._lock = threading.Lock()
 
     # -- creation --------------------------------------------------------------
+    def current_conninfo(self) -> str:
+        """The conninfo with the password as its source has it now (psycopg_pool calls
+        this before each connection it makes): one stat of the credential file."""
+        try:
+            password = self._password() if self._password is not None else None
+        except ConfigError as exc:  # the file replaced by a bad one: keep the last password
+            log.warning("service %s: %s; connecting with the last password read",
+                        self.service.name, exc)
+            password = None
+        if password and password != self.params.get("password"):
+            self.params = {**self.params, "password": password}
+            self.conninfo = conninfo_string(self.params)
+            log.info("service %s: its password changed; new connections use the new one",
+                     self.service.name)
+        return self.conninfo
+
     def _configure(self, conn: ServiceConnection) -> None:
         conn.monitor = self.monitor  # once per new connection, not per checkout
         conn.server_cursor_factory = ContextServerCursor
@@ -321,10 +351,12 @@ class _ServicePool:
         refused here, at start, rather than failing under load.
         """
         try:
-            with psycopg.connect(self.conninfo, connect_timeout=10, autocommit=True) as conn:
+            with psycopg.connect(self.current_conninfo(), connect_timeout=10,
+                                 autocommit=True) as conn:
                 limit = budget.held_limit(conn, self.service, self.settings.topology())
         except psycopg.OperationalError as exc:
-            raise _classify_connect_error(self.service, self.params, exc) from None
+            raise _classify_connect_error(self.service, self.params, exc,
+                                          self.credentials_file) from None
         sized = pool_config(self.settings, self.service, self.params, limit)
         self.config = replace(self.config, min_size=sized.min_size, max_size=sized.max_size)
 
@@ -335,7 +367,7 @@ class _ServicePool:
                 if self._sync is None:
                     self._probe()
                     pool = ConnectionPool(
-                        self.conninfo,
+                        self.current_conninfo,
                         connection_class=ServiceConnection,
                         kwargs={**self.kwargs, "cursor_factory": self.cursor},
                         configure=self._configure,
@@ -360,7 +392,7 @@ class _ServicePool:
                 if self._async is None:
                     await asyncio.to_thread(self._probe)
                     apool = AsyncConnectionPool(
-                        self.conninfo,
+                        self.current_conninfo,
                         connection_class=AsyncServiceConnection,
                         kwargs={**self.kwargs, "cursor_factory": self.async_cursor},
                         configure=self._aconfigure,
@@ -387,9 +419,10 @@ class _ServicePool:
         if size < self.config.max_size or self.stats.checked_out < size:
             # The pool could not even grow: connecting is failing. Say why.
             try:
-                psycopg.connect(self.conninfo, connect_timeout=5).close()
+                psycopg.connect(self.current_conninfo(), connect_timeout=5).close()
             except psycopg.OperationalError as exc:
-                return _classify_connect_error(self.service, self.params, exc)
+                return _classify_connect_error(self.service, self.params, exc,
+                                               self.credentials_file)
         return PoolExhaustedError(
             f"Pool {self.service.name!r} exhausted: no connection within "
             f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or give "

@@ -66,6 +66,8 @@ from .topology import Topology
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
 READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
 REPLICA_KEY = "EDULINK_REPLICA"  # True for read-replica aliases of 'default'
+# The service's credential file, which the engine re-reads for each new connection.
+CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
 MIGRATE_ENV = "EDULINK_DB_DJANGO_MIGRATE"
 APP_SERVICES_SETTING = "EDULINK_DB_APP_SERVICES"
 _TRUE = {"1", "true", "yes", "on"}
@@ -159,6 +161,8 @@ def configure_service_database(
             options["prepare_threshold"] = None
     out = {"default": _alias(params, service=svc.name, readonly=False, options=options,
                              pool=pool)}
+    if not migrate and settings.edulink_db_credentials_file is not None:
+        out["default"][CREDENTIALS_KEY] = str(settings.edulink_db_credentials_file.expanduser())
     if not migrate:
         for index, replica in enumerate(replica_conninfos(svc, settings), 1):
             alias = _alias(replica, service=svc.name, readonly=True,
@@ -197,6 +201,8 @@ def configure_cross_service_databases(
                 f"Add {target.name!r} to reads of [services.{svc.name}] if it should.")
         alias = _alias(params, service=target.name, readonly=True, options=options, pool=False)
         alias["TEST"] = {"MIRROR": "default"}  # the same database, seen through svc's role
+        if settings.edulink_db_credentials_file is not None:
+            alias[CREDENTIALS_KEY] = str(settings.edulink_db_credentials_file.expanduser())
         out[target.name] = alias
     return out
 

@@ -30,6 +30,7 @@ makes that rare (see docs/move-service.md).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
@@ -37,9 +38,11 @@ from django.db.backends.postgresql import base
 
 from ..connection_manager import FREEZE_WAIT_S
 from ..connections import location
+from ..core import credentials
 
 SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
 READONLY_KEY = "EDULINK_READONLY"
+CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
 
 
 class _HomeUnreachable(Exception):  # an internal signal: it never escapes
@@ -139,6 +142,17 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         for pool in stale:
             threading.Thread(target=pool.close, name=f"close {pool.name}",
                              daemon=True).start()
+
+    def get_connection_params(self) -> dict[str, Any]:
+        """Django's parameters, with the password as the service's credential file has
+        it now (one stat; re-read only when the file changed): after a rotation, the
+        next connection logs in with the new password.  Django's pool (``pool=True``)
+        takes these once, when it is created."""
+        params: dict[str, Any] = super().get_connection_params()
+        path = self.settings_dict.get(CREDENTIALS_KEY)
+        if path and "password" in params:
+            params["password"] = credentials.load(Path(path)).params["password"]
+        return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         service = self.settings_dict.get(SERVICE_KEY)
