@@ -93,7 +93,7 @@ class MigrationFile:
 
     @cached_property
     def parsed(self) -> ParsedSql:
-        return _parse_sql(self.path, self.text)
+        return parse_sql(self.path, self.text)
 
     @property
     def statements(self) -> tuple[SqlStatement, ...]:
@@ -204,16 +204,22 @@ def parse_file(path: Path) -> MigrationFile:
     )
 
 
-def _parse_sql(path: Path, text: str) -> ParsedSql:
+def parse_sql(path: Path, text: str) -> ParsedSql:
+    """Split *text* and check it as a migration file's SQL (MigrationFileError if bad)."""
     statements = split_statements(text)
     if not statements:
         raise MigrationFileError(f"{path}: the file has no SQL statements.")
     for stmt in statements:
         code = stmt.code
         if _PSQL_META.match(code):
+            # The statement's text starts with the comments above the command (pg_dump's
+            # header above \restrict): name the command's own line.
+            offset = next((i for i, text in enumerate(stmt.text.split("\n"))
+                           if _PSQL_META.match(text.strip())), 0)
             raise MigrationFileError(
-                f"{path}, line {stmt.line}: psql meta-commands ({code.split()[0]}) are not "
-                "SQL; write the SQL they stand for."
+                f"{path}, line {stmt.line + offset}: psql meta-commands ({code.split()[0]}) "
+                "are not SQL; write the SQL they stand for (pg_dump 17.6+ writes \\restrict: "
+                "delete it). 'edulink-db migrations lint' lists every such line."
             )
         if _TRANSACTION_CONTROL.match(code):
             raise MigrationFileError(
