@@ -32,6 +32,7 @@ SQUAWK_EXCLUDED: dict[str, str] = {
     "prefer-bigint-over-smallint": "a data-modelling choice, not a migration hazard",
     "ban-char-field": "a data-modelling choice, not a migration hazard",
     "prefer-text-field": "a style preference (varchar(n) is a valid choice), not a hazard",
+    "prefer-identity": "a style preference (serial still works), not a hazard",
     "ban-create-domain-with-constraint": "a new domain is used by no column yet: it locks "
                                          "nothing",
 }
