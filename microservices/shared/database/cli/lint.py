@@ -97,7 +97,8 @@ def lint_command(
                           key=lambda f: (f.file, f.line, f.column, f.rule))
     except EdulinkDBError as exc:
         _fail(exc)
-    text = render(findings, len(items) + len(problems), fmt)
+    checked = {str(f.path) for _, f in items} | {p.file for p in problems}
+    text = render(findings, len(checked), fmt)
     if fmt is Format.text:
         out.print(escape(text.rstrip("\n")), highlight=False, soft_wrap=True)
     else:

@@ -204,6 +204,15 @@ def parse_file(path: Path) -> MigrationFile:
     )
 
 
+def _code_line(stmt: SqlStatement) -> int:
+    """The line of the statement's first code: its text starts with the comments above
+    it (pg_dump's header above \\restrict, a migration's header above BEGIN)."""
+    lines = stmt.text.split("\n")
+    skipped = next((i for i, text in enumerate(lines)
+                    if text.strip() and not text.strip().startswith("--")), 0)
+    return stmt.line + skipped
+
+
 def parse_sql(path: Path, text: str) -> ParsedSql:
     """Split *text* and check it as a migration file's SQL (MigrationFileError if bad)."""
     statements = split_statements(text)
@@ -212,19 +221,15 @@ def parse_sql(path: Path, text: str) -> ParsedSql:
     for stmt in statements:
         code = stmt.code
         if _PSQL_META.match(code):
-            # The statement's text starts with the comments above the command (pg_dump's
-            # header above \restrict): name the command's own line.
-            offset = next((i for i, text in enumerate(stmt.text.split("\n"))
-                           if _PSQL_META.match(text.strip())), 0)
             raise MigrationFileError(
-                f"{path}, line {stmt.line + offset}: psql meta-commands ({code.split()[0]}) "
+                f"{path}, line {_code_line(stmt)}: psql meta-commands ({code.split()[0]}) "
                 "are not SQL; write the SQL they stand for (pg_dump 17.6+ writes \\restrict: "
                 "delete it). 'edulink-db migrations lint' lists every such line."
             )
         if _TRANSACTION_CONTROL.match(code):
             raise MigrationFileError(
-                f"{path}, line {stmt.line}: {code.split()[0].upper()} -- edulink-db runs each "
-                "file in its own transaction (or, for CONCURRENTLY and the like, statement by "
+                f"{path}, line {_code_line(stmt)}: {code.split()[0].upper()} -- edulink-db runs "
+                "each file in its own transaction (or, for CONCURRENTLY and the like, statement by "
                 "statement); remove transaction control from the file."
             )
     detected = [s for s in statements if any(p.match(s.code) for p in _NON_TRANSACTIONAL)]
