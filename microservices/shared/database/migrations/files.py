@@ -32,6 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pglast import parser as pg
 from sqlparse.engine import FilterStack
 
 from ..core.errors import MigrationFileError
@@ -176,6 +177,29 @@ def split_statements(text: str) -> list[SqlStatement]:
     return out
 
 
+def scan_statements(text: str) -> list[SqlStatement]:
+    """The same statements as :func:`split_statements`, found by PostgreSQL's own
+    scanner (pglast, about 100x faster than sqlparse); what the linter uses.  Falls back
+    to sqlparse where the scanner gives up (an unterminated string or comment)."""
+    try:
+        slices = pg.split(text, with_parser=False, only_slices=True)
+    except pg.ParseError:
+        return split_statements(text)
+    out: list[SqlStatement] = []
+    line, offset = 1, 0
+    for part in slices:
+        raw = text[part]
+        line += text.count("\n", offset, part.start)
+        offset = part.start
+        chunk = raw.strip()
+        code = _strip_comments(chunk)
+        if code:
+            leading = len(raw) - len(raw.lstrip())
+            out.append(SqlStatement(text=chunk, line=line + raw.count("\n", 0, leading),
+                                    code=code))
+    return out
+
+
 def parse_file(path: Path) -> MigrationFile:
     name = path.name
     versioned = _VERSIONED.fullmatch(name)
@@ -213,9 +237,11 @@ def _code_line(stmt: SqlStatement) -> int:
     return stmt.line + skipped
 
 
-def parse_sql(path: Path, text: str) -> ParsedSql:
-    """Split *text* and check it as a migration file's SQL (MigrationFileError if bad)."""
-    statements = split_statements(text)
+def parse_sql(path: Path, text: str, statements: list[SqlStatement] | None = None
+              ) -> ParsedSql:
+    """Check *text* (split into *statements*, by default with :func:`split_statements`)
+    as a migration file's SQL; MigrationFileError if the runner would refuse it."""
+    statements = split_statements(text) if statements is None else statements
     if not statements:
         raise MigrationFileError(f"{path}: the file has no SQL statements.")
     for stmt in statements:

@@ -106,7 +106,7 @@ def scan_file(path: str, text: str) -> FileScan:
         if _target(kind, body) in created:
             scan.fresh_spans.append((first, last))
         _track(kind, body, created)
-        _session(path, kind, body, where, scan.findings)
+        _session(path, kind, body, where, scan.findings, b"set_config" in raw[start:end])
         if kind == "DoStmt":
             _do_block(path, raw[start:end].decode("utf-8"), where(start)[0], scan.findings)
         elif kind in ("CreateFunctionStmt", "AlterFunctionStmt"):
@@ -174,7 +174,7 @@ def _track(kind: str, body: dict[str, Any], created: set[str]) -> None:
 
 
 def _session(path: str, kind: str, body: dict[str, Any], where: Any,
-             out: list[Finding]) -> None:
+             out: list[Finding], mentions_set_config: bool) -> None:
     """SET/RESET at top level; set_config() anywhere in the statement but a function
     definition (whose body is a string run later, and whose SET clause is local)."""
     if kind == "VariableSetStmt":
@@ -189,7 +189,7 @@ def _session(path: str, kind: str, body: dict[str, Any], where: Any,
     if kind in ("CreateFunctionStmt", "AlterFunctionStmt", "AlterRoleSetStmt",
                 "AlterDatabaseSetStmt"):
         return
-    for call in _calls(body):
+    for call in _calls(body) if mentions_set_config else ():
         args = call.get("args", [])
         setting = args[0].get("A_Const", {}).get("sval", {}).get("sval") if args else None
         if setting in SESSION_SETTINGS:
@@ -247,7 +247,8 @@ def _do_block(path: str, statement: str, line: int, out: list[Finding]) -> None:
                     continue
                 for stmt in inner.get("stmts", []):
                     kind, body = next(iter(stmt["stmt"].items()))
-                    _session(path, kind, body, lambda _loc, _at=at: (_at, 1), out)
+                    _session(path, kind, body, lambda _loc, _at=at: (_at, 1), out,
+                             "set_config" in sql)
                 break
             continue
         stack.extend((value, at) for value in node.values())

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..core.errors import ContractViolationError, MigrationFileError, MigrationLintError
 from ..topology import Service, Topology
 from .contracts import ContractIndex, analyse_migration
-from .files import MigrationFile, ParsedSql, parse_file, parse_sql
+from .files import MigrationFile, ParsedSql, parse_file, parse_sql, scan_statements
 from .findings import ERROR, WARNING, Finding
 from .hazards import scan_file
 from .markers import Suppression, read_markers
@@ -82,7 +82,7 @@ def _apply_suppressions(findings: list[Finding], suppressions: list[Suppression]
 def _parsed(file: MigrationFile, sql: str) -> tuple[ParsedSql, list[Finding]]:
     """The runner's view of the file (transactional or not), and its refusal if any."""
     try:
-        return parse_sql(file.path, sql), []
+        return parse_sql(file.path, sql, scan_statements(sql)), []
     except MigrationFileError as exc:
         found = _LINE.search(str(exc))
         line = int(found.group("line")) if found else 1

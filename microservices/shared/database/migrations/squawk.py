@@ -11,6 +11,7 @@ object, so nothing can wait on its lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -90,12 +91,16 @@ def squawk_findings(files: Iterable[tuple[MigrationFile, FileScan, ParsedSql]]
     warnings.  A file with psql meta-commands is checked as its scan's SQL (those lines
     blanked); an unparsable one is left out (the contract analysis reports it)."""
     chosen = [(f, s, t) for f, s, t in files if s.parsed]
-    with tempfile.TemporaryDirectory(prefix="edulink-lint-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp: Path | None = None  # made only when needed: it costs as much as the rest
         by_path: dict[str, tuple[MigrationFile, FileScan, ParsedSql]] = {}
         for number, (file, scan, parsed) in enumerate(chosen):
             path = file.path
             if scan.sql != file.text:
-                path = Path(tmp) / str(number) / file.path.name
+                if tmp is None:
+                    tmp = Path(stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="edulink-lint-")))
+                path = tmp / str(number) / file.path.name
                 path.parent.mkdir()
                 path.write_text(scan.sql, encoding="utf-8")
             by_path[str(path)] = (file, scan, parsed)
