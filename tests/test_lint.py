@@ -221,3 +221,13 @@ def test_every_rule_has_a_docs_anchor() -> None:
     assert len(rules) >= 20
     for rule in rules:
         assert rule_url(rule).split("#")[1] in anchors, rule
+
+
+def test_every_transaction_control_statement_is_reported(tmp_path: Path) -> None:
+    text = "-- sqlmigrate output\nBEGIN;\nCREATE TABLE t (id int);\nCOMMIT;\n"
+    assert [(line, rule) for line, _, rule in run_lint(tmp_path, text)
+            if rule.startswith("lint/")] == [(2, "lint/migration-file"),
+                                             (4, "lint/migration-file")]
+    # The new marker spelling is not one the runner reads for its own directive: said so.
+    assert [r for *_, r in run_lint(tmp_path, "-- edulink-db: transaction=off\nSELECT 1;\n")
+            ] == ["lint/invalid-marker"]

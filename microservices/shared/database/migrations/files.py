@@ -240,24 +240,36 @@ def _code_line(stmt: SqlStatement) -> int:
 def parse_sql(path: Path, text: str, statements: list[SqlStatement] | None = None
               ) -> ParsedSql:
     """Check *text* (split into *statements*, by default with :func:`split_statements`)
-    as a migration file's SQL; MigrationFileError if the runner would refuse it."""
-    statements = split_statements(text) if statements is None else statements
+    as a migration file's SQL; MigrationFileError (the first problem) if the runner would
+    refuse it."""
+    parsed, problems = check_sql(text, split_statements(text) if statements is None
+                                 else statements)
+    if problems:
+        line, message = problems[0]
+        raise MigrationFileError(f"{path}, line {line}: {message}" if line
+                                 else f"{path}: {message}")
+    return parsed
+
+
+def check_sql(text: str, statements: list[SqlStatement]
+              ) -> tuple[ParsedSql, list[tuple[int, str]]]:
+    """The file's statements and whether it runs in a transaction, and every (line, why)
+    the runner would refuse it for (line 0: the whole file)."""
+    problems: list[tuple[int, str]] = []
     if not statements:
-        raise MigrationFileError(f"{path}: the file has no SQL statements.")
+        problems.append((0, "the file has no SQL statements."))
     for stmt in statements:
         code = stmt.code
         if _PSQL_META.match(code):
-            raise MigrationFileError(
-                f"{path}, line {_code_line(stmt)}: psql meta-commands ({code.split()[0]}) "
-                "are not SQL; write the SQL they stand for (pg_dump 17.6+ writes \\restrict: "
-                "delete it). 'edulink-db migrations lint' lists every such line."
-            )
-        if _TRANSACTION_CONTROL.match(code):
-            raise MigrationFileError(
-                f"{path}, line {_code_line(stmt)}: {code.split()[0].upper()} -- edulink-db runs "
-                "each file in its own transaction (or, for CONCURRENTLY and the like, statement by "
-                "statement); remove transaction control from the file."
-            )
+            problems.append((_code_line(stmt), (
+                f"psql meta-commands ({code.split()[0]}) are not SQL; write the SQL they "
+                "stand for (pg_dump 17.6+ writes \\restrict: delete it). 'edulink-db lint' "
+                "lists every such line.")))
+        elif _TRANSACTION_CONTROL.match(code):
+            problems.append((_code_line(stmt), (
+                f"{code.split()[0].rstrip(';').upper()} -- edulink-db runs each file in its own "
+                "transaction (or, for CONCURRENTLY and the like, statement by statement); "
+                "remove transaction control from the file.")))
     detected = [s for s in statements if any(p.match(s.code) for p in _NON_TRANSACTIONAL)]
     directive = _DIRECTIVE.search(text)
     if directive is None:
@@ -265,12 +277,11 @@ def parse_sql(path: Path, text: str, statements: list[SqlStatement] | None = Non
     else:
         transactional = directive.group("value").lower() == "on"
         if transactional and detected:
-            raise MigrationFileError(
-                f"{path}, line {detected[0].line}: the file says edulink:transaction=on but "
+            problems.append((detected[0].line, (
+                f"the file says edulink:transaction=on but "
                 f"'{detected[0].code.split(chr(10))[0][:60]}' cannot run inside a "
-                "transaction; remove the directive."
-            )
-    return ParsedSql(statements=tuple(statements), transactional=transactional)
+                "transaction; remove the directive.")))
+    return ParsedSql(statements=tuple(statements), transactional=transactional), problems
 
 
 def load_directory(directory: Path) -> list[MigrationFile]:

@@ -19,7 +19,6 @@ anchor in docs/lint-rules.md (:func:`.findings.rule_url`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from ..core.errors import ContractViolationError, MigrationFileError, MigrationLintError
 from ..topology import Service, Topology
 from .contracts import ContractIndex, analyse_migration
-from .files import MigrationFile, ParsedSql, parse_file, parse_sql, scan_statements
+from .files import MigrationFile, ParsedSql, check_sql, parse_file, scan_statements
 from .findings import ERROR, WARNING, Finding
 from .hazards import scan_file
 from .markers import Suppression, read_markers
@@ -38,7 +37,6 @@ __all__ = ["FILE_PROBLEM", "SQUAWK_EXCLUDED", "UNUSED_SUPPRESSION", "check_pendi
 
 UNUSED_SUPPRESSION = "lint/unused-suppression"
 FILE_PROBLEM = "lint/migration-file"
-_LINE = re.compile(r", line (?P<line>[0-9]+):")
 
 
 def collect_directory(directory: Path) -> tuple[list[MigrationFile], list[Finding]]:
@@ -80,15 +78,10 @@ def _apply_suppressions(findings: list[Finding], suppressions: list[Suppression]
 
 
 def _parsed(file: MigrationFile, sql: str) -> tuple[ParsedSql, list[Finding]]:
-    """The runner's view of the file (transactional or not), and its refusal if any."""
-    try:
-        return parse_sql(file.path, sql, scan_statements(sql)), []
-    except MigrationFileError as exc:
-        found = _LINE.search(str(exc))
-        line = int(found.group("line")) if found else 1
-        message = str(exc).split(": ", 1)[-1]
-        return ParsedSql((), True), [Finding(str(file.path), line, FILE_PROBLEM, ERROR,
-                                             message)]
+    """The runner's view of the file (transactional or not), and each of its refusals."""
+    parsed, problems = check_sql(sql, scan_statements(sql))
+    return parsed, [Finding(str(file.path), max(line, 1), FILE_PROBLEM, ERROR, message)
+                    for line, message in problems]
 
 
 def _with_columns(findings: list[Finding], text: str) -> list[Finding]:

@@ -69,6 +69,12 @@ def read_markers(path: str, text: str) -> Markers:
             new_form = m.group("db") is not None
             kind, rest = m.group("kind"), m.group("rest").strip()
             prefix = "-- edulink-db: " if new_form else "-- edulink:"
+            if kind == "transaction" and new_form:
+                out.findings.append(Finding(
+                    path, number, MARKER_INVALID, ERROR,
+                    "the runner reads only '-- edulink:transaction=on|off' (files.py); "
+                    "write it in that spelling."))
+                continue
             if kind == "transaction":
                 continue  # the runner's own directive (files.py)
             if kind == "allow-dynamic-sql":
