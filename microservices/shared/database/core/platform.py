@@ -40,7 +40,7 @@ PLATFORM_ROLES: frozenset[str] = frozenset({
     "pgbouncer", "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker",
     "pgtle_admin", "supabase_admin", "supabase_auth_admin", "supabase_storage_admin",
     "supabase_functions_admin", "supabase_realtime_admin", "supabase_replication_admin",
-    "supabase_read_only_user", "supabase_etl_admin", "supabase_privileged_role",
+    "supabase_read_only_user",
 })
 PLATFORM_ROLE_PREFIXES: tuple[str, ...] = ("supabase_", "pgsodium_")
 
