@@ -1,6 +1,11 @@
-"""Regenerate the generated half of the linter's safe corpus (tests/data/lint_corpus/safe).
+"""Regenerate the generated half of the linter's safe corpus (tests/data/lint_corpus/safe),
+or check a linter against both corpora.
 
-    .venv/bin/python scripts/lint_corpus.py
+    .venv/bin/python scripts/lint_corpus.py            # regenerate
+    .venv/bin/python scripts/lint_corpus.py --check    # false alarms and misses
+
+``--check`` uses only ``parse_file`` and ``lint``, so it also measures older code: with
+``git archive main microservices | tar -x -C /tmp/main`` and ``PYTHONPATH=/tmp/main``.
 
 Starts a throwaway Debian PostgreSQL 15 cluster (tests/clusters.py) and writes:
 
@@ -29,7 +34,7 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after PYTHONPATH, so --check can measure another tree
 
 from tests.clusters import Cluster, debian_bin_dir  # noqa: E402
 
@@ -174,7 +179,50 @@ def hazard(dump: str, version: str) -> None:
     print(f"wrote {target.relative_to(ROOT)}")
 
 
+def check() -> None:
+    from collections import Counter
+
+    from microservices.shared.database.migrations import lint as lint_module
+    from microservices.shared.database.migrations.files import parse_file
+    from microservices.shared.database.topology import default_topology
+
+    topology = default_topology()
+    corpus = SAFE.parent
+    expect = re.compile(r"^-- expect: (\S+) line ([0-9]+)$", re.MULTILINE)
+
+    def findings(path: Path) -> list[tuple[str, int]] | None:
+        try:
+            found = lint_module.lint(topology, [(topology.service(path.parent.name),
+                                                 parse_file(path))])
+        except Exception:  # older code raises on a file it cannot load
+            return None
+        return [(f.rule, f.line) for f in found]
+
+    print(f"code: {lint_module.__file__}")
+    safe = sorted(SAFE.glob("*/*.sql"))
+    alarms: Counter[str] = Counter()
+    for path in safe:
+        alarms.update(rule for rule, _ in findings(path) or [])
+    print(f"safe corpus: {len(safe)} files, {sum(alarms.values())} findings (false alarms)"
+          + "".join(f"\n  {n:3d} {rule}" for rule, n in alarms.most_common()))
+    hazards = sorted((corpus / "hazard").glob("*/*.sql"))
+    total, missed, raised = 0, [], 0
+    for path in hazards:
+        wanted = {(r, int(n)) for r, n in expect.findall(path.read_text())}
+        found = findings(path)
+        raised += found is None
+        total += len(wanted)
+        missed += [f"{path.name} {r} line {n}"
+                   for r, n in sorted(wanted - set(found or []))]
+    print(f"hazard corpus: {len(hazards)} files, {total} expected findings, {len(missed)} "
+          f"missed, {raised} file(s) where lint raised instead of reporting"
+          + "".join(f"\n  missed {m}" for m in missed))
+
+
 def main() -> None:
+    if "--check" in sys.argv[1:]:
+        check()
+        return
     bin_dir = debian_bin_dir(15)
     if bin_dir is None:
         sys.exit("Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin) is needed.")
