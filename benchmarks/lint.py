@@ -118,7 +118,7 @@ def many_files(topology: Topology, items: list[tuple[Service, MigrationFile]], c
         full = median_ms(lambda: lint(topology, many), rounds)
         print(f"\n2. {count} files at once")
         print(f"   squawk alone, one run (baseline)            {base:7.1f} ms")
-        print(f"   lint (contracts + squawk)                   {full:7.1f} ms   "
+        print(f"   lint (contracts + own rules + squawk)       {full:7.1f} ms   "
               f"ratio {full / base:.2f}x baseline   goal <= 1000 ms")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
