@@ -164,16 +164,17 @@ def test_lint_cli_json_strict_and_exit_codes(tmp_path: Path) -> None:
     result = lint_cli("--dir", str(root), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [finding] = json.loads(result.stdout)
-    assert finding == {"file": str(root / "auth" / "V2__idx.sql"), "line": 2,
+    assert finding == {"file": str(root / "auth" / "V2__idx.sql"), "line": 2, "column": 1,
                        "rule": "squawk/require-concurrent-index-creation",
-                       "severity": "warning", "message": finding["message"]}
+                       "severity": "warning", "message": finding["message"],
+                       "url": "https://squawkhq.com/docs/require-concurrent-index-creation"}
     assert lint_cli("--dir", str(root), "--strict", cwd=tmp_path).returncode == 1
 
     write(root / "auth", "V3__drop.sql",
           "SELECT 1;\nALTER TABLE authentication_user DROP COLUMN email;\n")
     result = lint_cli("auth", "--dir", str(root), cwd=tmp_path)
-    assert result.returncode == 1
-    assert "V3__drop.sql:2: error contract/drop-exposed-column" in result.stdout
+    assert result.returncode == 2
+    assert "V3__drop.sql:2:1: error [contract/drop-exposed-column]" in result.stdout
     assert "[services.auth.exposes]" in result.stdout  # not eaten as rich markup
     assert "squawk/ban-drop-column" in result.stdout  # squawk agrees, as a warning
     assert "1 error(s), 2 warning(s)" in result.stdout

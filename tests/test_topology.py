@@ -187,3 +187,26 @@ def test_bad_exposes_are_rejected(body: str, why: str) -> None:
 def test_exposes_must_be_a_table() -> None:
     with pytest.raises(TopologyError, match="must be a table"):
         parse_topology('[services.auth]\nexposes = ["id"]\n')
+
+
+SUPABASE_NAMES = [
+    ("schema", "auth"), ("schema", "storage"), ("schema", "realtime"), ("schema", "extensions"),
+    ("schema", "graphql_public"), ("schema", "vault"), ("schema", "net"),
+    ("schema", "supabase_functions"), ("schema", "supabase_anything"), ("schema", "pgbouncer"),
+    ("runtime_role", "authenticator"), ("runtime_role", "anon"),
+    ("owner_role", "authenticated"), ("migrator_role", "service_role"),
+    ("owner_role", "supabase_admin"), ("runtime_role", "supabase_etl_admin"),
+    ("runtime_role", "supabase_new_thing"), ("runtime_role", "pgsodium_keymaker"),
+    ("runtime_role", "dashboard_user"),
+]
+
+
+@pytest.mark.parametrize(("key", "name"), SUPABASE_NAMES, ids=[n for _, n in SUPABASE_NAMES])
+def test_names_supabase_reserves_are_refused_before_any_sql(key: str, name: str) -> None:
+    # A plain PostgreSQL would accept these; Supabase refuses them at provisioning
+    # (supautils' reserved roles, its platform schemas), so the topology does, everywhere.
+    with pytest.raises(TopologyError) as info:
+        parse_topology(f'[services.svc]\n{key} = "{name}"\n')
+    message = str(info.value)
+    assert repr(name) in message and "choose a name of your own" in message
+    assert "\n" not in message

@@ -17,7 +17,8 @@ import warnings
 # Imported for their side effect: each registers its commands on ``app``, in this
 # order (the order of ``edulink-db --help``).
 # isort: off
-from . import server, roles, migrations, backups, monitoring, budget, dashboard, move, credentials  # noqa: F401
+from . import server, roles, migrations, lint, backups, monitoring  # noqa: F401
+from . import budget, dashboard, move, credentials  # noqa: F401
 # isort: on
 from .app import app
 

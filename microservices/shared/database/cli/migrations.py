@@ -11,7 +11,6 @@ from rich.table import Table
 
 from ..core.errors import (
     EdulinkDBError,
-    MigrationFileError,
     MigrationLintError,
     MigrationValidationError,
 )
@@ -139,47 +138,6 @@ def migrations_validate(
     except EdulinkDBError as exc:
         _fail(exc)
     out.print(f"validate: OK ({len(statuses)} services)")
-
-
-@migrations_app.command("lint")
-def migrations_lint(
-    services: ServicesArgument = None,
-    directory: DirOption = None,
-    topology: TopologyOption = None,
-    json_out: JsonOption = False,
-    strict: Annotated[bool, typer.Option(
-        "--strict", help="Exit 1 on warnings too.")] = False,
-) -> None:
-    """Check every migration file without a database: contract breaks (errors: a column
-    or table another service reads is dropped, renamed, retyped or moved) and lock
-    hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict."""
-    from ..migrations.files import load_directory
-    from ..migrations.lint import lint
-
-    try:
-        settings = _settings(topology)
-        topo = settings.topology()
-        manager = MigrationManager(settings, directory)
-        if not manager.root.is_dir():
-            raise MigrationFileError(f"Migrations directory {manager.root} does not exist.")
-        chosen = [topo.service(s) for s in services] if services else list(topo.services)
-        items = [(svc, f) for svc in chosen if manager._dir_for(svc, None).is_dir()
-                 for f in load_directory(manager._dir_for(svc, None))]
-        findings = lint(topo, items)
-    except EdulinkDBError as exc:
-        _fail(exc)
-    errors = sum(f.severity == "error" for f in findings)
-    if json_out:
-        _print_json([f.as_dict() for f in findings])
-    else:
-        for f in findings:
-            colour = "red" if f.severity == "error" else "yellow"
-            out.print(f"{escape(f.file)}:{f.line}: [{colour}]{f.severity}[/{colour}] "
-                      f"[bold]{escape(f.rule)}[/bold] {escape(f.message)}", highlight=False,
-                      soft_wrap=True)
-        out.print(f"lint: {len(items)} file(s), {errors} error(s), "
-                  f"{len(findings) - errors} warning(s)", highlight=False)
-    raise typer.Exit(EXIT_DIFFERS if errors or (strict and findings) else EXIT_OK)
 
 
 @migrations_app.command("repair")

@@ -138,7 +138,7 @@ class LintToolError(ConfigError):
 class MigrationLintError(MigrationError):
     """Pending migrations have lint findings that block ``migrate``; nothing was run.
 
-    ``findings`` holds the :class:`~.contracts.Finding` objects.
+    ``findings`` holds the :class:`~..migrations.findings.Finding` objects.
     """
 
     def __init__(self, message: str, findings: Sequence[object] = ()) -> None:

@@ -26,14 +26,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pglast import parser as pg
 
 from ..topology import Service, Topology
+from .findings import ERROR, WARNING, Finding
+from .markers import MARKER_INVALID, MARKER_REASON, Markers, Suppression, read_markers
 
-ERROR, WARNING = "error", "warning"
+__all__ = ["ERROR", "MARKER_INVALID", "MARKER_REASON", "WARNING", "ContractIndex", "Finding",
+           "Markers", "Suppression", "analyse_migration", "read_markers"]
 
 DROP_COLUMN = "contract/drop-exposed-column"
 RENAME_COLUMN = "contract/rename-exposed-column"
@@ -48,8 +51,6 @@ DROP_OWNED = "contract/drop-owned"
 GRANT = "contract/grant-outside-topology"
 DYNAMIC_SQL = "contract/dynamic-sql"
 UNPARSABLE = "contract/unparsable"
-MARKER_REASON = "lint/marker-without-reason"
-MARKER_INVALID = "lint/invalid-marker"
 
 _RELATION_KINDS = frozenset({"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW",
                              "OBJECT_FOREIGN_TABLE"})
@@ -62,114 +63,7 @@ _DYNAMIC_PLPGSQL = {  # statement kind -> key of its run-time query
     "PLpgSQL_stmt_open": "dynquery",
     "PLpgSQL_stmt_return_query": "dynquery",
 }
-_MARKER = re.compile(r"(?:--|/\*)\s*edulink:(?P<kind>[a-z-]+)(?P<rest>[^\n]*?)\s*(?:\*/)?$")
-_REASON = re.compile(r"\breason:\s*(?P<reason>\S.*)$")
 _FIRST_TOKEN = re.compile(rb"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One lint finding.  *line* is 1-based; *rule* is stable (``contract/...``,
-    ``squawk/...``, ``lint/...``)."""
-
-    file: str
-    line: int
-    rule: str
-    severity: str
-    message: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "rule": self.rule,
-                "severity": self.severity, "message": self.message}
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.severity} [{self.rule}] {self.message}"
-
-
-@dataclass(frozen=True)
-class Suppression:
-    """``-- edulink:ignore <rule> reason: ...`` on *line* (1-based)."""
-
-    rule: str
-    line: int
-    reason: str
-
-
-@dataclass
-class Markers:
-    """The edulink markers of a file, and the findings about malformed ones."""
-
-    allow_dynamic_sql: str | None = None
-    suppressions: list[Suppression] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-
-
-def read_markers(path: str, text: str) -> Markers:
-    """Parse ``-- edulink:allow-dynamic-sql reason: ...`` and ``-- edulink:ignore RULE
-    reason: ...``; a marker without a reason is itself an error."""
-    out = Markers()
-    if "edulink:" not in text:
-        return out
-    for number, content in _comments(text):
-        for m in _MARKER.finditer(content):
-            kind, rest = m.group("kind"), m.group("rest").strip()
-            reason_m = _REASON.search(rest)
-            reason = reason_m.group("reason").strip() if reason_m else ""
-            if kind == "transaction":
-                continue  # the runner's own directive (migration_files.py)
-            if kind == "allow-dynamic-sql":
-                if not reason:
-                    out.findings.append(Finding(
-                        path, number, MARKER_REASON, ERROR,
-                        "edulink:allow-dynamic-sql needs a reason: write "
-                        "'-- edulink:allow-dynamic-sql reason: <why the built SQL cannot "
-                        "touch an exposed column>'."))
-                else:
-                    out.allow_dynamic_sql = reason
-            elif kind == "ignore":
-                rule = rest.split()[0] if rest.split() else ""
-                if not rule or rule.startswith("reason:"):
-                    out.findings.append(Finding(
-                        path, number, MARKER_INVALID, ERROR,
-                        "edulink:ignore names no rule: write '-- edulink:ignore "
-                        "squawk/<rule> reason: <why it is safe here>'."))
-                elif rule.startswith("contract/"):
-                    out.findings.append(Finding(
-                        path, number, MARKER_INVALID, ERROR,
-                        f"{rule} cannot be ignored: a contract break is fixed in the topology "
-                        "(stop exposing the column, provision, then migrate), not with a "
-                        "comment."))
-                elif not rule.startswith("squawk/"):
-                    out.findings.append(Finding(
-                        path, number, MARKER_INVALID, ERROR,
-                        f"{rule} cannot be ignored: only lock-hazard warnings "
-                        "(squawk/<rule>) can; fix the problem instead."))
-                elif not reason:
-                    out.findings.append(Finding(
-                        path, number, MARKER_REASON, ERROR,
-                        f"edulink:ignore {rule} needs a reason: write '-- edulink:ignore "
-                        f"{rule} reason: <why it is safe here>'."))
-                else:
-                    out.suppressions.append(Suppression(rule, number, reason))
-            else:
-                out.findings.append(Finding(
-                    path, number, MARKER_INVALID, ERROR,
-                    f"unknown marker edulink:{kind}; known: edulink:ignore, "
-                    "edulink:allow-dynamic-sql, edulink:transaction."))
-    return out
-
-
-def _comments(text: str) -> Iterator[tuple[int, str]]:
-    """(1-based line, text) of each top-level SQL comment.  Only real comments count:
-    a marker inside a string literal (or a DO body) is not a marker."""
-    raw = text.encode("utf-8")
-    try:
-        tokens = pg.scan(text)
-    except pg.ParseError:
-        return  # the file does not even tokenise; the analysis reports it
-    for token in tokens:
-        if token.name in ("SQL_COMMENT", "C_COMMENT"):
-            yield _line_at(raw, token.start), raw[token.start:token.end + 1].decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -214,6 +108,7 @@ class _Function:
     body: str
     statement: str
     line: int
+    body_line: int  # where the body's first line is in the file (PL/pgSQL counts from it)
 
 
 class _Analysis:
@@ -389,8 +284,11 @@ class _Analysis:
     def _on_GrantStmt(self, body: dict[str, Any], _text: str, line_of: Any) -> None:
         grantees = {g.get("RoleSpec", {}).get("rolename") or g.get("RoleSpec", {}).get(
             "roletype") for g in body.get("grantees", [])}
+        # REVOKE ... FROM PUBLIC takes away what every role has by default: it can only
+        # narrow access, so it is left alone (provisioning revokes the same).
+        public = "ROLESPEC_PUBLIC" if body.get("is_grant") else None
         foreign = sorted(r for r in grantees if r in self.other_runtime_roles
-                         or r == "ROLESPEC_PUBLIC")
+                         or r == public)
         if foreign:
             verb = "grants to" if body.get("is_grant") else "revokes from"
             roles = ", ".join(r.replace("ROLESPEC_PUBLIC", "PUBLIC") for r in foreign)
@@ -432,16 +330,37 @@ class _Analysis:
                     source = items[0]["String"]["sval"]
         if source is None and "sql_body" in body:
             return  # BEGIN ATOMIC: parsed above as SQL; it cannot run DDL
-        self.functions[name] = _Function(language, source or "", text, line_of(None))
+        line = line_of(None)
+        at = text.find(source) if source else -1
+        body_line = line + text.count("\n", 0, at) if at >= 0 else line
+        self.functions[name] = _Function(language, source or "", text, line, body_line)
+
+    def _on_CreateTrigStmt(self, body: dict[str, Any], _text: str, line_of: Any) -> None:
+        # The trigger fires on the next write to its table (in this file or any later
+        # session), so its function's body counts as run: read where it drops a column.
+        self.fired(body.get("funcname", []), f"trigger {body.get('trigname')}")
+
+    def _on_CreateEventTrigStmt(self, body: dict[str, Any], _text: str,
+                                line_of: Any) -> None:
+        self.fired(body.get("funcname", []), f"event trigger {body.get('trigname')}")
+
+    def fired(self, funcname: list[dict[str, Any]], what: str) -> None:
+        name = funcname[-1].get("String", {}).get("sval") if funcname else None
+        fn = self.functions.get(name) if name else None
+        if fn is not None and name is not None:
+            self.call(name, fn.line, fired_by=what)
 
     # -- bodies ---------------------------------------------------------------------
-    def call(self, name: str, line: int) -> None:
+    def call(self, name: str, line: int, fired_by: str | None = None) -> None:
         fn = self.functions.get(name)
         if fn is None or name in self.expanding:
             return
         self.expanding.add(name)
         try:
-            if fn.language == "plpgsql":
+            if fn.language == "plpgsql" and fired_by is not None:
+                # Report at the offending statement inside the body: file lines.
+                self.plpgsql(fn.statement, fn.body_line, f"function {name} (run by {fired_by})")
+            elif fn.language == "plpgsql":
                 self.plpgsql(fn.statement, line, f"function {name}", fixed_line=True)
             elif fn.language == "sql":
                 self.run_nested(fn.body, line, f"the body of function {name}")

@@ -32,6 +32,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from pglast import parser as pg
 from sqlparse.engine import FilterStack
 
 from ..core.errors import MigrationFileError
@@ -93,7 +94,7 @@ class MigrationFile:
 
     @cached_property
     def parsed(self) -> ParsedSql:
-        return _parse_sql(self.path, self.text)
+        return parse_sql(self.path, self.text)
 
     @property
     def statements(self) -> tuple[SqlStatement, ...]:
@@ -176,6 +177,29 @@ def split_statements(text: str) -> list[SqlStatement]:
     return out
 
 
+def scan_statements(text: str) -> list[SqlStatement]:
+    """The same statements as :func:`split_statements`, found by PostgreSQL's own
+    scanner (pglast, about 100x faster than sqlparse); what the linter uses.  Falls back
+    to sqlparse where the scanner gives up (an unterminated string or comment)."""
+    try:
+        slices = pg.split(text, with_parser=False, only_slices=True)
+    except pg.ParseError:
+        return split_statements(text)
+    out: list[SqlStatement] = []
+    line, offset = 1, 0
+    for part in slices:
+        raw = text[part]
+        line += text.count("\n", offset, part.start)
+        offset = part.start
+        chunk = raw.strip()
+        code = _strip_comments(chunk)
+        if code:
+            leading = len(raw) - len(raw.lstrip())
+            out.append(SqlStatement(text=chunk, line=line + raw.count("\n", 0, leading),
+                                    code=code))
+    return out
+
+
 def parse_file(path: Path) -> MigrationFile:
     name = path.name
     versioned = _VERSIONED.fullmatch(name)
@@ -204,23 +228,48 @@ def parse_file(path: Path) -> MigrationFile:
     )
 
 
-def _parse_sql(path: Path, text: str) -> ParsedSql:
-    statements = split_statements(text)
+def _code_line(stmt: SqlStatement) -> int:
+    """The line of the statement's first code: its text starts with the comments above
+    it (pg_dump's header above \\restrict, a migration's header above BEGIN)."""
+    lines = stmt.text.split("\n")
+    skipped = next((i for i, text in enumerate(lines)
+                    if text.strip() and not text.strip().startswith("--")), 0)
+    return stmt.line + skipped
+
+
+def parse_sql(path: Path, text: str, statements: list[SqlStatement] | None = None
+              ) -> ParsedSql:
+    """Check *text* (split into *statements*, by default with :func:`split_statements`)
+    as a migration file's SQL; MigrationFileError (the first problem) if the runner would
+    refuse it."""
+    parsed, problems = check_sql(text, split_statements(text) if statements is None
+                                 else statements)
+    if problems:
+        line, message = problems[0]
+        raise MigrationFileError(f"{path}, line {line}: {message}" if line
+                                 else f"{path}: {message}")
+    return parsed
+
+
+def check_sql(text: str, statements: list[SqlStatement]
+              ) -> tuple[ParsedSql, list[tuple[int, str]]]:
+    """The file's statements and whether it runs in a transaction, and every (line, why)
+    the runner would refuse it for (line 0: the whole file)."""
+    problems: list[tuple[int, str]] = []
     if not statements:
-        raise MigrationFileError(f"{path}: the file has no SQL statements.")
+        problems.append((0, "the file has no SQL statements."))
     for stmt in statements:
         code = stmt.code
         if _PSQL_META.match(code):
-            raise MigrationFileError(
-                f"{path}, line {stmt.line}: psql meta-commands ({code.split()[0]}) are not "
-                "SQL; write the SQL they stand for."
-            )
-        if _TRANSACTION_CONTROL.match(code):
-            raise MigrationFileError(
-                f"{path}, line {stmt.line}: {code.split()[0].upper()} -- edulink-db runs each "
-                "file in its own transaction (or, for CONCURRENTLY and the like, statement by "
-                "statement); remove transaction control from the file."
-            )
+            problems.append((_code_line(stmt), (
+                f"psql meta-commands ({code.split()[0]}) are not SQL; write the SQL they "
+                "stand for (pg_dump 17.6+ writes \\restrict: delete it). 'edulink-db lint' "
+                "lists every such line.")))
+        elif _TRANSACTION_CONTROL.match(code):
+            problems.append((_code_line(stmt), (
+                f"{code.split()[0].rstrip(';').upper()} -- edulink-db runs each file in its own "
+                "transaction (or, for CONCURRENTLY and the like, statement by statement); "
+                "remove transaction control from the file.")))
     detected = [s for s in statements if any(p.match(s.code) for p in _NON_TRANSACTIONAL)]
     directive = _DIRECTIVE.search(text)
     if directive is None:
@@ -228,12 +277,11 @@ def _parse_sql(path: Path, text: str) -> ParsedSql:
     else:
         transactional = directive.group("value").lower() == "on"
         if transactional and detected:
-            raise MigrationFileError(
-                f"{path}, line {detected[0].line}: the file says edulink:transaction=on but "
+            problems.append((detected[0].line, (
+                f"the file says edulink:transaction=on but "
                 f"'{detected[0].code.split(chr(10))[0][:60]}' cannot run inside a "
-                "transaction; remove the directive."
-            )
-    return ParsedSql(statements=tuple(statements), transactional=transactional)
+                "transaction; remove the directive.")))
+    return ParsedSql(statements=tuple(statements), transactional=transactional), problems
 
 
 def load_directory(directory: Path) -> list[MigrationFile]:

@@ -1,123 +1,65 @@
-"""``edulink-db migrations lint``: contract breaks (errors) and lock hazards (warnings).
+"""``edulink-db lint``: every problem in every migration file, without a database.
 
-Errors come from :mod:`.contracts`.  Warnings come from squawk (the ``squawk-cli``
-package's native binary), run once per batch of files with ``--reporter json``; its
-0-based lines are converted to 1-based.  A few squawk rules are switched off because
-edulink's migration runner already does what they ask for, or because they judge data
-modelling rather than migration safety (see :data:`SQUAWK_EXCLUDED`).
+- contract breaks (errors, :mod:`.contracts`): a column or table another service reads is
+  dropped, renamed, retyped or moved;
+- edulink's own hazards (errors, :mod:`.hazards`): psql meta-commands, session settings
+  that undo the runner's (pg_dump's ``SET statement_timeout = 0``), SECURITY DEFINER
+  functions without ``SET search_path``; and files the runner would refuse (bad name,
+  not UTF-8, transaction control);
+- lock hazards (warnings, :mod:`.squawk`).
 
-A warning is silenced for one statement by a comment on or just above it::
+A warning or a hazard is silenced for one statement by a comment on or just above it
+(:mod:`.markers`)::
 
-    -- edulink:ignore squawk/adding-field-with-default reason: table has 40 rows
+    -- edulink-db: ignore squawk/adding-field-with-default the table has 40 rows
 
-The reason is mandatory, and contract findings cannot be ignored.
+The reason is mandatory, and contract findings cannot be ignored.  Every rule has an
+anchor in docs/lint-rules.md (:func:`.findings.rule_url`).
 """
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 
-from ..core.errors import ContractViolationError, LintToolError, MigrationLintError
+from ..core.errors import ContractViolationError, MigrationFileError, MigrationLintError
 from ..topology import Service, Topology
-from .contracts import (
-    ERROR,
-    WARNING,
-    ContractIndex,
-    Finding,
-    Suppression,
-    analyse_migration,
-    read_markers,
-)
-from .files import MigrationFile
+from .contracts import ContractIndex, analyse_migration
+from .files import MigrationFile, ParsedSql, check_sql, parse_file, scan_statements
+from .findings import ERROR, WARNING, Finding
+from .hazards import scan_file
+from .markers import Suppression, read_markers
+from .squawk import SQUAWK_EXCLUDED, squawk_binary, squawk_findings
+
+__all__ = ["FILE_PROBLEM", "SQUAWK_EXCLUDED", "UNUSED_SUPPRESSION", "check_pending",
+           "collect_directory", "lint", "squawk_binary"]
 
 UNUSED_SUPPRESSION = "lint/unused-suppression"
-
-# Rule -> why edulink switches it off everywhere.
-SQUAWK_EXCLUDED: dict[str, str] = {
-    "require-statement-timeout": "the runner sets statement_timeout for every file",
-    "prefer-bigint-over-int": "a data-modelling choice, not a migration hazard",
-    "prefer-bigint-over-smallint": "a data-modelling choice, not a migration hazard",
-    "ban-char-field": "a data-modelling choice, not a migration hazard",
-}
-# Rule -> why it is off for files the runner wraps in a transaction.
-SQUAWK_EXCLUDED_IN_TRANSACTION: dict[str, str] = {
-    "require-lock-timeout": "the runner sets lock_timeout in every transactional file",
-    "prefer-robust-stmts": "a failed transactional file rolls back entirely",
-}
-_CONCURRENTLY = re.compile(r"\bCONCURRENTLY\b", re.IGNORECASE)
-_SQUAWK_TIMEOUT_S = 120
+FILE_PROBLEM = "lint/migration-file"
 
 
-def squawk_binary() -> str:
-    """The squawk executable: next to this Python (the venv's bin), else on PATH."""
-    for candidate in (Path(sys.executable).parent / "squawk",
-                      Path(sys.executable).parent / "squawk.exe"):
-        if candidate.is_file():
-            return str(candidate)
-    found = shutil.which("squawk")
-    if found is None:
-        raise LintToolError(
-            "squawk is not installed, so lock hazards cannot be checked. Install it with "
-            "'pip install squawk-cli' (a dependency of edulink-db).")
-    return found
-
-
-def _run_squawk(paths: list[Path], in_transaction: bool) -> list[dict[str, object]]:
-    if not paths:
-        return []
-    excluded = dict(SQUAWK_EXCLUDED)
-    if in_transaction:
-        excluded |= SQUAWK_EXCLUDED_IN_TRANSACTION
-    argv = [squawk_binary(), "--reporter", "json", "--exclude", ",".join(sorted(excluded))]
-    if in_transaction:
-        argv.append("--assume-in-transaction")
-    argv += [str(p) for p in paths]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_SQUAWK_TIMEOUT_S,
-                              check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LintToolError(f"squawk could not run: {exc}") from None
-    try:
-        data = json.loads(proc.stdout or "[]")
-    except json.JSONDecodeError:
-        data = None
-    if proc.returncode not in (0, 1) or not isinstance(data, list):
-        raise LintToolError(f"squawk failed (exit {proc.returncode}): "
-                            f"{(proc.stderr or proc.stdout).strip()[:500]}")
-    return data
-
-
-def squawk_findings(files: Iterable[MigrationFile]) -> list[Finding]:
-    """squawk's findings for *files*, 1-based, as ``squawk/<rule>`` warnings."""
-    files = list(files)
-    by_path = {str(f.path): f for f in files}
-    raw = (_run_squawk([f.path for f in files if f.transactional], True)
-           + _run_squawk([f.path for f in files if not f.transactional], False))
-    out: list[Finding] = []
-    for item in raw:
-        path, rule = str(item.get("file")), str(item.get("rule_name") or "unknown")
-        line = int(str(item.get("line", 0))) + 1
-        file = by_path.get(path)
-        if (file is not None and not file.transactional and rule == "require-lock-timeout"
-                and _concurrent_statement_at(file, line)):
-            # The runner runs CONCURRENTLY statements with lock_timeout 0 on purpose: they
-            # wait for older transactions and block no reads or writes meanwhile.
+def collect_directory(directory: Path) -> tuple[list[MigrationFile], list[Finding]]:
+    """The migration files of *directory*, and a finding for each file the runner would
+    refuse to load (unlike :func:`.files.load_directory`, which stops at the first)."""
+    files: list[MigrationFile] = []
+    problems: list[Finding] = []
+    for path in sorted(directory.iterdir()):
+        if not (path.is_file() and path.suffix == ".sql"):
             continue
-        help_text = item.get("help")
-        message = str(item.get("message", "")) + (f" {help_text}" if help_text else "")
-        out.append(Finding(path, line, f"squawk/{rule}", WARNING, message))
-    return out
-
-
-def _concurrent_statement_at(file: MigrationFile, line: int) -> bool:
-    starts = [s for s in file.statements if s.line <= line]
-    return bool(starts) and bool(_CONCURRENTLY.search(starts[-1].code))
+        try:
+            files.append(parse_file(path))
+        except MigrationFileError as exc:
+            problems.append(Finding(str(path), 1, FILE_PROBLEM, ERROR,
+                                    str(exc).removeprefix(f"{path}: ")))
+    versioned = sorted((f for f in files if f.version is not None), key=lambda f: f.version
+                       or ())
+    for a, b in pairwise(versioned):
+        if a.version == b.version:
+            problems.append(Finding(str(b.path), 1, FILE_PROBLEM, ERROR,
+                                    f"{a.path.name} has the same version {a.version_text}; "
+                                    "give one of them a new version."))
+    return files, problems
 
 
 def _apply_suppressions(findings: list[Finding], suppressions: list[Suppression],
@@ -129,46 +71,77 @@ def _apply_suppressions(findings: list[Finding], suppressions: list[Suppression]
         hits = [f for f in kept if f.rule == sup.rule and span[0] <= f.line <= span[1]]
         if not hits:
             kept.append(Finding(path, sup.line, UNUSED_SUPPRESSION, WARNING,
-                                f"edulink:ignore {sup.rule} matches no finding in the "
+                                f"the ignore marker for {sup.rule} matches no finding in the "
                                 "statement it precedes; remove it."))
         kept = [f for f in kept if f not in hits]
     return kept
 
 
+def _parsed(file: MigrationFile, sql: str) -> tuple[ParsedSql, list[Finding]]:
+    """The runner's view of the file (transactional or not), and each of its refusals."""
+    parsed, problems = check_sql(sql, scan_statements(sql))
+    return parsed, [Finding(str(file.path), max(line, 1), FILE_PROBLEM, ERROR, message)
+                    for line, message in problems]
+
+
+def _with_columns(findings: list[Finding], text: str) -> list[Finding]:
+    """Findings that know only their line point at the line's first character."""
+    lines = text.split("\n")
+    out = []
+    for f in findings:
+        if f.column == 1 and 1 <= f.line <= len(lines):
+            line = lines[f.line - 1]
+            column = len(line) - len(line.lstrip()) + 1
+            f = Finding(f.file, f.line, f.rule, f.severity, f.message, column)
+        out.append(f)
+    return out
+
+
 def lint(topology: Topology, items: Iterable[tuple[Service, MigrationFile]], *,
-         squawk: bool = True) -> list[Finding]:
+         squawk: bool = True, hazards: bool = True) -> list[Finding]:
     """Every finding for the given (service, file) pairs, sorted by file and line."""
     items = list(items)
     index = ContractIndex(topology)
-    lock = squawk_findings(f for _, f in items) if squawk else []
+    scans = {str(f.path): scan_file(str(f.path), f.text) for _, f in items}
+    parsed = {str(f.path): _parsed(f, scans[str(f.path)].sql) for _, f in items}
     by_file: dict[str, list[Finding]] = {}
-    for finding in lock:
-        by_file.setdefault(finding.file, []).append(finding)
+    if squawk:
+        for finding in squawk_findings((f, scans[str(f.path)], parsed[str(f.path)][0])
+                                       for _, f in items):
+            by_file.setdefault(finding.file, []).append(finding)
     out: list[Finding] = []
     for service, file in items:
         path = str(file.path)
+        scan = scans[path]
         markers = read_markers(path, file.text)
-        contract, spans = analyse_migration(topology, service, path, file.text, index, markers)
-        out += _apply_suppressions(contract + by_file.get(path, []), markers.suppressions,
-                                   spans, path)
-    return sorted(out, key=lambda f: (f.file, f.line, f.rule))
+        contract, spans = analyse_migration(topology, service, path, scan.sql, index, markers)
+        own = (scan.findings + parsed[path][1]) if hazards else []
+        found = _apply_suppressions(contract + own + by_file.get(path, []),
+                                    markers.suppressions, spans, path)
+        out += _with_columns(found, file.text)
+    return sorted(out, key=lambda f: (f.file, f.line, f.column, f.rule))
 
 
 def check_pending(topology: Topology, items: Iterable[tuple[Service, MigrationFile]], *,
                   strict: bool = False) -> None:
     """What ``migrate`` calls before it runs anything: raise ContractViolationError on
-    any contract error (and MigrationLintError on lint warnings when *strict*)."""
+    any contract error (and MigrationLintError on any other finding when *strict*)."""
     items = list(items)
     if not items:
         return
-    findings = lint(topology, items, squawk=strict)
-    errors = [f for f in findings if f.severity == ERROR]
+    findings = lint(topology, items, squawk=strict, hazards=strict)
+    errors = [f for f in findings if f.severity == ERROR and not strict]
     if errors:
         raise ContractViolationError(
             f"Refused: {len(errors)} problem(s) in pending migrations; nothing was run.\n  "
             + "\n  ".join(map(str, errors)), errors)
     if strict and findings:
+        contract = [f for f in findings if f.rule.startswith("contract/")]
+        if contract:
+            raise ContractViolationError(
+                f"Refused: {len(contract)} problem(s) in pending migrations; nothing was "
+                "run.\n  " + "\n  ".join(map(str, contract)), contract)
         raise MigrationLintError(
-            f"Refused (--strict): {len(findings)} lint warning(s) in pending migrations; "
-            "nothing was run. Fix them or add '-- edulink:ignore <rule> reason: ...'.\n  "
+            f"Refused (--strict): {len(findings)} lint finding(s) in pending migrations; "
+            "nothing was run. Fix them or add '-- edulink-db: ignore <rule> <reason>'.\n  "
             + "\n  ".join(map(str, findings)), findings)

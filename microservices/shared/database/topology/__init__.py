@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.errors import TopologyError, UnknownServiceError
 from ..core.identifiers import validate_identifier
+from ..core.platform import PLATFORM_ROLES, platform_name_problem
 
 ALL_OTHERS = "*"
 
@@ -39,19 +40,9 @@ CONNECTION_LIMIT = "connection_limit"
 MAX_CONNECTION_LIMIT = 262_143
 
 # Roles that other software on the same cluster owns (DESIGN.md, "Roles: least
-# privilege enforced by PostgreSQL": roles are cluster-wide; Supabase's PostgREST
-# logs in as `authenticator`, a member of anon/authenticated/service_role).  A
-# topology naming one of them would hand a platform role to a service, and
-# provisioning would reset its password and memberships: refused everywhere,
-# not only on Supabase.  PostgreSQL's own pg_* roles are refused by
-# identifiers.identifier_problem.
-PLATFORM_RESERVED_ROLES = frozenset({
-    "postgres", "anon", "authenticated", "service_role", "authenticator", "dashboard_user",
-    "pgbouncer", "pgsodium_keyholder", "pgsodium_keyiduser", "pgsodium_keymaker",
-    "supabase_admin", "supabase_auth_admin", "supabase_storage_admin",
-    "supabase_functions_admin", "supabase_realtime_admin", "supabase_replication_admin",
-    "supabase_read_only_user",
-})
+# privilege enforced by PostgreSQL"); the one list is core/platform.py.  PostgreSQL's own
+# pg_* roles are refused by identifiers.identifier_problem.
+PLATFORM_RESERVED_ROLES = PLATFORM_ROLES
 
 _SERVICE_KEYS = frozenset({"schema", "runtime_role", "owner_role", "reads", "django_apps",
                            "migrator_role", CONNECTION_LIMIT, "exposes"} | ROLE_SETTINGS)
@@ -397,6 +388,10 @@ def _first_duplicate(pairs: Iterable[tuple[str, str]]) -> tuple[str, str, str] |
 def _check_unique(topology: Topology, source: str) -> None:
     schemas = [(s.schema, f"service {s.name!r}") for s in topology.services]
     schemas.append((topology.shared.schema, "[shared]"))
+    for schema, what in schemas:
+        problem = platform_name_problem(schema, "schema")
+        if problem:
+            raise TopologyError(f"{source}: the schema of {what} is {problem}.")
     dup = _first_duplicate(schemas)
     if dup:
         raise TopologyError(f"{source}: schema {dup[0]!r} is used by both {dup[1]} and {dup[2]}; "
@@ -408,11 +403,9 @@ def _check_unique(topology: Topology, source: str) -> None:
         roles.append((s.migrator_role, f"migrator_role of service {s.name!r}"))
     roles.append((topology.shared.owner_role, "[shared] owner_role"))
     for role, what in roles:
-        if role in PLATFORM_RESERVED_ROLES:
-            raise TopologyError(
-                f"{source}: {what} is {role!r}, a role that the platform owns (Supabase, "
-                "PostgREST, PgBouncer or PostgreSQL itself). Provisioning would take it over "
-                "and break that software: choose a name of your own.")
+        problem = platform_name_problem(role, "role")
+        if problem:
+            raise TopologyError(f"{source}: {what} is {problem}.")
     dup = _first_duplicate(roles)
     if dup:
         raise TopologyError(f"{source}: role {dup[0]!r} is used as both {dup[1]} and {dup[2]}; "
