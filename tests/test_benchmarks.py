@@ -48,3 +48,8 @@ def test_monitoring_benchmark_runs() -> None:
 def test_lint_benchmark_runs() -> None:
     out = run_benchmark("lint.py", "--files", "10", "--rounds", "1", "--no-migrate")
     assert "squawk alone, one run per file (baseline)" in out and "10 files at once" in out
+
+
+def test_tracing_benchmark_runs() -> None:
+    out = run_benchmark("tracing.py", "--ops", "60", "--threads", "2")
+    assert "off/baseline throughput" in out and "goal" in out

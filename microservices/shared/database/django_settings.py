@@ -61,10 +61,11 @@ from .config import (
     service_conninfo,
 )
 from .core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
-from .topology import Topology
+from .topology import Service, Topology
 
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
 READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
+TRACE_KEY = "EDULINK_TRACE"  # span attributes, only when DATABASE_TRACING_ENABLED
 REPLICA_KEY = "EDULINK_REPLICA"  # True for read-replica aliases of 'default'
 MIGRATE_ENV = "EDULINK_DB_DJANGO_MIGRATE"
 APP_SERVICES_SETTING = "EDULINK_DB_APP_SERVICES"
@@ -169,7 +170,19 @@ def configure_service_database(
             # Tests see one database: the replica alias mirrors 'default' there.
             alias["TEST"] = {"MIRROR": "default"}
             out["replica" if index == 1 else f"replica_{index}"] = alias
+    if settings.database_tracing_enabled:
+        for alias in out.values():
+            _trace(alias, svc)
     return out
+
+
+def _trace(alias: dict[str, Any], service: Service, **extra: str) -> None:
+    """Let the engine trace this alias's statements (django_backend reads TRACE_KEY)."""
+    from .connections import tracing
+
+    params = {"user": alias["USER"], "host": alias["HOST"], "port": alias["PORT"],
+              "dbname": alias["NAME"]}
+    alias[TRACE_KEY] = {**tracing.service_attributes(service, params), **extra}
 
 
 def configure_cross_service_databases(
@@ -197,6 +210,8 @@ def configure_cross_service_databases(
                 f"Add {target.name!r} to reads of [services.{svc.name}] if it should.")
         alias = _alias(params, service=target.name, readonly=True, options=options, pool=False)
         alias["TEST"] = {"MIRROR": "default"}  # the same database, seen through svc's role
+        if settings.database_tracing_enabled:
+            _trace(alias, svc, **{"edulink.reads": target.name})
         out[target.name] = alias
     return out
 

@@ -40,6 +40,7 @@ from ..connections import location
 
 SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
 READONLY_KEY = "EDULINK_READONLY"
+TRACE_KEY = "EDULINK_TRACE"  # django_settings.TRACE_KEY: span attributes when tracing
 
 
 class _HomeUnreachable(Exception):  # an internal signal: it never escapes
@@ -57,6 +58,16 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
     # as Django's own _connection_pools (keyed by alias) is.
     _edulink_pools: ClassVar[dict[tuple[str, str], Any]] = {}
     _edulink_pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        attributes = self.settings_dict.get(TRACE_KEY)
+        if attributes:
+            # Installed first, so it is the outermost wrapper: a span covers whatever
+            # wrappers the application adds. Without TRACE_KEY nothing is installed.
+            from ..connections import tracing
+
+            self.execute_wrappers.append(tracing.execute_wrapper(attributes))
 
     @property
     def pool(self) -> Any:
