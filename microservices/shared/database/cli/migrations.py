@@ -65,6 +65,10 @@ def migrate(
     Safe to run from many processes at once: a per-schema lock makes every file apply
     exactly once. Validates first: an edited or missing applied file stops the run (exit 1),
     and so does a pending file that breaks another service's reads (see 'migrations lint').
+
+    Example:
+
+        edulink-db migrate user --dry-run
     """
     try:
         results = _manager(topology, directory, json_out).run_all_migrations(
@@ -91,7 +95,8 @@ def migrate(
 
 
 migrations_app = typer.Typer(
-    help="Inspect and maintain migration history (status, validate, repair, baseline).",
+    help="Inspect and maintain migration history (status, validate, repair, baseline).\n\n"
+         "Example:\n\n    edulink-db migrations status",
     no_args_is_help=True)
 app.add_typer(migrations_app, name="migrations")
 
@@ -103,7 +108,12 @@ def migrations_status(
     topology: TopologyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Applied and pending migrations per service (exit 1 if history and files disagree)."""
+    """Applied and pending migrations per service (exit 1 if history and files disagree).
+
+    Example:
+
+        edulink-db migrations status user
+    """
     try:
         statuses = _manager(topology, directory, True).statuses(services or None)
     except EdulinkDBError as exc:
@@ -130,7 +140,12 @@ def migrations_validate(
     directory: DirOption = None,
     topology: TopologyOption = None,
 ) -> None:
-    """Check that every applied migration file is unchanged and present (exit 1 if not)."""
+    """Check that every applied migration file is unchanged and present (exit 1 if not).
+
+    Example:
+
+        edulink-db migrations validate
+    """
     try:
         statuses = _manager(topology, directory, True).validate(services or None)
     except MigrationValidationError as exc:
@@ -152,7 +167,12 @@ def migrations_lint(
 ) -> None:
     """Check every migration file without a database: contract breaks (errors: a column
     or table another service reads is dropped, renamed, retyped or moved) and lock
-    hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict."""
+    hazards (warnings, from squawk). Exit 1 on errors, or on warnings with --strict.
+
+    Example:
+
+        edulink-db migrations lint --strict
+    """
     from ..migrations.files import load_directory
     from ..migrations.lint import lint
 
@@ -190,6 +210,10 @@ def migrations_repair(
 ) -> None:
     """Accept the files as they are now: re-record checksums of edited files, mark
     applied files that were deleted, and remove failed entries. Deliberate; prints each change.
+
+    Example:
+
+        edulink-db migrations repair user
     """
     try:
         results = _manager(topology, directory, False).repair(services or None)
@@ -209,7 +233,12 @@ def migrations_baseline(
     topology: TopologyOption = None,
 ) -> None:
     """Start history for a schema created before edulink-db: files up to VERSION are
-    treated as applied without running them."""
+    treated as applied without running them.
+
+    Example:
+
+        edulink-db migrations baseline user --version 3
+    """
     try:
         _manager(topology, None, False).baseline(service, version)
     except EdulinkDBError as exc:
