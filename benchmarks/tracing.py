@@ -12,7 +12,7 @@ Three ConnectionManagers on the same database, same settings but for tracing:
 
 As in benchmarks/monitoring.py, a shared 2-core machine is noisier between two timed
 slices than the effect measured, so every worker runs one operation of each side in
-turn (the order rotates) and adds each one's time to its side. Goal: off/baseline
+turn (in a shuffled order) and adds each one's time to its side. Goal: off/baseline
 throughput >= 0.98 (tracing off is free); on is printed for information.
 """
 
@@ -78,9 +78,12 @@ def measure(managers: dict[str, ConnectionManager], threads: int, ops: int, quer
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         spent = dict.fromkeys(SIDES, 0.0)
+        order = list(SIDES)
         for i in range(per_thread + 20):
-            for k in range(len(SIDES)):
-                name = SIDES[(i + k) % len(SIDES)]
+            # Shuffled, not rotated: a rotation keeps the cyclic order, so the side after
+            # "on" would always pay for collecting the garbage of its spans.
+            rng.shuffle(order)
+            for name in order:
                 started = time.perf_counter()
                 with managers[name].get_connection("user") as conn:
                     conn.execute(query, make_args(rng)).fetchall()  # type: ignore[operator]
