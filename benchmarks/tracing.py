@@ -13,7 +13,9 @@ Three ConnectionManagers on the same database, same settings but for tracing:
 As in benchmarks/monitoring.py, a shared 2-core machine is noisier between two timed
 slices than the effect measured, so every worker runs one operation of each side in
 turn (in a shuffled order) and adds each one's time to its side. Goal: off/baseline
-throughput >= 0.98 (tracing off is free); on is printed for information.
+throughput >= 0.98 (tracing off is free); on is printed for information. The workers'
+own CPU time per operation is printed too: on a loaded machine it is steadier than the
+wall clock, which includes the server's and other programs' share.
 """
 
 from __future__ import annotations
@@ -69,36 +71,41 @@ def baseline(threads: int) -> ConnectionManager:
 
 
 def measure(managers: dict[str, ConnectionManager], threads: int, ops: int, query: str,
-            make_args: object) -> dict[str, float]:
-    """Seconds spent by all workers on each side."""
+            make_args: object) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds spent by all workers on each side: wall clock, and the workers' own CPU
+    time (what the client code costs, without the server's and the scheduler's share)."""
     totals = dict.fromkeys(SIDES, 0.0)
+    cpu_totals = dict.fromkeys(SIDES, 0.0)
     lock = threading.Lock()
     per_thread = max(ops // threads, 1)
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
         spent = dict.fromkeys(SIDES, 0.0)
+        cpu = dict.fromkeys(SIDES, 0.0)
         order = list(SIDES)
         for i in range(per_thread + 20):
             # Shuffled, not rotated: a rotation keeps the cyclic order, so the side after
             # "on" would always pay for collecting the garbage of its spans.
             rng.shuffle(order)
             for name in order:
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.thread_time()
                 with managers[name].get_connection("user") as conn:
                     conn.execute(query, make_args(rng)).fetchall()  # type: ignore[operator]
                 if i >= 20:  # the first 20 warm pools and statement caches
                     spent[name] += time.perf_counter() - started
+                    cpu[name] += time.thread_time() - cpu_started
         with lock:
             for name in SIDES:
                 totals[name] += spent[name]
+                cpu_totals[name] += cpu[name]
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    return totals
+    return totals, cpu_totals
 
 
 def main() -> int:
@@ -118,9 +125,10 @@ def main() -> int:
             assert managers["off"]._entry("user").cursor is \
                 managers["baseline"]._entry("user").cursor
             for qname, (query, make_args) in QUERIES.items():
-                spent = measure(managers, threads, args.ops, query, make_args)
+                spent, cpu = measure(managers, threads, args.ops, query, make_args)
                 n = max(args.ops // threads, 1) * threads
                 us = {name: spent[name] / n * 1e6 for name in SIDES}
+                cpu_us = {name: cpu[name] / n * 1e6 for name in SIDES}
                 off_ratio = spent["baseline"] / spent["off"]
                 on_ratio = spent["baseline"] / spent["on"]
                 label = f"{threads} thread{'s' if threads > 1 else ''}"
@@ -128,6 +136,9 @@ def main() -> int:
                       f"off {us['off']:7.1f}   on {us['on']:7.1f}   "
                       f"off/baseline throughput {off_ratio:.3f}   "
                       f"on/baseline {on_ratio:.3f} (+{us['on'] - us['baseline']:.1f} us/op)")
+                print(f"{'':13} {'':10} client CPU us/op: baseline {cpu_us['baseline']:6.1f}"
+                      f"   off {cpu_us['off']:6.1f}   on {cpu_us['on']:6.1f}   "
+                      f"off/baseline {cpu['baseline'] / cpu['off']:.3f}")
                 if off_ratio < 0.98:
                     failures.append(f"{qname}, {label}: {off_ratio:.3f}")
             for mgr in managers.values():
