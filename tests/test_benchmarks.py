@@ -53,3 +53,8 @@ def test_lint_benchmark_runs() -> None:
 def test_credentials_benchmark_runs() -> None:
     out = run_benchmark("credentials.py", "--calls", "100")
     assert "credential file, unchanged" in out and "goal: <= 50 us each" in out
+
+
+def test_tracing_benchmark_runs() -> None:
+    out = run_benchmark("tracing.py", "--ops", "60", "--threads", "2")
+    assert "off/baseline throughput" in out and "goal" in out

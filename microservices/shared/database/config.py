@@ -101,6 +101,8 @@ class Settings(BaseSettings):
 
     # Monitoring (thresholds in the spirit of PgHero's defaults).
     database_monitoring_enabled: bool = True
+    # OpenTelemetry spans per statement (connections/tracing.py); needs the [tracing] extra.
+    database_tracing_enabled: bool = False
     database_slow_query_log_ms: float = Field(500.0, gt=0, description="log statements slower")
     database_slow_statement_ms: float = Field(20.0, gt=0, description="pg_stat_statements mean")
     database_slow_statement_min_calls: int = Field(100, ge=1)

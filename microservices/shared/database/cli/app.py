@@ -33,7 +33,8 @@ app = typer.Typer(
         "(or uses DATABASE_URL), creates every service's schema and roles from the "
         "topology, and verifies that PostgreSQL grants exactly what the topology declares.\n\n"
         "Configuration comes from the environment and ./.env (see docs/setup.md). "
-        "Exit codes: 0 ok, 1 verify found differences, 2 bad input, 3 database error."
+        "Exit codes: 0 ok, 1 verify found differences, 2 bad input, 3 database error.\n\n"
+        "Example:\n\n    edulink-db up"
     ),
     no_args_is_help=True,
     add_completion=False,

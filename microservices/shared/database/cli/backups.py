@@ -26,9 +26,12 @@ from .app import (
     out,
 )
 
-backup_app = typer.Typer(help="Take a backup: 'full' or 'schema SCHEMA...'.",
+backup_app = typer.Typer(help="Take a backup: 'full' or 'schema SCHEMA...'.\n\n"
+                              "Example:\n\n    edulink-db backup schema user_schema",
                          no_args_is_help=True)
-backups_app = typer.Typer(help="List, verify and prune backups.", no_args_is_help=True)
+backups_app = typer.Typer(help="List, verify and prune backups.\n\n"
+                               "Example:\n\n    edulink-db backups list",
+                          no_args_is_help=True)
 app.add_typer(backup_app, name="backup")
 app.add_typer(backups_app, name="backups")
 
@@ -74,6 +77,10 @@ def backup_full(
     dumped from its server into a part of the same backup set. A hosting platform's
     schemas (Supabase's auth, storage, realtime, ...) are left out unless named with
     --include-schema. Each server's dump has its own snapshot-consistent manifest.
+
+    Example:
+
+        edulink-db backup full
     """
     try:
         info = _backup_manager(json_out).create_full_backup(
@@ -89,7 +96,12 @@ def backup_schema(
     fmt: FormatOption = "custom", jobs: JobsOption = 1, compress: CompressOption = True,
     json_out: JsonOption = False,
 ) -> None:
-    """Back up some schemas; the backup restores into a clean database too."""
+    """Back up some schemas; the backup restores into a clean database too.
+
+    Example:
+
+        edulink-db backup schema user_schema auth_schema
+    """
     try:
         info = _backup_manager(json_out).create_schema_backup(schemas, compress, fmt=fmt,
                                                               jobs=jobs)
@@ -106,7 +118,12 @@ def backup_auto(
     json_out: JsonOption = False,
 ) -> None:
     """Take what the policy says is due (EDULINK_DB_BACKUP_FULL_EVERY, ..._SCHEMA_EVERY),
-    verify it, prune by retention. Safe to run from cron every minute."""
+    verify it, prune by retention. Safe to run from cron every minute.
+
+    Example:
+
+        * * * * * cd /srv/edulink && edulink-db backup auto   (a crontab line)
+    """
     from ..backup.schedule import parse_interval, run_auto
 
     try:
@@ -144,7 +161,12 @@ def backups_drill(
     json_out: JsonOption = False,
 ) -> None:
     """Restore a backup into a scratch database (EDULINK_DB_DRILL_URL's server, else the
-    admin's), compare row counts, drop it. Exit 1 if the drill fails."""
+    admin's), compare row counts, drop it. Exit 1 if the drill fails.
+
+    Example:
+
+        edulink-db backups drill full_20260101_020000
+    """
     from ..backup.drill import run_drill
 
     try:
@@ -169,7 +191,12 @@ def backups_drill(
 def backups_sign(backup_id: Annotated[str, typer.Argument(help="The backup to sign.")]
                  ) -> None:
     """Sign a backup you took and checked (one from before backups were signed, or signed
-    with an old key). Refused if it is a link, not yours, or fails its checksums."""
+    with an old key). Refused if it is a link, not yours, or fails its checksums.
+
+    Example:
+
+        edulink-db backups sign full_20260101_020000
+    """
     try:
         manifest = _backup_manager().sign(backup_id)
     except EdulinkDBError as exc:
@@ -179,7 +206,12 @@ def backups_sign(backup_id: Annotated[str, typer.Argument(help="The backup to si
 
 @backups_app.command("list")
 def backups_list(json_out: JsonOption = False) -> None:
-    """Complete backups, oldest first (and any refused as untrusted or damaged)."""
+    """Complete backups, oldest first (and any refused as untrusted or damaged).
+
+    Example:
+
+        edulink-db backups list --json
+    """
     try:
         manager = _backup_manager(True)
         items = manager.list_backups()
@@ -212,7 +244,12 @@ def backups_verify(
     deep: Annotated[bool, typer.Option("--deep", help="Restore into a scratch database and "
                                                       "compare row counts.")] = False,
 ) -> None:
-    """Check a backup's checksums and archive listing (exit 1 if it is damaged)."""
+    """Check a backup's checksums and archive listing (exit 1 if it is damaged).
+
+    Example:
+
+        edulink-db backups verify full_20260101_020000
+    """
     try:
         result = _backup_manager().verify(backup_id, deep=deep)
     except BackupNotFoundError as exc:
@@ -229,7 +266,12 @@ def backups_verify(
 @backups_app.command("prune")
 def backups_prune(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
     """Delete old backups: keep EDULINK_DB_BACKUP_KEEP_LAST per kind and everything younger
-    than EDULINK_DB_BACKUP_KEEP_DAYS; the newest verified backup is never deleted."""
+    than EDULINK_DB_BACKUP_KEEP_DAYS; the newest verified backup is never deleted.
+
+    Example:
+
+        edulink-db backups prune --dry-run
+    """
     try:
         doomed = _backup_manager().prune(dry_run=dry_run)
     except EdulinkDBError as exc:
@@ -255,6 +297,10 @@ def restore(
 
     The backup is checked first (checksums, archive listing); a damaged one is refused
     untouched. What the restore replaces is saved first as a prerestore_* backup.
+
+    Example:
+
+        edulink-db restore full_20260101_020000 --schema user_schema
     """
     try:
         report = _backup_manager(json_out).restore(backup_id, schemas=schema or None,

@@ -21,7 +21,12 @@ def dashboard(
     topology: TopologyOption = None,
 ) -> None:
     """Serve a read-only web page: the database and each service's sessions, statements,
-    queries, sizes, migrations, backups, privileges and replicas. Runs until Ctrl-C."""
+    queries, sizes, migrations, backups, privileges and replicas. Runs until Ctrl-C.
+
+    Example:
+
+        edulink-db dashboard --port 8478
+    """
     from ..monitoring.dashboard import serve
 
     def ready(_server: object) -> None:

@@ -64,6 +64,10 @@ def migrate(
     Safe to run from many processes at once: a per-schema lock makes every file apply
     exactly once. Validates first: an edited or missing applied file stops the run (exit 1),
     and so does a pending file that breaks another service's reads (see 'migrations lint').
+
+    Example:
+
+        edulink-db migrate user --dry-run
     """
     try:
         results = _manager(topology, directory, json_out).run_all_migrations(
@@ -90,7 +94,8 @@ def migrate(
 
 
 migrations_app = typer.Typer(
-    help="Inspect and maintain migration history (status, validate, repair, baseline).",
+    help="Inspect and maintain migration history (status, validate, repair, baseline).\n\n"
+         "Example:\n\n    edulink-db migrations status",
     no_args_is_help=True)
 app.add_typer(migrations_app, name="migrations")
 
@@ -102,7 +107,12 @@ def migrations_status(
     topology: TopologyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Applied and pending migrations per service (exit 1 if history and files disagree)."""
+    """Applied and pending migrations per service (exit 1 if history and files disagree).
+
+    Example:
+
+        edulink-db migrations status user
+    """
     try:
         statuses = _manager(topology, directory, True).statuses(services or None)
     except EdulinkDBError as exc:
@@ -129,7 +139,12 @@ def migrations_validate(
     directory: DirOption = None,
     topology: TopologyOption = None,
 ) -> None:
-    """Check that every applied migration file is unchanged and present (exit 1 if not)."""
+    """Check that every applied migration file is unchanged and present (exit 1 if not).
+
+    Example:
+
+        edulink-db migrations validate
+    """
     try:
         statuses = _manager(topology, directory, True).validate(services or None)
     except MigrationValidationError as exc:
@@ -148,6 +163,10 @@ def migrations_repair(
 ) -> None:
     """Accept the files as they are now: re-record checksums of edited files, mark
     applied files that were deleted, and remove failed entries. Deliberate; prints each change.
+
+    Example:
+
+        edulink-db migrations repair user
     """
     try:
         results = _manager(topology, directory, False).repair(services or None)
@@ -167,7 +186,12 @@ def migrations_baseline(
     topology: TopologyOption = None,
 ) -> None:
     """Start history for a schema created before edulink-db: files up to VERSION are
-    treated as applied without running them."""
+    treated as applied without running them.
+
+    Example:
+
+        edulink-db migrations baseline user --version 3
+    """
     try:
         _manager(topology, None, False).baseline(service, version)
     except EdulinkDBError as exc:

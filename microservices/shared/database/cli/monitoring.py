@@ -34,7 +34,12 @@ _STATUS_STYLE = {"ok": "green", "healthy": "green", "degraded": "yellow", "unhea
 @app.command()
 def health(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
     """Database health: every check with its value and threshold, and suspicious patterns
-    naming the service. Exit code: 0 healthy, 1 degraded, 3 unhealthy."""
+    naming the service. Exit code: 0 healthy, 1 degraded, 3 unhealthy.
+
+    Example:
+
+        edulink-db health --json
+    """
     from ..monitoring.monitor import get_database_health
 
     try:
@@ -111,7 +116,12 @@ def top(
     topology: TopologyOption = None,
 ) -> None:
     """A live per-service view: sessions by state, long-running and blocked queries,
-    statement rate and mean time (pg_stat_statements), schema sizes. Ctrl-C to stop."""
+    statement rate and mean time (pg_stat_statements), schema sizes. Ctrl-C to stop.
+
+    Example:
+
+        edulink-db top --once
+    """
     from rich.live import Live
 
     from ..connections.direct import connect
@@ -147,7 +157,12 @@ def metrics_cmd(
     topology: TopologyOption = None,
 ) -> None:
     """Serve Prometheus metrics: per-service database gauges (read at every scrape) and
-    this process's query metrics. Runs until interrupted."""
+    this process's query metrics. Runs until interrupted.
+
+    Example:
+
+        edulink-db metrics --port 9187
+    """
     from prometheus_client import CollectorRegistry, start_http_server
 
     from ..monitoring.exporter import DatabaseCollector

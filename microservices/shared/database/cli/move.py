@@ -53,6 +53,10 @@ def move_service(
     Phases: preflight, prepare the target, copy and catch up, cut over, clean up.
     Running pools follow the move through the location registry; see
     docs/move-service.md.  A killed run is finished with --resume or undone with --abort.
+
+    Example:
+
+        edulink-db move-service user --to postgresql://admin@db2.internal:5432/edulink
     """
     try:
         settings = _settings(topology)

@@ -33,6 +33,7 @@ from .app import (
     err,
     out,
 )
+from .output_file import write_output
 
 
 @app.command()
@@ -58,6 +59,10 @@ def provision(
     Also revokes privileges the topology does not declare (granted by hand, or left by an
     older topology). Idempotent and transactional: on error nothing changes. Needs an admin
     with CREATEROLE and CREATE on the database (superuser not required).
+
+    Example:
+
+        edulink-db provision --rotate-passwords
     """
     try:
         report = lifecycle.run_provision(
@@ -90,6 +95,10 @@ def verify_cmd(
 
     Prints the role x schema matrix and every difference (role, schema, object,
     privilege), including privileges granted by hand. Exit code 1 on any difference.
+
+    Example:
+
+        edulink-db verify --json
     """
     try:
         report = lifecycle.run_verify(_settings(topology), logins=logins)
@@ -113,6 +122,10 @@ def reads_cmd(
     and table, the columns it read that the topology does not expose to it, with call
     counts and queryids (never query texts). Exit code 1 when there are any: the
     topology no longer matches the code.
+
+    Example:
+
+        edulink-db reads
     """
     from ..monitoring.observed_reads import observed_reads
 
@@ -153,7 +166,12 @@ def sql_cmd(
                                                 help="Write to a file instead of stdout.")] = None,
 ) -> None:
     """Print the setup script generated from the topology: postgresql_schema_setup.sql, or
-    with --dialect sqlserver the T-SQL sqlserver_schema_setup.sql (sqlcmd, GO batches)."""
+    with --dialect sqlserver the T-SQL sqlserver_schema_setup.sql (sqlcmd, GO batches).
+
+    Example:
+
+        edulink-db sql --dialect sqlserver -o sqlserver_schema_setup.sql
+    """
     try:
         settings = _settings(topology)
         if dialect == "postgresql":
@@ -164,10 +182,11 @@ def sql_cmd(
             script = render_sqlserver_script(settings.topology())
         else:
             raise ConfigError(f"Unknown dialect {dialect!r}; use postgresql or sqlserver.")
+        if output:
+            write_output(output, script)
     except EdulinkDBError as exc:
         _fail(exc)
     if output:
-        output.write_text(script, encoding="utf-8")
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(script)
@@ -183,6 +202,10 @@ def url(
 
     Passwords are never printed: services read them from EDULINK_DB_<SERVICE>_PASSWORD
     or from the 0600 secrets file in the edulink-db home.
+
+    Example:
+
+        edulink-db url user
     """
     try:
         settings = _settings(topology)
@@ -197,7 +220,12 @@ def url(
 
 @app.command("topology")
 def topology_cmd(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
-    """Show the services, schemas, roles and read grants of the topology in use."""
+    """Show the services, schemas, roles and read grants of the topology in use.
+
+    Example:
+
+        edulink-db topology --topology topology.toml
+    """
     try:
         topo = _settings(topology).topology()
     except EdulinkDBError as exc:

@@ -43,6 +43,10 @@ def up(
 
     Safe to run again at any time (and from several processes at once): a second run
     changes nothing.
+
+    Example:
+
+        edulink-db up --json
     """
     try:
         settings = _settings(topology)
@@ -84,6 +88,10 @@ def init(
 
     Never overwrites: existing files and service folders are kept as they are. 'up' and
     'migrate' then use ./migrations. No database is needed.
+
+    Example:
+
+        edulink-db init --empty
     """
     from ..migrations.scaffold import init_project
 
@@ -108,7 +116,12 @@ def init(
 
 @app.command()
 def down() -> None:
-    """Stop the embedded PostgreSQL server (data is kept; 'up' starts it again)."""
+    """Stop the embedded PostgreSQL server (data is kept; 'up' starts it again).
+
+    Example:
+
+        edulink-db down
+    """
     try:
         settings = _settings(None)
         if not settings.uses_embedded:
@@ -126,6 +139,10 @@ def status(topology: TopologyOption = None, json_out: JsonOption = False) -> Non
     """Show which database is in use, whether it is reachable, and whether it is provisioned.
 
     Exit code 0 when reachable and provisioned, 3 otherwise.
+
+    Example:
+
+        edulink-db status --json
     """
     try:
         report = lifecycle.run_status(_settings(topology))

@@ -43,6 +43,7 @@ from ..core import credentials
 SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
 READONLY_KEY = "EDULINK_READONLY"
 CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
+TRACE_KEY = "EDULINK_TRACE"  # django_settings.TRACE_KEY: span attributes when tracing
 
 
 class _HomeUnreachable(Exception):  # an internal signal: it never escapes
@@ -60,6 +61,16 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
     # as Django's own _connection_pools (keyed by alias) is.
     _edulink_pools: ClassVar[dict[tuple[str, str], Any]] = {}
     _edulink_pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        attributes = self.settings_dict.get(TRACE_KEY)
+        if attributes:
+            # Installed first, so it is the outermost wrapper: a span covers whatever
+            # wrappers the application adds. Without TRACE_KEY nothing is installed.
+            from ..connections import tracing
+
+            self.execute_wrappers.append(tracing.execute_wrapper(attributes))
 
     @property
     def pool(self) -> Any:

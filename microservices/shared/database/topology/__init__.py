@@ -354,6 +354,9 @@ def _parse_exposes(name: str, raw: Mapping[str, Any],
             raise TopologyError(
                 f"{where} {table}: an empty column list exposes nothing; remove the entry.")
         columns: list[str] = []
+        # A set beside the list: `in` on the list made loading quadratic in the number of
+        # columns (200,000 took minutes).
+        seen: set[str] = set()
         for entry in entries:
             column, marked = entry, entry.endswith(SECRET_OK_MARKER)
             if marked:
@@ -369,8 +372,9 @@ def _parse_exposes(name: str, raw: Mapping[str, Any],
                     f"secret (password, token, hash, key, salt...). Remove it from {where}, "
                     f"or, if readers really need it, mark it explicitly: "
                     f"{table} = [..., \"{column}{SECRET_OK_MARKER}\"].")
-            if column in columns:
+            if column in seen:
                 raise TopologyError(f"{where} {table}: column {column!r} is listed twice.")
+            seen.add(column)
             columns.append(column)
         out.append((table, tuple(columns)))
     return tuple(out)

@@ -1,0 +1,31 @@
+"""Writing a command's output to a file the user named (``-o``/``--output``).
+
+The user gets one line saying what is wrong with the path and what to do, never a
+traceback: a missing directory, a directory given as the file, no permission.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from ..core.errors import ConfigError
+
+
+def write_output(path: Path, text: str, *, option: str = "--output") -> None:
+    """Write *text* to *path* (UTF-8), or raise ConfigError naming the problem."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"{option} {path} is a directory; add a file name to the "
+                          "path.") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{option} {path}: its directory does not exist; create it "
+                          "first (mkdir -p).") from None
+    except PermissionError:
+        raise ConfigError(f"{option} {path}: permission denied; choose a file in a "
+                          "directory you may write to.") from None
+    except OSError as exc:
+        reason = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
+        raise ConfigError(f"{option} {path}: cannot write it ({exc.strerror or reason}); "
+                          "choose another file.") from None
