@@ -25,7 +25,6 @@ DSN is shown.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.errors import ConfigError, DatabaseNotRunningError
 from .core.secrets_store import SecretStore
+from .core.tls import with_tls
 from .topology import Service, Topology, load_topology
 
 HOME_DIR_NAME = ".edulink-db"
@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     database_sslmode: str | None = Field(
         None, description="libpq sslmode; default 'require' for non-loopback hosts"
     )
+    database_sslrootcert: Path | None = Field(
+        None, description="root certificate (PEM): every connection then uses verify-full")
 
     # Pools (one per service).
     database_pool_size: int = Field(10, ge=0)
@@ -251,24 +253,13 @@ def to_url(params: dict[str, Any]) -> str:
     return f"postgresql://{auth}{host}{port}/{dbname}" + (f"?{query}" if query else "")
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host or host.startswith("/"):
-        return True  # unix socket
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def apply_tls(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """*params* with the TLS settings (core/tls.py): every conninfo passes through here."""
+    return with_tls(params, sslmode=settings.database_sslmode,
+                    rootcert=settings.database_sslrootcert)
 
 
-def _with_sslmode(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    if "sslmode" not in params:
-        if settings.database_sslmode:
-            params["sslmode"] = settings.database_sslmode
-        elif not all(is_loopback(h) for h in str(params.get("host", "")).split(",")):
-            params["sslmode"] = "require"
-    return params
+_with_sslmode = apply_tls
 
 
 def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:

@@ -86,6 +86,7 @@ from .core.errors import (
     ServiceConnectionError,
     ServiceMovedError,
 )
+from .core.tls import explain
 from .monitoring import metrics
 from .topology import Service
 
@@ -235,7 +236,7 @@ def _classify_connect_error(service: Service, params: dict[str, Any],
             "'edulink-db provision' to (re)set the generated password."
         )
     return ServiceConnectionError(
-        f"Service {service.name!r} cannot reach the database at {target}: {reason}"
+        f"Service {service.name!r} cannot reach the database at {target}: {explain(reason, params)}"
     )
 
 

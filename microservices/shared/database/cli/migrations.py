@@ -19,6 +19,7 @@ from ..migrations.manager import MigrationManager
 from .app import (
     EXIT_DIFFERS,
     EXIT_OK,
+    CaOption,
     JsonOption,
     TopologyOption,
     _fail,
@@ -44,8 +45,9 @@ DirOption = Annotated[
 ]
 
 
-def _manager(topology: Path | None, directory: Path | None, quiet: bool) -> MigrationManager:
-    return MigrationManager(_settings(topology), directory,
+def _manager(topology: Path | None, directory: Path | None, quiet: bool,
+             ca: Path | None = None) -> MigrationManager:
+    return MigrationManager(_settings(topology, ca), directory,
                             progress=(lambda _m: None) if quiet else _progress())
 
 
@@ -55,6 +57,7 @@ def migrate(
     directory: DirOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run.")] = False,
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also refuse on lint warnings (lock hazards), not only on "
@@ -67,7 +70,7 @@ def migrate(
     and so does a pending file that breaks another service's reads (see 'migrations lint').
     """
     try:
-        results = _manager(topology, directory, json_out).run_all_migrations(
+        results = _manager(topology, directory, json_out, ca).run_all_migrations(
             services=services or None, dry_run=dry_run, strict=strict)
     except MigrationLintError as exc:  # findings contain [brackets]: escape, not markup
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
@@ -101,11 +104,12 @@ def migrations_status(
     services: ServicesArgument = None,
     directory: DirOption = None,
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Applied and pending migrations per service (exit 1 if history and files disagree)."""
     try:
-        statuses = _manager(topology, directory, True).statuses(services or None)
+        statuses = _manager(topology, directory, True, ca).statuses(services or None)
     except EdulinkDBError as exc:
         _fail(exc)
     data = [st.as_dict() for st in statuses]
@@ -187,12 +191,13 @@ def migrations_repair(
     services: ServicesArgument = None,
     directory: DirOption = None,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Accept the files as they are now: re-record checksums of edited files, mark
     applied files that were deleted, and remove failed entries. Deliberate; prints each change.
     """
     try:
-        results = _manager(topology, directory, False).repair(services or None)
+        results = _manager(topology, directory, False, ca).repair(services or None)
     except EdulinkDBError as exc:
         _fail(exc)
     changes = [f"{svc}: {c}" for svc, items in results.items() for c in items]
@@ -207,11 +212,12 @@ def migrations_baseline(
     version: Annotated[str, typer.Option("--version", "-v",
                                          help="Files up to this version count as applied.")],
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Start history for a schema created before edulink-db: files up to VERSION are
     treated as applied without running them."""
     try:
-        _manager(topology, None, False).baseline(service, version)
+        _manager(topology, None, False, ca).baseline(service, version)
     except EdulinkDBError as exc:
         _fail(exc)
     out.print(f"{service}: baselined at version {version}")
