@@ -739,13 +739,10 @@ class BackupManager:
                                             if fresh else [])):
             opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
                 sql.Identifier(schema)).as_string(None).encode()
-        # pg_restore writes a script (no connection) that psql runs over the connection,
-        # which may need TLS; both of one build: a newer pg_restore's script may use
-        # meta-commands (\restrict) that an older psql does not know.
+        # pg_restore writes a script (no connection); psql runs it over the connection,
+        # which may need TLS (a psql other than the embedded wheel's).
+        pg_restore = find_tool("pg_restore", major)
         psql = find_tool("psql", major, tls=needs_tls(target))
-        pg_restore = psql.with_name("pg_restore")
-        if not pg_restore.is_file():
-            pg_restore = find_tool("pg_restore", major)
         # The schemas being restored were dropped above, so pg_restore's own --clean is
         # not needed, and it would break a schema holding a view that pg_dump split into
         # a placeholder and a _RETURN rule (the rule's "drop" is a CREATE OR REPLACE
