@@ -3,7 +3,7 @@ certificate, and the words for what goes wrong.
 
 ``sslmode=require`` encrypts but accepts any certificate, so a man in the middle on
 the path to the server reads every password and row.  With a root certificate
-(``DATABASE_SSLROOTCERT``, ``--ca``; Supabase publishes one per project) every
+(``DATABASE_SSLROOTCERT``, ``--ca``; Supabase publishes one) every
 connection uses ``sslmode=verify-full``: libpq checks that the server's certificate
 chains to that root and names the host connected to.  Pools, Django, migrations,
 pg_dump/pg_restore/psql, move-service, replicas and monitoring all build their
@@ -16,6 +16,7 @@ import ipaddress
 import socket
 import ssl
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,20 @@ def check_root_cert(path: Path | str, setting: str = SETTING) -> str:
     naming *setting*.  Checked before connecting: libpq's own message for a missing or
     garbled file does not say which setting pointed at it."""
     file = Path(path).expanduser()
-    if not file.is_file():
+    try:
+        stat = file.stat()
+    except OSError:
+        stat = None
+    if stat is None or not file.is_file():
         raise ConfigError(f"{setting}: {file} does not exist or is not a file; {FIX}.")
+    # Parsing costs ~2 ms and every pool, backup and health check builds a conninfo:
+    # parse once per version of the file.
+    return _checked(str(file), stat.st_mtime_ns, stat.st_size, setting)
+
+
+@lru_cache(maxsize=8)
+def _checked(name: str, _mtime_ns: int, _size: int, setting: str) -> str:
+    file = Path(name)
     try:
         text = file.read_text(encoding="ascii", errors="replace")
     except OSError as exc:
@@ -82,16 +95,6 @@ def with_tls(params: dict[str, Any], *, sslmode: str | None = None,
             params["sslmode"] = sslmode
         elif not all(is_loopback(h) for h in _hosts(params)):
             params["sslmode"] = "require"
-    return params
-
-
-def carry_tls(home: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """*params* with *home*'s root certificate when they name none: a location built
-    from a registry entry (host, port, dbname, sslmode) must verify like home."""
-    if home.get("sslrootcert") and not params.get("sslrootcert"):
-        params = {**params, "sslrootcert": home["sslrootcert"]}
-        if params.get("sslmode") not in VERIFYING:
-            params["sslmode"] = "verify-full"
     return params
 
 
