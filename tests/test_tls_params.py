@@ -79,3 +79,28 @@ def test_every_conninfo_verifies_the_server(ca: str) -> None:
     env = libpq_env(admin)
     assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", ca)
 
+
+
+def test_the_embedded_server_ignores_the_root_cert(ca: str, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    # The embedded server is built without TLS: a DATABASE_SSLROOTCERT meant for the
+    # production server in the same .env must not make `up` without DATABASE_URL fail.
+    import psycopg
+
+    from microservices.shared.database.server.embedded import EmbeddedServer
+
+    from .conftest import reachable_tempdir
+    from .ports import free_port
+
+    home = reachable_tempdir("edulink-tls-embedded-") / ".edulink-db"
+    server = EmbeddedServer(home, port=free_port())
+    server.start()
+    try:
+        monkeypatch.delenv("DATABASE_URL")
+        monkeypatch.setenv("EDULINK_DB_HOME", str(home))
+        params = admin_conninfo(load_settings())
+        assert "sslrootcert" not in params, "the embedded server was given a root cert"
+        psycopg.connect(**params, connect_timeout=10).close()
+    finally:
+        server.stop()
+        shutil.rmtree(home.parent, ignore_errors=True)

@@ -293,7 +293,9 @@ def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
                 f"embedded PostgreSQL in {settings.home} is not running. Start it with "
                 "'edulink-db up', or set DATABASE_URL."
             )
-        params = server.admin_params(info)
+        # Our own server on loopback, built without TLS: DATABASE_SSLROOTCERT and
+        # DATABASE_SSLMODE are for the configured server they sit next to in .env.
+        return server.admin_params(info)
     return _with_sslmode(params, settings)
 
 
