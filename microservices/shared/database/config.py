@@ -25,7 +25,6 @@ DSN is shown.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable
 from functools import lru_cache
@@ -41,6 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .core import credentials
 from .core.errors import ConfigError, DatabaseNotRunningError
 from .core.secrets_store import SecretStore
+from .core.tls import with_tls
 from .topology import Service, Topology, load_topology
 
 HOME_DIR_NAME = ".edulink-db"
@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     database_sslmode: str | None = Field(
         None, description="libpq sslmode; default 'require' for non-loopback hosts"
     )
+    database_sslrootcert: Path | None = Field(
+        None, description="root certificate (PEM): every connection then uses verify-full")
 
     # Pools (one per service and process).  Unset: sized from the connection budget
     # (connections/budget.py), so that every process of a service fits its role's limit.
@@ -261,24 +263,13 @@ def to_url(params: dict[str, Any]) -> str:
     return f"postgresql://{auth}{host}{port}/{dbname}" + (f"?{query}" if query else "")
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host or host.startswith("/"):
-        return True  # unix socket
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def apply_tls(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """*params* with the TLS settings (core/tls.py): every conninfo passes through here."""
+    return with_tls(params, sslmode=settings.database_sslmode,
+                    rootcert=settings.database_sslrootcert)
 
 
-def _with_sslmode(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    if "sslmode" not in params:
-        if settings.database_sslmode:
-            params["sslmode"] = settings.database_sslmode
-        elif not all(is_loopback(h) for h in str(params.get("host", "")).split(",")):
-            params["sslmode"] = "require"
-    return params
+_with_sslmode = apply_tls
 
 
 def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
@@ -312,7 +303,9 @@ def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
                 f"embedded PostgreSQL in {settings.home} is not running. Start it with "
                 "'edulink-db up', or set DATABASE_URL."
             )
-        params = server.admin_params(info)
+        # Our own server on loopback, built without TLS: DATABASE_SSLROOTCERT and
+        # DATABASE_SSLMODE are for the configured server they sit next to in .env.
+        return server.admin_params(info)
     return _with_sslmode(params, settings)
 
 

@@ -91,6 +91,7 @@ from .core.errors import (
     ServiceConnectionError,
     ServiceMovedError,
 )
+from .core.tls import explain
 from .monitoring import metrics
 from .topology import Service
 
@@ -238,7 +239,7 @@ def _classify_connect_error(service: Service, params: dict[str, Any],
             f"{reason}. Check {check}."
         )
     return ServiceConnectionError(
-        f"Service {service.name!r} cannot reach the database at {target}: {reason}"
+        f"Service {service.name!r} cannot reach the database at {target}: {explain(reason, params)}"
     )
 
 

@@ -102,8 +102,9 @@ def service_table(service: str, table: str, *, settings: Settings | None = None)
 def _alias(params: dict[str, Any], *, service: str, readonly: bool,
            options: dict[str, Any], pool: bool | dict[str, Any]) -> dict[str, Any]:
     opts = dict(options)
-    if "sslmode" in params:
-        opts["sslmode"] = params["sslmode"]
+    for key in ("sslmode", "sslrootcert"):  # verify-full needs both (core/tls.py)
+        if params.get(key):
+            opts[key] = params[key]
     if pool:
         if _django_version() < (5, 1):
             raise ConfigError("Django's connection pool (pool=True) needs Django 5.1 or "
@@ -326,7 +327,8 @@ class EdulinkRouter:
             entries = [({"host": c["HOST"], "port": c["PORT"], "dbname": c["NAME"],
                          "user": c["USER"], "password": c["PASSWORD"],
                          **{k: v for k, v in c["OPTIONS"].items()
-                            if k in ("options", "sslmode", "target_session_attrs")}}, name)
+                            if k in ("options", "sslmode", "sslrootcert",
+                                     "target_session_attrs")}}, name)
                        for name, c in aliases]
             own = self.own_service()
             self._replicas = ReplicaSet(

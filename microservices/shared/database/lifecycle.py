@@ -24,6 +24,7 @@ from .config import (
     service_password_key,
 )
 from .core.errors import ConfigError
+from .core.tls import explain, unauthenticated_warning
 from .migrations.history import reference_migrations_dir
 from .migrations.manager import MigrationManager
 from .privileges.provisioning import ProvisionReport, provision
@@ -106,12 +107,17 @@ def run_verify(
     topology = topology or settings.topology()
     admin = admin_conninfo(settings)
     if not logins:
-        return verify(admin, topology)
-    return verify(
-        admin, topology,
-        passwords=lambda svc: service_password(settings, svc),
-        conninfo_for=lambda svc, pw: derive_service_conninfo(admin, svc, pw),
-    )
+        report = verify(admin, topology)
+    else:
+        report = verify(
+            admin, topology,
+            passwords=lambda svc: service_password(settings, svc),
+            conninfo_for=lambda svc, pw: derive_service_conninfo(admin, svc, pw),
+        )
+    warning = unauthenticated_warning(admin)
+    if warning:
+        report.warnings.append(warning)
+    return report
 
 
 @dataclass
@@ -187,7 +193,8 @@ def run_status(settings: Settings) -> StatusReport:
             ).fetchone()
             report.provisioned_roles = int(row[0]) if row else 0
     except psycopg.OperationalError as exc:
-        report.error = str(exc).strip().splitlines()[0]
+        reason = explain(str(exc), admin)  # a TLS failure: one line naming the setting to fix
+        report.error = reason if reason != str(exc) else reason.strip().splitlines()[0]
     from .backup.manager import BackupManager  # local: backups are optional to status
 
     report.warnings = [f"backups: {w}" for w in BackupManager(settings).status()["warnings"]]

@@ -18,7 +18,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..config import admin_conninfo, mask_dsn
+from ..config import admin_conninfo, apply_tls, mask_dsn
 from ..connections.direct import connect
 from ..core.errors import BackupError, BackupNotFoundError, ConfigError
 from .schedule import POLICY_KINDS, update_state
@@ -49,9 +49,10 @@ def _drill_server(manager: Any) -> dict[str, Any]:
     if url is None:
         return admin_conninfo(manager.settings)
     try:
-        return dict(conninfo_to_dict(url.get_secret_value()))
+        params = dict(conninfo_to_dict(url.get_secret_value()))
     except Exception:
         raise ConfigError("EDULINK_DB_DRILL_URL is not a valid connection string.") from None
+    return apply_tls(params, manager.settings)
 
 
 def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:

@@ -53,14 +53,15 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..config import Settings, admin_conninfo, load_settings, mask_dsn
+from ..config import Settings, admin_conninfo, apply_tls, load_settings, mask_dsn
 from ..connections.direct import connect, want_primary
 from ..connections.location import META_SCHEMA, location_string
 from ..core.errors import BackupError, BackupNotFoundError, ConfigError, EdulinkDBError
 from ..core.identifiers import validate_identifier
 from ..core.platform import is_platform_schema
+from ..core.tls import explain
 from ..privileges.provisioning import render_postgresql_script
-from ..server.pg_tools import find_tool, libpq_env, tool_version
+from ..server.pg_tools import find_tool, libpq_env, needs_tls, tool_version
 from .placement import (
     Placement,
     location_admin,
@@ -222,9 +223,10 @@ def target_params(target_db: str | None, settings: Settings) -> dict[str, Any]:
     if not target_db:
         return admin_conninfo(settings)
     try:
-        return dict(conninfo_to_dict(target_db))
+        params = dict(conninfo_to_dict(target_db))
     except Exception:
         raise ConfigError("--target-db is not a valid connection string.") from None
+    return apply_tls(params, settings)
 
 
 def _require_rls_bypass(conn: psycopg.Connection[Any], schemas: list[str], action: str, *,
@@ -411,7 +413,7 @@ class BackupManager:
                                   f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
             _require_rls_bypass(snap, schemas, "Backing up")
             server_major = snap.info.server_version // 10000
-            pg_dump = find_tool("pg_dump", server_major)
+            pg_dump = find_tool("pg_dump", server_major, tls=needs_tls(admin))
             target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
             args = [str(pg_dump), f"--snapshot={snapshot}", "--no-password",
                     f"--format={fmt}", f"--file={target}",
@@ -439,7 +441,8 @@ class BackupManager:
                     code = proc.wait()
                 if code != 0:
                     errors.seek(0)
-                    raise BackupError(f"pg_dump failed (exit {code}): {errors.read().strip()}")
+                    raise BackupError(
+                        f"pg_dump failed (exit {code}): {explain(errors.read().strip())}")
             # Reported by the server at connect: no query needed.
             server_version = snap.info.parameter_status("server_version") or ""
             snap.rollback()
@@ -736,7 +739,10 @@ class BackupManager:
                                             if fresh else [])):
             opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
                 sql.Identifier(schema)).as_string(None).encode()
+        # pg_restore writes a script (no connection); psql runs it over the connection,
+        # which may need TLS (a psql other than the embedded wheel's).
         pg_restore = find_tool("pg_restore", major)
+        psql = find_tool("psql", major, tls=needs_tls(target))
         # The schemas being restored were dropped above, so pg_restore's own --clean is
         # not needed, and it would break a schema holding a view that pg_dump split into
         # a placeholder and a _RETURN rule (the rule's "drop" is a CREATE OR REPLACE
@@ -760,7 +766,7 @@ class BackupManager:
         # pg_restore 18 writing a script cannot know the server, and emits settings
         # (e.g. transaction_timeout, PostgreSQL 17+) that older servers reject.
         unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
-        psql_args = [str(find_tool("psql", major)), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+        psql_args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1",
                      "-f", "-"]
         try:
             run_restore(restore_args, psql_args, _psql_env(target), opening=opening,

@@ -33,6 +33,7 @@ from typing import IO, cast
 from psycopg import sql
 
 from ..core.errors import BackupError
+from ..core.tls import explain
 
 # The end of pg_restore's script (COMMIT, "dump complete" comments, \unrestrict KEY) is a
 # few hundred bytes; hold back more than that, so the COMMIT never reaches psql early.
@@ -189,4 +190,4 @@ def run_restore(restore_args: list[str], psql_args: list[str], env: dict[str, st
                 f"The connection was lost while the restore committed ({failure}); whether "
                 "it is in cannot be known from here. Check the restored schemas' row counts "
                 "against 'edulink-db backups list'.")
-        raise BackupError(failure)
+        raise BackupError(explain(failure))

@@ -50,13 +50,22 @@ TopologyOption = Annotated[
                  help="Topology TOML file (default: Edulink's six services).",
                  show_default=False),
 ]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", show_default=False,
+                 help="Root certificate (PEM) of the server: every connection then checks "
+                      "who the server is (sslmode=verify-full). Default: "
+                      "DATABASE_SSLROOTCERT. Example: --ca ./prod-ca-2021.crt"),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
-def _settings(topology: Path | None) -> Settings:
+def _settings(topology: Path | None, ca: Path | None = None) -> Settings:
     overrides: dict[str, Any] = {}
     if topology is not None:
         overrides["edulink_db_topology"] = topology
+    if ca is not None:
+        overrides["database_sslrootcert"] = ca
     return load_settings(**overrides)
 
 

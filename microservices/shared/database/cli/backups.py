@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +17,7 @@ from ..core.errors import (
 )
 from .app import (
     EXIT_DIFFERS,
+    CaOption,
     JsonOption,
     _fail,
     _print_json,
@@ -43,8 +45,8 @@ CompressOption = Annotated[bool, typer.Option("--compress/--no-compress",
                                               help="gzip level 6, or none.")]
 
 
-def _backup_manager(quiet: bool = False) -> BackupManager:
-    return BackupManager(_settings(None), progress=(lambda _m: None) if quiet
+def _backup_manager(quiet: bool = False, ca: Path | None = None) -> BackupManager:
+    return BackupManager(_settings(None, ca), progress=(lambda _m: None) if quiet
                          else _progress())
 
 
@@ -69,6 +71,7 @@ def backup_full(
         "--include-schema", help="Also dump this schema of the home database (repeatable),"
                                  " e.g. a hosting platform's, which is left out by default.")
     ] = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Back up every service's schema, the project's metadata and large objects.
@@ -83,7 +86,7 @@ def backup_full(
         edulink-db backup full
     """
     try:
-        info = _backup_manager(json_out).create_full_backup(
+        info = _backup_manager(json_out, ca).create_full_backup(
             compress, fmt=fmt, jobs=jobs, include_schemas=include_schema)
     except EdulinkDBError as exc:
         _fail(exc)
@@ -94,6 +97,7 @@ def backup_full(
 def backup_schema(
     schemas: Annotated[list[str], typer.Argument(help="Schemas, e.g. user_schema auth_schema.")],
     fmt: FormatOption = "custom", jobs: JobsOption = 1, compress: CompressOption = True,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Back up some schemas; the backup restores into a clean database too.
@@ -103,7 +107,7 @@ def backup_schema(
         edulink-db backup schema user_schema auth_schema
     """
     try:
-        info = _backup_manager(json_out).create_schema_backup(schemas, compress, fmt=fmt,
+        info = _backup_manager(json_out, ca).create_schema_backup(schemas, compress, fmt=fmt,
                                                               jobs=jobs)
     except EdulinkDBError as exc:
         _fail(exc)
@@ -115,6 +119,7 @@ def backup_auto(
     every: Annotated[str | None, typer.Option(
         "--every", help="Keep running: check what is due this often (e.g. 1m), for "
                         "compose setups without cron.")] = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Take what the policy says is due (EDULINK_DB_BACKUP_FULL_EVERY, ..._SCHEMA_EVERY),
@@ -132,7 +137,7 @@ def backup_auto(
         _fail(exc)
     while True:
         try:
-            report = run_auto(_backup_manager(json_out))
+            report = run_auto(_backup_manager(json_out, ca))
         except EdulinkDBError as exc:
             if pause is None:
                 _fail(exc)
@@ -158,6 +163,7 @@ def backup_auto(
 def backups_drill(
     backup_id: Annotated[str | None, typer.Argument(
         help="The backup to drill (default: the newest verified one).")] = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Restore a backup into a scratch database (EDULINK_DB_DRILL_URL's server, else the
@@ -170,7 +176,7 @@ def backups_drill(
     from ..backup.drill import run_drill
 
     try:
-        report = run_drill(_backup_manager(json_out), backup_id)
+        report = run_drill(_backup_manager(json_out, ca), backup_id)
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -291,6 +297,7 @@ def restore(
     safety_backup: Annotated[bool, typer.Option(
         "--safety-backup/--no-safety-backup",
         help="First back up what the restore replaces.")] = True,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Replace schemas with a backup's contents, in one transaction.
@@ -303,7 +310,7 @@ def restore(
         edulink-db restore full_20260101_020000 --schema user_schema
     """
     try:
-        report = _backup_manager(json_out).restore(backup_id, schemas=schema or None,
+        report = _backup_manager(json_out, ca).restore(backup_id, schemas=schema or None,
                                                    target_db=target_db,
                                                    safety_backup=safety_backup)
     except EdulinkDBError as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..core.errors import EdulinkDBError
-from .app import EXIT_BAD_INPUT, TopologyOption, _fail, _settings, app, err
+from .app import EXIT_BAD_INPUT, CaOption, TopologyOption, _fail, _settings, app, err
 
 
 @app.command()
@@ -19,6 +19,7 @@ def dashboard(
     interval: Annotated[float, typer.Option(min=1.0, help="Seconds between the samples "
                                                           "behind the charts.")] = 10.0,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Serve a read-only web page: the database and each service's sessions, statements,
     queries, sizes, migrations, backups, privileges and replicas. Runs until Ctrl-C.
@@ -33,7 +34,7 @@ def dashboard(
         err.print(f"serving the dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
 
     try:
-        serve(_settings(topology), host=host, port=port, interval=interval, ready=ready)
+        serve(_settings(topology, ca), host=host, port=port, interval=interval, ready=ready)
     except KeyboardInterrupt:
         return
     except EdulinkDBError as exc:

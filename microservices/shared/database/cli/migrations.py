@@ -18,6 +18,7 @@ from ..migrations.manager import MigrationManager
 from .app import (
     EXIT_DIFFERS,
     EXIT_OK,
+    CaOption,
     JsonOption,
     TopologyOption,
     _fail,
@@ -43,8 +44,9 @@ DirOption = Annotated[
 ]
 
 
-def _manager(topology: Path | None, directory: Path | None, quiet: bool) -> MigrationManager:
-    return MigrationManager(_settings(topology), directory,
+def _manager(topology: Path | None, directory: Path | None, quiet: bool,
+             ca: Path | None = None) -> MigrationManager:
+    return MigrationManager(_settings(topology, ca), directory,
                             progress=(lambda _m: None) if quiet else _progress())
 
 
@@ -54,6 +56,7 @@ def migrate(
     directory: DirOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run.")] = False,
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Also refuse on lint warnings (lock hazards), not only on "
@@ -70,7 +73,7 @@ def migrate(
         edulink-db migrate user --dry-run
     """
     try:
-        results = _manager(topology, directory, json_out).run_all_migrations(
+        results = _manager(topology, directory, json_out, ca).run_all_migrations(
             services=services or None, dry_run=dry_run, strict=strict)
     except MigrationLintError as exc:  # findings contain [brackets]: escape, not markup
         err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False,
@@ -105,6 +108,7 @@ def migrations_status(
     services: ServicesArgument = None,
     directory: DirOption = None,
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Applied and pending migrations per service (exit 1 if history and files disagree).
@@ -114,7 +118,7 @@ def migrations_status(
         edulink-db migrations status user
     """
     try:
-        statuses = _manager(topology, directory, True).statuses(services or None)
+        statuses = _manager(topology, directory, True, ca).statuses(services or None)
     except EdulinkDBError as exc:
         _fail(exc)
     data = [st.as_dict() for st in statuses]
@@ -160,6 +164,7 @@ def migrations_repair(
     services: ServicesArgument = None,
     directory: DirOption = None,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Accept the files as they are now: re-record checksums of edited files, mark
     applied files that were deleted, and remove failed entries. Deliberate; prints each change.
@@ -169,7 +174,7 @@ def migrations_repair(
         edulink-db migrations repair user
     """
     try:
-        results = _manager(topology, directory, False).repair(services or None)
+        results = _manager(topology, directory, False, ca).repair(services or None)
     except EdulinkDBError as exc:
         _fail(exc)
     changes = [f"{svc}: {c}" for svc, items in results.items() for c in items]
@@ -184,6 +189,7 @@ def migrations_baseline(
     version: Annotated[str, typer.Option("--version", "-v",
                                          help="Files up to this version count as applied.")],
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Start history for a schema created before edulink-db: files up to VERSION are
     treated as applied without running them.
@@ -193,7 +199,7 @@ def migrations_baseline(
         edulink-db migrations baseline user --version 3
     """
     try:
-        _manager(topology, None, False).baseline(service, version)
+        _manager(topology, None, False, ca).baseline(service, version)
     except EdulinkDBError as exc:
         _fail(exc)
     out.print(f"{service}: baselined at version {version}")

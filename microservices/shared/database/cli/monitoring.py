@@ -17,6 +17,7 @@ from .app import (
     EXIT_DATABASE,
     EXIT_DIFFERS,
     EXIT_OK,
+    CaOption,
     JsonOption,
     TopologyOption,
     _fail,
@@ -32,7 +33,8 @@ _STATUS_STYLE = {"ok": "green", "healthy": "green", "degraded": "yellow", "unhea
 
 
 @app.command()
-def health(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
+def health(topology: TopologyOption = None, ca: CaOption = None,
+           json_out: JsonOption = False) -> None:
     """Database health: every check with its value and threshold, and suspicious patterns
     naming the service. Exit code: 0 healthy, 1 degraded, 3 unhealthy.
 
@@ -43,7 +45,7 @@ def health(topology: TopologyOption = None, json_out: JsonOption = False) -> Non
     from ..monitoring.monitor import get_database_health
 
     try:
-        report = get_database_health(_settings(topology))
+        report = get_database_health(_settings(topology, ca))
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -114,6 +116,7 @@ def top(
     interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 2.0,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """A live per-service view: sessions by state, long-running and blocked queries,
     statement rate and mean time (pg_stat_statements), schema sizes. Ctrl-C to stop.
@@ -128,7 +131,7 @@ def top(
     from ..monitoring.health import collect
 
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         topo = settings.topology()
         with connect(admin_conninfo(settings), purpose="watch the database",
                      prefer_primary=True) as conn:
@@ -155,6 +158,7 @@ def metrics_cmd(
                                       help="Port to serve /metrics on.")] = 9187,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Serve Prometheus metrics: per-service database gauges (read at every scrape) and
     this process's query metrics. Runs until interrupted.
@@ -168,7 +172,7 @@ def metrics_cmd(
     from ..monitoring.exporter import DatabaseCollector
 
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         registry = CollectorRegistry()
         registry.register(DatabaseCollector(settings))
         start_http_server(port, addr=host, registry=registry)

@@ -9,13 +9,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from .. import lifecycle
 from ..backup.placement import remember_location_admin
-from ..config import admin_conninfo, mask_dsn
+from ..config import Settings, admin_conninfo, apply_tls, mask_dsn
 from ..core.errors import ConfigError, EdulinkDBError
 from ..relocation import MoveContext, abort, citus_sql, run_move
-from .app import TopologyOption, _fail, _progress, _settings, app, out
+from .app import CaOption, TopologyOption, _fail, _progress, _settings, app, out
 
 
-def _url(value: str, option: str) -> dict[str, Any]:
+def _url(value: str, option: str, settings: Settings) -> dict[str, Any]:
     try:
         params = dict(conninfo_to_dict(value))
     except Exception:
@@ -23,7 +23,7 @@ def _url(value: str, option: str) -> dict[str, Any]:
                           "postgresql://ADMIN:PASSWORD@HOST:PORT/DBNAME") from None
     if not params.get("host") or not params.get("dbname"):
         raise ConfigError(f"{option} must name a host and a database.")
-    return params
+    return apply_tls(params, settings)
 
 
 @app.command("move-service")
@@ -47,6 +47,7 @@ def move_service(
         "--citus-sql", help="Print citus_schema_distribute SQL per service schema (not "
                             "tested here) and exit.")] = False,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Move SERVICE's schema to the server at --to, online, with logical replication.
 
@@ -59,7 +60,7 @@ def move_service(
         edulink-db move-service user --to postgresql://admin@db2.internal:5432/edulink
     """
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         topo = settings.topology()
         if citus_sql_:
             conn_free = [s.as_string(None) for s in citus_sql(topo)]
@@ -71,8 +72,8 @@ def move_service(
         home = admin_conninfo(settings)
         ctx = MoveContext(
             topology=topo, service=svc, home=home,
-            source=_url(source, "--from") if source else home,
-            target=_url(to, "--to"),
+            source=_url(source, "--from", settings) if source else home,
+            target=_url(to, "--to", settings),
             passwords=lambda s: lifecycle.service_password(settings, s),
             migrator_passwords=lambda s: lifecycle.migrator_password(settings, s),
             progress=_progress(), allow_unbounded_wal=allow_unbounded_wal,

@@ -21,6 +21,7 @@ from ..privileges.provisioning import render_postgresql_script
 from .app import (
     EXIT_DIFFERS,
     EXIT_OK,
+    CaOption,
     JsonOption,
     TopologyOption,
     _fail,
@@ -39,6 +40,7 @@ from .output_file import write_output
 @app.command()
 def provision(
     topology: TopologyOption = None,
+    ca: CaOption = None,
     rotate_passwords: Annotated[
         list[str] | None,
         typer.Option("--rotate-passwords", "-r", metavar="SERVICE",
@@ -66,7 +68,7 @@ def provision(
     """
     try:
         report = lifecycle.run_provision(
-            _settings(topology), rotate=rotate_passwords or [], adopt=adopt or [],
+            _settings(topology, ca), rotate=rotate_passwords or [], adopt=adopt or [],
             progress=_progress())
     except EdulinkDBError as exc:
         _fail(exc)
@@ -88,6 +90,7 @@ def provision(
 @app.command("verify")
 def verify_cmd(
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
     logins: Annotated[bool, typer.Option(help="Also log in as every service role.")] = True,
 ) -> None:
@@ -101,7 +104,7 @@ def verify_cmd(
         edulink-db verify --json
     """
     try:
-        report = lifecycle.run_verify(_settings(topology), logins=logins)
+        report = lifecycle.run_verify(_settings(topology, ca), logins=logins)
     except EdulinkDBError as exc:
         _fail(exc)
     if json_out:
@@ -114,6 +117,7 @@ def verify_cmd(
 @app.command("reads")
 def reads_cmd(
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Reads of other services' data that pg_stat_statements saw beyond the exposure.
@@ -130,7 +134,7 @@ def reads_cmd(
     from ..monitoring.observed_reads import observed_reads
 
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         report = observed_reads(admin_conninfo(settings), settings.topology())
     except EdulinkDBError as exc:
         _fail(exc)
@@ -161,6 +165,7 @@ def reads_cmd(
 @app.command("sql")
 def sql_cmd(
     topology: TopologyOption = None,
+    ca: CaOption = None,
     dialect: Annotated[str, typer.Option(help="postgresql or sqlserver")] = "postgresql",
     output: Annotated[Path | None, typer.Option("--output", "-o",
                                                 help="Write to a file instead of stdout.")] = None,
@@ -173,7 +178,7 @@ def sql_cmd(
         edulink-db sql --dialect sqlserver -o sqlserver_schema_setup.sql
     """
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         if dialect == "postgresql":
             script = render_postgresql_script(settings.topology())
         elif dialect == "sqlserver":
@@ -197,6 +202,7 @@ def url(
     service: Annotated[str | None, typer.Argument(
         help="Service name (e.g. user). Omit for the admin connection.")] = None,
     topology: TopologyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Show the connection URL of a service's runtime role (password masked).
 
@@ -208,7 +214,7 @@ def url(
         edulink-db url user
     """
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         if service is None:
             out.print(mask_dsn(admin_conninfo(settings)), highlight=False)
         else:

@@ -17,6 +17,7 @@ from .app import (
     EXIT_DATABASE,
     EXIT_DIFFERS,
     EXIT_OK,
+    CaOption,
     JsonOption,
     TopologyOption,
     _fail,
@@ -33,6 +34,7 @@ from .app import (
 @app.command()
 def up(
     topology: TopologyOption = None,
+    ca: CaOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Bring up a working database: start, provision, migrate, verify.
@@ -49,7 +51,7 @@ def up(
         edulink-db up --json
     """
     try:
-        settings = _settings(topology)
+        settings = _settings(topology, ca)
         report = lifecycle.run_up(settings, progress=_progress())
     except EdulinkDBError as exc:
         _fail(exc)
@@ -135,7 +137,8 @@ def down() -> None:
 
 
 @app.command()
-def status(topology: TopologyOption = None, json_out: JsonOption = False) -> None:
+def status(topology: TopologyOption = None, ca: CaOption = None,
+           json_out: JsonOption = False) -> None:
     """Show which database is in use, whether it is reachable, and whether it is provisioned.
 
     Exit code 0 when reachable and provisioned, 3 otherwise.
@@ -145,7 +148,7 @@ def status(topology: TopologyOption = None, json_out: JsonOption = False) -> Non
         edulink-db status --json
     """
     try:
-        report = lifecycle.run_status(_settings(topology))
+        report = lifecycle.run_status(_settings(topology, ca))
     except EdulinkDBError as exc:
         _fail(exc)
     healthy = report.running and report.provisioned_roles == report.expected_roles

@@ -19,6 +19,7 @@ import psycopg
 
 from ..config import host_label, mask_dsn
 from ..core.errors import DatabaseUnavailableError, StandbyServerError
+from ..core.tls import explain
 
 CONNECT_TIMEOUT_S = 15
 
@@ -75,7 +76,7 @@ def connect(params: dict[str, Any], *, purpose: str, autocommit: bool = True,
                 f"(each one reached is a standby or read-only: {reason}). {_PRIMARY_HINT}"
             ) from None
         raise DatabaseUnavailableError(
-            f"Cannot connect to {mask_dsn(params)} to {purpose}: {reason}"
+            f"Cannot connect to {mask_dsn(params)} to {purpose}: {explain(reason, params)}"
         ) from None
     if primary:
         try:

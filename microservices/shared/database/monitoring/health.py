@@ -343,8 +343,10 @@ def _cache_hit_check(stats: DatabaseStats, settings: Settings) -> dict[str, Any]
 
 
 def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology,
-             suspicious: list[dict[str, str]], error: str | None = None) -> dict[str, Any]:
-    """Turn statistics into checks and an overall status."""
+             suspicious: list[dict[str, str]], error: str | None = None,
+             tls_warning: str | None = None) -> dict[str, Any]:
+    """Turn statistics into checks and an overall status (*tls_warning*: the server is
+    not authenticated, core/tls.py)."""
     checks: dict[str, dict[str, Any]] = {}
     if stats is None:
         checks["connection"] = _check(UNHEALTHY, False, True, error or "database unreachable")
@@ -409,6 +411,8 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
         stats.statements_note or "per-role statement statistics available")
     checks["backup_freshness"] = _backup_check(settings, stats)
     _replication_checks(checks, stats, settings)
+    if tls_warning:
+        checks["tls"] = _check(DEGRADED, False, True, tls_warning)
     for item in suspicious:
         key = f"suspicious:{item['pattern']}:{item['service']}"
         checks.setdefault(key, _check(DEGRADED, item["detail"], None, item["detail"],

@@ -269,13 +269,16 @@ def get_database_health(settings: Settings | None = None) -> dict[str, Any]:
     """
     from ..connections.direct import connect
     from ..core.errors import EdulinkDBError
+    from ..core.tls import unauthenticated_warning
     from .health import collect, evaluate
 
     settings = settings or load_settings()
     topology = settings.topology()
+    tls_warning = None
     try:
-        with connect(admin_conninfo(settings), purpose="check database health",
-                     prefer_primary=True) as conn:
+        admin = admin_conninfo(settings)
+        tls_warning = unauthenticated_warning(admin)
+        with connect(admin, purpose="check database health", prefer_primary=True) as conn:
             stats = collect(conn, topology)
         error = None
     except EdulinkDBError as exc:
@@ -283,6 +286,6 @@ def get_database_health(settings: Settings | None = None) -> dict[str, Any]:
     names = set(topology.service_names())
     suspicious = [s for m in monitors.all() if m.service in names
                   for s in m.suspicious(settings.database_permission_error_threshold)]
-    health = evaluate(stats, settings, topology, suspicious, error)
+    health = evaluate(stats, settings, topology, suspicious, error, tls_warning)
     health["checked_at"] = datetime.now(UTC).isoformat()
     return health

