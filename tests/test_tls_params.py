@@ -104,3 +104,27 @@ def test_the_embedded_server_ignores_the_root_cert(ca: str, monkeypatch: pytest.
     finally:
         server.stop()
         shutil.rmtree(home.parent, ignore_errors=True)
+
+
+def test_an_exported_credential_names_no_admin_path_and_needs_the_hosts_root_cert(
+    ca: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The root certificate's path on the admin's machine is not written into a service's
+    credential; a service host with a verify-full credential and no root certificate of
+    its own is told which setting to set, before any connection is tried."""
+    from microservices.shared.database.core.errors import ConfigError
+    from microservices.shared.database.credentials_export import render
+
+    text = render(USER, load_settings(), "json")
+    assert "sslrootcert" not in text and "verify-full" in text
+    credential = tmp_path / "user.json"
+    credential.write_text(text)
+    credential.chmod(0o600)
+    for key in list(os.environ):
+        if key.startswith(("DATABASE_", "EDULINK_DB_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("EDULINK_DB_CREDENTIALS_FILE", str(credential))
+    with pytest.raises(ConfigError, match="set DATABASE_SSLROOTCERT on this host"):
+        service_conninfo(USER, load_settings())
+    monkeypatch.setenv("DATABASE_SSLROOTCERT", ca)
+    _verified(service_conninfo(USER, load_settings()), ca)

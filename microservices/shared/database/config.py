@@ -205,8 +205,11 @@ def find_home(start: Path) -> Path:
     start = start.resolve()
     for directory in (start, *start.parents):
         candidate = directory / HOME_DIR_NAME
-        if (candidate / "state.json").is_file():
-            return candidate
+        try:
+            if (candidate / "state.json").is_file():
+                return candidate
+        except OSError:  # e.g. another user's unreadable .edulink-db in /tmp: not ours
+            continue
     return start / HOME_DIR_NAME
 
 
@@ -351,7 +354,14 @@ def service_conninfo(service: Service, settings: Settings | None = None, *,
     settings = settings or load_settings()
     own = own_credential(service, settings) if kind == "runtime" else None
     if own is not None:
-        return _with_sslmode(dict(own.params), settings)
+        params = apply_tls(dict(own.params), settings)
+        if (params.get("sslmode") in ("verify-ca", "verify-full")
+                and not params.get("sslrootcert")):
+            raise ConfigError(
+                f"The credential of service {service.name!r} asks for a verified server "
+                f"(sslmode={params['sslmode']}): set DATABASE_SSLROOTCERT on this host to "
+                "the server's root certificate (docs/tls.md).")
+        return params
     variable = f"EDULINK_DB_{service.name.upper()}_{login_override_key(kind, 'URL')}"
     url = settings.service_override(service, login_override_key(kind, "URL"))
     if url:

@@ -36,6 +36,9 @@ def service_credential(service: Service, settings: Settings) -> Credential:
     """The runtime credential of *service* as this (admin) side resolves it."""
     params = service_conninfo(service, settings)
     params.pop("passfile", None)  # the password is in the credential itself
+    # A path on the admin's machine means nothing on a service host: the host names
+    # its own copy of the root certificate (DATABASE_SSLROOTCERT); sslmode stays.
+    params.pop("sslrootcert", None)
     credential = Credential(service.name, {k: str(v) for k, v in params.items()
                                            if v is not None})
     # What a service host would refuse is refused here, before anything is written.
