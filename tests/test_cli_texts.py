@@ -93,18 +93,21 @@ def _unwritable(tmp_path: Path) -> Path:
     return locked / "out.sql"
 
 
-# Every option of the CLI that writes a file: (command, option), run with the path.
-WRITING_OPTIONS = [(["sql"], "-o"), (["sql", "--dialect", "sqlserver"], "--output")]
+# Every option of the CLI that writes a file: (command, its other arguments, option),
+# run with the path.
+WRITING_OPTIONS = [(["sql"], [], "-o"), (["sql"], ["--dialect", "sqlserver"], "--output"),
+                   (["credentials", "export"], ["user"], "-o")]
 
 
-@pytest.mark.parametrize(("args", "option"), WRITING_OPTIONS)
+@pytest.mark.parametrize(("command", "args", "option"), WRITING_OPTIONS)
 @pytest.mark.parametrize("case", ["missing directory", "a directory", "no permission"])
 def test_an_unwritable_output_file_is_a_one_line_error(
-        tmp_path: Path, args: list[str], option: str, case: str) -> None:
+        tmp_path: Path, command: list[str], args: list[str], option: str, case: str
+) -> None:
     target = {"missing directory": tmp_path / "nowhere" / "out.sql",
               "a directory": tmp_path,
               "no permission": _unwritable(tmp_path)}[case]
-    result = subprocess.run([*CLI, *args, option, str(target)], cwd=tmp_path,
+    result = subprocess.run([*CLI, *command, *args, option, str(target)], cwd=tmp_path,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -123,7 +126,7 @@ def test_every_file_writing_option_is_tested() -> None:
             if param.param_type_name == "option" and any(
                     o in ("-o", "--output", "--out") for o in param.opts):
                 writing.add(" ".join(path))
-    assert writing == {" ".join(args[:1]) for args, _option in WRITING_OPTIONS}
+    assert writing == {" ".join(command) for command, _args, _option in WRITING_OPTIONS}
 
 
 WARNING_SCRIPT = """

@@ -37,7 +37,9 @@ def budget(
     the processes that share the limit, and the headroom left for the admin, migrators
     and monitoring. Exit code 1 when a pool setting cannot fit.
 
-    Example: edulink-db budget --processes 4
+    Example:
+
+        edulink-db budget --processes 4
     """
     try:
         settings = _settings(topology)

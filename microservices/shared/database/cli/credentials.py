@@ -12,9 +12,11 @@ from ..core.credentials import write_private
 from ..core.errors import ConfigError, EdulinkDBError
 from ..credentials_export import FORMATS, render
 from .app import TopologyOption, _fail, _settings, app, err
+from .output_file import check_writable
 
 credentials_app = typer.Typer(
-    help="Per-service credentials: give each service's hosts its own password only.",
+    help="Per-service credentials: give each service's hosts its own password only.\n\n"
+         "Example:\n\n    edulink-db credentials export user -o user.json",
     no_args_is_help=True)
 app.add_typer(credentials_app, name="credentials")
 
@@ -36,7 +38,9 @@ def export(
     the file to SERVICE's hosts only. Other services' passwords and the admin's never
     appear in it. After 'edulink-db provision --rotate-passwords SERVICE', export again.
 
-    Example: edulink-db credentials export user --format json -o /etc/edulink/user.json
+    Example:
+
+        edulink-db credentials export user --format json -o /etc/edulink/user.json
     """
     try:
         if fmt not in FORMATS:
@@ -45,15 +49,19 @@ def export(
             raise ConfigError("Say where to write the credential: -o FILE (written with "
                               "mode 0600), or -o - to print it on stdout.")
         path = Path(output).expanduser()
-        if output != "-" and not path.parent.is_dir():
-            raise ConfigError(f"-o {output}: directory {path.parent} does not exist.")
+        if output != "-":
+            check_writable(path, option="-o")
         settings = _settings(topology)
         svc = settings.topology().service(service)
         text = render(svc, settings, fmt)
         if output == "-":
             sys.stdout.write(text)
             return
-        write_private(path, text)
+        try:
+            write_private(path, text)
+        except OSError as exc:  # after the check: a full disk, a race
+            raise ConfigError(f"-o {path}: cannot write it ({exc.strerror}); choose "
+                              "another file.") from None
     except EdulinkDBError as exc:
         _fail(exc)
     err.print(f"wrote the credential of service {svc.name} ({fmt}) to {path} (mode 0600)",

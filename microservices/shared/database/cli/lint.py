@@ -3,11 +3,12 @@ migration file, as text, JSON or GitHub annotations."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -74,7 +75,9 @@ def lint_command(
     (warnings). Silence one statement with '-- edulink-db: ignore RULE reason'.
     Exit 0 clean, 1 warnings with --strict, 2 errors.
 
-    Example: edulink-db lint auth --format github --strict
+    Example:
+
+        edulink-db lint auth --format github --strict
     """
     from ..migrations.lint import collect_directory, lint
 
@@ -109,4 +112,15 @@ def lint_command(
 
 
 app.command("lint")(lint_command)
-migrations_app.command("lint")(lint_command)
+
+
+def migrations_lint_command(*args: Any, **kwargs: Any) -> None:
+    lint_command(*args, **kwargs)
+
+
+# The same command under 'migrations', with its own example (typer reads the
+# signature through __wrapped__).
+functools.update_wrapper(migrations_lint_command, lint_command)
+migrations_lint_command.__doc__ = (lint_command.__doc__ or "").replace(
+    "edulink-db lint ", "edulink-db migrations lint ")
+migrations_app.command("lint")(migrations_lint_command)

@@ -7,6 +7,8 @@ traceback: a missing directory, a directory given as the file, no permission.
 from __future__ import annotations
 
 import errno
+import os
+import tempfile
 from pathlib import Path
 
 from ..core.errors import ConfigError
@@ -29,3 +31,26 @@ def write_output(path: Path, text: str, *, option: str = "--output") -> None:
         reason = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
         raise ConfigError(f"{option} {path}: cannot write it ({exc.strerror or reason}); "
                           "choose another file.") from None
+
+
+def check_writable(path: Path, *, option: str = "--output") -> None:
+    """Raise the same one-line ConfigError as :func:`write_output` would, before any
+    work is done: for commands that must not do their work (render a password, dump)
+    only to fail at the end. Probes with a temporary file next to *path*, because the
+    mode bits do not tell (root, read-only mounts, sysfs)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; add a file name to the "
+                          "path.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: its directory does not exist; create it "
+                          "first (mkdir -p).")
+    try:
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".edulink-db-probe-")
+    except PermissionError:
+        raise ConfigError(f"{option} {path}: permission denied; choose a file in a "
+                          "directory you may write to.") from None
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write it ({exc.strerror}); choose "
+                          "another file.") from None
+    os.close(fd)
+    os.unlink(probe)
