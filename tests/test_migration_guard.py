@@ -119,24 +119,29 @@ def reader_reads_hashes(setup: Setup) -> bool:
 def _leak_function(tag: str) -> str:
     """A SECURITY DEFINER function that returns password hashes to whoever calls it."""
     return (f"CREATE FUNCTION leak() RETURNS SETOF text LANGUAGE sql SECURITY DEFINER"
-            f" AS {tag} SELECT password_hash FROM accounts {tag}")
+            f" SET search_path FROM CURRENT AS {tag} SELECT password_hash FROM accounts {tag}")
 
 
-# The reader ran the owner's code over private columns (issue 28): the file restores
-# PostgreSQL's default (PUBLIC EXECUTE on new functions; the pg_default_acl row that
-# provisioning wrote disappears), then creates a SECURITY DEFINER function, whose NULL
-# proacl shows in no ACL row.
+# The reader ran the owner's code over private columns (issue 28): the file gives
+# PUBLIC back its EXECUTE on the owner's new functions and takes the own runtime role's
+# away, so both pg_default_acl rows that provisioning wrote equal PostgreSQL's defaults
+# and disappear; a new SECURITY DEFINER function then gets a NULL proacl (PUBLIC may
+# execute it), which shows in no ACL row.  RUNTIME_ROLE: the service's runtime role.
 DEFAULT_PRIVILEGE_ATTACKS = {
     "allow-dynamic-sql marker": (
         "-- edulink:allow-dynamic-sql reason: maintenance\n"
         "DO $$ BEGIN\n"
         "  EXECUTE 'ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO ' || 'PUBLIC';\n"
+        "  EXECUTE 'ALTER DEFAULT PRIVILEGES IN SCHEMA ' || current_schema()\n"
+        "    || ' REVOKE EXECUTE ON FUNCTIONS FROM ' || 'RUNTIME_ROLE';\n"
         "  EXECUTE " + "'" + _leak_function("$f$") + "';\n"
         "END $$;\n"),
     "trigger fired by an INSERT": (
         "CREATE FUNCTION on_audit() RETURNS trigger LANGUAGE plpgsql AS $t$\n"
         "BEGIN\n"
         "  ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;\n"
+        "  EXECUTE 'ALTER DEFAULT PRIVILEGES IN SCHEMA ' || current_schema()\n"
+        "    || ' REVOKE EXECUTE ON FUNCTIONS FROM RUNTIME_ROLE';\n"
         "  " + _leak_function("$f$") + ";\n"
         "  RETURN NEW;\n"
         "END $t$;\n"
@@ -145,13 +150,17 @@ DEFAULT_PRIVILEGE_ATTACKS = {
 }
 
 
-@pytest.mark.parametrize("body", list(DEFAULT_PRIVILEGE_ATTACKS.values()),
-                         ids=list(DEFAULT_PRIVILEGE_ATTACKS))
+def attack(setup: Setup, name: str) -> str:
+    return DEFAULT_PRIVILEGE_ATTACKS[name].replace("RUNTIME_ROLE",
+                                                   ident(setup.me.runtime_role))
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_PRIVILEGE_ATTACKS))
 def test_security_definer_with_restored_default_privileges_is_rolled_back(
-        setup: Setup, body: str) -> None:
+        setup: Setup, name: str) -> None:
     before = schema_state(setup)
     with pytest.raises(MigrationError) as exc:
-        migrate(setup, "V2__attack.sql", body)
+        migrate(setup, "V2__attack.sql", attack(setup, name))
     message = str(exc.value)
     assert "V2__attack.sql" in message
     assert "lets PUBLIC EXECUTE function" in message and "leak()" in message
@@ -276,6 +285,47 @@ def test_timeouts_set_by_set_config_are_put_back(
                 "SELECT pg_catalog.set_config('statement_timeout', '0', true);\n"
                 "DO $$ BEGIN PERFORM pg_catalog.set_config('lock_timeout', '0', false); END $$;\n"
                 "SELECT pg_catalog.pg_sleep(2);\n")
+
+
+def test_a_timeout_switched_off_inside_a_statement_still_bounds_it(
+        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """statement_timeout is armed when a statement starts: a DO block that turns it
+    off runs under it all the same."""
+    monkeypatch.setenv("DATABASE_MIGRATION_STATEMENT_TIMEOUT", "300ms")
+    with pytest.raises(MigrationError, match="statement timeout"):
+        migrate(setup, "V2__inside.sql",
+                "DO $$ BEGIN PERFORM pg_catalog.set_config('statement_timeout', '0', false);"
+                " PERFORM pg_catalog.pg_sleep(2); END $$;\n")
+
+
+def test_idle_in_transaction_timeout_of_the_session_is_put_back(setup: Setup) -> None:
+    with psycopg.connect(**setup.superuser, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER ROLE {} SET idle_in_transaction_session_timeout = '5min'")
+                     .format(sql.Identifier(setup.me.migrator_role)))
+    migrate(setup, "V2__dump.sql", PG_DUMP_HEADER
+            + "DO $$ BEGIN\n"
+            "  IF current_setting('idle_in_transaction_session_timeout') <> '5min' THEN\n"
+            "    RAISE EXCEPTION 'idle timeout is %',\n"
+            "      current_setting('idle_in_transaction_session_timeout');\n"
+            "  END IF;\n"
+            "END $$;\n")
+
+
+def test_non_transactional_file_is_judged_statement_by_statement(setup: Setup) -> None:
+    """Without a transaction for the file, each statement's own transaction is checked:
+    the statement that fired the attack is rolled back, the ones before it stay."""
+    with pytest.raises(MigrationError) as exc:
+        migrate(setup, "V2__concurrently.sql",
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_email ON accounts (email);\n"
+                + attack(setup, "trigger fired by an INSERT"))
+    message = str(exc.value)
+    assert "(statement at line 11)" in message and "lets PUBLIC EXECUTE function" in message
+    assert "That statement was rolled back" in message
+    assert not reader_reads_hashes(setup)
+    with psycopg.connect(**setup.superuser) as conn:
+        assert conn.execute("SELECT to_regprocedure(%s), to_regclass(%s) IS NOT NULL", [
+            f"{ident(setup.me.schema)}.leak()", f"{ident(setup.me.schema)}.accounts_email"]
+        ).fetchone() == (None, True)
 
 
 def test_session_settings_do_not_reach_the_next_file(setup: Setup) -> None:

@@ -48,30 +48,41 @@ creators AS (
   SELECT r.oid, r.rolname FROM pg_catalog.pg_roles r, ns
    WHERE NOT r.rolsuper
      AND (r.oid = ns.nspowner OR pg_catalog.has_schema_privilege(r.oid, ns.oid, 'CREATE'))),
-rels AS (
+-- Each catalog read once (MATERIALIZED), the columns through pg_attribute's index
+-- (OFFSET 0 keeps the planner from turning that into a scan of every column).
+procs AS MATERIALIZED (
+  SELECT p.oid, p.proowner, p.proacl FROM pg_catalog.pg_proc p
+   WHERE p.pronamespace = (SELECT oid FROM ns)),
+classes AS MATERIALIZED (
   SELECT c.oid, c.relname, c.relkind, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
-         c.relacl
-    FROM pg_catalog.pg_class c, ns
-   WHERE c.relnamespace = ns.oid AND c.relkind = ANY('{r,p,v,m,f}'::"char"[]))
+         c.relacl, c.relkind = ANY('{r,p,v,m,f}'::"char"[]) AS readable
+    FROM pg_catalog.pg_class c WHERE c.relnamespace = (SELECT oid FROM ns)),
+rels AS (SELECT * FROM classes WHERE readable),
+cols AS MATERIALIZED (
+  SELECT c.oid AS relid, c.relname, c.readable, a.attnum, a.attname, a.atttypid,
+         a.atttypmod, a.attacl
+    FROM classes c CROSS JOIN LATERAL (
+      SELECT att.attnum, att.attname, att.atttypid, att.atttypmod, att.attacl
+        FROM pg_catalog.pg_attribute att
+       WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
+      OFFSET 0) a
+   WHERE c.relkind <> 'i')
 -- Functions: other runtime roles, and PUBLIC (NULL proacl = PostgreSQL's default).
 SELECT 'execute', p.oid::text, o.rolname::text, '',
        p.oid::regprocedure::text
-  FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace = ns.oid CROSS JOIN others o
+  FROM procs p CROSS JOIN others o
  WHERE pg_catalog.has_function_privilege(o.oid, p.oid, 'EXECUTE')
 UNION ALL
 SELECT 'execute', p.oid::text, 'PUBLIC', '', p.oid::regprocedure::text
-  FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace = ns.oid,
+  FROM procs p,
        pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
  WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'
 UNION ALL
 -- Columns other runtime roles may read (table-level grants, PUBLIC and memberships count).
-SELECT 'select', c.relname || '.' || att.attname, o.rolname::text, '',
-       c.relname || '.' || att.attname
-  FROM rels c
-  JOIN pg_catalog.pg_attribute att
-    ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
-  CROSS JOIN others o
- WHERE pg_catalog.has_column_privilege(o.oid, c.oid, att.attnum, 'SELECT')
+SELECT 'select', c.relname || '.' || c.attname, o.rolname::text, '',
+       c.relname || '.' || c.attname
+  FROM cols c CROSS JOIN others o
+ WHERE c.readable AND pg_catalog.has_column_privilege(o.oid, c.relid, c.attnum, 'SELECT')
 UNION ALL
 SELECT 'schema ' || pr.priv, %(schema)s, o.rolname::text, '', %(schema)s
   FROM ns CROSS JOIN others o CROSS JOIN unnest(ARRAY['USAGE', 'CREATE']) pr(priv)
@@ -109,20 +120,15 @@ SELECT 'grant ' || g.kind, g.key || ' ' || g.privilege,
   FROM (
   SELECT 'table' AS kind, c.oid::text AS key, c.oid::regclass::text AS object, a.grantee,
          a.privilege_type AS privilege, NULL::text AS rel_col
-    FROM pg_catalog.pg_class c JOIN ns ON c.relnamespace = ns.oid,
-         pg_catalog.aclexplode(c.relacl) a
+    FROM classes c, pg_catalog.aclexplode(c.relacl) a
   UNION ALL
-  SELECT 'column', c.oid::text || '.' || att.attnum::text,
-         c.oid::regclass::text || '.' || pg_catalog.quote_ident(att.attname),
-         a.grantee, a.privilege_type, c.relname::text || '.' || att.attname::text
-    FROM pg_catalog.pg_attribute att
-    JOIN pg_catalog.pg_class c ON c.oid = att.attrelid
-    JOIN ns ON c.relnamespace = ns.oid, pg_catalog.aclexplode(att.attacl) a
-   WHERE NOT att.attisdropped
+  SELECT 'column', c.relid::text || '.' || c.attnum::text,
+         c.relid::regclass::text || '.' || pg_catalog.quote_ident(c.attname),
+         a.grantee, a.privilege_type, c.relname::text || '.' || c.attname::text
+    FROM cols c, pg_catalog.aclexplode(c.attacl) a
   UNION ALL
   SELECT 'function', p.oid::text, p.oid::regprocedure::text, a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_proc p JOIN ns ON p.pronamespace = ns.oid,
-         pg_catalog.aclexplode(p.proacl) a
+    FROM procs p, pg_catalog.aclexplode(p.proacl) a
   UNION ALL
   SELECT 'type', t.oid::text, t.oid::regtype::text, a.grantee, a.privilege_type, NULL
     FROM pg_catalog.pg_type t JOIN ns ON t.typnamespace = ns.oid,
@@ -151,14 +157,11 @@ SELECT 'relation', c.relname::text, '',
        c.relname::text
   FROM rels c WHERE c.relname = ANY(%(exposed_tables)s)
 UNION ALL
-SELECT 'column', c.relname || '.' || att.attname, '',
-       att.atttypid::text || ':' || att.atttypmod::text || ':'
-       || pg_catalog.format_type(att.atttypid, att.atttypmod),
-       c.relname || '.' || att.attname
-  FROM rels c
-  JOIN pg_catalog.pg_attribute att
-    ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
- WHERE c.relname || '.' || att.attname = ANY(%(exposed)s::text[])
+SELECT 'column', c.relname || '.' || c.attname, '',
+       c.atttypid::text || ':' || c.atttypmod::text || ':'
+       || pg_catalog.format_type(c.atttypid, c.atttypmod),
+       c.relname || '.' || c.attname
+  FROM cols c WHERE c.readable AND c.relname || '.' || c.attname = ANY(%(exposed)s::text[])
 """
 
 

@@ -370,10 +370,10 @@ class SchemaMigrator:
             f"{self.service.name}: {file.script}{where} "
             + "; ".join(problems[:8])
             + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-            + f". The topology allows only {self.service.runtime_role} (and, read-only, "
-            f"the services whose 'reads' name {self.service.name}: their exposed "
-            f"columns) to use {self.service.schema}, and readers rely on the exposed "
-            "tables and columns staying as they are. "
+            + f". The topology does not declare that: only {self.service.runtime_role} "
+            f"may use {self.service.schema}, and the services whose 'reads' name "
+            f"{self.service.name} may read its exposed columns, which must stay as they "
+            "are. "
             + (("The file was rolled back; the history is unchanged." if file.transactional
                 else "That statement was rolled back; the statements before it stay "
                 "applied.")
