@@ -233,6 +233,19 @@ def test_private_column_granted_to_a_reader_through_a_trigger_is_rolled_back(
         f"{setup.me.schema}.accounts.password_hash" in str(exc.value)
 
 
+def test_drifted_default_privileges_point_to_provision(setup: Setup) -> None:
+    """When PUBLIC's EXECUTE came back outside migrations, the file that creates the next
+    function is refused all the same, and the message says where the cause is."""
+    with psycopg.connect(**setup.superuser, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT EXECUTE ON"
+                             " FUNCTIONS TO PUBLIC").format(sql.Identifier(setup.me.owner_role)))
+    with pytest.raises(MigrationError, match=r"lets PUBLIC EXECUTE function .*one\(\).*"
+                                             r"already gave PUBLIC EXECUTE on new functions "
+                                             r"before this file: run 'edulink-db provision'"):
+        migrate(setup, "V2__fn.sql", "CREATE FUNCTION one() RETURNS int LANGUAGE sql"
+                " AS 'SELECT 1';\n")
+
+
 def test_ordinary_files_pass_the_catalog_check(setup: Setup) -> None:
     """New tables (exposed or not), functions, triggers, RLS, grants to the own runtime
     role, and new columns of exposed tables: nothing wider, nothing broken."""

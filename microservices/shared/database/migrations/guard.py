@@ -219,6 +219,13 @@ class CatalogGuard:
                 old, new = (v.split(":", 2)[-1] for v in (before[fact][0], after[fact][0]))
                 found.append(f"changes exposed {kind} {self._name(before[fact][1])} from "
                              f"{old} to {new}, which {self._reader_names()} rely on")
+        stale = sorted(creator for kind, creator, grantee in before
+                       if kind == "default f" and grantee == "PUBLIC")
+        if stale and any(p.startswith("lets PUBLIC EXECUTE function ") for p in found):
+            # Not the file's doing: the schema was never provisioned (or drifted since).
+            found.append(f"(default privileges of {', '.join(stale)} already gave PUBLIC "
+                         "EXECUTE on new functions before this file: run 'edulink-db "
+                         "provision', which revokes it)")
         return _merge_public(found)
 
     def _allowed(self, fact: tuple[str, str, str], value: str) -> bool:
