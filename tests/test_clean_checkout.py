@@ -77,6 +77,20 @@ STATES = {
         "LISTEN leak",
         "EXECUTE 'LISTEN leak'",
         ((None, "SELECT count(*) FROM pg_listening_channels()", 0),)),
+    # Custom settings whose first name part is a keyword (issue 28): session-level,
+    # though they read like SET LOCAL / SET TRANSACTION / SET SESSION.
+    "SET local.*": State(
+        "SET local.leak = 'secret'", "EXECUTE 'SET local.leak = ''secret'''",
+        ((None, "SELECT coalesce(current_setting('local.leak', true), '')", ""),)),
+    "SET transaction.*": State(
+        "SET transaction.leak = 'secret'", "EXECUTE 'SET transaction.leak = ''secret'''",
+        ((None, "SELECT coalesce(current_setting('transaction.leak', true), '')", ""),)),
+    "SET session.*": State(
+        "SET session.leak = 'secret'", None,
+        ((None, "SELECT coalesce(current_setting('session.leak', true), '')", ""),)),
+    "SET quoted name": State(
+        """SET "local"."leak" = 'secret'""", None,
+        ((None, "SELECT coalesce(current_setting('local.leak', true), '')", ""),)),
     "PREPARE": State(
         "PREPARE leak AS SELECT 'secret'",
         "EXECUTE 'PREPARE leak AS SELECT ''secret'''",
@@ -400,7 +414,8 @@ def test_async_named_cursor_carries_the_context(provisioned_db: dict[str, Any],
     "UPDATE t SET (a, b) = (1, 2) WHERE id IN (SELECT id FROM x)", "BEGIN", "COMMIT",
     "SELECT * FROM generate_series(1, 3) AS g(i)", "SELECT '$$'; SELECT 2",
     "SELECT $q$ set_config( $q$", "WITH x AS (SELECT 1) SELECT * FROM x",
-    "SET LOCAL app.current_user_id = 'u1'", "SELECT CAST(x AS varchar(10)) FROM t",
+    "SET LOCAL search_path = user_schema", "SELECT CAST(x AS varchar(10)) FROM t",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET LOCAL statement_timeout = 5",
     "SELECT E'a\\'b'", "DELETE FROM notes WHERE owner_id = ANY(%s)",
     "SELECT /* nested /* comment */ set_config( */ 1",
 ])
@@ -420,6 +435,10 @@ def test_classifier_lets_plain_statements_through(text: str) -> None:
     "COMMIT PREPARED 'x'", "SELECT setseed(0.5)", "CALL p()", "RESET ALL",
     "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", "SELECT nextval('s')",
     "SELECT 1 OPERATOR(pg_catalog.=) 1", "SELECT 1 \\g", "SELECT $a$ unterminated",
+    # Custom settings, whatever the first part of the name (issue 28): session-level.
+    "SET local.x = 1", "SET transaction.y = 1", "SET session.z = 1", 'SET "local.x" = 1',
+    "SET LOCAL local.x = 1", "SET LOCAL app.current_user_id = 'u1'", 'SET LOCAL "a" = 1',
+    "RESET local.x",
 ])
 def test_classifier_flags_anything_that_may_touch_the_session(text: str) -> None:
     assert not statement_is_clean(text)

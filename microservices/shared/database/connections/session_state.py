@@ -142,6 +142,20 @@ def _tokens(text: str) -> list[tuple[str, str]] | None:
     return out
 
 
+def _transaction_scoped_set(toks: list[tuple[str, str]]) -> bool:
+    """SET LOCAL of a built-in setting, or SET TRANSACTION ...: nothing outlives it.
+
+    A custom setting (a name with a dot, or any quoted name) never counts, whatever
+    its prefix: ``SET local.x = 1`` and ``SET transaction.y = 1`` are *session*
+    settings of parameters named ``local.x`` and ``transaction.y``.  ``SET LOCAL
+    app.x`` would be clean, but telling it from those by the tokens is the kind of
+    cleverness that broke before; a false "dirty" costs one reset round trip.
+    """
+    if len(toks) < 3 or toks[1] not in (("word", "local"), ("word", "transaction")):
+        return False
+    return toks[2][0] == "word" and (len(toks) < 4 or toks[3][0] != "dot")
+
+
 def _statement_clean(toks: list[tuple[str, str]]) -> bool:
     kind, head = toks[0]
     if kind != "word" or head not in _CLEAN_HEADS:
@@ -149,7 +163,7 @@ def _statement_clean(toks: list[tuple[str, str]]) -> bool:
     if head in ("commit", "rollback", "end", "abort") and len(toks) > 1 \
             and toks[1][1] == "prepared":
         return False  # two-phase commit of a prepared transaction
-    if head == "set" and (len(toks) < 2 or toks[1][1] not in ("local", "transaction")):
+    if head == "set" and not _transaction_scoped_set(toks):
         return False  # a session-level SET; SET LOCAL / SET TRANSACTION end with it
     prev2: tuple[str, str] = ("", "")
     prev: tuple[str, str] = ("", "")

@@ -25,11 +25,16 @@ How a run works, per service (see :mod:`.files` for the files):
   owner's authority.  A statement that leaves the owner role (SET ROLE, RESET
   ROLE, SET SESSION AUTHORIZATION, set_config('role', ...), also inside DO
   blocks) or a file that grants its schema's objects to a role the topology
-  does not name is refused and rolled back.  Statements run as the owner role with
+  does not name is refused and rolled back, and so is a file whose catalog, read
+  before it commits, is wider than the topology allows or breaks a reader
+  (:mod:`.guard`).  Statements run as the owner role with
   ``search_path`` = the service schema, ``lock_timeout`` (default 2s; a file
-  that hits it is retried) and ``statement_timeout`` (default 15min).  On
-  failure the file is rolled back, the history is unchanged, and the error
-  names the file, the statement and its line.
+  that hits it is retried) and ``statement_timeout`` (default 15min), put back
+  after every statement (a pasted pg_dump header cannot turn them off); each
+  file starts from the session's defaults, so its settings do not reach the next.
+  On failure the file is rolled back, the history is unchanged, and the error
+  names the file, the statement and its line, with the server's detail, hint and
+  context (:mod:`.diagnostics`).
 * **Non-transactional files** (CREATE INDEX CONCURRENTLY...) run statement by
   statement under a session-level lock on a dedicated connection.  They are
   recorded as in progress first; a run killed midway leaves that mark, and the

@@ -18,7 +18,9 @@ from ..core.errors import (
     MigrationValidationError,
 )
 from ..topology import Service, Topology
+from .diagnostics import server_diagnostic
 from .files import MigrationFile, SqlStatement, parse_version
+from .guard import CatalogGuard, Facts
 from .history import (
     HISTORY_TABLE,
     LOCK_CLASS,
@@ -60,6 +62,10 @@ class _NeedsNoTransaction(Exception):
 # transaction has written (ALTER ROLE, COMMENT ON ROLE, GRANT role, ALTER ROLE SET:
 # each takes RowExclusiveLock, held until the transaction ends).  Shared catalogs
 # have database 0 in pg_locks; pg_shdepend is written by ordinary DDL (owners, ACLs).
+# It also puts back the runner's timeouts: a file (a pasted pg_dump header: SET
+# statement_timeout = 0; SET lock_timeout = 0; ...) may not switch them off for the
+# statements after it.  A statement's own timeout is armed when it starts, so a change
+# inside one statement (a DO block) does not reach past it either.
 _AFTER_STATEMENT = """
 SELECT current_user, ARRAY(
   SELECT DISTINCT c.relname::text FROM pg_catalog.pg_locks l
@@ -67,63 +73,13 @@ SELECT current_user, ARRAY(
    WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation'
      AND l.database = 0 AND l.mode <> 'AccessShareLock' AND c.relisshared
      AND c.relname <> 'pg_shdepend'
-   ORDER BY 1)
+   ORDER BY 1),
+  pg_catalog.set_config('lock_timeout', %(lock)s, %(local)s),
+  pg_catalog.set_config('statement_timeout', %(statement)s, %(local)s),
+  pg_catalog.set_config('idle_in_transaction_session_timeout', %(idle)s, %(local)s)
 """
 
 
-# Explicit ACL entries in a service's schema (the schema, its relations, columns,
-# functions and types), the owner's default privileges, and its large objects.
-# Entries the topology allows are filtered out; whatever remains was granted to a
-# role the topology does not name for this schema.
-_FOREIGN_GRANTS = """
-SELECT kind, object, CASE WHEN grantee = 0 THEN 'PUBLIC'
-                          ELSE pg_catalog.pg_get_userbyid(grantee)::text END, privilege
-FROM (
-  SELECT 'schema' AS kind, n.nspname::text AS object, a.grantee, a.privilege_type AS privilege,
-         NULL::text AS rel_col
-    FROM pg_catalog.pg_namespace n, aclexplode(n.nspacl) a WHERE n.oid = %(ns)s::oid
-  UNION ALL
-  SELECT CASE WHEN c.relkind = 'S' THEN 'sequence' ELSE 'table' END, c.oid::regclass::text,
-         a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_class c, aclexplode(c.relacl) a WHERE c.relnamespace = %(ns)s::oid
-  UNION ALL
-  SELECT 'column', c.oid::regclass::text || '.' || pg_catalog.quote_ident(att.attname),
-         a.grantee, a.privilege_type, c.relname::text || '.' || att.attname::text
-    FROM pg_catalog.pg_attribute att
-    JOIN pg_catalog.pg_class c ON c.oid = att.attrelid, aclexplode(att.attacl) a
-   WHERE c.relnamespace = %(ns)s::oid AND NOT att.attisdropped
-  UNION ALL
-  SELECT 'function', p.oid::regprocedure::text, a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_proc p, aclexplode(p.proacl) a WHERE p.pronamespace = %(ns)s::oid
-  UNION ALL
-  SELECT 'type', t.oid::regtype::text, a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_type t, aclexplode(t.typacl) a WHERE t.typnamespace = %(ns)s::oid
-  UNION ALL
-  SELECT 'default privileges on ' || d.defaclobjtype::text, coalesce(dn.nspname::text, '*'),
-         a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_default_acl d
-    LEFT JOIN pg_catalog.pg_namespace dn ON dn.oid = d.defaclnamespace,
-         aclexplode(d.defaclacl) a
-   WHERE d.defaclrole = %(owner)s::oid
-  UNION ALL
-  SELECT 'large object', l.oid::text, a.grantee, a.privilege_type, NULL
-    FROM pg_catalog.pg_largeobject_metadata l, aclexplode(l.lomacl) a
-   WHERE l.lomowner = %(owner)s::oid
-) acl
-WHERE NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(own)s))
-  -- PostgreSQL's own default for types.  Not for routines: provisioning revokes
-  -- PUBLIC's EXECUTE (provisioning.routine_statements), and a file granting it back
-  -- would let readers of exposed tables run this service's code.
-  AND NOT (grantee = 0 AND kind IN ('type', 'default privileges on T')
-           AND privilege = 'USAGE')
-  -- The topology's cross-service reads: USAGE on the schema when the service exposes
-  -- something, and SELECT on exactly the exposed columns.  Never a table-level SELECT
-  -- or a default privilege: those would cover columns nobody exposed.
-  AND NOT (grantee <> 0 AND pg_catalog.pg_get_userbyid(grantee) = ANY(%(readers)s)
-           AND ((kind = 'schema' AND privilege = 'USAGE' AND %(exposes)s)
-                OR (kind = 'column' AND privilege = 'SELECT'
-                    AND rel_col = ANY(%(exposed)s::text[]))))
-"""
 # The exposed columns of one schema that exist but that a reader cannot SELECT.
 _MISSING_EXPOSURE = """
 SELECT c.relname::text, a.attname::text
@@ -187,24 +143,46 @@ class SchemaMigrator:
         self.search_path = ", ".join(
             sql.Identifier(s).as_string(None) for s in (service.schema, topology.shared.schema))
         self._history_ready = False
+        self._timeouts: dict[str, Any] = {}
+        self.guard = CatalogGuard(topology, service)
 
     # -- pieces ----------------------------------------------------------------
-    def _session_settings(self, local: bool) -> tuple[str, list[Any]]:
+    def _apply_settings(self, conn: psycopg.Connection[Any], local: bool) -> None:
+        """Set the runner's settings for one file (local=True: for its transaction).
+
+        A transactional file first gets the session's defaults back (RESET ALL, in
+        the same round trip): whatever an earlier file set for the session
+        (search_path, check_function_bodies, row_security, custom settings) does not
+        reach it.  RESET ALL leaves role and session_authorization alone; a file
+        that changes those is refused (see _run_statement).
+        """
         # Non-transactional files (local=False) get no lock_timeout: CREATE INDEX
         # CONCURRENTLY must wait for every older transaction in the database, which is
         # expected and blocks nobody's reads or writes; statement_timeout still bounds it.
         lock_timeout = self.settings.database_migration_lock_timeout if local else "0"
-        return (
-            "SELECT pg_catalog.set_config('lock_timeout', %s, {l}),"
-            " pg_catalog.set_config('statement_timeout', %s, {l}),"
-            " pg_catalog.set_config('search_path', %s, {l}),"
+        statement_timeout = self.settings.database_migration_statement_timeout
+        query = sql.SQL(
+            "SELECT pg_catalog.set_config('lock_timeout', {lock}, {l}),"
+            " pg_catalog.set_config('statement_timeout', {statement}, {l}),"
+            " pg_catalog.set_config('search_path', {path}, {l}),"
             # A killed runner's backend notices within a second and releases the lock.
             " pg_catalog.set_config('client_connection_check_interval', '1s', {l}),"
-            " pg_catalog.set_config('role', %s, {l})".replace("{l}", "true" if local else "false"),
-            [lock_timeout,
-             self.settings.database_migration_statement_timeout,
-             self.search_path, self.service.owner_role],
-        )
+            " pg_catalog.set_config('role', {role}, {l}),"
+            " pg_catalog.current_setting('idle_in_transaction_session_timeout')").format(
+            lock=sql.Literal(lock_timeout), statement=sql.Literal(statement_timeout),
+            path=sql.Literal(self.search_path), role=sql.Literal(self.service.owner_role),
+            l=sql.Literal(local))
+        if local:
+            query = sql.SQL("RESET ALL; ") + query
+        cur = conn.execute(query)  # no parameters: one simple-protocol round trip
+        if local:
+            cur.nextset()
+        row = cur.fetchone()
+        assert row is not None
+        # Put back after every statement of the file (_AFTER_STATEMENT); the idle
+        # timeout is the session's own (role, database or server setting).
+        self._timeouts = {"lock": lock_timeout, "statement": statement_timeout,
+                          "idle": str(row[-1]), "local": local}
 
     def _try_lock(self, conn: psycopg.Connection[Any], session: bool) -> bool:
         fn = "pg_try_advisory_lock" if session else "pg_try_advisory_xact_lock"
@@ -305,7 +283,10 @@ class SchemaMigrator:
                "again, so keep its statements idempotent).")
         )
 
-    def _run_statements(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
+    def _run_statements(self, conn: psycopg.Connection[Any], file: MigrationFile,
+                        before: Facts) -> Facts:
+        """Run *file*'s statements; return the catalog snapshot a non-transactional
+        file left after its last statement (*before* for a transactional one)."""
         for stmt in file.statements:
             if file.transactional:
                 self._run_statement(conn, file, stmt, in_own_transaction=False)
@@ -315,14 +296,19 @@ class SchemaMigrator:
             try:
                 with conn.transaction():
                     self._run_statement(conn, file, stmt, in_own_transaction=True)
+                    after = self.guard.snapshot(conn)
+                    self._judge(file, before, after, stmt)
+                    before = after
             except _NeedsNoTransaction:
+                # CREATE INDEX CONCURRENTLY and the like change no privileges.
                 self._run_statement(conn, file, stmt, in_own_transaction=False)
+        return before
 
     def _run_statement(self, conn: psycopg.Connection[Any], file: MigrationFile,
                        stmt: SqlStatement, *, in_own_transaction: bool) -> None:
         try:
             conn.execute(stmt.text)  # runs with the owner role's authority, no more
-            row = conn.execute(_AFTER_STATEMENT).fetchone()
+            row = conn.execute(_AFTER_STATEMENT, self._timeouts).fetchone()
         except psycopg.errors.ActiveSqlTransaction:
             # CREATE INDEX CONCURRENTLY and the like refuse a transaction block before
             # doing anything; they run on their own (and cannot hide other statements).
@@ -336,12 +322,11 @@ class SchemaMigrator:
             position = exc.diag.statement_position
             if position and position.isdigit():
                 line += stmt.text.count("\n", 0, int(position) - 1)
-            detail = f" ({exc.diag.message_detail})" if exc.diag.message_detail else ""
-            reason = f"{exc.diag.message_primary or str(exc).strip()}{detail}"
+            reason = server_diagnostic(exc)
             if exc.diag.sqlstate == "42501":
-                reason += (f". Migrations of {self.service.name} run as "
+                reason += (f"\n  Migrations of {self.service.name} run as "
                            f"{self.service.owner_role}, which may change only "
-                           f"{self.service.schema}")
+                           f"{self.service.schema}.")
             raise self._failure(file, stmt, line, reason) from None
         # The migrator can only be its owner role or itself (NOINHERIT: no
         # privileges); either way a file that switches roles is refused, so
@@ -364,53 +349,43 @@ class SchemaMigrator:
                 "may not alter roles, their passwords, settings, comments or memberships "
                 "(not even their own migrator's); 'edulink-db provision' manages roles")
 
-    def _foreign_grants(self, conn: psycopg.Connection[Any]) -> set[tuple[str, str, str, str]]:
-        """ACL entries in the service's schema for roles the topology does not name."""
-        own = [self.service.owner_role, self.service.runtime_role]
-        readers = [s.runtime_role for s in self.topology.readers_of(self.service)]
-        rows = conn.execute(
-            "SELECT n.oid, r.oid FROM pg_catalog.pg_namespace n, pg_catalog.pg_roles r"
-            " WHERE n.nspname = %s AND r.rolname = %s",
-            [self.service.schema, self.service.owner_role]).fetchone()
-        if rows is None:
-            return set()
-        found = conn.execute(_FOREIGN_GRANTS, {
-            "ns": rows[0], "owner": rows[1], "own": own, "readers": readers,
-            "exposes": bool(self.service.exposes), "exposed": self._exposed_names()}).fetchall()
-        return {(str(k), str(o), str(g), str(p)) for k, o, g, p in found}
-
-    def _exposed_names(self) -> list[str]:
-        # 'table.column'; names are validated identifiers, so the dot is unambiguous.
-        return [f"{table}.{column}" for table, columns in self.service.exposes
-                for column in columns]
-
     def _grant_exposure(self, conn: psycopg.Connection[Any]) -> None:
         grant_exposed_columns(conn, self.topology, self.service)
 
     def _run_file(self, conn: psycopg.Connection[Any], file: MigrationFile) -> None:
-        """Run *file*'s statements; refuse it if it granted access the topology does
-        not declare (to another service, to PUBLIC, to an unrelated role)."""
-        before = self._foreign_grants(conn)
-        self._run_statements(conn, file)
+        """Run *file*'s statements, then judge it by the catalog it leaves
+        (:mod:`.guard`) before anything commits."""
+        before = self._run_statements(conn, file, self.guard.snapshot(conn))
         self._grant_exposure(conn)
-        added = sorted(self._foreign_grants(conn) - before)
-        if added:
-            grants = "; ".join(f"{priv} on {kind} {obj} to {grantee}"
-                               for kind, obj, grantee, priv in added)
-            raise MigrationError(
-                f"{self.service.name}: {file.script} grants {grants}, which the topology "
-                f"does not declare: only {self.service.runtime_role} (and, read-only, the "
-                f"services whose 'reads' name {self.service.name}) may access "
-                f"{self.service.schema}. "
-                + ("The file was rolled back; the history is unchanged. Declare the access "
-                   "in the topology (reads) instead." if file.transactional else
-                   "This file runs without a transaction, so the grant stays: revoke it "
-                   "(or run 'edulink-db provision', which removes undeclared grants).")
-            )
+        self._judge(file, before, self.guard.snapshot(conn))
+
+    def _judge(self, file: MigrationFile, before: Facts, after: Facts,
+               stmt: SqlStatement | None = None) -> None:
+        problems = self.guard.problems(before, after)
+        if not problems:
+            return
+        where = f" (statement at line {stmt.line})" if stmt is not None else ""
+        rolled_back = file.transactional or stmt is not None
+        raise MigrationError(
+            f"{self.service.name}: {file.script}{where} "
+            + "; ".join(problems[:8])
+            + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            + f". The topology does not declare that: only {self.service.runtime_role} "
+            f"may use {self.service.schema}, and the services whose 'reads' name "
+            f"{self.service.name} may read its exposed columns, which must stay as they "
+            "are. "
+            + (("The file was rolled back; the history is unchanged." if file.transactional
+                else "That statement was rolled back; the statements before it stay "
+                "applied.")
+               + " Declare access in the topology (exposes, reads) instead, and change "
+               "exposed columns by expand/contract (docs/migrations.md)."
+               if rolled_back else
+               "This file runs without a transaction, so the change stays: undo it (or "
+               "run 'edulink-db provision', which removes undeclared grants).")
+        )
 
     # -- applying ---------------------------------------------------------------
     def _apply_transactional(self, conn: psycopg.Connection[Any], file: MigrationFile) -> str:
-        settings_sql, settings_params = self._session_settings(local=True)
         attempt = 1
         while True:
             self._wait_for_lock(conn, session=False)
@@ -418,7 +393,7 @@ class SchemaMigrator:
                 with conn.transaction():
                     if not self._try_lock(conn, session=False):
                         raise _LostRace
-                    conn.execute(settings_sql, settings_params)
+                    self._apply_settings(conn, local=True)
                     self._ensure_history(conn)
                     rank, state, _dirty = self._state_under_lock(conn, file)
                     if state == "applied":
@@ -451,8 +426,7 @@ class SchemaMigrator:
         # A dedicated connection: session lock and settings die with it.
         with connect(self.login, purpose="run a non-transactional migration", primary=True) as conn:
             self._wait_for_lock(conn, session=True)
-            settings_sql, settings_params = self._session_settings(local=False)
-            conn.execute(settings_sql, settings_params)
+            self._apply_settings(conn, local=False)
             self._history_ready = False
             self._ensure_history(conn)
             rank, state, dirty_rank = self._state_under_lock(conn, file)
@@ -568,8 +542,7 @@ class SchemaMigrator:
 
     def _baseline_locked(self, conn: psycopg.Connection[Any], parsed: tuple[int, ...],
                          description: str) -> None:
-        settings_sql, settings_params = self._session_settings(local=True)
-        conn.execute(settings_sql, settings_params)
+        self._apply_settings(conn, local=True)
         self._history_ready = False
         self._ensure_history(conn)
         count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.history)
