@@ -136,13 +136,18 @@ DEFAULT_PRIVILEGE_ATTACKS = {
         "    || ' REVOKE EXECUTE ON FUNCTIONS FROM ' || 'RUNTIME_ROLE';\n"
         "  EXECUTE " + "'" + _leak_function("$f$") + "';\n"
         "END $$;\n"),
+    # The linter reads the bodies of trigger functions a file fires (a plain ALTER
+    # DEFAULT PRIVILEGES there is refused before anything runs: see
+    # test_the_plain_trigger_form_is_refused_before_anything_runs), so the trigger hides
+    # its DDL in SQL built at run time, under the marker: the runner must catch it.
     "trigger fired by an INSERT": (
+        "-- edulink:allow-dynamic-sql reason: maintenance\n"
         "CREATE FUNCTION on_audit() RETURNS trigger LANGUAGE plpgsql AS $t$\n"
         "BEGIN\n"
-        "  ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO PUBLIC;\n"
+        "  EXECUTE 'ALTER DEFAULT PRIVILEGES GRANT EXECUTE ON FUNCTIONS TO ' || 'PUBLIC';\n"
         "  EXECUTE 'ALTER DEFAULT PRIVILEGES IN SCHEMA ' || current_schema()\n"
         "    || ' REVOKE EXECUTE ON FUNCTIONS FROM RUNTIME_ROLE';\n"
-        "  " + _leak_function("$f$") + ";\n"
+        "  EXECUTE " + "'" + _leak_function("$f$") + "';\n"
         "  RETURN NEW;\n"
         "END $t$;\n"
         "CREATE TRIGGER on_audit AFTER INSERT ON audit FOR EACH ROW EXECUTE FUNCTION on_audit();\n"
@@ -175,8 +180,10 @@ def test_exposed_column_dropped_in_a_fired_trigger_is_rolled_back(setup: Setup) 
     before = schema_state(setup)
     with pytest.raises(MigrationError) as exc:
         migrate(setup, "V2__drop.sql",
+                "-- edulink:allow-dynamic-sql reason: test\n"
                 "CREATE FUNCTION on_audit() RETURNS trigger LANGUAGE plpgsql AS $t$\n"
-                "BEGIN ALTER TABLE accounts DROP COLUMN email; RETURN NEW; END $t$;\n"
+                "BEGIN EXECUTE 'ALTER TABLE accounts DROP COLUMN ' || 'email'; RETURN NEW;"
+                " END $t$;\n"
                 "CREATE TRIGGER on_audit AFTER INSERT ON audit\n"
                 "  FOR EACH ROW EXECUTE FUNCTION on_audit();\n"
                 "INSERT INTO audit VALUES (1);\n")
@@ -187,6 +194,21 @@ def test_exposed_column_dropped_in_a_fired_trigger_is_rolled_back(setup: Setup) 
     with psycopg.connect(**service_params(setup.admin, setup.reader)) as conn:
         assert conn.execute(f"SELECT email FROM {ident(setup.me.schema, 'accounts')}"
                             ).fetchall() == [("a@example.org",)]
+
+
+def test_the_plain_trigger_form_is_refused_before_anything_runs(setup: Setup) -> None:
+    """Without SQL built at run time, the DDL in a fired trigger function is read before
+    the file runs (the linter's half of the guard)."""
+    before = schema_state(setup)
+    with pytest.raises(MigrationError, match="nothing was run") as exc:
+        migrate(setup, "V2__drop.sql",
+                "CREATE FUNCTION on_audit() RETURNS trigger LANGUAGE plpgsql AS $t$\n"
+                "BEGIN ALTER TABLE accounts DROP COLUMN email; RETURN NEW; END $t$;\n"
+                "CREATE TRIGGER on_audit AFTER INSERT ON audit\n"
+                "  FOR EACH ROW EXECUTE FUNCTION on_audit();\n"
+                "INSERT INTO audit VALUES (1);\n")
+    assert "email" in str(exc.value)
+    assert schema_state(setup) == before
 
 
 def test_exposed_column_renamed_or_retyped_is_rolled_back(setup: Setup) -> None:
@@ -223,9 +245,10 @@ def test_private_column_granted_to_a_reader_through_a_trigger_is_rolled_back(
         setup: Setup) -> None:
     with pytest.raises(MigrationError) as exc:
         migrate(setup, "V2__grant.sql",
+                "-- edulink:allow-dynamic-sql reason: test\n"
                 "CREATE FUNCTION on_audit() RETURNS trigger LANGUAGE plpgsql AS $t$\n"
-                f"BEGIN GRANT SELECT ON accounts TO {ident(setup.reader.runtime_role)};"
-                " RETURN NEW; END $t$;\n"
+                "BEGIN EXECUTE 'GRANT SELECT ON accounts TO ' || "
+                f"'{ident(setup.reader.runtime_role)}'; RETURN NEW; END $t$;\n"
                 "CREATE TRIGGER on_audit AFTER INSERT ON audit\n"
                 "  FOR EACH ROW EXECUTE FUNCTION on_audit();\n"
                 "INSERT INTO audit VALUES (1);\n")
@@ -332,7 +355,7 @@ def test_non_transactional_file_is_judged_statement_by_statement(setup: Setup) -
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS accounts_email ON accounts (email);\n"
                 + attack(setup, "trigger fired by an INSERT"))
     message = str(exc.value)
-    assert "(statement at line 11)" in message and "lets PUBLIC EXECUTE function" in message
+    assert "(statement at line 12)" in message and "lets PUBLIC EXECUTE function" in message
     assert "That statement was rolled back" in message
     assert not reader_reads_hashes(setup)
     with psycopg.connect(**setup.superuser) as conn:
