@@ -8,12 +8,15 @@ then go.  Tests without the marker are attacks that held.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -29,6 +32,8 @@ from microservices.shared.database.connections import budget
 from microservices.shared.database.core import credentials
 from microservices.shared.database.core.errors import ConfigError
 from microservices.shared.database.relocation.meta import ensure_meta
+from microservices.shared.database.server.data_home import relocated_dir
+from microservices.shared.database.server.embedded import EmbeddedServer
 from microservices.shared.database.topology import default_topology
 
 from .clusters import Cluster, debian_bin_dir
@@ -313,6 +318,69 @@ def test_explicit_pool_over_the_limit_is_refused(server: dict[str, Any],
     svc = default_topology().service("user")
     with pytest.raises(budget.PoolDoesNotFit, match="CONNECTION LIMIT 31"):
         budget.pool_size(settings, svc, 31)
+
+
+# -- the root data home (server/data_home.py) --------------------------------------------
+
+
+@pytest.fixture
+def private_base() -> Iterator[Path]:
+    """A fresh 0700 root-owned directory (like /root); relocated clusters of homes under
+    it are stopped and removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("the relocated data home exists only as root")
+    base = Path(tempfile.mkdtemp(prefix="attack27-root-"))
+    yield base
+    started: list[EmbeddedServer] = []
+    for home in base.glob("*/.edulink-db"):
+        server = EmbeddedServer(home)
+        with contextlib.suppress(Exception):
+            server.stop()
+        started.append(server)
+    for server in started:
+        # The served cluster (after a rename, not the one the home's path names) too.
+        for directory in (relocated_dir(server.home), server.served_pgdata.parent):
+            if directory.parent == relocated_dir(server.home).parent:
+                shutil.rmtree(directory, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _start(home: Path) -> tuple[EmbeddedServer, str]:
+    said: list[str] = []
+    server = EmbeddedServer(home)
+    server.start(progress=said.append)
+    return server, " ".join(said)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "as root, a copy of a project under a 0700 directory (cp -a proj proj-copy) keeps "
+    "the pgdata symlink, and the copy's 'up' serves the original project's cluster "
+    "(served_pgdata resolves the link) instead of one of its own: 'down' or a reset in "
+    "the copy acts on the original's data"))
+def test_a_copied_root_project_does_not_share_the_original_cluster(
+        private_base: Path) -> None:
+    original, _ = _start(private_base / "proj" / ".edulink-db")
+    original.stop()
+    shutil.copytree(private_base / "proj", private_base / "proj-copy", symlinks=True)
+    copy, said = _start(private_base / "proj-copy" / ".edulink-db")
+    copy.stop()
+    assert copy.served_pgdata != original.served_pgdata, said
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "as root, after a project under a 0700 directory is renamed, 'up' announces that "
+    "the cluster lives in a new (empty) /var/lib/edulink-db/data/<name>-<hash> it has "
+    "just created, while it serves the old one through the link"))
+def test_a_renamed_root_project_announces_the_cluster_it_serves(
+        private_base: Path) -> None:
+    first, _ = _start(private_base / "proj" / ".edulink-db")
+    first.stop()
+    (private_base / "proj").rename(private_base / "renamed")
+    moved, said = _start(private_base / "renamed" / ".edulink-db")
+    moved.stop()
+    assert str(moved.served_pgdata) in said, said
+    assert not (relocated_dir(moved.home) / "pgdata").exists() or (
+        relocated_dir(moved.home) / "pgdata") == moved.served_pgdata
 
 
 # -- -o of the other commands -------------------------------------------------------------
