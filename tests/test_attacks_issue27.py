@@ -356,6 +356,29 @@ def test_budget_flags_a_topology_limit_the_processes_cannot_share(
     assert user["total"] <= user["limit"] or user["problem"] or result.returncode == 1, user
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "when a role is at its CONNECTION LIMIT, a new pool's error says the service "
+    "'cannot reach the database' (it can) and ends in libpq's 'too many connections for "
+    "role': no word of the limit, the processes or 'edulink-db budget'"))
+def test_a_role_at_its_limit_is_named_as_such(small_server: dict[str, Any],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    admin = small_server["admin"]
+    role = {**admin, "user": "user_service_role", "password": SERVICE_PASSWORD}
+    service_env(monkeypatch, admin, extra={"DATABASE_POOL_TIMEOUT": "3"})
+    manager = ConnectionManager(load_settings())
+    try:
+        with psycopg.connect(**role) as held:
+            held.execute("SELECT 1")
+            with pytest.raises(Exception) as caught:  # judged by its words below
+                manager.get_connection("user").__enter__()
+    finally:
+        manager.close_all()
+    message = str(caught.value)
+    assert SERVICE_PASSWORD not in message
+    assert "cannot reach" not in message, message
+    assert "CONNECTION LIMIT" in message or "edulink-db budget" in message, message
+
+
 def test_explicit_pool_over_the_limit_is_refused(server: dict[str, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Held: an explicit pool that cannot fit is refused with the numbers."""
