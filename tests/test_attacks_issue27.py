@@ -291,6 +291,7 @@ def small_server() -> Iterator[dict[str, Any]]:
         up = run(["up"], home, env)
         assert up.returncode == 0, up.stderr + up.stdout
         yield {"admin": made.params, "env": env, "dir": home}
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.xfail(strict=True, reason=(
