@@ -238,6 +238,15 @@ def _classify_connect_error(service: Service, params: dict[str, Any],
             f"Service {service.name!r} cannot log in as {service.runtime_role} at {target}: "
             f"{reason}. Check {check}."
         )
+    if "too many connections for role" in reason:
+        # Reached, and refused: every connection the role may hold is taken (other
+        # processes of the service, or sessions outside the budget).
+        return ServiceConnectionError(
+            f"Service {service.name!r}: role {service.runtime_role} is at its CONNECTION "
+            f"LIMIT at {target} ({reason}). 'edulink-db budget' shows how the limit is "
+            f"shared; run fewer processes (EDULINK_DB_{service.name.upper()}_PROCESSES) or "
+            "find the sessions that hold it (pg_stat_activity)."
+        )
     return ServiceConnectionError(
         f"Service {service.name!r} cannot reach the database at {target}: {explain(reason, params)}"
     )

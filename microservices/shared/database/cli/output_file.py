@@ -15,9 +15,18 @@ from ..core.errors import ConfigError
 
 
 def write_output(path: Path, text: str, *, option: str = "--output") -> None:
-    """Write *text* to *path* (UTF-8), or raise ConfigError naming the problem."""
+    """Write *text* to *path* (UTF-8), or raise ConfigError naming the problem.
+
+    A regular file is replaced whole (a temporary file next to it, then a rename), so a
+    write that fails half-way (a full disk) leaves the old file as it was; a device or
+    a pipe (``-o /dev/stdout``) is written through, as the shell's ``>`` would."""
     try:
-        path.write_text(text, encoding="utf-8")
+        if path.exists() and not path.is_file():
+            if path.is_dir():
+                raise IsADirectoryError(path)
+            path.write_text(text, encoding="utf-8")
+            return
+        _replace(path, text)
     except IsADirectoryError:
         raise ConfigError(f"{option} {path} is a directory; add a file name to the "
                           "path.") from None
@@ -31,6 +40,19 @@ def write_output(path: Path, text: str, *, option: str = "--output") -> None:
         reason = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
         raise ConfigError(f"{option} {path}: cannot write it ({exc.strerror or reason}); "
                           "choose another file.") from None
+
+
+def _replace(path: Path, text: str) -> None:
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(name, mode)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def check_writable(path: Path, *, option: str = "--output") -> None:

@@ -195,6 +195,9 @@ def pool_size(settings: Settings, service: Service, limit: int, *,
     procs = processes(settings, service) if procs is None else procs
     derived = derived_pool(limit, procs)
     if size is None and overflow is None:
+        # A derived pool only fails to fit at its smallest (1) with more processes
+        # than the limit.
+        check_fit(service, derived.max_size, procs, limit, pooler=pooler)
         return derived
     min_size = derived.min_size if size is None else size
     max_size = max(min_size, derived.max_size) if overflow is None else min_size + overflow
@@ -208,6 +211,14 @@ def check_fit(service: Service, max_size: int, procs: int, limit: int, *,
     if pooler == TRANSACTION or max_size * procs <= limit:
         return
     name = service.name.upper()
+    if max_size == 1:  # the derived pool, at its smallest: only fewer processes help
+        raise PoolDoesNotFit(
+            f"service {service.name}: {procs} process(es) need a connection each, but "
+            f"role {service.runtime_role} has CONNECTION LIMIT {limit}. Fix: run at most "
+            f"{max(limit, 1)} process(es) (EDULINK_DB_{name}_PROCESSES or "
+            "EDULINK_DB_PROCESSES_PER_SERVICE), move to a plan with more max_connections "
+            "(see 'edulink-db budget'), or connect through the transaction pooler.",
+            procs, limit)
     setting = setting or (f"EDULINK_DB_{name}_POOL_SIZE/_MAX_OVERFLOW and "
                           "DATABASE_POOL_SIZE/_MAX_OVERFLOW")
     raise PoolDoesNotFit(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,24 @@ def parse(text: str, source: str) -> Credential:
 
 def check_private(path: Path, st: os.stat_result, variable: str = CREDENTIALS_FILE_ENV
                   ) -> None:
-    """Refuse a credential file that group or others may read or write."""
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    """Refuse a credential file that others may read or write, or that another user owns.
+
+    libpq's rule for a private key: owned by this process's user with no access for
+    group or others (0600), or (for a process that is not root) owned by root with at
+    most group read (0640, what a Kubernetes secret volume with fsGroup gives).
+    Whoever owns the file decides the server and password the service logs in with, so
+    its owner is checked too."""
+    euid = os.geteuid()
+    if st.st_uid == euid:
+        loose = st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+    elif st.st_uid == 0:
+        loose = st.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO)
+    else:
+        raise ConfigError(
+            f"{variable}={path} is owned by uid {st.st_uid}, not by this process's user "
+            f"(uid {euid}) or root: whoever owns it decides where the service logs in. "
+            f"Run: chown {euid} {path}")
+    if loose:
         raise ConfigError(
             f"{variable}={path} is readable or writable by other users (mode "
             f"{stat.S_IMODE(st.st_mode):o}); it holds a password. Run: chmod 600 {path}")
@@ -155,8 +172,21 @@ def write_private(path: Path, text: str) -> None:
     """Write *text* to *path* with mode 0600 (atomically: temp file + rename), so a
     reader never sees half a file and the password is never world-readable."""
     directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_EXCL, 0o600)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is a directory; add a file name to the path.")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            # A device or a FIFO would be swapped for a regular file with the password.
+            raise ConfigError(f"{path} is not a regular file (a device, a pipe or a "
+                              "socket); write the credential to a file.")
+    # mkstemp: an unpredictable name, created 0600 with O_EXCL (a planted or leftover
+    # file of the same name cannot be used or block the export).
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
