@@ -327,9 +327,6 @@ def test_a_grant_fired_by_a_concurrent_index_build_is_rolled_back(setup: Setup) 
         _reader_rows(setup, f"SELECT password_hash FROM {schema}.accounts")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break (high): a deferred constraint trigger fires at COMMIT, after the guard's last "
-    "snapshot; its GRANT of a private column to a reader commits unseen"))
 def test_a_grant_in_a_deferred_trigger_is_rolled_back(setup: Setup) -> None:
     schema, reader = ident(setup.me.schema), ident(setup.reader.runtime_role)
     with contextlib.suppress(MigrationError):  # refused or not, nothing may stay
@@ -360,11 +357,6 @@ def test_a_long_expression_chain_is_linted(server: dict[str, Any], tmp_path: Pat
     assert _lint(tmp_path, LONG_CONCAT) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break (high): no marker needed: the linter reads the body of a function only when "
-    "the same file calls it or creates its trigger, so V2 creates a trigger function "
-    "with a plain GRANT to a reader (no finding), V3 fires it from a deferred "
-    "constraint trigger at COMMIT (no finding, after the guard's snapshot)"))
 def test_a_plain_grant_fired_at_commit_from_an_earlier_files_function_is_refused(
         setup: Setup) -> None:
     schema, reader = ident(setup.me.schema), ident(setup.reader.runtime_role)

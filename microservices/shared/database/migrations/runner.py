@@ -357,6 +357,9 @@ class SchemaMigrator:
         (:mod:`.guard`) before anything commits."""
         before = self._run_statements(conn, file, self.guard.snapshot(conn))
         self._grant_exposure(conn)
+        # Deferred triggers and constraints would fire at COMMIT, after the last look:
+        # fire them now, while the guard can still see what they did (and roll it back).
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
         self._judge(file, before, self.guard.snapshot(conn))
 
     def _judge(self, file: MigrationFile, before: Facts, after: Facts,
