@@ -30,7 +30,7 @@ from microservices.shared.database.config import load_settings, to_url
 from microservices.shared.database.connection_manager import ConnectionManager
 from microservices.shared.database.connections import budget
 from microservices.shared.database.core import credentials
-from microservices.shared.database.core.errors import ConfigError
+from microservices.shared.database.core.errors import ConfigError, EmbeddedServerError
 from microservices.shared.database.relocation.meta import ensure_meta
 from microservices.shared.database.server.data_home import relocated_dir
 from microservices.shared.database.server.embedded import EmbeddedServer
@@ -384,35 +384,37 @@ def _start(home: Path) -> tuple[EmbeddedServer, str]:
     return server, " ".join(said)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "as root, a copy of a project under a 0700 directory (cp -a proj proj-copy) keeps "
-    "the pgdata symlink, and the copy's 'up' serves the original project's cluster "
-    "(served_pgdata resolves the link) instead of one of its own: 'down' or a reset in "
-    "the copy acts on the original's data"))
 def test_a_copied_root_project_does_not_share_the_original_cluster(
         private_base: Path) -> None:
+    """cp -a keeps the pgdata link: the copy's 'up' refuses to serve (and its 'down' to
+    touch) the original's cluster, and says how to get one of its own."""
     original, _ = _start(private_base / "proj" / ".edulink-db")
     original.stop()
     shutil.copytree(private_base / "proj", private_base / "proj-copy", symlinks=True)
-    copy, said = _start(private_base / "proj-copy" / ".edulink-db")
-    copy.stop()
-    assert copy.served_pgdata != original.served_pgdata, said
+    with pytest.raises(EmbeddedServerError, match="the cluster of a project at another "
+                                                  "path") as info:
+        _start(private_base / "proj-copy" / ".edulink-db")
+    assert "rm " in str(info.value) and "\n" not in str(info.value)
+    again, _ = _start(private_base / "proj" / ".edulink-db")  # the original is intact
+    again.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "as root, after a project under a 0700 directory is renamed, 'up' announces that "
-    "the cluster lives in a new (empty) /var/lib/edulink-db/data/<name>-<hash> it has "
-    "just created, while it serves the old one through the link"))
-def test_a_renamed_root_project_announces_the_cluster_it_serves(
+def test_a_renamed_root_project_says_how_to_take_its_cluster_along(
         private_base: Path) -> None:
     first, _ = _start(private_base / "proj" / ".edulink-db")
     first.stop()
     (private_base / "proj").rename(private_base / "renamed")
-    moved, said = _start(private_base / "renamed" / ".edulink-db")
+    home = private_base / "renamed" / ".edulink-db"
+    with pytest.raises(EmbeddedServerError, match="mv ") as info:
+        _start(home)
+    assert not (relocated_dir(home) / "pgdata").exists()  # no empty cluster announced
+    linked = Path(os.readlink(home / "pgdata"))
+    shutil.move(str(linked.parent), str(relocated_dir(home)))  # what the message says
+    (home / "pgdata").unlink()
+    (home / "pgdata").symlink_to(relocated_dir(home) / "pgdata", target_is_directory=True)
+    moved, said = _start(home)
     moved.stop()
-    assert str(moved.served_pgdata) in said, said
-    assert not (relocated_dir(moved.home) / "pgdata").exists() or (
-        relocated_dir(moved.home) / "pgdata") == moved.served_pgdata
+    assert str(relocated_dir(home) / "pgdata") in said, (said, str(info.value))
 
 
 # -- tracing (connections/tracing.py) ----------------------------------------------------

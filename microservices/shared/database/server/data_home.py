@@ -56,6 +56,20 @@ def relocate_pgdata(pgdata: Path, user: ServerUser) -> Path:
     """Make *pgdata* a symlink to a directory *user* can reach; return the real path."""
     _private_root()
     target_dir = relocated_dir(pgdata.parent)
+    if pgdata.is_symlink():
+        linked = Path(os.readlink(pgdata))
+        if linked != target_dir / "pgdata":
+            # A copied project (cp -a keeps the link) would serve, and its 'down' or
+            # reset act on, another project's cluster; a renamed one would announce a
+            # new empty directory while serving the old one. Neither is guessed.
+            from ..core.errors import EmbeddedServerError
+
+            raise EmbeddedServerError(
+                f"{pgdata} links to {linked}, the cluster of a project at another path "
+                f"(this project's would be {target_dir / 'pgdata'}). If this project was "
+                f"moved or renamed and that cluster is its own: mv {linked.parent} "
+                f"{target_dir}. If it is a copy: rm {pgdata} and run 'edulink-db up' "
+                "again for a cluster of its own.")
     target_dir.mkdir(mode=0o710, exist_ok=True)
     os.chown(target_dir, 0, user.gid)
     target_dir.chmod(0o710)
