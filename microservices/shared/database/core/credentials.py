@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import replace_file
 
 CREDENTIALS_FILE_ENV = "EDULINK_DB_CREDENTIALS_FILE"
 SERVICE_ENV = "EDULINK_DB_SERVICE"
@@ -171,7 +171,6 @@ def check_service(credential: Credential, path: Path, service: str,
 def write_private(path: Path, text: str) -> None:
     """Write *text* to *path* with mode 0600 (atomically: temp file + rename), so a
     reader never sees half a file and the password is never world-readable."""
-    directory = path.parent
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -183,17 +182,4 @@ def write_private(path: Path, text: str) -> None:
             # A device or a FIFO would be swapped for a regular file with the password.
             raise ConfigError(f"{path} is not a regular file (a device, a pipe or a "
                               "socket); write the credential to a file.")
-    # mkstemp: an unpredictable name, created 0600 with O_EXCL (a planted or leftover
-    # file of the same name cannot be used or block the export).
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)  # whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(path, text, 0o600)
