@@ -272,9 +272,6 @@ def apply_tls(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
                     rootcert=settings.database_sslrootcert)
 
 
-_with_sslmode = apply_tls
-
-
 def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
     """Connection parameters for the admin (provisioning) role."""
     settings = settings or load_settings()
@@ -309,7 +306,7 @@ def admin_conninfo(settings: Settings | None = None) -> dict[str, Any]:
         # Our own server on loopback, built without TLS: DATABASE_SSLROOTCERT and
         # DATABASE_SSLMODE are for the configured server they sit next to in .env.
         return server.admin_params(info)
-    return _with_sslmode(params, settings)
+    return apply_tls(params, settings)
 
 
 def service_user_name(admin_user: str, role: str) -> str:
@@ -369,7 +366,7 @@ def service_conninfo(service: Service, settings: Settings | None = None, *,
             params = dict(conninfo_to_dict(url))
         except Exception:
             raise ConfigError(f"{variable} is not a valid connection string.") from None
-        return _with_sslmode(params, settings)
+        return apply_tls(params, settings)
     password = settings.service_override(
         service, login_override_key(kind, "PASSWORD")) or settings.secret_store.get(
         service_password_key(service, kind))
@@ -531,7 +528,7 @@ def replica_admin_conninfos(settings: Settings | None = None) -> list[dict[str, 
     settings = settings or load_settings()
     if settings.database_replica_urls is None:
         return []
-    return [_read_only_params(_with_sslmode(p, settings)) for p in _parse_replica_urls(
+    return [_read_only_params(apply_tls(p, settings)) for p in _parse_replica_urls(
         settings.database_replica_urls.get_secret_value(), "DATABASE_REPLICA_URLS")]
 
 
@@ -547,7 +544,7 @@ def replica_conninfos(service: Service, settings: Settings | None = None) -> lis
     own = settings.service_override(service, "REPLICA_URLS")
     if own:
         variable = f"EDULINK_DB_{service.name.upper()}_REPLICA_URLS"
-        return [_read_only_params(_with_sslmode(p, settings), variable)
+        return [_read_only_params(apply_tls(p, settings), variable)
                 for p in _parse_replica_urls(own, variable)]
     if settings.service_override(service, "URL") or own_credential(service, settings):
         # A process with its own credential has no admin's replica URLs to derive from.

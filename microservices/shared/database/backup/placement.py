@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..config import Settings, _parse_replica_urls, _with_sslmode, to_url
+from ..config import Settings, _parse_replica_urls, apply_tls, to_url
 from ..connections.direct import connect
 from ..connections.location import (
     _TRUSTED,
@@ -122,11 +122,11 @@ def location_admin(settings: Settings, placement: Placement) -> dict[str, Any]:
                 settings.edulink_db_location_admin_urls.get_secret_value(),
                 LOCATION_ADMIN_SETTING):
             if server_key(params) == wanted:
-                return _with_sslmode(_with_location_sslmode(params, placement.location),
+                return apply_tls(_with_location_sslmode(params, placement.location),
                                      settings)
     saved = settings.secret_store.get(LOCATION_ADMIN_KEY + placement.location)
     if saved is not None:
-        return _with_sslmode(_with_location_sslmode(dict(conninfo_to_dict(saved)),
+        return apply_tls(_with_location_sslmode(dict(conninfo_to_dict(saved)),
                                                     placement.location), settings)
     raise BackupError(
         f"{placement.service} ({placement.schema}) lives on {placement.location} now, and "
