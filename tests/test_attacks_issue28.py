@@ -194,15 +194,20 @@ def test_session_settings_are_dirty(text: str) -> None:
 
 # -- the linter ----------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break: a comment that mentions edulink and ends in a multi-byte character makes "
-    "the marker reader slice UTF-8 mid-character: lint (and so migrate) crashes with "
-    "UnicodeDecodeError instead of reading the file"))
 @pytest.mark.parametrize("comment", ["-- edulink 東京", "-- edulink ok 🚀",
                                      "-- edulink note\u00a0"])
 def test_marker_reader_reads_a_comment_ending_in_non_ascii(tmp_path: Path,
                                                             comment: str) -> None:
     assert _lint(tmp_path, comment + "\nSELECT 1;\n") == []
+
+
+def test_a_suppression_after_non_ascii_text_applies_to_its_line(tmp_path: Path) -> None:
+    # The scanner counts characters, not bytes: read as bytes, every comment after a
+    # multi-byte character was cut in the wrong place and its marker was lost.
+    text = ("-- café, 東京\n"
+            "-- edulink-db: ignore squawk/require-concurrent-index-creation tiny table\n"
+            "CREATE INDEX i ON authentication_user (email);\n")
+    assert _lint(tmp_path, text) == []
 
 
 @pytest.mark.parametrize("text", [
@@ -242,10 +247,6 @@ def test_non_utf8_file_is_a_one_line_error(tmp_path: Path) -> None:
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break: the same crash stops 'migrate': a valid file whose comment mentions edulink "
-    "and ends in a multi-byte character cannot be applied (UnicodeDecodeError, no "
-    "one-line error)"))
 def test_migrate_applies_a_file_whose_comment_ends_in_non_ascii(setup: Setup) -> None:
     migrate(setup, "V2__note.sql", "-- notes for edulink, 東京\nCREATE TABLE noted (n int);\n")
     assert _reader_rows(setup, "SELECT 1") == [(1,)]
@@ -259,10 +260,6 @@ def _default_text_with(extra: str) -> str:
     return text.replace("[services.auth]\n", "[services.auth]\n" + extra + "\n", 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break (low): runtime_role = \"none\" passes the topology check; PostgreSQL reserves "
-    "it (CREATE ROLE \"none\" fails), so provisioning fails late instead of a one-line "
-    "topology error"))
 def test_a_role_name_postgresql_reserves_is_refused_by_the_topology(
         server: dict[str, Any]) -> None:
     from microservices.shared.database.topology import parse_topology

@@ -6,7 +6,8 @@ than PostgreSQL's own so that a valid name is also safe to write *unquoted* in
 hand-written migrations: lower case ASCII letters, digits and underscores,
 starting with a letter or underscore, at most 63 bytes (NAMEDATALEN - 1, beyond
 which PostgreSQL silently truncates), no ``pg_`` prefix (reserved for system
-schemas and roles), and not ``public`` or ``information_schema``.
+schemas and roles), and not ``public``, ``information_schema`` or a name PostgreSQL keeps for role
+specifications (``none``, ``current_user``, ``session_user``, ``current_role``).
 
 SQL is still always composed with ``psycopg.sql.Identifier``; validation is
 the first line of defence, quoting the second.
@@ -21,6 +22,9 @@ from .errors import TopologyError
 MAX_IDENTIFIER_BYTES = 63
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 _RESERVED_NAMES = frozenset({"public", "information_schema"})
+# Names PostgreSQL's grammar keeps for itself in role positions: CREATE ROLE refuses them
+# (ReservedName), so a topology that uses one would fail only at provisioning time.
+_ROLE_SPEC_NAMES = frozenset({"none", "current_user", "session_user", "current_role"})
 
 
 def identifier_problem(name: object) -> str | None:
@@ -44,6 +48,9 @@ def identifier_problem(name: object) -> str | None:
         return "must not start with 'pg_', which PostgreSQL reserves for system objects"
     if name in _RESERVED_NAMES:
         return f"'{name}' is reserved; choose a name of your own"
+    if name in _ROLE_SPEC_NAMES:
+        return (f"'{name}' is reserved by PostgreSQL (CREATE ROLE refuses none, "
+                "current_user, session_user and current_role); choose a name of your own")
     return None
 
 

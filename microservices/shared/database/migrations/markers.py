@@ -126,12 +126,11 @@ def _ignore_problem(rule: str, prefix: str) -> str | None:
 def _comments(text: str) -> Iterator[tuple[int, str]]:
     """(1-based line, text) of each top-level SQL comment.  Only real comments count:
     a marker inside a string literal (or a DO body) is not a marker."""
-    raw = text.encode("utf-8")
     try:
         tokens = pg.scan(text)
     except pg.ParseError:
         return  # the file does not even tokenise; the analysis reports it
+    # pglast's scanner gives offsets in characters (not bytes), ends inclusive.
     for token in tokens:
         if token.name in ("SQL_COMMENT", "C_COMMENT"):
-            yield (raw.count(b"\n", 0, token.start) + 1,
-                   raw[token.start:token.end + 1].decode("utf-8"))
+            yield text.count("\n", 0, token.start) + 1, text[token.start:token.end + 1]
