@@ -23,7 +23,6 @@ topology, not a comment.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 
 from pglast import parser as pg
 
+from ..core.parse_tree import plpgsql_tree, sql_tree
 from ..topology import Service, Topology
 from .findings import ERROR, WARNING, Finding
 from .markers import MARKER_INVALID, MARKER_REASON, Markers, Suppression, read_markers
@@ -146,7 +146,7 @@ class _Analysis:
     def run_file(self, text: str) -> None:
         raw = text.encode("utf-8")
         try:
-            tree = json.loads(pg.parse_sql_json(text))
+            tree = sql_tree(text)
         except pg.ParseError as exc:
             location = getattr(exc, "location", None)
             line = _line_at(raw, _char_to_byte(text, location)) if location else 1
@@ -165,7 +165,7 @@ class _Analysis:
     def run_nested(self, sql_text: str, line: int, context: str) -> None:
         """Statements found inside a PL/pgSQL body or an EXECUTEd constant."""
         try:
-            tree = json.loads(pg.parse_sql_json(sql_text))
+            tree = sql_tree(sql_text)
         except pg.ParseError as exc:
             self.report(line, UNPARSABLE, f"cannot parse {context}: {exc}.")
             return
@@ -372,7 +372,7 @@ class _Analysis:
     def plpgsql(self, statement: str, line: int, context: str, *,
                 fixed_line: bool = False) -> None:
         try:
-            tree = json.loads(pg.parse_plpgsql_json(statement))
+            tree = plpgsql_tree(statement)
         except pg.ParseError as exc:
             self.report(line, UNPARSABLE, f"cannot parse {context}: {exc}.")
             return
@@ -405,7 +405,7 @@ class _Analysis:
     def executed(self, expression: str, line: int) -> None:
         """EXECUTE <expression>: analysed if it is a constant string, refused if built."""
         try:
-            tree = json.loads(pg.parse_sql_json(f"SELECT {expression}"))
+            tree = sql_tree(f"SELECT {expression}")
             target = tree["stmts"][0]["stmt"]["SelectStmt"]["targetList"]
             constant = target[0]["ResTarget"]["val"]["A_Const"]["sval"]["sval"]
             if len(target) != 1:
@@ -417,7 +417,7 @@ class _Analysis:
 
     def scan_expression(self, expression: str, line: int) -> None:
         try:
-            tree = json.loads(pg.parse_sql_json(f"SELECT {expression}"))
+            tree = sql_tree(f"SELECT {expression}")
         except pg.ParseError:
             return  # PL/pgSQL accepted it; only function calls matter here
         for name in _called_functions(tree):

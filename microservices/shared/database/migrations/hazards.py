@@ -20,7 +20,6 @@ pglast and squawk read the rest of the file.
 
 from __future__ import annotations
 
-import json
 import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from pglast import parser as pg
 
+from ..core.parse_tree import plpgsql_tree, sql_tree
 from .files import split_statements
 from .findings import ERROR, Finding
 
@@ -84,7 +84,7 @@ def scan_file(path: str, text: str) -> FileScan:
     scan = FileScan(sql=sql, findings=findings)
     raw = sql.encode("utf-8")
     try:
-        tree = json.loads(pg.parse_sql_json(sql))
+        tree = sql_tree(sql)
     except pg.ParseError:
         scan.parsed = False  # the contract analysis reports it (contract/unparsable)
         return scan
@@ -225,7 +225,7 @@ def _calls(node: Any) -> list[dict[str, Any]]:
 
 def _do_block(path: str, statement: str, line: int, out: list[Finding]) -> None:
     try:
-        tree = json.loads(pg.parse_plpgsql_json(statement))
+        tree = plpgsql_tree(statement)
     except pg.ParseError:
         return  # the contract analysis reports it
     stack: list[tuple[Any, int]] = [(tree, line)]
@@ -242,7 +242,7 @@ def _do_block(path: str, statement: str, line: int, out: list[Finding]) -> None:
         if isinstance(query, str):
             for sql in (query, f"SELECT {query}"):
                 try:
-                    inner = json.loads(pg.parse_sql_json(sql))
+                    inner = sql_tree(sql)
                 except pg.ParseError:
                     continue
                 for stmt in inner.get("stmts", []):

@@ -22,7 +22,6 @@ the statement by ``queryid``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from pglast import parser as pg
 from psycopg import sql
 
 from ..connections.direct import connect
+from ..core.parse_tree import sql_tree
 from ..topology import Service, Topology
 
 # Nodes that open a new name scope: their FROM-like clauses declare relations that
@@ -199,7 +199,7 @@ class _Resolver:
 def _statement_reads(text: str, columns: dict[tuple[str, str], list[str]],
                      search_path: list[str]) -> set[tuple[str, str, str | None]] | None:
     try:
-        tree = json.loads(pg.parse_sql_json(text))
+        tree = sql_tree(text)
     except pg.ParseError:
         return None
     resolver = _Resolver(columns, search_path)
