@@ -91,7 +91,7 @@ _TOKEN = re.compile(r"""
   | (?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)
   | (?P<punct>[(),;\[\]])
   | (?P<dot>\.)
-  | (?P<op>::|[-+*/<>=~!@#%^&|`?:]+)
+  | (?P<op>::|(?:(?!--|/\*)[-+*/<>=~!@#%^&|`?:])+)  # '--' and '/*' end it: a comment
 """, re.VERBOSE)
 
 _CACHE: dict[str, bool] = {}
