@@ -48,9 +48,6 @@ def _reader_rows(setup: Setup, query: str) -> list[tuple[Any, ...]]:
 
 # -- the guard: widening that no snapshot row shows ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break: the guard reads no pg_policy; CREATE POLICY ... USING (true) on an exposed "
-    "table with row-level security commits, and the reader then sees every row"))
 def test_permissive_policy_on_an_exposed_rls_table_is_rolled_back(setup: Setup) -> None:
     accounts = ident(setup.me.schema, "accounts")
     with psycopg.connect(**setup.superuser, autocommit=True) as conn:
@@ -61,6 +58,89 @@ def test_permissive_policy_on_an_exposed_rls_table_is_rolled_back(setup: Setup) 
         migrate(setup, "V2__open.sql",
                 "CREATE POLICY everyone ON accounts FOR SELECT USING (true);\n")
     assert _reader_rows(setup, f"SELECT id FROM {accounts}") == []
+
+
+def _rls_on(setup: Setup, *policies: str) -> str:
+    accounts = ident(setup.me.schema, "accounts")
+    with psycopg.connect(**setup.superuser, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE {accounts} ENABLE ROW LEVEL SECURITY")
+        for policy in policies:
+            conn.execute(policy.format(accounts=accounts))
+    return accounts
+
+
+@pytest.mark.parametrize("policy", [
+    "CREATE POLICY everyone ON accounts AS PERMISSIVE FOR ALL TO PUBLIC USING (true);\n",
+    "CREATE POLICY mine ON accounts FOR SELECT TO {reader} USING (id > 0);\n",
+])
+def test_each_reader_visible_policy_on_an_rls_table_is_rolled_back(
+        setup: Setup, policy: str) -> None:
+    accounts = _rls_on(setup)
+    with pytest.raises(MigrationError, match="allow-reader-policy"):
+        migrate(setup, "V2__open.sql",
+                policy.format(reader=ident(setup.reader.runtime_role)))
+    assert _reader_rows(setup, f"SELECT id FROM {accounts}") == []
+
+
+def test_dropping_or_loosening_a_restrictive_policy_is_rolled_back(setup: Setup) -> None:
+    accounts = _rls_on(setup, "CREATE POLICY open ON {accounts} FOR SELECT USING (true)",
+                       "CREATE POLICY only_one ON {accounts} AS RESTRICTIVE FOR SELECT"
+                       " USING (id = 2)")
+    assert _reader_rows(setup, f"SELECT id FROM {accounts}") == []
+    for body in ("DROP POLICY only_one ON accounts;\n",
+                 "ALTER POLICY only_one ON accounts USING (true);\n"):
+        with pytest.raises(MigrationError, match="only_one"):
+            migrate(setup, "V2__loosen.sql", body)
+        (setup.root / setup.me.name / "V2__loosen.sql").unlink()
+    assert _reader_rows(setup, f"SELECT id FROM {accounts}") == []
+
+
+def test_policies_that_show_readers_nothing_more_pass(setup: Setup) -> None:
+    """No false alarm: a restrictive policy, one for the service's own role, a policy on
+    a table without RLS yet, and a table created with its policy in the same file."""
+    _rls_on(setup)
+    own = ident(setup.me.runtime_role)
+    migrate(setup, "V2__narrow.sql",
+            "CREATE POLICY narrow ON accounts AS RESTRICTIVE FOR SELECT USING (id < 9);\n"
+            f"CREATE POLICY own ON accounts FOR ALL TO {own} USING (true);\n"
+            "CREATE POLICY later ON audit FOR SELECT USING (true);\n"
+            "CREATE TABLE fresh (id int);\nALTER TABLE fresh ENABLE ROW LEVEL SECURITY;\n"
+            "CREATE POLICY fresh_all ON fresh FOR SELECT USING (true);\n")
+
+
+def test_a_reader_visible_policy_with_the_marker_commits(setup: Setup) -> None:
+    accounts = _rls_on(setup)
+    migrate(setup, "V2__open.sql",
+            "-- edulink-db: allow-reader-policy the user service may list every account id"
+            " (agreed in review)\n"
+            "CREATE POLICY everyone ON accounts FOR SELECT USING (true);\n")
+    assert _reader_rows(setup, f"SELECT id FROM {accounts}") == [(1,)]
+
+
+def test_a_marker_without_a_reason_is_an_error(tmp_path: Path) -> None:
+    assert _lint(tmp_path, "-- edulink-db: allow-reader-policy\nSELECT 1;\n") == [
+        (1, "lint/marker-without-reason")]
+
+
+def test_a_function_that_turns_a_timeout_off_built_at_run_time_is_rolled_back(
+        setup: Setup) -> None:
+    with pytest.raises(MigrationError, match="lock_timeout"):
+        migrate(setup, "V2__dyn.sql",
+                "-- edulink:allow-dynamic-sql reason: maintenance\n"
+                "DO $$ BEGIN EXECUTE 'CREATE FUNCTION slow() RETURNS int LANGUAGE sql '"
+                " || 'SET lock_timeout = 0 AS ''SELECT 1'''; END $$;\n")
+    with psycopg.connect(**setup.superuser, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regproc(%s)",
+                            [f"{setup.me.schema}.slow"]).fetchone() == (None,)
+
+
+@pytest.mark.parametrize("clause", ["SET lock_timeout = 0", "SET statement_timeout = '0ms'",
+                                    "SET idle_in_transaction_session_timeout TO 0"])
+def test_a_function_clause_that_turns_a_timeout_off_is_refused_before_running(
+        setup: Setup, clause: str) -> None:
+    with pytest.raises(MigrationError, match="function-timeout-clause"):
+        migrate(setup, "V2__fn.sql", f"CREATE FUNCTION f() RETURNS int LANGUAGE sql {clause}"
+                " AS $$ SELECT 1 $$;\n")
 
 
 def _side_schema_attack(setup: Setup) -> str:
@@ -98,10 +178,6 @@ def test_owner_role_granted_to_a_reader_is_refused(setup: Setup) -> None:
 
 # -- the runner's timeouts -----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "break: a function's SET lock_timeout = 0 clause switches the runner's lock_timeout "
-    "off while the function runs; neither the linter nor the runner refuses it, so a file "
-    "waits on a lock far past DATABASE_MIGRATION_LOCK_TIMEOUT (2s)"))
 def test_lock_timeout_in_a_function_set_clause_still_bounds_the_wait(setup: Setup) -> None:
     audit = ident(setup.me.schema, "audit")
     blocker = psycopg.connect(**setup.superuser)

@@ -20,7 +20,13 @@ what another service reads:
 * explicit ACL entries of the schema's objects, the owner's default privileges and
   large objects for roles the topology does not name;
 * each exposed table (kind, owner, row-level security flags) and exposed column
-  (type) that existed before the file: still there and unchanged.
+  (type) that existed before the file: still there and unchanged;
+* the row-level security policies of exposed tables: on a table that had RLS before,
+  a new or changed permissive policy for a reader (or PUBLIC), or a dropped restrictive
+  one, may show readers more rows, so it needs the file's ``allow-reader-policy`` marker;
+* functions of the schema whose own ``SET`` clause turns lock_timeout,
+  statement_timeout or idle_in_transaction_session_timeout off (0): called by a later
+  migration, they would lift the runner's bounds while they run.
 
 One query per snapshot, so two per file (the cost is measured by
 ``benchmarks/migration_guard.py``).  Facts that were already there before the file
@@ -51,7 +57,7 @@ creators AS (
 -- Each catalog read once (MATERIALIZED), the columns through pg_attribute's index
 -- (OFFSET 0 keeps the planner from turning that into a scan of every column).
 procs AS MATERIALIZED (
-  SELECT p.oid, p.proowner, p.proacl FROM pg_catalog.pg_proc p
+  SELECT p.oid, p.proowner, p.proacl, p.proconfig FROM pg_catalog.pg_proc p
    WHERE p.pronamespace = (SELECT oid FROM ns)),
 classes AS MATERIALIZED (
   SELECT c.oid, c.relname, c.relkind, c.relowner, c.relrowsecurity, c.relforcerowsecurity,
@@ -157,6 +163,26 @@ SELECT 'relation', c.relname::text, '',
        c.relname::text
   FROM rels c WHERE c.relname = ANY(%(exposed_tables)s)
 UNION ALL
+-- Row-level security policies on exposed tables decide which rows readers see.
+SELECT 'policy', c.relname || '.' || pol.polname, '',
+       pol.polcmd::text || CASE WHEN pol.polpermissive THEN ' permissive' ELSE ' restrictive' END
+       || ' to ' || pg_catalog.array_to_string(ARRAY(
+            SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(r)::text END
+              FROM unnest(pol.polroles) r ORDER BY 1), ',')
+       || ' using ' || coalesce(pg_catalog.md5(
+            pg_catalog.pg_get_expr(pol.polqual, pol.polrelid)), '-')
+       || ' check ' || coalesce(pg_catalog.md5(
+            pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid)), '-'),
+       c.relname::text || ' ' || pol.polname::text
+  FROM rels c JOIN pg_catalog.pg_policy pol ON pol.polrelid = c.oid
+ WHERE c.relname = ANY(%(exposed_tables)s)
+UNION ALL
+-- Functions whose own SET clause turns the runner's timeouts off (0) while they run.
+SELECT 'timeout clause', p.oid::text, '', s.setting, p.oid::regprocedure::text
+  FROM procs p, unnest(p.proconfig) s(setting)
+ WHERE s.setting ~ ('^(lock_timeout|statement_timeout|idle_in_transaction_session_timeout)'
+                     '=0+(us|ms|s|min|h|d)?$')
+UNION ALL
 SELECT 'column', c.relname || '.' || c.attname, '',
        c.atttypid::text || ':' || c.atttypmod::text || ':'
        || pg_catalog.format_type(c.atttypid, c.atttypmod),
@@ -193,12 +219,17 @@ class CatalogGuard:
         return {(str(k), str(key), str(g)): (str(v), str(label))
                 for k, key, g, v, label in rows}
 
-    def problems(self, before: Facts, after: Facts) -> list[str]:
+    def problems(self, before: Facts, after: Facts, *,
+                 allow_reader_policy: bool = False) -> list[str]:
         """What the change from *before* to *after* does that the topology forbids,
-        one phrase per object (empty: the file may commit)."""
+        one phrase per object (empty: the file may commit).  *allow_reader_policy*: the
+        file says (marker ``allow-reader-policy``) that it changes which rows readers
+        see on purpose."""
         found: list[str] = []
+        if not allow_reader_policy:
+            found += self._policy_problems(before, after)
         for fact in sorted(after.keys() - before.keys()):
-            if not self._allowed(fact, after[fact][0]):
+            if fact[0] != "policy" and not self._allowed(fact, after[fact][0]):
                 found.append(self._widening(fact, *after[fact]))
         for fact in sorted(before.keys() - after.keys()):
             kind, key, grantee = fact
@@ -228,6 +259,45 @@ class CatalogGuard:
                          "provision', which revokes it)")
         return _merge_public(found)
 
+    def _policy_problems(self, before: Facts, after: Facts) -> list[str]:
+        """Policies that may show readers more rows of an exposed table that already had
+        row-level security: a new or changed one that applies to them, or a dropped
+        restrictive one.  (A table without RLS before: its policies applied to nothing.)"""
+        found: list[str] = []
+        for fact in sorted(before.keys() | after.keys()):
+            kind, key, _grantee = fact
+            if kind != "policy" or before.get(fact, ("",))[0] == after.get(fact, ("",))[0]:
+                continue
+            table = key.split(".", 1)[0]
+            relation = before.get(("relation", table, ""))
+            if relation is None or "row level security" not in relation[0]:
+                continue
+            old, new = before.get(fact), after.get(fact)
+            label = (new or old or ("", key))[1].split(" ", 1)[1]
+            if new is not None and self._reaches_readers(new[0], "permissive"):
+                verb = "adds" if old is None else "changes"
+                found.append(f"{verb} row-level security policy {label} on exposed table "
+                             f"{self._name(table)}, which applies to {self._reader_names()} "
+                             "and may show them rows it did not")
+            elif old is not None and self._reaches_readers(old[0], "restrictive"):
+                verb = "drops" if new is None else "changes"
+                found.append(f"{verb} restrictive policy {label} on exposed table "
+                             f"{self._name(table)}, which limited the rows "
+                             f"{self._reader_names()} see")
+        if found:
+            found[-1] += (" (if the readers may now see those rows, say so in the file: "
+                          "'-- edulink-db: allow-reader-policy <who agreed, and why>')")
+        return found
+
+    def _reaches_readers(self, value: str, mode: str) -> bool:
+        """A *mode* (permissive/restrictive) SELECT or ALL policy for PUBLIC or a
+        reader's runtime role (*value* as the snapshot prints it)."""
+        head = value.split(" using ", 1)[0]
+        command, kind, _rest = head.split(" ", 2)
+        roles = set(head.split(" to ", 1)[1].split(","))
+        return (command in ("r", "*") and kind == mode
+                and ("PUBLIC" in roles or bool(self._readers & roles)))
+
     def _allowed(self, fact: tuple[str, str, str], value: str) -> bool:
         kind, key, grantee = fact
         if kind in ("relation", "column"):
@@ -253,6 +323,10 @@ class CatalogGuard:
             return f"lets {grantee} {kind.split()[1]} schema {self.service.schema}"
         if kind.startswith("default "):
             return f"makes default privileges give {grantee} {value} on {label}"
+        if kind == "timeout clause":
+            return (f"gives function {label} its own SET {value.replace('=', ' = ', 1)} "
+                    "clause, which replaces the runner's timeout whenever it runs (drop "
+                    "the clause; a caller sets SET LOCAL in its own transaction)")
         return f"grants {value} on {kind.split(' ', 1)[1]} {label} to {grantee}"
 
     def _name(self, relative: str) -> str:

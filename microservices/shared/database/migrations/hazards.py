@@ -8,8 +8,13 @@ Rules (each documented in docs/lint-rules.md):
   ``search_path``, ``role`` or ``session_authorization`` (also ``RESET ALL``), at top
   level or in a DO block.  A pasted pg_dump preamble (``SET statement_timeout = 0``)
   would silently turn the runner's timeouts off for the rest of the file.  A function's
-  own ``SET`` clause (``CREATE FUNCTION ... SET search_path = ''``) is fine: it applies
-  only while the function runs.
+  own ``SET search_path`` clause (``CREATE FUNCTION ... SET search_path = ''``) is fine:
+  it applies only while the function runs.
+- ``lint/function-timeout-clause``: a function's own ``SET lock_timeout = 0`` (or
+  statement_timeout, idle_in_transaction_session_timeout; 0 in any unit) clause, in
+  CREATE or ALTER FUNCTION/PROCEDURE.  While it runs, the clause replaces the runner's bound, so a
+  migration that calls it waits without limit; ``migrate`` refuses it even without
+  ``--strict``, and the runner's guard refuses a file that leaves such a function.
 - ``lint/security-definer-search-path``: a ``SECURITY DEFINER`` function without ``SET
   search_path``: a caller who puts a schema of their own first in ``search_path`` runs
   their objects with the owner's rights.
@@ -34,6 +39,10 @@ from .findings import ERROR, Finding
 META_COMMAND = "lint/psql-meta-command"
 SESSION_SETTING = "lint/session-setting"
 SECURITY_DEFINER = "lint/security-definer-search-path"
+FUNCTION_TIMEOUT = "lint/function-timeout-clause"
+# Findings that ``migrate`` refuses even without --strict: the runner cannot bound a
+# migration that calls such a function (its guard would only refuse the file afterwards).
+RUNNER_BYPASS_RULES = frozenset({FUNCTION_TIMEOUT})
 
 # Setting -> what changing it inside a migration does.
 SESSION_SETTINGS: dict[str, str] = {
@@ -186,8 +195,10 @@ def _session(path: str, kind: str, body: dict[str, Any], where: Any,
                                _session_message(f"{verb} {name}".replace(
                                    "RESET all", "RESET ALL"), name), column=column))
         return
-    if kind in ("CreateFunctionStmt", "AlterFunctionStmt", "AlterRoleSetStmt",
-                "AlterDatabaseSetStmt"):
+    if kind in ("CreateFunctionStmt", "AlterFunctionStmt"):
+        _function_set_clause(path, kind, body, where, out)
+        return
+    if kind in ("AlterRoleSetStmt", "AlterDatabaseSetStmt"):
         return
     for call in _calls(body) if mentions_set_config else ():
         args = call.get("args", [])
@@ -197,6 +208,45 @@ def _session(path: str, kind: str, body: dict[str, Any], where: Any,
             out.append(Finding(path, line, SESSION_SETTING, ERROR,
                                _session_message(f"set_config('{setting}', ...)", setting),
                                column=column))
+
+
+# Settings a function's own SET clause may not carry: while the function runs, the clause
+# replaces the runner's value, so a migration that calls it (or fires it from a trigger)
+# waits on locks or runs without bound.  search_path is not here: a SECURITY DEFINER
+# function needs its own (lint/security-definer-search-path).
+_FUNCTION_CLAUSE_SETTINGS = ("lock_timeout", "statement_timeout",
+                             "idle_in_transaction_session_timeout")
+
+
+def _function_set_clause(path: str, kind: str, body: dict[str, Any], where: Any,
+                         out: list[Finding]) -> None:
+    options = body.get("options" if kind == "CreateFunctionStmt" else "actions") or []
+    for opt in options:
+        d = opt.get("DefElem", {})
+        variable = d.get("arg", {}).get("VariableSetStmt", {})
+        setting = variable.get("name")
+        if (d.get("defname") == "set" and setting in _FUNCTION_CLAUSE_SETTINGS
+                and _turns_off(variable.get("args", []))):
+            name = _name(body.get("funcname") or body.get("func", {}).get("objname"))
+            line, column = where(d.get("location"))
+            out.append(Finding(
+                path, line, FUNCTION_TIMEOUT, ERROR,
+                f"function {name} has its own SET {setting} = 0 clause: whenever it runs, "
+                f"it turns off {SESSION_SETTINGS[setting]}, so a migration that calls it (or "
+                "fires it from a trigger) is no longer bounded. Drop the clause; a caller "
+                "that needs another value sets it with SET LOCAL in its own transaction.",
+                column=column))
+
+
+def _turns_off(args: list[dict[str, Any]]) -> bool:
+    """``= 0`` in any unit (``0``, ``'0'``, ``'0ms'``): the timeout is off.  A finite value
+    bounds the wait by itself, and ``FROM CURRENT`` keeps the runner's value."""
+    if len(args) != 1:
+        return False
+    const = args[0].get("A_Const", {})
+    value = const.get("sval", {}).get("sval") if "sval" in const else (
+        str(const.get("ival", {}).get("ival", 0)) if "ival" in const else None)
+    return value is not None and re.fullmatch(r"\s*0+\s*(us|ms|s|min|h|d)?\s*", value) is not None
 
 
 def _session_message(what: str, name: str) -> str:

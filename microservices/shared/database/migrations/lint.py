@@ -28,7 +28,7 @@ from ..topology import Service, Topology
 from .contracts import ContractIndex, analyse_migration
 from .files import MigrationFile, ParsedSql, check_sql, parse_file, scan_statements
 from .findings import ERROR, WARNING, Finding
-from .hazards import scan_file
+from .hazards import RUNNER_BYPASS_RULES, scan_file
 from .markers import Suppression, read_markers
 from .squawk import SQUAWK_EXCLUDED, squawk_binary, squawk_findings
 
@@ -115,7 +115,8 @@ def lint(topology: Topology, items: Iterable[tuple[Service, MigrationFile]], *,
         scan = scans[path]
         markers = read_markers(path, file.text)
         contract, spans = analyse_migration(topology, service, path, scan.sql, index, markers)
-        own = (scan.findings + parsed[path][1]) if hazards else []
+        own = (scan.findings + parsed[path][1]) if hazards else [
+            f for f in scan.findings if f.rule in RUNNER_BYPASS_RULES]
         found = _apply_suppressions(contract + own + by_file.get(path, []),
                                     markers.suppressions, spans, path)
         out += _with_columns(found, file.text)

@@ -7,7 +7,10 @@ Two spellings, the same meaning::
 
 silence one rule for the statement the comment is on or just above, and
 ``-- edulink-db: allow-dynamic-sql <reason>`` (or ``-- edulink:allow-dynamic-sql
-reason: ...``) lets a file ``EXECUTE`` SQL built at run time.  Every marker must give a
+reason: ...``) lets a file ``EXECUTE`` SQL built at run time, and
+``-- edulink-db: allow-reader-policy <reason>`` lets it add, change or drop a row-level
+security policy that decides which rows of an exposed table the readers see (the
+runner's guard refuses that otherwise).  Every marker must give a
 reason; a marker without one, naming no rule, or naming a rule that cannot be silenced
 (contract breaks: they are fixed in the topology) is itself an error.
 """
@@ -29,6 +32,12 @@ SUPPRESSIBLE_LINT_RULES = frozenset({
     "lint/security-definer-search-path", "lint/session-setting",
 })
 
+# allow-* marker -> what its reason must explain.
+_ALLOW_MARKERS = {
+    "allow-dynamic-sql": "why the built SQL cannot touch an exposed column",
+    "allow-reader-policy": "which rows the readers may now see, and who agreed",
+}
+
 _MARKER = re.compile(r"(?:--|/\*)\s*edulink(?P<db>-db)?:\s*(?P<kind>[a-z-]+)"
                      r"(?P<rest>[^\n]*?)\s*(?:\*/)?$")
 _REASON = re.compile(r"\breason:\s*(?P<reason>\S.*)$")
@@ -48,6 +57,7 @@ class Markers:
     """The edulink markers of a file, and the findings about malformed ones."""
 
     allow_dynamic_sql: str | None = None
+    allow_reader_policy: str | None = None
     suppressions: list[Suppression] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
 
@@ -77,16 +87,17 @@ def read_markers(path: str, text: str) -> Markers:
                 continue
             if kind == "transaction":
                 continue  # the runner's own directive (files.py)
-            if kind == "allow-dynamic-sql":
+            if kind in _ALLOW_MARKERS:
                 reason = _reason(rest, new_form)
                 if not reason:
                     out.findings.append(Finding(
                         path, number, MARKER_REASON, ERROR,
-                        f"{prefix}allow-dynamic-sql needs a reason: write '{prefix}"
-                        "allow-dynamic-sql <why the built SQL cannot touch an exposed "
-                        "column>'."))
-                else:
+                        f"{prefix}{kind} needs a reason: write '{prefix}{kind} "
+                        f"<{_ALLOW_MARKERS[kind]}>'."))
+                elif kind == "allow-dynamic-sql":
                     out.allow_dynamic_sql = reason
+                else:
+                    out.allow_reader_policy = reason
             elif kind == "ignore":
                 words = rest.split(maxsplit=1)
                 rule = words[0] if words else ""
@@ -105,7 +116,7 @@ def read_markers(path: str, text: str) -> Markers:
                 out.findings.append(Finding(
                     path, number, MARKER_INVALID, ERROR,
                     f"unknown marker {prefix.strip('- ')}{kind}; known: ignore, "
-                    "allow-dynamic-sql (and edulink:transaction)."))
+                    "allow-dynamic-sql, allow-reader-policy (and edulink:transaction)."))
     return out
 
 

@@ -31,6 +31,7 @@ from .history import (
     _quiet,
     _switch_hint,
 )
+from .markers import read_markers
 
 
 @dataclass
@@ -364,7 +365,10 @@ class SchemaMigrator:
 
     def _judge(self, file: MigrationFile, before: Facts, after: Facts,
                stmt: SqlStatement | None = None) -> None:
-        problems = self.guard.problems(before, after)
+        problems = self.guard.problems(
+            before, after,
+            allow_reader_policy=read_markers(str(file.path), file.text).allow_reader_policy
+            is not None)
         if not problems:
             return
         where = f" (statement at line {stmt.line})" if stmt is not None else ""
