@@ -18,6 +18,7 @@ from ..core.errors import (
     MigrationValidationError,
 )
 from ..topology import Service, Topology
+from .concurrent import user_code
 from .diagnostics import server_diagnostic
 from .files import MigrationFile, SqlStatement, parse_version
 from .guard import CatalogGuard, Facts
@@ -301,7 +302,18 @@ class SchemaMigrator:
                     self._judge(file, before, after, stmt)
                     before = after
             except _NeedsNoTransaction:
-                # CREATE INDEX CONCURRENTLY and the like change no privileges.
+                # CREATE INDEX CONCURRENTLY and the like change no privileges of their
+                # own, but nothing can roll back what the schema's own code they
+                # evaluate does (an index expression's function may GRANT): refuse it.
+                called = user_code(conn, stmt.text)
+                if called:
+                    raise self._failure(
+                        file, stmt, stmt.line,
+                        "the statement must run outside a transaction, where the "
+                        "migration guard cannot roll back what it does, and it would run "
+                        f"the schema's own code: {', '.join(called)}. Build the index "
+                        "without CONCURRENTLY in a transactional file (the guard then "
+                        "checks it), or index columns and built-in functions only") from None
                 self._run_statement(conn, file, stmt, in_own_transaction=False)
         return before
 
