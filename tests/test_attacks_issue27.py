@@ -464,11 +464,6 @@ def test_spans_carry_no_user_id_and_no_rendered_literal(
     assert SERVICE_PASSWORD not in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "db.query.text is sanitised by a lexer that assumes standard_conforming_strings=on: "
-    "in a session with it off, 'A\\'secret' -- ' is one literal to the server but "
-    "'A\\' + an identifier + a literal to the lexer, so the middle of the value reaches "
-    "the span"))
 def test_a_literal_with_backslash_escapes_does_not_reach_a_span(
         provisioned_db: dict[str, Any], manager_for: Any, spans: Any) -> None:
     manager = manager_for(provisioned_db, DATABASE_TRACING_ENABLED="true")

@@ -30,6 +30,12 @@ def _lexed(query: str) -> str:
     out: list[str] = []
     pos = 0
     for token in parser.scan(query):
+        if token.name == "SCONST" and query[token.start] == "'" and "\\" in query[
+                token.start:token.end + 1]:
+            # A backslash in a plain literal: with standard_conforming_strings off (a
+            # session may SET it) the server reads it as an escape and the literal ends
+            # elsewhere than here, so nothing after this point is known to be code.
+            raise ParseError("backslash in a standard string", token.start)
         if token.name in _LITERAL_TOKENS or token.name in _COMMENT_TOKENS:
             out.append(query[pos:token.start])
             out.append("?" if token.name in _LITERAL_TOKENS else " ")
