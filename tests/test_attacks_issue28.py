@@ -413,6 +413,11 @@ def test_concurrent_index_builds_on_built_in_code_still_run(setup: Setup) -> Non
     ("CREATE FUNCTION rank_of(i int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT i $$;"
      " CREATE INDEX r ON accounts (rank_of(id));",
      "REINDEX INDEX CONCURRENTLY r;", "function"),
+    # pg_temp is pg_temp_N in the catalog; a temporary function lives as long as the
+    # migration's session, long enough for the build.
+    ("SELECT 1;",
+     "CREATE FUNCTION pg_temp.t(i int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT i $$;\n"
+     "CREATE INDEX CONCURRENTLY r ON accounts (pg_temp.t(id));", "function"),
 ])
 def test_a_concurrent_statement_that_runs_the_schemas_code_is_refused_first(
         setup: Setup, prepare: str, statement: str, named: str) -> None:

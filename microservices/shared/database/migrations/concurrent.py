@@ -36,21 +36,27 @@ SELECT 'function ' || n.nspname || '.' || p.proname
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname <> 'pg_catalog'
    AND (EXISTS (SELECT 1 FROM unnest(%(fs)s::text[], %(fn)s::text[]) q(s, f)
-                 WHERE q.s = n.nspname AND q.f = p.proname)
+                 WHERE (q.s = n.nspname
+                        OR (q.s = 'pg_temp' AND n.oid = pg_catalog.pg_my_temp_schema()))
+                   AND q.f = p.proname)
         OR (p.proname = ANY(%(fu)s) AND n.nspname = ANY(pg_catalog.current_schemas(true))))
 UNION
 SELECT 'operator ' || n.nspname || '.' || o.oprname
   FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
  WHERE n.nspname <> 'pg_catalog'
    AND (EXISTS (SELECT 1 FROM unnest(%(os)s::text[], %(on)s::text[]) q(s, f)
-                 WHERE q.s = n.nspname AND q.f = o.oprname)
+                 WHERE (q.s = n.nspname
+                        OR (q.s = 'pg_temp' AND n.oid = pg_catalog.pg_my_temp_schema()))
+                   AND q.f = o.oprname)
         OR (o.oprname = ANY(%(ou)s) AND n.nspname = ANY(pg_catalog.current_schemas(true))))
 UNION
 SELECT 'domain ' || n.nspname || '.' || t.typname
   FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
  WHERE t.typtype = 'd' AND n.nspname <> 'pg_catalog'
    AND (EXISTS (SELECT 1 FROM unnest(%(ts)s::text[], %(tn)s::text[]) q(s, f)
-                 WHERE q.s = n.nspname AND q.f = t.typname)
+                 WHERE (q.s = n.nspname
+                        OR (q.s = 'pg_temp' AND n.oid = pg_catalog.pg_my_temp_schema()))
+                   AND q.f = t.typname)
         OR (t.typname = ANY(%(tu)s) AND n.nspname = ANY(pg_catalog.current_schemas(true))))
 UNION
 SELECT 'range type ' || a.atttypid::regtype::text || ' (its subtype_diff '
