@@ -128,14 +128,16 @@ def test_a_function_that_turns_a_timeout_off_built_at_run_time_is_rolled_back(
         migrate(setup, "V2__dyn.sql",
                 "-- edulink:allow-dynamic-sql reason: maintenance\n"
                 "DO $$ BEGIN EXECUTE 'CREATE FUNCTION slow() RETURNS int LANGUAGE sql '"
-                " || 'SET lock_timeout = 0 AS ''SELECT 1'''; END $$;\n")
+                " || 'SET lock_timeout = ''0.4ms'' AS ''SELECT 1'''; END $$;\n")
     with psycopg.connect(**setup.superuser, autocommit=True) as conn:
         assert conn.execute("SELECT to_regproc(%s)",
                             [f"{setup.me.schema}.slow"]).fetchone() == (None,)
 
 
 @pytest.mark.parametrize("clause", ["SET lock_timeout = 0", "SET statement_timeout = '0ms'",
-                                    "SET idle_in_transaction_session_timeout TO 0"])
+                                    "SET idle_in_transaction_session_timeout TO 0",
+                                    "SET lock_timeout = 0.0", "SET lock_timeout = '-0'",
+                                    "SET lock_timeout = ' 00 '", "SET lock_timeout = '400us'"])
 def test_a_function_clause_that_turns_a_timeout_off_is_refused_before_running(
         setup: Setup, clause: str) -> None:
     with pytest.raises(MigrationError, match="function-timeout-clause"):

@@ -41,6 +41,7 @@ from typing import Any
 import psycopg
 
 from ..topology import Service, Topology
+from .hazards import timeout_is_off
 
 # (kind, key, grantee) -> (value, label).  key identifies the object stably (an oid
 # for functions, whose printed signature depends on search_path); label names it.
@@ -177,11 +178,10 @@ SELECT 'policy', c.relname || '.' || pol.polname, '',
   FROM rels c JOIN pg_catalog.pg_policy pol ON pol.polrelid = c.oid
  WHERE c.relname = ANY(%(exposed_tables)s)
 UNION ALL
--- Functions whose own SET clause turns the runner's timeouts off (0) while they run.
+-- Functions with their own SET clause for a timeout (judged: hazards.timeout_is_off).
 SELECT 'timeout clause', p.oid::text, '', s.setting, p.oid::regprocedure::text
   FROM procs p, unnest(p.proconfig) s(setting)
- WHERE s.setting ~ ('^(lock_timeout|statement_timeout|idle_in_transaction_session_timeout)'
-                     '=0+(us|ms|s|min|h|d)?$')
+ WHERE s.setting ~ '^(lock_timeout|statement_timeout|idle_in_transaction_session_timeout)='
 UNION ALL
 SELECT 'column', c.relname || '.' || c.attname, '',
        c.atttypid::text || ':' || c.atttypmod::text || ':'
@@ -302,6 +302,8 @@ class CatalogGuard:
         kind, key, grantee = fact
         if kind in ("relation", "column"):
             return True  # a new exposed object: nothing relied on it yet
+        if kind == "timeout clause":
+            return not timeout_is_off(value.split("=", 1)[1])
         if kind == "select":
             return grantee in self._readers and key in self._exposed
         if kind == "schema USAGE":

@@ -239,14 +239,45 @@ def _function_set_clause(path: str, kind: str, body: dict[str, Any], where: Any,
 
 
 def _turns_off(args: list[dict[str, Any]]) -> bool:
-    """``= 0`` in any unit (``0``, ``'0'``, ``'0ms'``): the timeout is off.  A finite value
-    bounds the wait by itself, and ``FROM CURRENT`` keeps the runner's value."""
+    """The clause's one value turns the timeout off.  A finite value bounds the wait by
+    itself, and ``FROM CURRENT`` keeps the runner's value."""
     if len(args) != 1:
         return False
     const = args[0].get("A_Const", {})
-    value = const.get("sval", {}).get("sval") if "sval" in const else (
-        str(const.get("ival", {}).get("ival", 0)) if "ival" in const else None)
-    return value is not None and re.fullmatch(r"\s*0+\s*(us|ms|s|min|h|d)?\s*", value) is not None
+    if "sval" in const:
+        value = str(const["sval"].get("sval", ""))
+    elif "ival" in const:
+        value = str(const["ival"].get("ival", 0))  # pglast leaves out a 0
+    elif "fval" in const:
+        value = str(const["fval"].get("fval", "0"))
+    else:
+        return False
+    return timeout_is_off(value)
+
+
+# A time setting as PostgreSQL's parse_int/parse_real read it: a number (decimal, hex
+# or octal integer, or a real), an optional unit, blanks around.
+_DURATION = re.compile(r"\s*(?P<number>[+-]?(?:0x[0-9a-f]+|\d+\.?\d*(?:e[+-]?\d+)?"
+                       r"|\.\d+(?:e[+-]?\d+)?))\s*(?P<unit>us|ms|s|min|h|d)?\s*",
+                       re.IGNORECASE)
+_MS_PER_UNIT = {"us": 0.001, "ms": 1.0, "s": 1e3, "min": 6e4, "h": 3.6e6, "d": 8.64e7}
+
+
+def timeout_is_off(value: str) -> bool:
+    """Whether *value* of lock_timeout, statement_timeout or
+    idle_in_transaction_session_timeout (milliseconds unless a unit says otherwise)
+    means 0, i.e. no timeout: ``0``, ``'0s'``, ``' 00 '``, ``0.0``, ``'-0'``, and values
+    that PostgreSQL rounds to 0 ms (``'0.4ms'``, ``'400us'``)."""
+    found = _DURATION.fullmatch(value)
+    if found is None:
+        return False  # PostgreSQL refuses the value itself
+    number = found.group("number")
+    try:
+        amount = float(int(number, 16)) if "x" in number.lower() else float(number)
+    except ValueError:
+        return False
+    milliseconds = amount * _MS_PER_UNIT[(found.group("unit") or "ms").lower()]
+    return round(milliseconds) == 0  # rint(), as PostgreSQL rounds to its base unit
 
 
 def _session_message(what: str, name: str) -> str:
