@@ -111,3 +111,34 @@ def test_packaged_resources_resolve() -> None:
 
     assert "[" in default_topology_text()
     assert sorted(p.name for p in reference_migrations_dir().iterdir() if p.is_dir())
+
+
+def test_every_error_class_lives_in_core_errors_and_is_exported() -> None:
+    """One place for the exceptions a caller may catch (issue 29): each class defined in
+    core/errors.py is importable from the package top and listed in its __all__, and no
+    other module of the package defines a public exception class."""
+    import ast
+    import inspect
+
+    import microservices.shared.database as package
+    from microservices.shared.database.core import errors
+
+    defined = [name for name, obj in vars(errors).items()
+               if inspect.isclass(obj) and issubclass(obj, BaseException)
+               and obj.__module__ == errors.__name__]
+    assert len(defined) >= 30
+    for name in defined:
+        assert getattr(package, name) is getattr(errors, name), name
+        assert name in package.__all__, name
+    root = Path(package.__file__).parent
+    elsewhere = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "errors.py" and path.parent.name == "core":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ClassDef) and not node.name.startswith("_")
+                    and any(isinstance(b, ast.Name)
+                            and (b.id.endswith(("Error", "Exception")) or b.id in defined)
+                            for b in node.bases)):
+                elsewhere.append(f"{path.relative_to(root)}:{node.name}")
+    assert elsewhere == []

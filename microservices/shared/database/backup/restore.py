@@ -33,6 +33,9 @@ from typing import IO, cast
 from psycopg import sql
 
 from ..core.errors import BackupError
+
+# Defined in core/errors.py (every error class lives there); importable here as before.
+from ..core.errors import RestoreOutcomeUnknownError as RestoreOutcomeUnknownError
 from ..core.tls import explain
 
 # The end of pg_restore's script (COMMIT, "dump complete" comments, \unrestrict KEY) is a
@@ -43,10 +46,6 @@ _COMMIT_LINE = b"COMMIT;\n"
 # Signs that psql lost its connection: then the outcome of a COMMIT is unknown.
 _CONNECTION_LOST = ("connection to server was lost", "server closed the connection",
                     "terminating connection")
-
-
-class RestoreOutcomeUnknownError(BackupError):
-    """COMMIT was sent but psql lost its connection: the restore may or may not be in."""
 
 
 def preamble_sql(path: Path, *, keep_role_settings: bool) -> bytes:

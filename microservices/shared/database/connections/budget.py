@@ -38,6 +38,9 @@ from psycopg import sql
 
 from ..config import Settings
 from ..core.errors import ConfigError
+
+# Defined in core/errors.py (every error class lives there); importable here as before.
+from ..core.errors import PoolDoesNotFit as PoolDoesNotFit
 from ..topology import Service, Topology
 
 HEADROOM_MIN = 10
@@ -113,15 +116,6 @@ def connection_budget_query(topology: Topology) -> sql.Composed:
 
 
 # -- per process -------------------------------------------------------------------------
-
-
-class PoolDoesNotFit(ConfigError):
-    """An explicit pool size that lets a service's processes open more connections than
-    its role's CONNECTION LIMIT."""
-
-    def __init__(self, message: str, connections: int, limit: int) -> None:
-        super().__init__(message)
-        self.connections, self.limit = connections, limit
 
 
 @dataclass(frozen=True)

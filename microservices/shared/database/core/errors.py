@@ -175,3 +175,16 @@ class MovedSchemaAccessError(CrossServiceAccessError):
 
 class MoveError(EdulinkDBError):
     """``move-service`` refused or stopped; the message says what to do (nothing was lost)."""
+
+
+class RestoreOutcomeUnknownError(BackupError):
+    """COMMIT was sent but psql lost its connection: the restore may or may not be in."""
+
+
+class PoolDoesNotFit(ConfigError):
+    """An explicit pool size that lets a service's processes open more connections than
+    its role's CONNECTION LIMIT."""
+
+    def __init__(self, message: str, connections: int, limit: int) -> None:
+        super().__init__(message)
+        self.connections, self.limit = connections, limit
