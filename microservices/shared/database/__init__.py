@@ -4,6 +4,8 @@ One PostgreSQL database, one schema per service, one login role per service,
 and a topology (``topology.py``) that says who may read what.  See README.md.
 """
 
+from .connections import hooks as _connection_hooks
+from .connections.hooks import Instrumentation as _Instrumentation
 from .core.errors import (
     BackupCorruptError,
     BackupError,
@@ -42,6 +44,19 @@ from .core.errors import (
 )
 
 __version__ = "0.1.0"
+
+
+def _monitoring_instrumentation() -> _Instrumentation:
+    # The package root wires monitoring into the pools: the connection layer may not
+    # import monitoring (pyproject.toml's layers contract), and importing this package
+    # must import no monitoring code nor register a metric.  Called by the first pool
+    # that opens with DATABASE_MONITORING_ENABLED.
+    from .monitoring.hooks import instrumentation
+
+    return instrumentation()
+
+
+_connection_hooks.set_provider(_monitoring_instrumentation)
 
 __all__ = [
     "BackupCorruptError",

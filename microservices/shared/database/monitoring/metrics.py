@@ -4,7 +4,10 @@ One prefix (``edulink_db_``), base units (seconds, bytes), ``_total`` on counter
 a histogram for query durations (it aggregates across a service's processes), and
 only low-cardinality labels: ``service`` and ``query_type``, never query text or ids.
 
-Mount them in a service process (they live in prometheus_client's default registry):
+Nothing is registered at import: :func:`enable` registers the metrics in
+prometheus_client's default registry, once, when monitoring is turned on (the first
+pool opened with ``DATABASE_MONITORING_ENABLED``, the first per-service monitor, or
+serving the metrics).  Mount them in a service process:
 
     from microservices.shared.database.monitoring.metrics import (
         metrics_wsgi_app, start_metrics_server)
@@ -16,7 +19,9 @@ Mount them in a service process (they live in prometheus_client's default regist
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
@@ -39,18 +44,57 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # The query-duration histogram is kept by monitoring.ServiceMonitor and exposed by its
 # collector (one lock per statement instead of prometheus_client's three).
 QUERY_DURATION_NAME = f"{PREFIX}_query_duration_seconds"
-QUERY_ERRORS = Counter(f"{PREFIX}_query_errors_total", "Statements that raised an error.",
-                       ["service", "query_type"])
-SLOW_QUERIES = Counter(f"{PREFIX}_slow_queries_total",
-                       "Statements slower than the service's slow-query threshold.", ["service"])
-PERMISSION_ERRORS = Counter(f"{PREFIX}_permission_errors_total",
-                            "Statements refused for lack of privilege (SQLSTATE 42501).",
-                            ["service"])
 
 
-__all__ = ["BUCKETS", "PREFIX", "QUERY_DURATION_NAME", "Collector", "HistogramMetricFamily",
-           "Metric", "PoolCollector", "ReplicaReadCollector", "metrics_asgi_app",
-           "metrics_wsgi_app", "register", "start_metrics_server"]
+@dataclass(frozen=True)
+class Counters:
+    """The counters monitoring increments (prometheus_client keeps their values)."""
+
+    query_errors: Counter
+    slow_queries: Counter
+    permission_errors: Counter
+
+
+_lock = threading.Lock()
+_enabled: Counters | None = None
+
+
+__all__ = ["BUCKETS", "PREFIX", "QUERY_DURATION_NAME", "Collector", "Counters",
+           "HistogramMetricFamily", "Metric", "PoolCollector", "ReplicaReadCollector",
+           "enable", "metrics_asgi_app", "metrics_wsgi_app", "register",
+           "start_metrics_server"]
+
+
+def enable() -> Counters:
+    """Register edulink-db's metrics in the default registry, the first time only, and
+    return the counters: the query-error, slow-query and permission-error counters, the
+    query-duration histograms of the per-service monitors, and the pool and replica-read
+    gauges of this process's connection managers (read at scrape time)."""
+    global _enabled
+    if _enabled is not None:
+        return _enabled
+    with _lock:
+        if _enabled is None:
+            # Imported here: monitor imports this module, and the connection layer is
+            # only needed once something is exposed.
+            from ..connections.manager import open_pool_stats, replica_reads
+            from .monitor import MonitorCollector
+
+            counters = Counters(
+                query_errors=Counter(f"{PREFIX}_query_errors_total",
+                                     "Statements that raised an error.",
+                                     ["service", "query_type"]),
+                slow_queries=Counter(f"{PREFIX}_slow_queries_total",
+                                     "Statements slower than the service's slow-query "
+                                     "threshold.", ["service"]),
+                permission_errors=Counter(f"{PREFIX}_permission_errors_total",
+                                          "Statements refused for lack of privilege "
+                                          "(SQLSTATE 42501).", ["service"]))
+            register(MonitorCollector())
+            register(PoolCollector(open_pool_stats))
+            register(ReplicaReadCollector(replica_reads))
+            _enabled = counters
+    return _enabled
 
 
 def register(collector: Collector) -> None:
@@ -98,15 +142,18 @@ class ReplicaReadCollector(Collector):
 
 def metrics_wsgi_app(registry: CollectorRegistry = REGISTRY) -> Any:
     """A WSGI app serving the metrics (mount it at /metrics)."""
+    enable()
     return _make_wsgi_app(registry)
 
 
 def metrics_asgi_app(registry: CollectorRegistry = REGISTRY) -> Any:
     """An ASGI app serving the metrics."""
+    enable()
     return _make_asgi_app(registry)
 
 
 def start_metrics_server(port: int, addr: str = "0.0.0.0",  # noqa: S104 - a scrape target
                          registry: CollectorRegistry = REGISTRY) -> Any:
     """Serve the metrics on *port* from a background thread."""
+    enable()
     return _start_http_server(port, addr=addr, registry=registry)

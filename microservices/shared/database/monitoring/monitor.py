@@ -60,8 +60,11 @@ class ServiceMonitor:
         # (monotonic time, duration, succeeded) of the latest statements.
         self.samples: deque[tuple[float, float, bool]] = deque(maxlen=RESERVOIR)
         self.permission_errors: deque[tuple[float, str]] = deque(maxlen=1000)
-        self._slow_counter = metrics.SLOW_QUERIES.labels(self.service)
-        self._permission_counter = metrics.PERMISSION_ERRORS.labels(self.service)
+        # A monitor exists only with monitoring on: the metrics are registered now.
+        counters = metrics.enable()
+        self._errors_counter = counters.query_errors
+        self._slow_counter = counters.slow_queries.labels(self.service)
+        self._permission_counter = counters.permission_errors.labels(self.service)
 
     def _fingerprint(self, query: Any, conn: Any) -> tuple[str, str, str]:
         text = query if isinstance(query, str) else None
@@ -108,7 +111,7 @@ class ServiceMonitor:
                 self.slow += 1
         self.samples.append((now, duration, success))
         if not success:
-            metrics.QUERY_ERRORS.labels(self.service, query_type).inc()
+            self._errors_counter.labels(self.service, query_type).inc()
             if sqlstate == "42501":
                 self._permission_counter.inc()
                 self.permission_errors.append((now, message or "permission denied"))
@@ -234,9 +237,6 @@ class MonitorCollector(metrics.Collector):
                 cumulative.append(("+Inf", running + counts[-1]))
                 family.add_metric([monitor.service, query_type], cumulative, sum_value=total)
         yield family
-
-
-metrics.register(MonitorCollector())
 
 
 # -- the seed's API ------------------------------------------------------------------

@@ -1,0 +1,515 @@
+"""One service's pool: a psycopg_pool of its runtime role plus the checkout policy.
+
+How a checkout behaves (autocommit, request context, session reset, sizes) is described
+in :mod:`microservices.shared.database.connection_manager`, the seed's import path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from ..config import (
+    Settings,
+    conninfo_string,
+    host_label,
+    mask_dsn,
+    password_source,
+    service_conninfo,
+)
+from ..core.errors import (
+    ConfigError,
+    PoolExhaustedError,
+    ServiceAuthenticationError,
+    ServiceConnectionError,
+)
+from ..core.tls import explain
+from ..topology import Service
+from . import budget, hooks, location
+from .pool_config import pool_config
+from .request_context import (
+    AsyncCleanCursor,
+    AsyncContextCursor,
+    AsyncContextServerCursor,
+    AsyncServiceConnection,
+    CleanCursor,
+    ContextCursor,
+    ContextServerCursor,
+    Prologue,
+    ServiceConnection,
+)
+from .session_state import RESET_SESSION
+
+# The pools' log records keep the name they had before the split (log configurations
+# and tests select them by logger name).
+log = logging.getLogger("microservices.shared.database.connection_manager")
+
+
+OK, SUSPECT, DEAD = "ok", "suspect", "dead"
+REPLICA_CHECKOUT_TIMEOUT_S = 3
+# A standby refuses SET TRANSACTION READ WRITE ("cannot set transaction read-write mode
+# during recovery"), and needs no way out of read-only mode: it cannot hold temporary
+# tables for DISCARD TEMP to drop.  The rest of the reset is valid there.
+_READ_WRITE = "SET TRANSACTION READ WRITE; "
+assert RESET_SESSION.startswith(_READ_WRITE)
+REPLICA_RESET_SESSION = RESET_SESSION.removeprefix(_READ_WRITE)
+
+# A connection used successfully less than this long ago can only be dead if the
+# server went down *and came back* within the interval.  Measured on this
+# machine kind with the embedded server, stop -> accepting connections again
+# takes ~235 ms (the postmaster's stop alone ~106 ms), so 25 ms leaves a wide
+# margin.  Skipping the check for such connections keeps the hot path free of
+# syscalls: under 16 threads each extra GIL release costs a full GIL hand-off
+# (benchmarks/connections.py shows it).
+RECHECK_IDLE_AFTER_S = 0.025
+
+
+def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """Whether an idle pooled connection is usable, without a round trip.
+
+    A server that shuts down or terminates a backend sends FATAL, then closes
+    the socket.  Nothing else arrives on an idle connection in normal
+    operation (no LISTEN here), so a readable socket means trouble: consume
+    what arrived -- libpq reads the FATAL first and notices the EOF on the next
+    read.  The common case is one zero-timeout select(), about a microsecond.
+    Anything that arrived without proving the connection dead makes it
+    SUSPECT, and the caller confirms with a real round trip.
+    """
+    pgconn = conn.pgconn
+    if pgconn.status != ConnStatus.OK or pgconn.transaction_status == TransactionStatus.UNKNOWN:
+        return DEAD
+    try:
+        if not select.select([pgconn.socket], [], [], 0)[0]:
+            return OK
+        for _ in range(3):
+            pgconn.consume_input()
+            if pgconn.status != ConnStatus.OK:
+                return DEAD
+            if not select.select([pgconn.socket], [], [], 0)[0]:
+                break
+    except (OSError, psycopg.Error):
+        return DEAD
+    return SUSPECT
+
+
+def usable(conn: ServiceConnection, recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
+    if time.monotonic() - conn.returned_at < recheck_after:
+        return True
+    state = _idle_state(conn)
+    if state != SUSPECT:
+        return state == OK
+    try:
+        conn.execute("")
+        return True
+    except psycopg.Error:
+        return False
+
+
+async def ausable(conn: AsyncServiceConnection,
+                   recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
+    if time.monotonic() - conn.returned_at < recheck_after:
+        return True
+    state = _idle_state(conn)
+    if state != SUSPECT:
+        return state == OK
+    try:
+        await conn.execute("")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _classify_connect_error(service: Service, params: dict[str, Any],
+                            exc: psycopg.OperationalError,
+                            credentials_file: Path | None = None
+                            ) -> ServiceConnectionError:
+    reason = " ".join(str(exc).split())
+    target = mask_dsn(params)
+    if "password authentication failed" in reason or "no password supplied" in reason \
+            or getattr(exc.diag, "sqlstate", None) in ("28P01", "28000"):
+        check = (f"EDULINK_DB_CREDENTIALS_FILE={credentials_file} (export it again after a "
+                 "rotation: 'edulink-db credentials export')" if credentials_file else
+                 f"EDULINK_DB_{service.name.upper()}_PASSWORD, or run 'edulink-db provision' "
+                 "to (re)set the generated password")
+        return ServiceAuthenticationError(
+            f"Service {service.name!r} cannot log in as {service.runtime_role} at {target}: "
+            f"{reason}. Check {check}."
+        )
+    if "too many connections for role" in reason:
+        # Reached, and refused: every connection the role may hold is taken (other
+        # processes of the service, or sessions outside the budget).
+        return ServiceConnectionError(
+            f"Service {service.name!r}: role {service.runtime_role} is at its CONNECTION "
+            f"LIMIT at {target} ({reason}). 'edulink-db budget' shows how the limit is "
+            f"shared; run fewer processes (EDULINK_DB_{service.name.upper()}_PROCESSES) or "
+            "find the sessions that hold it (pg_stat_activity)."
+        )
+    return ServiceConnectionError(
+        f"Service {service.name!r} cannot reach the database at {target}: {explain(reason, params)}"
+    )
+
+
+class _Stats:
+    """Plain counters, per service (psycopg_pool's own counters are added on read)."""
+
+    __slots__ = ("checked_out", "errors", "lock", "lost")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.checked_out = 0
+        self.errors = 0
+        self.lost = 0
+
+
+class ServicePool:
+    """A service's psycopg_pool plus the checkout policy around it."""
+
+    def __init__(self, service: Service, settings: Settings,
+                 params: dict[str, Any] | None = None, *, replica: bool = False) -> None:
+        """*params*: connect elsewhere than the service's configured server (a read
+        replica, with *replica*; or where move-service put the service's schema)."""
+        self.service = service
+        self.settings = settings
+        self.params = service_conninfo(service, settings) if params is None else params
+        self.config = pool_config(settings, service, self.params)
+        # A replica may stop for good at any moment (its reads can go elsewhere), so
+        # its idle connections are always looked at: one select(), no round trip.
+        self.is_replica = replica
+        self.recheck_after = 0.0 if replica else RECHECK_IDLE_AFTER_S
+        self.reset_sql = REPLICA_RESET_SESSION if replica else RESET_SESSION
+        if replica:
+            # A replica that cannot serve soon is skipped for the primary, so waiting
+            # the full checkout timeout for it would only delay the fallback.
+            self.config = replace(self.config,
+                                  timeout=min(self.config.timeout, REPLICA_CHECKOUT_TIMEOUT_S))
+            self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
+        self.conninfo = conninfo_string(self.params)
+        # Where this pool's password came from, to read it again before each new
+        # connection (a rotation then needs no restart); only when the password is that
+        # source's (a replica URL with credentials of its own keeps them).
+        self.credentials_file = settings.edulink_db_credentials_file
+        source = password_source(service, settings)
+        self._password = source if source is not None and source() == self.params.get(
+            "password") else None
+        # The location registry of this pool's server, looked up once: checkouts of a
+        # service (and of its readers) consult it on every checkout.
+        self.registry = location.registry_for(self.params)
+        self.stats = _Stats()
+        # Cursor classes: instrumented when monitoring is on; plain psycopg otherwise,
+        # so that turning monitoring off removes its cost entirely.
+        instrumented = hooks.instrumentation() if settings.database_monitoring_enabled \
+            else None
+        self.monitor: Any = None
+        if instrumented is not None:
+            self.monitor = instrumented.monitor(service.name, settings)
+            self.cursor: type[Any] = instrumented.cursor
+            self.context_cursor: type[Any] = instrumented.context_cursor
+            self.async_cursor: type[Any] = instrumented.async_cursor
+            self.async_context_cursor: type[Any] = instrumented.async_context_cursor
+        else:
+            self.cursor, self.context_cursor = CleanCursor, ContextCursor
+            self.async_cursor, self.async_context_cursor = AsyncCleanCursor, AsyncContextCursor
+        self.server_cursor: type[Any] = ContextServerCursor
+        self.async_server_cursor: type[Any] = AsyncContextServerCursor
+        if settings.database_tracing_enabled:
+            self._trace_cursors()
+        self.kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "prepare_threshold": self.config.prepare_threshold,
+        }
+        self._sync: ConnectionPool[ServiceConnection] | None = None
+        self._async: AsyncConnectionPool[AsyncServiceConnection] | None = None
+        self._lock = threading.Lock()
+
+    def _trace_cursors(self) -> None:
+        """Wrap every cursor class in OpenTelemetry spans, outermost (so a span covers
+        the monitoring and the request context too). Only when tracing is on: off, the
+        pool's classes stay exactly those above."""
+        from . import tracing
+
+        attrs = tracing.service_attributes(self.service, self.params)
+        self.cursor = tracing.traced_cursor(self.cursor, attrs)
+        self.context_cursor = tracing.traced_cursor(self.context_cursor, attrs)
+        self.server_cursor = tracing.traced_cursor(self.server_cursor, attrs)
+        self.async_cursor = tracing.traced_async_cursor(self.async_cursor, attrs)
+        self.async_context_cursor = tracing.traced_async_cursor(self.async_context_cursor,
+                                                                attrs)
+        self.async_server_cursor = tracing.traced_async_cursor(self.async_server_cursor,
+                                                               attrs)
+
+    # -- creation --------------------------------------------------------------
+    def current_conninfo(self) -> str:
+        """The conninfo with the password as its source has it now (psycopg_pool calls
+        this before each connection it makes): one stat of the credential file."""
+        try:
+            password = self._password() if self._password is not None else None
+        except ConfigError as exc:  # the file replaced by a bad one: keep the last password
+            log.warning("service %s: %s; connecting with the last password read",
+                        self.service.name, exc)
+            password = None
+        if password and password != self.params.get("password"):
+            self.params = {**self.params, "password": password}
+            self.conninfo = conninfo_string(self.params)
+            log.info("service %s: its password changed; new connections use the new one",
+                     self.service.name)
+        return self.conninfo
+
+    def _configure(self, conn: ServiceConnection) -> None:
+        conn.monitor = self.monitor  # once per new connection, not per checkout
+        conn.server_cursor_factory = self.server_cursor
+
+    async def _aconfigure(self, conn: AsyncServiceConnection) -> None:
+        conn.monitor = self.monitor
+        conn.server_cursor_factory = self.async_server_cursor
+
+    def _probe(self) -> None:
+        """Connect once before building a pool, so a wrong password or an unreachable
+        server is reported at once and precisely, not as a pool timeout later.
+
+        The same connection reads the role's CONNECTION LIMIT and the server's
+        max_connections (one catalog read per pool opening, nothing per checkout), from
+        which the connection budget sizes the pool; an explicit size that cannot fit is
+        refused here, at start, rather than failing under load.
+        """
+        try:
+            with psycopg.connect(self.current_conninfo(), connect_timeout=10,
+                                 autocommit=True) as conn:
+                limit = budget.held_limit(conn, self.service, self.settings.topology())
+        except psycopg.OperationalError as exc:
+            raise _classify_connect_error(self.service, self.params, exc,
+                                          self.credentials_file) from None
+        sized = pool_config(self.settings, self.service, self.params, limit)
+        self.config = replace(self.config, min_size=sized.min_size, max_size=sized.max_size)
+
+    def sync_pool(self) -> ConnectionPool[ServiceConnection]:
+        pool = self._sync
+        if pool is None:
+            with self._lock:
+                if self._sync is None:
+                    self._probe()
+                    pool = ConnectionPool(
+                        self.current_conninfo,
+                        connection_class=ServiceConnection,
+                        kwargs={**self.kwargs, "cursor_factory": self.cursor},
+                        configure=self._configure,
+                        name=self.service.name,
+                        min_size=self.config.min_size,
+                        max_size=self.config.max_size,
+                        timeout=self.config.timeout,
+                        max_lifetime=self.config.max_lifetime,
+                        check=ConnectionPool.check_connection if self.config.check else None,
+                        open=False,
+                    )
+                    pool.open(wait=False)
+                    self._sync = pool
+                pool = self._sync
+        return pool
+
+    async def async_pool(self, lock: asyncio.Lock) -> AsyncConnectionPool[
+            AsyncServiceConnection]:
+        pool = self._async
+        if pool is None:
+            async with lock:
+                if self._async is None:
+                    await asyncio.to_thread(self._probe)
+                    apool = AsyncConnectionPool(
+                        self.current_conninfo,
+                        connection_class=AsyncServiceConnection,
+                        kwargs={**self.kwargs, "cursor_factory": self.async_cursor},
+                        configure=self._aconfigure,
+                        name=f"{self.service.name}-async",
+                        min_size=self.config.min_size,
+                        max_size=self.config.max_size,
+                        timeout=self.config.timeout,
+                        max_lifetime=self.config.max_lifetime,
+                        check=AsyncConnectionPool.check_connection if self.config.check
+                        else None,
+                        open=False,
+                    )
+                    await apool.open(wait=False)
+                    self._async = apool
+                pool = self._async
+        return pool
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a sync or async psycopg_pool was built (a checkout ran)."""
+        return self._sync is not None or self._async is not None
+
+    @property
+    def has_async_pool(self) -> bool:
+        return self._async is not None
+
+    def close_sync(self) -> None:
+        """Close the sync pool, if built; the async one is left to :meth:`aclose`."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        """Close both pools, async first."""
+        if self._async is not None:
+            await self._async.close()
+            self._async = None
+        self.close_sync()
+
+    # -- failures ------------------------------------------------------------------
+    def timeout_error(self, stats: dict[str, int]) -> ServiceConnectionError:
+        size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        waiting = stats.get("requests_waiting", 0)
+        numbers = (f"{self.stats.checked_out} checked out, pool size {size} of max "
+                   f"{self.config.max_size}, {available} available, {waiting} waiting")
+        if size < self.config.max_size or self.stats.checked_out < size:
+            # The pool could not even grow: connecting is failing. Say why.
+            try:
+                psycopg.connect(self.current_conninfo(), connect_timeout=5).close()
+            except psycopg.OperationalError as exc:
+                return _classify_connect_error(self.service, self.params, exc,
+                                               self.credentials_file)
+        return PoolExhaustedError(
+            f"Pool {self.service.name!r} exhausted: no connection within "
+            f"{self.config.timeout:g}s ({numbers}). Return connections sooner, or give "
+            f"the pool more room: 'edulink-db budget' shows how the role's CONNECTION LIMIT "
+            f"is shared among EDULINK_DB_{self.service.name.upper()}_PROCESSES processes."
+        )
+
+    def lend(self, conn: ServiceConnection | AsyncServiceConnection,
+             prologue: Prologue | None, context_cursor: type[Any]) -> None:
+        """Bookkeeping when a connection goes to a caller. Only a checkout with a request
+        context pays for the context-carrying cursor."""
+        if prologue is not None:
+            conn.request_prologue = prologue
+            conn.cursor_factory = context_cursor
+        with self.stats.lock:
+            self.stats.checked_out += 1
+
+    def take_back(self, conn: ServiceConnection | AsyncServiceConnection,
+                  prologue: Prologue | None, base_cursor: type[Any],
+                  exc: BaseException | None) -> None:
+        """Bookkeeping when it comes back, before the pool gets it."""
+        if prologue is not None:
+            conn.request_prologue = None
+        # Always: a checkout may have swapped the factories for classes that skip the
+        # request context or the session accounting (two attribute stores).
+        conn.cursor_factory = base_cursor
+        conn.server_cursor_factory = self.server_cursor \
+            if isinstance(conn, ServiceConnection) else self.async_server_cursor
+        conn.returned_at = time.monotonic()
+        with self.stats.lock:
+            self.stats.checked_out -= 1
+            if isinstance(exc, psycopg.Error):
+                self.stats.errors += 1
+
+    # -- session state -----------------------------------------------------------------
+    def needs_reset(self, conn: ServiceConnection | AsyncServiceConnection) -> bool:
+        """Whether the checkout may have left state behind (see :mod:`.session_state`).
+        The common clean checkout costs these few attribute reads, no round trip."""
+        return (conn.session_dirty or conn.vouched != 0 or conn.row_factory is not tuple_row
+                or conn.prepare_threshold != self.config.prepare_threshold)
+
+    def _restore_attributes(self, conn: ServiceConnection | AsyncServiceConnection) -> None:
+        # Client-side settings a checkout may have changed; none of these sends
+        # anything on an idle autocommit connection.
+        conn.row_factory = tuple_row
+        conn.prepare_threshold = self.config.prepare_threshold
+
+    def reset_failed(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+                     exc: BaseException) -> None:
+        with self.stats.lock:
+            self.stats.lost += 1
+        log.warning("service %s: could not reset a returned connection's session (%s); "
+                    "closing it", self.service.name, type(exc).__name__)
+
+    def reset(self, conn: ServiceConnection) -> None:
+        """Remove every kind of session state, or close the connection (the pool then
+        replaces it). Never raises for database errors."""
+        conn.vouched += 1
+        try:
+            status = conn.pgconn.transaction_status
+            if status == TransactionStatus.ACTIVE:
+                raise psycopg.OperationalError("connection returned mid-operation")
+            if status != TransactionStatus.IDLE:
+                conn.rollback()
+            conn.autocommit = True
+            conn.isolation_level = conn.read_only = conn.deferrable = None
+            self._restore_attributes(conn)
+            with psycopg.Cursor(conn) as cur:  # plain: the reset is not the app's query
+                cur.execute(self.reset_sql, prepare=False)
+            conn.session_dirty = False
+        except psycopg.Error as exc:
+            self.reset_failed(conn, exc)
+            conn.close()
+        finally:
+            conn.vouched = 0
+
+    async def areset(self, conn: AsyncServiceConnection) -> None:
+        """The asyncio twin of :meth:`reset`."""
+        conn.vouched += 1
+        try:
+            status = conn.pgconn.transaction_status
+            if status == TransactionStatus.ACTIVE:
+                raise psycopg.OperationalError("connection returned mid-operation")
+            if status != TransactionStatus.IDLE:
+                await conn.rollback()
+            await conn.set_autocommit(True)
+            await conn.set_isolation_level(None)
+            await conn.set_read_only(None)
+            await conn.set_deferrable(None)
+            self._restore_attributes(conn)
+            async with psycopg.AsyncCursor(conn) as cur:
+                await cur.execute(self.reset_sql, prepare=False)
+            conn.session_dirty = False
+        except psycopg.Error as exc:
+            self.reset_failed(conn, exc)
+            await conn.close()
+        finally:
+            conn.vouched = 0
+
+    def replica_lost(self) -> ServiceConnectionError:
+        """A replica closed its connections: its reads go elsewhere at once rather than
+        waiting for it to come back (see connections/replicas.py)."""
+        return ServiceConnectionError(
+            f"read replica {host_label(self.params)} of service {self.service.name!r} "
+            "closed its connections (stopped or restarting)")
+
+    def discard(self, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+        with self.stats.lock:
+            self.stats.lost += 1
+        log.warning("service %s: discarding a dead pooled connection (server restarted?)",
+                    self.service.name)
+
+    # -- stats -----------------------------------------------------------------------
+    def as_dict(self) -> dict[str, int | str]:
+        combined: dict[str, int] = {}
+        for pool in (self._sync, self._async):
+            if pool is not None:
+                for key, value in pool.get_stats().items():
+                    combined[key] = combined.get(key, 0) + value
+        return {
+            "service": self.service.name,
+            "pooler": self.config.pooler,
+            "min_size": self.config.min_size,
+            "max_size": self.config.max_size,
+            "size": combined.get("pool_size", 0),
+            "available": combined.get("pool_available", 0),
+            "checked_out": self.stats.checked_out,
+            "waiting": combined.get("requests_waiting", 0),
+            "requests": combined.get("requests_num", 0),
+            "wait_ms_total": combined.get("requests_wait_ms", 0),
+            "errors": self.stats.errors + combined.get("requests_errors", 0),
+            "connections_lost": self.stats.lost + combined.get("connections_lost", 0)
+            + combined.get("returns_bad", 0),
+            "connection_errors": combined.get("connections_errors", 0),
+        }
+
