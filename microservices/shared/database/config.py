@@ -522,6 +522,13 @@ def _parse_replica_urls(text: str, variable: str) -> list[dict[str, Any]]:
     return out
 
 
+def parse_connection_urls(text: str, variable: str) -> list[dict[str, Any]]:
+    """The connection parameters of each comma-separated URL in *text* (the value of
+    the setting *variable*), as written.  Raises ConfigError naming *variable* and the
+    entry's position, never the URL (it holds a password)."""
+    return _parse_replica_urls(text, variable)
+
+
 def replica_admin_conninfos(settings: Settings | None = None) -> list[dict[str, Any]]:
     """The parameters of each DATABASE_REPLICA_URLS entry as written (admin
     credentials), read-only; ``[]`` when none are configured."""

@@ -91,7 +91,7 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
     for archive in [manifest, *parts]:
         manager.progress(f"drill: checking {archive.backup_id} (checksums, archive)")
         store.check_files(archive)
-        manager._archive_tables(archive)
+        manager.archive_tables(archive)
     server = _drill_server(manager)
     scratch = f"{SCRATCH_PREFIX}{secrets.token_hex(4)}"
     report = DrillReport(backup_id=backup_id, server=mask_dsn(server),
@@ -103,8 +103,8 @@ def run_drill(manager: Any, backup_id: str | None = None) -> DrillReport:
         manager.progress(f"drill: restoring {backup_id} into {scratch}")
         started = time.perf_counter()
         for archive in [manifest, *parts]:
-            manager._restore_into(archive, target, archive.schemas, fresh=True,
-                                  scratch=True)
+            manager.restore_into(archive, target, archive.schemas, fresh=True,
+                                 scratch=True)
         report.restore_seconds = round(time.perf_counter() - started, 3)
         with connect(target, purpose="count the drill's rows") as conn:
             for archive in [manifest, *parts]:

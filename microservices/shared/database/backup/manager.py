@@ -43,25 +43,31 @@ import secrets
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import IsolationLevel, sql
-from psycopg.conninfo import conninfo_to_dict
 
-from ..config import Settings, admin_conninfo, apply_tls, load_settings, mask_dsn
+from ..config import Settings, admin_conninfo, load_settings, mask_dsn
 from ..connections.direct import connect, want_primary
 from ..connections.location import META_SCHEMA, location_string
-from ..core.errors import BackupError, BackupNotFoundError, ConfigError, EdulinkDBError
+from ..core.errors import BackupError, BackupNotFoundError, ConfigError
 from ..core.identifiers import validate_identifier
-from ..core.platform import is_platform_schema
 from ..core.tls import explain
 from ..privileges.provisioning import render_postgresql_script
 from ..server.pg_tools import find_tool, libpq_env, needs_tls, tool_version
+from .apply import RESTORE_LOCK_TIMEOUT, Progress, restore_into
+from .archive import ArchiveListings, toc_entry
+from .contents import (
+    count_rows,
+    large_object_count,
+    matview_states,
+    require_rls_bypass,
+    restored_problems,
+)
+from .contents import sequence_values as read_sequences
 from .placement import (
     Placement,
     location_admin,
@@ -69,7 +75,8 @@ from .placement import (
     placements,
     read_placements,
 )
-from .restore import RestoreOutcomeUnknownError, count_check_sql, preamble_sql, run_restore
+from .retention import prune, status
+from .selection import select_schemas, target_params
 from .store import (
     BackupStore,
     FileEntry,
@@ -80,24 +87,16 @@ from .store import (
 )
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
-RESTORE_LOCK_TIMEOUT = "60s"
 SET_KINDS = ("full", "schema")  # backups that follow moves (a prerestore saves one server)
 # Settings newer pg_restore versions put in a script's header: (first major, name).
-_VERSIONED_SETTINGS = [(17, "transaction_timeout")]
-
 
 def _quiet(_msg: str) -> None:
     pass
 
 
-def _psql_env(target: dict[str, Any]) -> dict[str, str]:
-    """psql's environment: the target's credentials, and a restore that waits for locks
-    only so long (it replaces whole schemas, so it needs them all)."""
-    env = libpq_env(target)
-    env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
-    return env
+
+
 
 
 @dataclass
@@ -135,125 +134,6 @@ class RestoreReport:
         return dict(self.__dict__)
 
 
-# Entry types of a pg_restore listing that are more than one word, longest first.
-# pg_dump's own names (pg_dump.c, pg_backup_archiver.c); a name of one word needs no entry.
-_TOC_TYPES = sorted([
-    "TABLE DATA", "TABLE ATTACH", "INDEX ATTACH", "SEQUENCE SET", "SEQUENCE OWNED BY",
-    "DEFAULT ACL", "FK CONSTRAINT", "CHECK CONSTRAINT", "ROW SECURITY",
-    "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "FOREIGN TABLE", "EVENT TRIGGER",
-    "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION TABLE",
-    "LARGE OBJECT", "BLOB METADATA", "BLOB DATA", "STATISTICS DATA", "SHELL TYPE",
-    "PROCEDURAL LANGUAGE", "ACCESS METHOD", "OPERATOR CLASS", "OPERATOR FAMILY",
-    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER",
-    "TEXT SEARCH TEMPLATE", "USER MAPPING", "FOREIGN DATA WRAPPER", "FOREIGN SERVER",
-    "DATABASE PROPERTIES", "SECURITY LABEL", "DEFAULT",
-], key=len, reverse=True)
-
-
-def toc_entry(line: str) -> tuple[str, str | None, str] | None:
-    """(DESC, NAMESPACE or None, NAME) of a ``pg_restore --list`` line, None for comments.
-
-    The documented form is ``dumpId; tableoid oid DESC NAMESPACE NAME OWNER``: DESC may
-    be several words (matched against pg_dump's list, longest first), NAMESPACE is ``-``
-    for none, NAME may hold spaces, OWNER (possibly empty) is the last field.
-    """
-    if line.startswith(";") or ";" not in line:
-        return None
-    head, _, rest = line.partition("; ")
-    fields = rest.split(" ", 2)
-    if not head.strip().isdigit() or len(fields) < 3:
-        return None
-    body = fields[2]
-    kind = next((k for k in _TOC_TYPES if body.startswith(k + " ")), body.split(" ")[0])
-    tail = body[len(kind) + 1:]
-    namespace, _, named = tail.partition(" ")
-    name = named.rsplit(" ", 1)[0] if " " in named else named
-    return kind, None if namespace == "-" else namespace, name
-
-
-def _toc_schema(line: str) -> str | None:
-    """The schema a pg_restore --list line belongs to (None for comments and globals).
-
-    A schema's own entries have namespace ``-``: ``SCHEMA - auth_schema owner``,
-    ``ACL - SCHEMA auth_schema owner``.
-    """
-    entry = toc_entry(line)
-    if entry is None:
-        return None
-    kind, namespace, name = entry
-    if namespace is not None:
-        return namespace
-    if kind == "SCHEMA":
-        return name
-    if kind in ("ACL", "COMMENT", "SECURITY LABEL") and name.startswith("SCHEMA "):
-        return name[len("SCHEMA "):]
-    return None
-
-
-def _select_schemas(settings: Settings, present: list[str], schemas: list[str] | None,
-                    exclude: list[str], include: list[str]) -> tuple[list[str], list[str]]:
-    """(schemas to dump, notes for the manifest).
-
-    *schemas* None is a full backup: the topology's schemas that are present and the
-    project's metadata schema, then *include* (any schema, a platform one too). A
-    platform schema never gets in by default: it is the platform's to back up, and its
-    dump does not restore outside the platform. *exclude*: schemas this set dumps
-    from where they moved (their home copies are empty). A schema backup whose every
-    schema moved keeps the registry (edulink_db_meta) in its home part."""
-    if schemas is None:
-        wanted = [s for s in settings.topology().schemas if s in present]
-        if META_SCHEMA in present:
-            wanted.append(META_SCHEMA)
-        wanted += [s for s in include if s not in wanted]
-    else:
-        wanted = list(schemas)
-    chosen = [s for s in wanted if s not in exclude]
-    if not chosen and exclude and META_SCHEMA in present:
-        chosen = [META_SCHEMA]
-    if not chosen:
-        raise ConfigError("Nothing to back up: the database has none of the topology's "
-                          "schemas. Provision it ('edulink-db provision') or name schemas "
-                          "with 'backup schema'.")
-    notes = [f"{s}: a platform schema, included because it was asked for"
-             for s in chosen if is_platform_schema(s)]
-    return chosen, notes
-
-
-def target_params(target_db: str | None, settings: Settings) -> dict[str, Any]:
-    if not target_db:
-        return admin_conninfo(settings)
-    try:
-        params = dict(conninfo_to_dict(target_db))
-    except Exception:
-        raise ConfigError("--target-db is not a valid connection string.") from None
-    return apply_tls(params, settings)
-
-
-def _require_rls_bypass(conn: psycopg.Connection[Any], schemas: list[str], action: str, *,
-                        archive_has_rls: bool = False) -> None:
-    """Refuse, before anything happens, a dump or restore that row-level security would
-    break: pg_dump and pg_restore turn row_security off and fail on tables whose policies
-    apply to them. (``--enable-row-security`` would instead dump only the rows the admin
-    may see: a silently incomplete backup.)"""
-    row = conn.execute("SELECT current_user, rolsuper OR rolbypassrls FROM pg_catalog.pg_roles"
-                       " WHERE rolname = current_user").fetchone()
-    assert row is not None
-    user, bypass = row
-    if bypass:
-        return
-    tables = [r[0] for r in conn.execute(
-        "SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_class c"
-        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = ANY(%s) AND c.relrowsecurity"
-        " AND (c.relforcerowsecurity OR NOT pg_catalog.pg_has_role(c.relowner, 'USAGE'))"
-        " ORDER BY 1", [schemas]).fetchall()]
-    if tables or archive_has_rls:
-        what = ", ".join(tables) if tables else "tables with row-level security in the backup"
-        raise BackupError(
-            f"{action} {', '.join(schemas)} needs an admin that bypasses row-level security, "
-            f"and {user} does not: {what}. A superuser can run ALTER ROLE {user} BYPASSRLS "
-            "(Supabase's postgres has it), or use such a role for backups. Nothing was done.")
-
 
 class BackupManager:
     """Creates, verifies, restores and prunes backups in the backup directory
@@ -262,9 +142,7 @@ class BackupManager:
     def __init__(self, settings: Settings | None = None, progress: Progress = _quiet) -> None:
         self._settings = settings
         self.progress = progress
-        # Tables of contents by backup id. A listing cannot go stale: backups never
-        # change, and check_files (checksums) runs before every use of one.
-        self._listings: dict[str, list[str]] = {}
+        self._archives = ArchiveListings(lambda: self.store)
 
     @property
     def settings(self) -> Settings:
@@ -405,13 +283,13 @@ class BackupManager:
             present = [r[0] for r in snap.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s)"
                 " AND nspname NOT LIKE 'pg\\_%%' ORDER BY 1", [list(SYSTEM_SCHEMAS)]).fetchall()]
-            schemas, notes = _select_schemas(self.settings, present, schemas,
+            schemas, notes = select_schemas(self.settings, present, schemas,
                                              exclude or [], include or [])
             missing = [s for s in schemas if s not in present]
             if missing:
                 raise ConfigError(f"No schema {', '.join(missing)} in database "
                                   f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
-            _require_rls_bypass(snap, schemas, "Backing up")
+            require_rls_bypass(snap, schemas, "Backing up")
             server_major = snap.info.server_version // 10000
             pg_dump = find_tool("pg_dump", server_major, tls=needs_tls(admin))
             target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
@@ -433,10 +311,10 @@ class BackupManager:
                                         stderr=errors, stdin=subprocess.DEVNULL)
                 try:
                     # Meanwhile, count rows in the very snapshot pg_dump reads.
-                    row_counts = self._count_rows(snap, schemas)
-                    matviews = self._matviews(snap, schemas)
-                    sequences = self._sequences(snap, schemas)
-                    blobs = (self._large_object_count(snap) if large_objects else None)
+                    row_counts = count_rows(snap, schemas)
+                    matviews = matview_states(snap, schemas)
+                    sequences = read_sequences(snap, schemas)
+                    blobs = (large_object_count(snap) if large_objects else None)
                 finally:
                     code = proc.wait()
                 if code != 0:
@@ -457,111 +335,25 @@ class BackupManager:
             matviews=matviews, sequences=sequences, source=location_string(admin),
             large_objects=large_objects, large_object_count=blobs, notes=notes)
 
-    @staticmethod
-    def _count_rows(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
-        # Leaf by leaf: every table that holds rows itself (partitions at any depth,
-        # default partitions, inheritance children, unlogged tables), each FROM ONLY.
-        # A partitioned parent holds none (pg_dump writes its rows under the leaves),
-        # and an inheritance parent's count(*) would include its children's rows.
-        tables = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind = 'r' AND n.nspname = ANY(%s)"
-            " ORDER BY 1, 2", [schemas]).fetchall()
-        if not tables:
-            return {}
-        union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT %s, count(*) FROM ONLY {}").format(sql.Identifier(s, t))
-            for s, t in tables)
-        rows = conn.execute(union, [f"{s}.{t}" for s, t in tables]).fetchall()
-        return {name: int(n) for name, n in rows}
-
-    @staticmethod
-    def _matviews(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, bool]:
-        """Whether each materialized view of *schemas* is populated."""
-        return {f"{s}.{n}": bool(p) for s, n, p in conn.execute(
-            "SELECT n.nspname, c.relname, c.relispopulated FROM pg_catalog.pg_class c"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind = 'm' AND n.nspname = ANY(%s) ORDER BY 1, 2", [schemas])}
-
-    @staticmethod
-    def _sequences(conn: psycopg.Connection[Any], schemas: list[str]) -> dict[str, int]:
-        """Each sequence's last value (None never called: left out). Sequences are not
-        transactional: this is read while pg_dump runs, so the dumped value may only be
-        higher (a nextval in between), never lower."""
-        names = conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c"
-            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relkind = 'S' AND n.nspname = ANY(%s) ORDER BY 1, 2",
-            [schemas]).fetchall()
-        if not names:
-            return {}
-        union = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT %s, last_value, is_called FROM {}").format(sql.Identifier(s, n))
-            for s, n in names)
-        return {name: int(value) for name, value, called in
-                conn.execute(union, [f"{s}.{n}" for s, n in names]).fetchall() if called}
-
-    @staticmethod
-    def _large_object_count(conn: psycopg.Connection[Any]) -> int:
-        row = conn.execute("SELECT count(*) FROM pg_catalog.pg_largeobject_metadata").fetchone()
-        return int(row[0]) if row else 0
-
     def restored_problems(self, manifest: Manifest, conn: psycopg.Connection[Any]
                           ) -> tuple[list[str], dict[str, int]]:
         """What makes a restore of *manifest* on *conn* differ from the backup, one line
-        per object (and the leaf counts found).  The one definition of "this backup
-        restores as it was taken", used by deep verify and by drills (and so by
-        ``backup auto``, which verifies what it takes)."""
-        counts = self._count_rows(conn, manifest.schemas)
-        problems = [f"table {t}: manifest {n} rows, restored {counts.get(t)}"
-                    for t, n in sorted(manifest.row_counts.items()) if counts.get(t) != n]
-        if manifest.matviews:
-            found = self._matviews(conn, manifest.schemas)
-            problems += [f"materialized view {v}: "
-                         + ("populated at backup, not after the restore" if was else
-                            "unpopulated at backup, populated after the restore")
-                         for v, was in sorted(manifest.matviews.items()) if found.get(v) != was]
-        if manifest.sequences:
-            now = self._sequences(conn, manifest.schemas)
-            problems += [f"sequence {q}: last value {v} at backup, "
-                         + (f"{now[q]} after the restore" if q in now else
-                            "never called after the restore")
-                         for q, v in sorted(manifest.sequences.items())
-                         if now.get(q, -2**63) < v]
-        if manifest.large_object_count is not None:
-            found_blobs = self._large_object_count(conn)
-            if found_blobs != manifest.large_object_count:
-                problems.append(f"large objects: {manifest.large_object_count} at backup, "
-                                f"{found_blobs} after the restore")
-        return problems, counts
+        per object (and the leaf counts found): contents.restored_problems."""
+        return restored_problems(manifest, conn)
 
     # -- verifying ------------------------------------------------------------------
-    def _listing(self, manifest: Manifest) -> list[str]:
-        """The archive's table of contents (``pg_restore --list``), read once per backup
-        and manager: reading it proves the archive is readable, and restores, RLS checks
-        and subset selection all work from it."""
-        cached = self._listings.get(manifest.backup_id)
-        if cached is not None:
-            return cached
-        directory = self.store.path(manifest.backup_id)
-        pg_restore = find_tool("pg_restore", int(manifest.tool_version))
-        result = subprocess.run([str(pg_restore), "--list", str(directory / manifest.archive)],
-                                capture_output=True, text=True, check=False, timeout=600)
-        if result.returncode != 0:
-            raise BackupError(f"pg_restore cannot read {manifest.backup_id}: "
-                              f"{result.stderr.strip()}")
-        listing = self._listings[manifest.backup_id] = result.stdout.splitlines()
-        return listing
+    def archive_listing(self, manifest: Manifest) -> list[str]:
+        """The lines of ``pg_restore --list`` of *manifest*'s archive (cached per
+        manager); raises BackupError when pg_restore cannot read it."""
+        return self._archives.listing(manifest)
 
-    def _archive_tables(self, manifest: Manifest) -> set[str]:
-        """The tables whose data the archive holds."""
-        tables = set()
-        for line in self._listing(manifest):
-            entry = toc_entry(line)
-            if entry is not None and entry[0] == "TABLE DATA" and entry[1] is not None:
-                tables.add(f"{entry[1]}.{entry[2]}")
-        return tables
+    _listing = archive_listing  # the name before the split (tests read it)
+
+    def archive_tables(self, manifest: Manifest) -> set[str]:
+        """The tables (``schema.table``) whose data *manifest*'s archive holds, read from
+        pg_restore's listing (cached per manager); raises BackupError when pg_restore
+        cannot read the archive, so calling it proves the archive readable."""
+        return self._archives.tables(manifest)
 
     def verify(self, backup_id: str, deep: bool = False) -> dict[str, Any]:
         """Check files (size, SHA-256) and the archive listing; with *deep*, restore into
@@ -571,7 +363,7 @@ class BackupManager:
         try:
             self.progress(f"verifying {backup_id}: checksums")
             store.check_files(manifest)
-            listed = self._archive_tables(manifest)
+            listed = self.archive_tables(manifest)
             missing = sorted(set(manifest.row_counts) - listed)
             if missing:
                 raise BackupError(f"{backup_id}: the archive lacks data for "
@@ -599,7 +391,7 @@ class BackupManager:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
         target = {**admin, "dbname": scratch}
         try:
-            self._restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
+            self.restore_into(manifest, target, manifest.schemas, fresh=True, scratch=True)
             with connect(target, purpose="count restored rows") as conn:
                 return self.restored_problems(manifest, conn)[0]
         finally:
@@ -684,10 +476,10 @@ class BackupManager:
                               f"(it has {', '.join(manifest.schemas)}).")
         self.progress(f"checking {backup_id} before touching anything")
         store.check_files(manifest)
-        self._archive_tables(manifest)
-        if self._archive_has_rls(manifest, chosen):
+        self.archive_tables(manifest)
+        if self._archives.has_rls(manifest, chosen):
             with connect(target, purpose="restore") as conn:
-                _require_rls_bypass(conn, chosen, "Restoring", archive_has_rls=True)
+                require_rls_bypass(conn, chosen, "Restoring", archive_has_rls=True)
         with connect(target, purpose="restore") as conn:
             existing = {r[0] for r in conn.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname = ANY(%s)",
@@ -702,107 +494,25 @@ class BackupManager:
             safety = self._backup("prerestore", replace, compress=True, fmt="custom",
                                   jobs=1, admin=target).backup_id
         fresh = not provisioned or not provisioned[0] or not existing
-        self._restore_into(manifest, target, chosen, fresh=fresh, replace=replace,
+        self.restore_into(manifest, target, chosen, fresh=fresh, replace=replace,
                            safety=safety)
         return RestoreReport(backup_id=backup_id, schemas=chosen, target=mask_dsn(target),
                              safety_backup=safety, preamble_applied=fresh,
                              duration_s=round(time.perf_counter() - started, 3))
 
-    def _restore_into(self, manifest: Manifest, target: dict[str, Any], schemas: list[str],
-                      *, fresh: bool, replace: list[str] | None = None,
-                      scratch: bool = False, safety: str | None = None) -> None:
+    def restore_into(self, manifest: Manifest, target: dict[str, Any], schemas: list[str],
+                     *, fresh: bool, replace: list[str] | None = None,
+                     scratch: bool = False, safety: str | None = None) -> None:
         """Restore *schemas* of *manifest* into *target* in one transaction that commits
         only after pg_restore exited 0 and every table holds the manifest's row count
-        (see restore.py). *fresh*: apply the preamble first, in the same transaction.
-        *scratch*: a throwaway database; cluster-wide role settings are left alone."""
-        directory = self.store.path(manifest.backup_id)
-        major = int(manifest.tool_version)
-        opening = b""
-        if fresh:
-            self.progress("applying the backup's preamble (roles, schemas, grants)")
-            opening += preamble_sql(directory / "preamble.sql", keep_role_settings=not scratch)
-        drop = [s for s in (replace if replace is not None else schemas) if s != "public"]
-        if "public" in (replace or []):
-            # The public schema is never created by pg_dump's script (every database has
-            # one): empty it by recreating it as a new database has it.
-            opening += (b"DROP SCHEMA public CASCADE;\nCREATE SCHEMA public;\n"
-                        b"ALTER SCHEMA public OWNER TO pg_database_owner;\n"
-                        b"GRANT USAGE ON SCHEMA public TO PUBLIC;\n")
-        if not scratch and self._archive_has_blobs(manifest):
-            # Large objects belong to the database, not to a schema: a restore that holds
-            # them replaces them all (pg_restore recreates each with its own OID).
-            opening += (b"SELECT pg_catalog.lo_unlink(oid) FROM "
-                        b"pg_catalog.pg_largeobject_metadata;\n")
-        # The restore replaces whole schemas: objects created after the backup go too;
-        # and pg_restore recreates the schemas the preamble created already if fresh.
-        for schema in dict.fromkeys(drop + ([s for s in schemas if s != "public"]
-                                            if fresh else [])):
-            opening += sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE;\n").format(
-                sql.Identifier(schema)).as_string(None).encode()
-        # pg_restore writes a script (no connection); psql runs it over the connection,
-        # which may need TLS (a psql other than the embedded wheel's).
-        pg_restore = find_tool("pg_restore", major)
-        psql = find_tool("psql", major, tls=needs_tls(target))
-        # The schemas being restored were dropped above, so pg_restore's own --clean is
-        # not needed, and it would break a schema holding a view that pg_dump split into
-        # a placeholder and a _RETURN rule (the rule's "drop" is a CREATE OR REPLACE
-        # VIEW in a schema that is gone).
-        restore_args = [str(pg_restore), "--file=-", "--single-transaction"]
-        toc: Path | None = None
-        if set(schemas) != set(manifest.schemas):
-            toc = self._toc_for(manifest, schemas)
-            restore_args.append(f"--use-list={toc}")
-        restore_args.append(str(directory / manifest.archive))
-        self.progress(f"restoring {', '.join(schemas)} in one transaction")
-        matviews = sorted(f"{e[1]}.{e[2]}" for line in self._listing(manifest)
-                          if (e := toc_entry(line)) is not None
-                          and e[0] == "MATERIALIZED VIEW DATA" and e[1] in schemas)
-        if matviews:
-            # pg_dump keeps a materialized view's query, not its rows.
-            self.progress(f"materialized views are refreshed from the restored tables, not "
-                          f"restored as they were: {', '.join(matviews)}")
-        with connect(target, purpose="restore") as conn:
-            target_major = conn.info.server_version // 10000
-        # pg_restore 18 writing a script cannot know the server, and emits settings
-        # (e.g. transaction_timeout, PostgreSQL 17+) that older servers reject.
-        unknown = [name.encode() for since, name in _VERSIONED_SETTINGS if target_major < since]
-        psql_args = [str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-                     "-f", "-"]
-        try:
-            run_restore(restore_args, psql_args, _psql_env(target), opening=opening,
-                        check=count_check_sql(manifest.row_counts, schemas),
-                        drop_settings=unknown)
-        except RestoreOutcomeUnknownError:
-            raise
-        except BackupError as exc:
-            undo = (f" The schemas as they were before are also saved in backup {safety}."
-                    if safety else "")
-            raise BackupError(
-                f"Restore of {manifest.backup_id} failed and was rolled back; the database "
-                f"is unchanged. {str(exc).rstrip('.')}.{undo}") from None
-        finally:
-            if toc is not None:
-                toc.unlink(missing_ok=True)
-
-    def _archive_has_blobs(self, manifest: Manifest) -> bool:
-        return any((entry := toc_entry(line)) is not None
-                   and entry[0] in ("BLOB", "BLOB METADATA", "LARGE OBJECT", "BLOBS")
-                   for line in self._listing(manifest))
-
-    def _archive_has_rls(self, manifest: Manifest, schemas: list[str]) -> bool:
-        return any(" ROW SECURITY " in line and _toc_schema(line) in schemas
-                   for line in self._listing(manifest))
-
-    def _toc_for(self, manifest: Manifest, schemas: list[str]) -> Path:
-        """A pg_restore list file with only *schemas*' entries.
-
-        ``pg_restore --schema`` would restore the objects but not the schema itself or
-        its ACL, so a subset is selected from the archive's table of contents instead.
-        """
-        kept = [line for line in self._listing(manifest) if _toc_schema(line) in schemas]
-        with tempfile.NamedTemporaryFile("w", suffix=".toc", delete=False) as fh:
-            fh.write("\n".join(kept) + "\n")
-        return Path(fh.name)
+        (apply.restore_into).  *fresh*: apply the preamble first, in the same
+        transaction.  *replace*: the schemas dropped first (default *schemas*).
+        *scratch*: a throwaway database; cluster-wide role settings are left alone.
+        *safety*: the id of the backup that saved the schemas replaced, named in the
+        error.  Raises BackupError (rolled back, unchanged) or
+        RestoreOutcomeUnknownError."""
+        restore_into(self.store, self._archives, self.progress, manifest, target, schemas,
+                     fresh=fresh, replace=replace, scratch=scratch, safety=safety)
 
     def sign(self, backup_id: str) -> Manifest:
         """Sign a backup the operator vouches for (one taken before backups were signed,
@@ -811,93 +521,18 @@ class BackupManager:
         store = self.store
         manifest = store.load(backup_id, signed=False)
         store.check_files(manifest)
-        self._archive_tables(manifest)
+        self.archive_tables(manifest)
         store.save(manifest)
         return manifest
 
-    # -- retention and status ---------------------------------------------------------
     def prune(self, *, dry_run: bool = False) -> list[str]:
         """Delete backups beyond EDULINK_DB_BACKUP_KEEP_LAST (per kind) that are also
         older than EDULINK_DB_BACKUP_KEEP_DAYS; never the newest verified backup."""
-        store = self.store
-        every = store.backups()
-        # A set's parts go with it: counted once, deleted together.
-        backups = [m for m in every if not m.set_id]
-        keep_last = self.settings.edulink_db_backup_keep_last
-        cutoff = now_utc() - timedelta(days=self.settings.edulink_db_backup_keep_days)
-        verified = [m for m in backups if m.verified.get("ok")]
-        protected = {verified[-1].backup_id} if verified else set()
-        by_kind: dict[str, list[Manifest]] = {}
-        for m in backups:
-            by_kind.setdefault(m.kind, []).append(m)
-        doomed = []
-        for items in by_kind.values():
-            for m in items[:-keep_last]:
-                if m.finished < cutoff and m.backup_id not in protected:
-                    doomed.append(m.backup_id)
-        sets = {m.backup_id for m in backups}
-        doomed += [m.backup_id for m in every if m.set_id
-                   and (m.set_id in doomed or (m.set_id not in sets and m.finished < cutoff))]
-        if not dry_run:
-            for backup_id in doomed:
-                store.delete(backup_id)
-                self._listings.pop(backup_id, None)
-            store.clean_partials()
-        return doomed
+        return prune(self.store, self.settings, dry_run=dry_run, forget=self._archives.forget)
 
     def status(self) -> dict[str, Any]:
-        store = self.store
-        backups = store.backups()
-        last: dict[str, dict[str, Any]] = {}
-        for m in backups:
-            last[m.kind] = {"backup_id": m.backup_id, "finished_at": m.finished_at,
-                            "size": m.size}
-        verified = [m for m in backups if m.verified.get("ok")]
-        newest = verified[-1] if verified else None
-        age = (now_utc() - newest.finished).total_seconds() if newest else None
-        max_age = self.settings.edulink_db_backup_max_age_hours * 3600
-        warnings = []
-        if not backups:
-            warnings.append("no backups yet: take the first with 'edulink-db backup auto' "
-                            "(and run it from cron: see docs/backups.md)")
-        elif newest is None:
-            warnings.append(f"no verified backup: run 'edulink-db backups verify "
-                            f"{backups[-1].backup_id}' (backups taken by 'edulink-db backup "
-                            "auto' are verified as they are taken)")
-        elif age is not None and age > max_age:
-            warnings.append(f"the newest verified backup ({newest.backup_id}) is "
-                            f"{age / 3600:.1f} h old (limit "
-                            f"{self.settings.edulink_db_backup_max_age_hours:g} h)")
-        coverage = self._coverage()
-        warnings += [f.message for f in coverage or [] if f.overdue]
-        return {
-            "directory": str(store.root),
-            "total_backups": len(backups),
-            "total_size_bytes": sum(m.size for m in backups),
-            "last_successful": last,
-            "failures": store.failures()[-10:],
-            "incomplete": [p.name for p in store.partials()],
-            "newest_verified": newest.backup_id if newest else None,
-            "newest_verified_age_seconds": round(age) if age is not None else None,
-            "warnings": warnings,
-            # Per schema: the newest verified backup that covers it where it lives now
-            # (None when the database cannot be reached to say where that is).
-            "coverage": None if coverage is None else {
-                f.schema: {"newest": f.newest, "age_seconds": None if f.age_s is None
-                           else round(f.age_s), "overdue": f.overdue,
-                           "location": f.location, "message": f.message}
-                for f in coverage},
-        }
-
-    def _coverage(self) -> list[Any] | None:
-        """backup_freshness of the topology's schemas present at home; None when the
-        home server cannot be asked (status still reports what the folder holds)."""
-        from .schedule import backup_freshness, present_schemas
-
-        try:
-            return backup_freshness(self.settings, present_schemas(self.settings))
-        except (psycopg.Error, EdulinkDBError, OSError):
-            return None
+        """retention.status of this manager's backup folder."""
+        return status(self.store, self.settings)
 
     def list_backups(self) -> list[dict[str, Any]]:
         return [{"backup_id": m.backup_id, "kind": m.kind, "schemas": m.schemas,
@@ -934,6 +569,7 @@ def get_backup_status() -> dict[str, Any]:
 
 
 __all__ = [
+    "RESTORE_LOCK_TIMEOUT",
     "BackupInfo",
     "BackupManager",
     "BackupNotFoundError",
@@ -943,4 +579,6 @@ __all__ = [
     "create_schema_backup",
     "get_backup_status",
     "restore_backup",
+    "target_params",
+    "toc_entry",
 ]

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from ..config import Settings, _parse_replica_urls, apply_tls, to_url
+from ..config import Settings, apply_tls, parse_connection_urls, to_url
 from ..connections.direct import connect
 from ..connections.location import (
     _TRUSTED,
@@ -118,7 +118,7 @@ def location_admin(settings: Settings, placement: Placement) -> dict[str, Any]:
     assert placement.location is not None
     wanted = server_key(placement.location)
     if settings.edulink_db_location_admin_urls is not None:
-        for params in _parse_replica_urls(
+        for params in parse_connection_urls(
                 settings.edulink_db_location_admin_urls.get_secret_value(),
                 LOCATION_ADMIN_SETTING):
             if server_key(params) == wanted:

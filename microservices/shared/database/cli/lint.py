@@ -91,7 +91,7 @@ def lint_command(
         chosen = [topo.service(s) for s in services] if services else list(topo.services)
         items, problems = [], []
         for svc in chosen:
-            folder: Path = manager._dir_for(svc, None)
+            folder: Path = manager.migrations_dir(svc)
             if folder.is_dir():
                 files, bad = collect_directory(folder)
                 items += [(svc, f) for f in files]

@@ -116,6 +116,13 @@ class MigrationManager:
             )
         return login
 
+    def migrations_dir(self, service: Service, directory: str | Path | None = None) -> Path:
+        """The folder holding *service*'s migrations: *directory* when given (it must
+        exist, and is remembered for the service), else the one found under ``root``
+        (``<service>`` or ``<service>_service``).  Raises when a given folder or the
+        root is missing, so a typo never reads as "no migrations"."""
+        return self._dir_for(service, directory)
+
     def _dir_for(self, service: Service, directory: str | Path | None) -> Path:
         if directory is not None:
             path = Path(directory)
