@@ -479,10 +479,10 @@ def test_close_all_leaves_async_replica_pools_to_aclose_all(
             assert (await (await conn.execute(PORT)).fetchone()) == (s1.port,)
         assert port_of(manager, replica=True) == s1.port  # a sync replica pool too
         entry = replica_set(manager).replicas[0].pool
-        async_pool = entry._async
-        assert async_pool is not None and entry._sync is not None
+        async_pool = entry.apool
+        assert async_pool is not None and entry.pool is not None
         manager.close_all()
-        assert entry._sync is None and not async_pool.closed
+        assert entry.pool is None and not async_pool.closed
         await manager.aclose_all()
         return async_pool
 

@@ -38,6 +38,20 @@ PAIRS: list[tuple[Path, Path, dict[str, str]]] = [
     (_CONNECTIONS / "cursor_async.py", _CONNECTIONS / "cursor.py",
      {"_arun_prologue": "_run_prologue", "_avouching": "_vouching",
       "service_connection_async": "service_connection"}),
+    (_CONNECTIONS / "registry_read_async.py", _CONNECTIONS / "registry_read.py",
+     {"arefresh": "refresh", "aget": "get", "await_unfrozen": "wait_unfrozen"}),
+    (_CONNECTIONS / "checkout_async.py", _CONNECTIONS / "checkout.py",
+     {"aopen_pool": "open_pool", "aclose_pool": "close_pool", "apool": "pool",
+      "apool_lock": "pool_lock", "ausable": "usable", "areset": "reset",
+      "arunner": "runner", "afollow": "follow", "acheck": "check", "aget": "get",
+      "await_unfrozen": "wait_unfrozen", "registry_read_async": "registry_read",
+      "async_cursor": "cursor", "async_context_cursor": "context_cursor",
+      "configure_async": "configure"}),
+    (_CONNECTIONS / "replica_checkout_async.py", _CONNECTIONS / "replica_checkout.py", {}),
+    (_CONNECTIONS / "tracing_cursor_async.py", _CONNECTIONS / "tracing_cursor.py",
+     {"traced_async_cursor": "traced_cursor"}),
+    (PACKAGE / "monitoring" / "instrumentation_async.py",
+     PACKAGE / "monitoring" / "instrumentation.py", {}),
 ]
 
 # Names every pair maps; ``AsyncX`` -> ``X`` is implied for any X starting upper case.

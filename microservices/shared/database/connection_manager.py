@@ -38,13 +38,16 @@ timeout: ``DATABASE_POOL_TIMEOUT`` / ``EDULINK_DB_<SERVICE>_POOL_TIMEOUT``.
 
 This module is the seed's import path and re-exports the connection layer: the manager
 (:mod:`.connections.manager`), a service's pool (:mod:`.connections.pool`), checkouts and
-the relocation hook (:mod:`.connections.checkout`), pool settings
+the relocation hook (:mod:`.connections.checkout` and ``checkout_async``, generated one
+from the other; :mod:`.connections.move_watch`), pool settings
 (:mod:`.connections.pool_config`).  ``connection_manager`` is the one process-wide
 manager, the same object wherever it is imported from.
 """
 
-from .connections.checkout import FREEZE_WAIT_S, AsyncCheckout, Checkout
+from .connections.checkout import Checkout
+from .connections.checkout_async import AsyncCheckout
 from .connections.manager import ConnectionManager, connection_manager
+from .connections.move_watch import FREEZE_WAIT_S
 from .connections.pool import (
     DEAD,
     OK,

@@ -28,7 +28,6 @@ in clear text.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -176,12 +175,12 @@ class Registry:
         self._rows: dict[str, Location] = {}
         self._due = float("-inf")
         self._exists = False  # until a probe finds the table
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # one thread reads at a time
 
-    def _query(self) -> sql.Composed:
+    def query(self) -> sql.Composed:
         return READ if self._exists else PROBE
 
-    def _absorb(self, query: sql.Composed, rows: Rows | BaseException) -> bool:
+    def absorb(self, query: sql.Composed, rows: Rows | BaseException) -> bool:
         """Take a query's result; True when READ must follow a successful PROBE."""
         now = time.monotonic()
         if isinstance(rows, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName):
@@ -216,67 +215,14 @@ class Registry:
     def due(self) -> bool:
         return time.monotonic() >= self._due
 
-    def refresh(self, run: Runner) -> None:
-        with self._lock:
-            for _ in range(2):
-                query = self._query()
-                try:
-                    result: Rows | BaseException = run(query)
-                except psycopg.Error as exc:
-                    result = exc
-                if not self._absorb(query, result):
-                    return
-
-    async def arefresh(self, run: AsyncRunner) -> None:
-        for _ in range(2):
-            query = self._query()
-            try:
-                result: Rows | BaseException = await run(query)
-            except psycopg.Error as exc:
-                result = exc
-            if not self._absorb(query, result):
-                return
-
     def cached(self, service: str) -> Location:
         return self._rows.get(service, HOME)
 
     def postpone(self, error: BaseException) -> None:
         """The home server could not be reached to read the registry (*error*): keep
         the last known locations and retry after RETRY_S, as a failed read does."""
-        with self._lock:
-            self._absorb(self._query(), error)
-
-    def get(self, service: str, run: Runner, *, fresh: bool = False) -> Location:
-        """*service*'s location, at most TTL_S old (``fresh``: read now)."""
-        if fresh or self.due():
-            self.refresh(run)
-        return self.cached(service)
-
-    async def aget(self, service: str, run: AsyncRunner, *, fresh: bool = False) -> Location:
-        if fresh or self.due():
-            await self.arefresh(run)
-        return self.cached(service)
-
-    def wait_unfrozen(self, service: str, run: Runner, limit_s: float) -> Location:
-        """Block while *service* is frozen (a cutover holds its writes), at most
-        *limit_s*; the freeze itself expires on the server, so a killed cutover
-        cannot hold writers for longer than it announced."""
-        deadline = time.monotonic() + limit_s
-        loc = self.get(service, run, fresh=True)
-        while loc.frozen and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-            loc = self.get(service, run, fresh=True)
-        return loc
-
-    async def await_unfrozen(self, service: str, run: AsyncRunner, limit_s: float
-                             ) -> Location:
-        """The asyncio twin of :meth:`wait_unfrozen`."""
-        deadline = time.monotonic() + limit_s
-        loc = await self.aget(service, run, fresh=True)
-        while loc.frozen and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S)
-            loc = await self.aget(service, run, fresh=True)
-        return loc
+        with self.lock:
+            self.absorb(self.query(), error)
 
 
 _REGISTRIES: dict[str, Registry] = {}

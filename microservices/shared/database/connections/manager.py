@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import weakref
+from collections.abc import Awaitable
 from typing import Any
 
 import psycopg
 
 from ..config import Settings, load_settings, replica_conninfos
 from ..core.errors import DatabaseUnavailableError, ServiceConnectionError
-from . import location, replicas
-from .checkout import FREEZE_WAIT_S, AsyncCheckout, Checkout, MoveWatch, arunner, runner
+from . import checkout, checkout_async, location, registry_read, replicas
+from .checkout import Checkout
+from .checkout_async import AsyncCheckout
+from .move_watch import MoveWatch
 from .pool import ServicePool
+from .replica_checkout import ReplicaCheckout
+from .replica_checkout_async import AsyncReplicaCheckout
 from .request_context import AsyncServiceConnection, ServiceConnection, make_prologue
 
 log = logging.getLogger("microservices.shared.database.connection_manager")
@@ -35,7 +39,6 @@ class ConnectionManager:
         self._replica_sets: dict[str, replicas.ReplicaSet[ServicePool] | None] = {}
         self._located: dict[str, ServicePool] = {}  # relocation hook: pools elsewhere
         self._lock = threading.Lock()
-        self._async_lock: asyncio.Lock | None = None
         _MANAGERS.add(self)
 
     def __repr__(self) -> str:
@@ -76,8 +79,7 @@ class ConnectionManager:
 
     def get_connection(self, service: str, user_id: object | None = None,
                        readonly: bool = False, *, replica: bool = False
-                       ) -> Checkout | replicas.ReplicaCheckout[ServicePool,
-                                                                 ServiceConnection]:
+                       ) -> Checkout | ReplicaCheckout[ServicePool, ServiceConnection]:
         """A connection logged in as *service*'s runtime role, for a ``with`` block.
 
         *service* may be ``'user'``, ``'user_service'`` or the role name.
@@ -90,14 +92,14 @@ class ConnectionManager:
         ServiceConnectionError (server unreachable) or PoolExhaustedError.
         """
         home = self._entry(service)
-        entry, moved = self._follow(home)
+        entry, moved = checkout.follow(home, self._located_pool, self.settings)
         if replica and entry is home:
             chosen = self._replica_set(home)
             if chosen is not None:
                 # The primary stands in read-only too: a block that writes must fail
                 # whether or not a replica qualifies at that moment.
                 prologue = make_prologue(user_id, readonly)
-                return replicas.ReplicaCheckout(
+                return ReplicaCheckout(
                     chosen, lambda pool: Checkout(pool, prologue),
                     Checkout(home, make_prologue(user_id, True), moved))
         # A moved service's replicas are the old server's: read its new primary.
@@ -105,24 +107,25 @@ class ConnectionManager:
 
     def get_async_connection(self, service: str, user_id: object | None = None,
                              readonly: bool = False, *, replica: bool = False
-                             ) -> AsyncCheckout | replicas.AsyncReplicaCheckout[
+                             ) -> AsyncCheckout | AsyncReplicaCheckout[
                                  ServicePool, AsyncServiceConnection]:
-        """The asyncio twin of :meth:`get_connection` (``async with``)."""
-        if self._async_lock is None:
-            self._async_lock = asyncio.Lock()
+        """The asyncio twin of :meth:`get_connection` (``async with``); where the
+        service lives is read when the block is entered, without blocking the loop."""
         home = self._entry(service)
-        lock = self._async_lock
+        settings = self.settings
+
+        def follow() -> Awaitable[tuple[ServicePool, MoveWatch]]:
+            return checkout_async.afollow(home, self._located_pool, settings)
+
         if replica:
             chosen = self._replica_set(home)
             if chosen is not None and home.registry.cached(
                     home.service.name).where is None:
                 prologue = make_prologue(user_id, readonly)
-                return replicas.AsyncReplicaCheckout(
-                    chosen, lambda pool: AsyncCheckout(pool, prologue, lock),
-                    AsyncCheckout(home, make_prologue(user_id, True), lock,
-                                  lambda: self._afollow(home, lock)))
-        return AsyncCheckout(home, make_prologue(user_id, readonly or replica), lock,
-                             lambda: self._afollow(home, lock))
+                return AsyncReplicaCheckout(
+                    chosen, lambda pool: AsyncCheckout(pool, prologue),
+                    AsyncCheckout(home, make_prologue(user_id, True), follow=follow))
+        return AsyncCheckout(home, make_prologue(user_id, readonly or replica), follow=follow)
 
     def replica_status(self, service: str) -> list[dict[str, Any]]:
         """Each configured replica of *service* as its selector sees it: ``host``
@@ -149,45 +152,20 @@ class ConnectionManager:
                     self._located[key] = entry
         return entry
 
-    def _follow(self, home: ServicePool, owner: str | None = None
-                ) -> tuple[ServicePool, MoveWatch]:
-        """The pool of *home*'s service where *owner*'s schema (default: its own) lives
-        now.  The service's own checkouts wait while a cutover freezes its writes."""
-        registry = home.registry
-        name = owner or home.service.name
-        run = runner(home)
-        loc = registry.get(name, run)
-        if loc.frozen and owner is None:
-            loc = registry.wait_unfrozen(name, run, FREEZE_WAIT_S)
-        entry = home if loc.where is None else self._located_pool(home, loc.where)
-        return entry, MoveWatch(registry, home, name, loc.epoch, loc.where, self.settings)
-
-    async def _afollow(self, home: ServicePool, lock: asyncio.Lock
-                       ) -> tuple[ServicePool, MoveWatch]:
-        """The asyncio twin of :meth:`_follow` (waits out a freeze without blocking)."""
-        registry = home.registry
-        name = home.service.name
-        run = arunner(home, lock)
-        loc = await registry.aget(name, run)
-        if loc.frozen:
-            loc = await registry.await_unfrozen(name, run, FREEZE_WAIT_S)
-        entry = home if loc.where is None else self._located_pool(home, loc.where)
-        return entry, MoveWatch(registry, home, name, loc.epoch, loc.where, self.settings)
-
     def get_reader_connection(self, service: str, reads: str, user_id: object | None = None,
                               readonly: bool = True) -> Checkout:
         """Like :meth:`get_connection`, on the server where service *reads*' schema lives
         (the same as *service*'s own unless one of them was moved)."""
         home = self._entry(service)
         owner = self.settings.topology().service(reads).name
-        entry, moved = self._follow(home, owner)
+        entry, moved = checkout.follow(home, self._located_pool, self.settings, owner)
         return Checkout(entry, make_prologue(user_id, readonly), moved)
 
     def location_of(self, service: str, via: str | None = None) -> str | None:
         """Where *service*'s schema lives (None: at home), as seen from *via*'s pool."""
         home = self._entry(via or service)
         owner = self.settings.topology().service(service).name
-        return home.registry.get(owner, runner(home)).where
+        return registry_read.get(home.registry, owner, checkout.runner(home)).where
 
     def health_check(self, service: str) -> bool:
         """True if *service* can run a query now (never raises for database errors)."""
@@ -234,7 +212,7 @@ class ConnectionManager:
             entries = (list(self._pools.values()) + list(self._located.values())
                        + replica_entries)
         for entry in entries:
-            entry.close_sync()
+            checkout.close_pool(entry)
 
     async def aclose_all(self) -> None:
         """Close every pool, async and sync, the replicas' included."""
@@ -244,7 +222,8 @@ class ConnectionManager:
                        + replica_entries)
             self._pools, self._aliases, self._located = {}, {}, {}
         for entry in entries:
-            await entry.aclose()
+            await checkout_async.aclose_pool(entry)  # async first, then sync
+            checkout.close_pool(entry)
 
     def open_pool_stats(self) -> list[dict[str, Any]]:
         """:meth:`get_pool_stats` of each service whose pool is open (one checkout ran)."""

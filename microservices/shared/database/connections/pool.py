@@ -75,7 +75,7 @@ REPLICA_RESET_SESSION = RESET_SESSION.removeprefix(_READ_WRITE)
 RECHECK_IDLE_AFTER_S = 0.025
 
 
-def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+def idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
     """Whether an idle pooled connection is usable, without a round trip.
 
     A server that shuts down or terminates a backend sends FATAL, then closes
@@ -101,33 +101,6 @@ def _idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
     except (OSError, psycopg.Error):
         return DEAD
     return SUSPECT
-
-
-def usable(conn: ServiceConnection, recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
-    if time.monotonic() - conn.returned_at < recheck_after:
-        return True
-    state = _idle_state(conn)
-    if state != SUSPECT:
-        return state == OK
-    try:
-        conn.execute("")
-        return True
-    except psycopg.Error:
-        return False
-
-
-async def ausable(conn: AsyncServiceConnection,
-                   recheck_after: float = RECHECK_IDLE_AFTER_S) -> bool:
-    if time.monotonic() - conn.returned_at < recheck_after:
-        return True
-    state = _idle_state(conn)
-    if state != SUSPECT:
-        return state == OK
-    try:
-        await conn.execute("")
-        return True
-    except psycopg.Error:
-        return False
 
 
 def _classify_connect_error(service: Service, params: dict[str, Any],
@@ -228,24 +201,29 @@ class ServicePool:
             "autocommit": True,
             "prepare_threshold": self.config.prepare_threshold,
         }
-        self._sync: ConnectionPool[ServiceConnection] | None = None
-        self._async: AsyncConnectionPool[AsyncServiceConnection] | None = None
-        self._lock = threading.Lock()
+        # The psycopg_pools, built on first use by connections/checkout.py (sync) and
+        # connections/checkout_async.py, each under its own lock.
+        self.pool: ConnectionPool[ServiceConnection] | None = None
+        self.apool: AsyncConnectionPool[AsyncServiceConnection] | None = None
+        self.pool_lock = threading.Lock()
+        self.apool_lock = asyncio.Lock()
 
     def _trace_cursors(self) -> None:
         """Wrap every cursor class in OpenTelemetry spans, outermost (so a span covers
         the monitoring and the request context too). Only when tracing is on: off, the
         pool's classes stay exactly those above."""
         from . import tracing
+        from .tracing_cursor import traced_cursor
+        from .tracing_cursor_async import traced_async_cursor
 
         attrs = tracing.service_attributes(self.service, self.params)
-        self.cursor = tracing.traced_cursor(self.cursor, attrs)
-        self.context_cursor = tracing.traced_cursor(self.context_cursor, attrs)
-        self.server_cursor = tracing.traced_cursor(self.server_cursor, attrs)
-        self.async_cursor = tracing.traced_async_cursor(self.async_cursor, attrs)
-        self.async_context_cursor = tracing.traced_async_cursor(self.async_context_cursor,
+        self.cursor = traced_cursor(self.cursor, attrs)
+        self.context_cursor = traced_cursor(self.context_cursor, attrs)
+        self.server_cursor = traced_cursor(self.server_cursor, attrs)
+        self.async_cursor = traced_async_cursor(self.async_cursor, attrs)
+        self.async_context_cursor = traced_async_cursor(self.async_context_cursor,
                                                                 attrs)
-        self.async_server_cursor = tracing.traced_async_cursor(self.async_server_cursor,
+        self.async_server_cursor = traced_async_cursor(self.async_server_cursor,
                                                                attrs)
 
     # -- creation --------------------------------------------------------------
@@ -265,15 +243,16 @@ class ServicePool:
                      self.service.name)
         return self.conninfo
 
-    def _configure(self, conn: ServiceConnection) -> None:
-        conn.monitor = self.monitor  # once per new connection, not per checkout
+    def configure(self, conn: ServiceConnection) -> None:
+        """psycopg_pool's hook for each new connection (once, not per checkout)."""
+        conn.monitor = self.monitor
         conn.server_cursor_factory = self.server_cursor
 
-    async def _aconfigure(self, conn: AsyncServiceConnection) -> None:
+    async def configure_async(self, conn: AsyncServiceConnection) -> None:
         conn.monitor = self.monitor
         conn.server_cursor_factory = self.async_server_cursor
 
-    def _probe(self) -> None:
+    def probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
         server is reported at once and precisely, not as a pool timeout later.
 
@@ -292,77 +271,14 @@ class ServicePool:
         sized = pool_config(self.settings, self.service, self.params, limit)
         self.config = replace(self.config, min_size=sized.min_size, max_size=sized.max_size)
 
-    def sync_pool(self) -> ConnectionPool[ServiceConnection]:
-        pool = self._sync
-        if pool is None:
-            with self._lock:
-                if self._sync is None:
-                    self._probe()
-                    pool = ConnectionPool(
-                        self.current_conninfo,
-                        connection_class=ServiceConnection,
-                        kwargs={**self.kwargs, "cursor_factory": self.cursor},
-                        configure=self._configure,
-                        name=self.service.name,
-                        min_size=self.config.min_size,
-                        max_size=self.config.max_size,
-                        timeout=self.config.timeout,
-                        max_lifetime=self.config.max_lifetime,
-                        check=ConnectionPool.check_connection if self.config.check else None,
-                        open=False,
-                    )
-                    pool.open(wait=False)
-                    self._sync = pool
-                pool = self._sync
-        return pool
-
-    async def async_pool(self, lock: asyncio.Lock) -> AsyncConnectionPool[
-            AsyncServiceConnection]:
-        pool = self._async
-        if pool is None:
-            async with lock:
-                if self._async is None:
-                    await asyncio.to_thread(self._probe)
-                    apool = AsyncConnectionPool(
-                        self.current_conninfo,
-                        connection_class=AsyncServiceConnection,
-                        kwargs={**self.kwargs, "cursor_factory": self.async_cursor},
-                        configure=self._aconfigure,
-                        name=f"{self.service.name}-async",
-                        min_size=self.config.min_size,
-                        max_size=self.config.max_size,
-                        timeout=self.config.timeout,
-                        max_lifetime=self.config.max_lifetime,
-                        check=AsyncConnectionPool.check_connection if self.config.check
-                        else None,
-                        open=False,
-                    )
-                    await apool.open(wait=False)
-                    self._async = apool
-                pool = self._async
-        return pool
-
     @property
     def is_open(self) -> bool:
         """Whether a sync or async psycopg_pool was built (a checkout ran)."""
-        return self._sync is not None or self._async is not None
+        return self.pool is not None or self.apool is not None
 
     @property
     def has_async_pool(self) -> bool:
-        return self._async is not None
-
-    def close_sync(self) -> None:
-        """Close the sync pool, if built; the async one is left to :meth:`aclose`."""
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
-
-    async def aclose(self) -> None:
-        """Close both pools, async first."""
-        if self._async is not None:
-            await self._async.close()
-            self._async = None
-        self.close_sync()
+        return self.apool is not None
 
     # -- failures ------------------------------------------------------------------
     def timeout_error(self, stats: dict[str, int]) -> ServiceConnectionError:
@@ -418,7 +334,7 @@ class ServicePool:
         return (conn.session_dirty or conn.vouched != 0 or conn.row_factory is not tuple_row
                 or conn.prepare_threshold != self.config.prepare_threshold)
 
-    def _restore_attributes(self, conn: ServiceConnection | AsyncServiceConnection) -> None:
+    def restore_attributes(self, conn: ServiceConnection | AsyncServiceConnection) -> None:
         # Client-side settings a checkout may have changed; none of these sends
         # anything on an idle autocommit connection.
         conn.row_factory = tuple_row
@@ -430,51 +346,6 @@ class ServicePool:
             self.stats.lost += 1
         log.warning("service %s: could not reset a returned connection's session (%s); "
                     "closing it", self.service.name, type(exc).__name__)
-
-    def reset(self, conn: ServiceConnection) -> None:
-        """Remove every kind of session state, or close the connection (the pool then
-        replaces it). Never raises for database errors."""
-        conn.vouched += 1
-        try:
-            status = conn.pgconn.transaction_status
-            if status == TransactionStatus.ACTIVE:
-                raise psycopg.OperationalError("connection returned mid-operation")
-            if status != TransactionStatus.IDLE:
-                conn.rollback()
-            conn.autocommit = True
-            conn.isolation_level = conn.read_only = conn.deferrable = None
-            self._restore_attributes(conn)
-            with psycopg.Cursor(conn) as cur:  # plain: the reset is not the app's query
-                cur.execute(self.reset_sql, prepare=False)
-            conn.session_dirty = False
-        except psycopg.Error as exc:
-            self.reset_failed(conn, exc)
-            conn.close()
-        finally:
-            conn.vouched = 0
-
-    async def areset(self, conn: AsyncServiceConnection) -> None:
-        """The asyncio twin of :meth:`reset`."""
-        conn.vouched += 1
-        try:
-            status = conn.pgconn.transaction_status
-            if status == TransactionStatus.ACTIVE:
-                raise psycopg.OperationalError("connection returned mid-operation")
-            if status != TransactionStatus.IDLE:
-                await conn.rollback()
-            await conn.set_autocommit(True)
-            await conn.set_isolation_level(None)
-            await conn.set_read_only(None)
-            await conn.set_deferrable(None)
-            self._restore_attributes(conn)
-            async with psycopg.AsyncCursor(conn) as cur:
-                await cur.execute(self.reset_sql, prepare=False)
-            conn.session_dirty = False
-        except psycopg.Error as exc:
-            self.reset_failed(conn, exc)
-            await conn.close()
-        finally:
-            conn.vouched = 0
 
     def replica_lost(self) -> ServiceConnectionError:
         """A replica closed its connections: its reads go elsewhere at once rather than
@@ -492,7 +363,7 @@ class ServicePool:
     # -- stats -----------------------------------------------------------------------
     def as_dict(self) -> dict[str, int | str]:
         combined: dict[str, int] = {}
-        for pool in (self._sync, self._async):
+        for pool in (self.pool, self.apool):
             if pool is not None:
                 for key, value in pool.get_stats().items():
                     combined[key] = combined.get(key, 0) + value

@@ -36,7 +36,6 @@ parent's socket).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -45,13 +44,11 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg
 
 from ..config import host_label
-from ..core.errors import ServiceConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +209,11 @@ class ReplicaSet(Generic[P]):
         return [r.as_dict() for r in self.replicas]
 
     # -- health --------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """Whether the health thread runs (the first probe of every replica is done)."""
+        return self._thread is not None
+
     def start(self) -> None:
         with self._lock:
             if self._thread is not None:
@@ -319,129 +321,14 @@ def _scrub(text: str, params: dict[str, Any]) -> str:
     return text.replace(password, "********") if len(password) >= 4 else text
 
 
-def _promoted(conn: Any) -> bool:
+def promoted(conn: Any) -> bool:
     """Whether the server of pooled connection *conn* said it left recovery (the
     ``in_hot_standby`` report of PostgreSQL 14+; nothing is known before 14)."""
     pgconn = getattr(conn, "pgconn", None)
     return pgconn is not None and pgconn.parameter_status(b"in_hot_standby") == b"off"
 
 
-class _SyncCheckout(Protocol[C]):
-    def __enter__(self) -> C: ...
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
-
-
-class _AsyncCheckout(Protocol[C]):
-    async def __aenter__(self) -> C: ...
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None: ...
-
-
-def _lost_server(exc: BaseException | None, conn: Any) -> bool:
+def lost_server(exc: BaseException | None, conn: Any) -> bool:
     """Whether the block ended because the replica went away (not a query error)."""
     return isinstance(exc, psycopg.OperationalError) and bool(getattr(conn, "closed", False)
                                                                or getattr(conn, "broken", False))
-
-
-class ReplicaCheckout(Generic[P, C]):
-    """``with`` block of ``get_connection(..., replica=True)``: a connection of a healthy
-    replica, else of the primary.  A replica whose checkout fails (unreachable, refused
-    login, pool timeout) is marked down and the primary serves this block instead: the
-    caller sees no error.  A replica lost *during* the block fails that block, as a
-    primary would; it is marked down so the next block does not wait for the probe."""
-
-    __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
-
-    def __init__(self, replica_set: ReplicaSet[P], make: Callable[[P], _SyncCheckout[C]],
-                 primary: _SyncCheckout[C]) -> None:
-        self._set, self._make, self._primary = replica_set, make, primary
-        self._inner: _SyncCheckout[C] | None = None
-        self._replica: Replica[P] | None = None
-        self._conn: Any = None
-
-    def __enter__(self) -> C:
-        replica = self._set.choose()
-        if replica is not None:
-            inner = self._make(replica.pool)
-            try:
-                conn = inner.__enter__()
-            except ServiceConnectionError as exc:
-                self._set.mark_down(replica, str(exc))
-            else:
-                if not _promoted(conn):
-                    self._set.checkout_ok(replica)
-                    self._inner, self._replica = inner, replica
-                    self._conn = conn
-                    return conn
-                self._set.mark_not_a_standby(replica)
-                closing: Any = conn
-                closing.close()  # the pool drops a closed connection
-                inner.__exit__(None, None, None)
-        self._inner, self._replica = self._primary, None
-        conn = self._primary.__enter__()
-        self._set.count("primary")
-        return conn
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        inner, replica = self._inner, self._replica
-        assert inner is not None
-        self._inner = self._replica = None
-        if replica is not None and _lost_server(exc, self._conn):
-            self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
-        elif replica is not None and _promoted(self._conn):
-            self._set.mark_not_a_standby(replica)
-            self._conn.close()
-        self._conn = None
-        inner.__exit__(exc_type, exc, tb)
-
-
-class AsyncReplicaCheckout(Generic[P, C]):
-    """The asyncio twin of :class:`ReplicaCheckout` (``async with``)."""
-
-    __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
-
-    def __init__(self, replica_set: ReplicaSet[P], make: Callable[[P], _AsyncCheckout[C]],
-                 primary: _AsyncCheckout[C]) -> None:
-        self._set, self._make, self._primary = replica_set, make, primary
-        self._inner: _AsyncCheckout[C] | None = None
-        self._replica: Replica[P] | None = None
-        self._conn: Any = None
-
-    async def __aenter__(self) -> C:
-        if self._set._thread is None:  # the first probe connects: not on the event loop
-            await asyncio.to_thread(self._set.start)
-        replica = self._set.choose()
-        if replica is not None:
-            inner = self._make(replica.pool)
-            try:
-                conn = await inner.__aenter__()
-            except ServiceConnectionError as exc:
-                self._set.mark_down(replica, str(exc))
-            else:
-                if not _promoted(conn):
-                    self._set.checkout_ok(replica)
-                    self._inner, self._replica, self._conn = inner, replica, conn
-                    return conn
-                self._set.mark_not_a_standby(replica)
-                closing: Any = conn
-                await closing.close()
-                await inner.__aexit__(None, None, None)
-        self._inner, self._replica = self._primary, None
-        conn = await self._primary.__aenter__()
-        self._set.count("primary")
-        return conn
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        inner, replica = self._inner, self._replica
-        assert inner is not None
-        self._inner = self._replica = None
-        if replica is not None and _lost_server(exc, self._conn):
-            self._set.mark_down(replica, f"connection lost ({type(exc).__name__})")
-        elif replica is not None and _promoted(self._conn):
-            self._set.mark_not_a_standby(replica)
-            await self._conn.close()
-        self._conn = None
-        await inner.__aexit__(exc_type, exc, tb)

@@ -25,9 +25,9 @@ service's own classes, and its spans know nothing of the service, role or schema
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -100,7 +100,7 @@ def service_attributes(service: Service, params: Mapping[str, Any]) -> dict[str,
     return attributes
 
 
-class _Statement:
+class Statement:
     """One statement's span: opened by the traced cursors and Django's wrapper."""
 
     __slots__ = ("cm", "span")
@@ -132,69 +132,6 @@ class _Statement:
         self.cm.__exit__(None, None, None)
 
 
-def traced_cursor(base: type[Any], attributes: Mapping[str, Any]) -> type[Any]:
-    """A subclass of the sync cursor class *base* whose statements run in spans."""
-    trace = tracer()
-    attrs = dict(attributes)
-
-    class TracedCursor(base):  # type: ignore[misc]
-        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
-            stmt = _Statement(trace, attrs, query, self._conn)
-            try:
-                super().execute(query, params, **kwargs)
-            except BaseException as exc:
-                stmt.failed(exc)
-                raise
-            finally:
-                stmt.end()
-            return self
-
-        def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
-            stmt = _Statement(trace, attrs, query, self._conn)
-            try:
-                super().executemany(query, params_seq, **kwargs)
-            except BaseException as exc:
-                stmt.failed(exc)
-                raise
-            finally:
-                stmt.end()
-
-    TracedCursor.__name__ = TracedCursor.__qualname__ = f"Traced{base.__name__}"
-    return TracedCursor
-
-
-def traced_async_cursor(base: type[Any], attributes: Mapping[str, Any]) -> type[Any]:
-    """The asyncio twin of :func:`traced_cursor`."""
-    trace = tracer()
-    attrs = dict(attributes)
-
-    class AsyncTracedCursor(base):  # type: ignore[misc]
-        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Self:
-            stmt = _Statement(trace, attrs, query, self._conn)
-            try:
-                await super().execute(query, params, **kwargs)
-            except BaseException as exc:
-                stmt.failed(exc)
-                raise
-            finally:
-                stmt.end()
-            return self
-
-        async def executemany(self, query: Any, params_seq: Iterable[Any],
-                              **kwargs: Any) -> None:
-            stmt = _Statement(trace, attrs, query, self._conn)
-            try:
-                await super().executemany(query, params_seq, **kwargs)
-            except BaseException as exc:
-                stmt.failed(exc)
-                raise
-            finally:
-                stmt.end()
-
-    AsyncTracedCursor.__name__ = AsyncTracedCursor.__qualname__ = f"Traced{base.__name__}"
-    return AsyncTracedCursor
-
-
 def execute_wrapper(attributes: Mapping[str, Any]) -> Callable[..., Any]:
     """A Django execute wrapper (``connection.execute_wrapper``) that traces statements."""
     trace = tracer()
@@ -202,7 +139,7 @@ def execute_wrapper(attributes: Mapping[str, Any]) -> Callable[..., Any]:
 
     def wrapper(execute: Callable[..., Any], query: Any, params: Any, many: bool,
                 context: dict[str, Any]) -> Any:
-        stmt = _Statement(trace, attrs, query, context["connection"].connection)
+        stmt = Statement(trace, attrs, query, context["connection"].connection)
         try:
             return execute(query, params, many, context)
         except BaseException as exc:

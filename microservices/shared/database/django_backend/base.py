@@ -37,7 +37,7 @@ import psycopg
 from django.db.backends.postgresql import base
 
 from ..connection_manager import FREEZE_WAIT_S
-from ..connections import location
+from ..connections import location, registry_read
 from ..core import credentials
 
 SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
@@ -187,9 +187,9 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
             return rows
 
         try:
-            loc = registry.get(service, run)
+            loc = registry_read.get(registry, service, run)
             if loc.frozen and not self.settings_dict.get(READONLY_KEY):
-                loc = registry.wait_unfrozen(service, run, FREEZE_WAIT_S)
+                loc = registry_read.wait_unfrozen(registry, service, run, FREEZE_WAIT_S)
         except _HomeUnreachable as unreachable:
             error = unreachable.__cause__
             assert isinstance(error, psycopg.Error)

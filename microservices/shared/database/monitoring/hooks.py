@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from ..connections.hooks import Instrumentation
 from . import metrics
-from .instrumentation import (
-    AsyncInstrumentedContextCursor,
-    AsyncInstrumentedCursor,
-    InstrumentedContextCursor,
-    InstrumentedCursor,
-)
+from .instrumentation import InstrumentedContextCursor, InstrumentedCursor
+from .instrumentation_async import AsyncInstrumentedContextCursor, AsyncInstrumentedCursor
 from .monitor import monitors
 
 
