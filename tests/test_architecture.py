@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,37 @@ def test_a_broken_contract_is_reported(tmp_path: Path) -> None:
     result = _lint_imports("--config", str(config))
     assert result.returncode != 0, result.stdout
     assert "probe BROKEN" in result.stdout
+
+
+def private_reach(package: Path) -> list[str]:
+    """Each place where a module of *package* imports another module's underscore name
+    (``from .x import _y``) or reads one through an imported module (``x._y``)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (
+                    node.level or (node.module or "").startswith("microservices")):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path.relative_to(package)}:{node.lineno}: "
+                                     f"imports {alias.name}")
+                    imported.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in imported and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                found.append(f"{path.relative_to(package)}:{node.lineno}: "
+                             f"reads {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    assert private_reach(ROOT / "microservices" / "shared" / "database") == []
+
+
+def test_private_reach_is_found(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("_hidden = 1\n")
+    (tmp_path / "b.py").write_text("from .a import _hidden\nfrom . import a\nx = a._hidden\n")
+    assert private_reach(tmp_path) == ["b.py:1: imports _hidden", "b.py:3: reads a._hidden"]

@@ -87,9 +87,12 @@ def test_check_fails_on_a_hand_edited_generated_module(tmp_path: Path,
     assert tool.main([]) == 0 and tool.main(["--check"]) == 0
 
 
-def _defs(tree: ast.Module) -> dict[str, ast.AST]:
+_Def = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+def _defs(tree: ast.Module) -> dict[str, _Def]:
     """Every function, method and class of *tree* by qualified name."""
-    found: dict[str, ast.AST] = {}
+    found: dict[str, _Def] = {}
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):

@@ -504,11 +504,11 @@ def test_concurrent_page_views_share_one_database_session(
 
 
 def test_file_errors_on_the_page_do_not_name_backup_paths() -> None:
-    from microservices.shared.database.monitoring.dashboard.data import _reason
+    from microservices.shared.database.monitoring.dashboard.data import error_reason
 
     # What the backups panel shows when the store cannot be read (e.g. EACCES as a
     # service user; the tests run as root, so the error is built here).
-    shown = _reason(PermissionError(13, "Permission denied", "/srv/secret-backups/x.json"))
+    shown = error_reason(PermissionError(13, "Permission denied", "/srv/secret-backups/x.json"))
     assert shown == "PermissionError: Permission denied"
 
 

@@ -30,9 +30,9 @@ from microservices.shared.database.server.embedded import (
     SERVER_OS_USER,
     EmbeddedServer,
     ServerUser,
-    _blocking_ancestor,
-    _unreadable_in,
     bin_dir,
+    blocking_ancestor,
+    unreadable_in,
 )
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the server user exists only as root")
@@ -215,16 +215,16 @@ def test_group_and_owner_classes_are_judged_as_the_kernel_does(base: Path) -> No
     target = base / "x" / "y"
     target.mkdir(parents=True)
     base.chmod(0o701)
-    assert _blocking_ancestor(target, user) is None
+    assert blocking_ancestor(target, user) is None
     # The group class alone applies to a member: o+x does not help a group without x.
     os.chown(base, 0, entry.pw_gid)
-    assert _blocking_ancestor(target, user) == base
+    assert blocking_ancestor(target, user) == base
     base.chmod(0o711)
-    assert _blocking_ancestor(target, user) is None
+    assert blocking_ancestor(target, user) is None
     # Likewise the owner class alone applies to the owner.
     os.chown(base, entry.pw_uid, 0)
     base.chmod(0o011)
-    assert _blocking_ancestor(target, user) == base
+    assert blocking_ancestor(target, user) == base
 
 
 def test_an_unreadable_file_or_directory_in_the_wheel_is_named(base: Path) -> None:
@@ -235,12 +235,12 @@ def test_an_unreadable_file_or_directory_in_the_wheel_is_named(base: Path) -> No
     lib = base / "lib" / "libpq.so"
     lib.write_bytes(b"")
     lib.chmod(0o644)
-    assert _unreadable_in(base, user) is None
+    assert unreadable_in(base, user) is None
     lib.chmod(0o600)
-    assert _unreadable_in(base, user) == lib
+    assert unreadable_in(base, user) == lib
     lib.chmod(0o644)
     (base / "lib").chmod(0o711)  # passable but not listable: initdb lists share/
-    assert _unreadable_in(base, user) == base / "lib"
+    assert unreadable_in(base, user) == base / "lib"
 
 
 def test_cli_up_says_where_the_cluster_went(base: Path) -> None:
@@ -282,9 +282,9 @@ def test_a_directory_opened_by_an_acl_is_left_to_the_kernel(base: Path) -> None:
     user = ServerUser(SERVER_OS_USER, entry.pw_uid, entry.pw_gid)
     target = base / "x"
     target.mkdir()
-    assert _blocking_ancestor(target, user) == base
+    assert blocking_ancestor(target, user) == base
     _grant_traverse_by_acl(base, entry.pw_uid)
-    assert _blocking_ancestor(target, user) is None
+    assert blocking_ancestor(target, user) is None
     probe = subprocess.run(["test", "-x", str(base)], user=entry.pw_uid, group=entry.pw_gid,
                            extra_groups=[], check=False)
     assert probe.returncode == 0  # the kernel agrees: the server user may pass

@@ -32,9 +32,9 @@ from psycopg.conninfo import conninfo_to_dict
 from ..config import Settings, apply_tls, parse_connection_urls, to_url
 from ..connections.direct import connect
 from ..connections.location import (
-    _TRUSTED,
     LOCATION_TABLE,
     META_SCHEMA,
+    TRUSTED_OWNER_CHECK,
     location_string,
     server_key,
 )
@@ -77,7 +77,7 @@ def read_placements(conn: psycopg.Connection[Any], topology: Topology,
     out[topology.shared.schema] = Placement("shared", topology.shared.schema)
     try:
         rows = conn.execute(sql.SQL("SELECT service, location, moved_at, {} FROM {}").format(
-            _TRUSTED, sql.Identifier(META_SCHEMA, LOCATION_TABLE))).fetchall()
+            TRUSTED_OWNER_CHECK, sql.Identifier(META_SCHEMA, LOCATION_TABLE))).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
         if not conn.autocommit:
             conn.rollback()

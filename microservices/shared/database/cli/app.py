@@ -60,7 +60,7 @@ CaOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
 
 
-def _settings(topology: Path | None, ca: Path | None = None) -> Settings:
+def cli_settings(topology: Path | None, ca: Path | None = None) -> Settings:
     overrides: dict[str, Any] = {}
     if topology is not None:
         overrides["edulink_db_topology"] = topology
@@ -69,14 +69,14 @@ def _settings(topology: Path | None, ca: Path | None = None) -> Settings:
     return load_settings(**overrides)
 
 
-def _progress() -> lifecycle.Progress:
+def cli_progress() -> lifecycle.Progress:
     """Progress lines go to stderr, so that --json output on stdout stays parseable."""
     def show(msg: str) -> None:
         err.print(f"[dim]•[/dim] {msg}", highlight=False)
     return show
 
 
-def _fail(exc: EdulinkDBError) -> NoReturn:
+def fail_cli(exc: EdulinkDBError) -> NoReturn:
     code = EXIT_BAD_INPUT if isinstance(exc, ConfigError) else (
         EXIT_DIFFERS if isinstance(exc, VerificationError | MigrationValidationError)
         else EXIT_DATABASE)
@@ -84,11 +84,11 @@ def _fail(exc: EdulinkDBError) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _render_verify(report: VerifyReport) -> None:
+def render_verify(report: VerifyReport) -> None:
     schemas = list(next(iter(report.matrix.values()), {}).keys())
     table = Table(title="Privileges PostgreSQL grants (role x schema)", title_justify="left")
     table.add_column("runtime role")
@@ -125,7 +125,7 @@ def _render_verify(report: VerifyReport) -> None:
                       f"{p.message}", highlight=False)
 
 
-def _render_unrepaired(items: list[str]) -> None:
+def render_unrepaired(items: list[str]) -> None:
     for item in items:
         out.print(f"[yellow]could not repair:[/yellow] {item} — run it as a superuser",
                   highlight=False)

@@ -19,13 +19,13 @@ from .app import (
     EXIT_DIFFERS,
     CaOption,
     JsonOption,
-    _fail,
-    _print_json,
-    _progress,
-    _settings,
     app,
+    cli_progress,
+    cli_settings,
     err,
+    fail_cli,
     out,
+    print_json,
 )
 
 backup_app = typer.Typer(help="Take a backup: 'full' or 'schema SCHEMA...'.\n\n"
@@ -46,13 +46,13 @@ CompressOption = Annotated[bool, typer.Option("--compress/--no-compress",
 
 
 def _backup_manager(quiet: bool = False, ca: Path | None = None) -> BackupManager:
-    return BackupManager(_settings(None, ca), progress=(lambda _m: None) if quiet
-                         else _progress())
+    return BackupManager(cli_settings(None, ca), progress=(lambda _m: None) if quiet
+                         else cli_progress())
 
 
 def _print_backup(info: BackupInfo, json_out: bool) -> None:
     if json_out:
-        _print_json({"backup_id": info.backup_id, "kind": info.kind, "schemas": info.schemas,
+        print_json({"backup_id": info.backup_id, "kind": info.kind, "schemas": info.schemas,
                      "path": str(info.path), "size": info.size,
                      "duration_s": info.duration_s, "row_counts": info.row_counts,
                      "parts": info.parts})
@@ -89,7 +89,7 @@ def backup_full(
         info = _backup_manager(json_out, ca).create_full_backup(
             compress, fmt=fmt, jobs=jobs, include_schemas=include_schema)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     _print_backup(info, json_out)
 
 
@@ -110,7 +110,7 @@ def backup_schema(
         info = _backup_manager(json_out, ca).create_schema_backup(schemas, compress, fmt=fmt,
                                                               jobs=jobs)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     _print_backup(info, json_out)
 
 
@@ -134,17 +134,17 @@ def backup_auto(
     try:
         pause = parse_interval(every, "--every") if every is not None else None
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     while True:
         try:
             report = run_auto(_backup_manager(json_out, ca))
         except EdulinkDBError as exc:
             if pause is None:
-                _fail(exc)
+                fail_cli(exc)
             err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         else:
             if json_out:
-                _print_json(report.as_dict())
+                print_json(report.as_dict())
             elif report.busy:
                 out.print("backup auto: another run holds the backup folder; nothing done")
             else:
@@ -178,9 +178,9 @@ def backups_drill(
     try:
         report = run_drill(_backup_manager(json_out, ca), backup_id)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     elif report.ok:
         out.print(f"drill of {report.backup_id}: OK, {report.tables} tables and "
                   f"{report.rows} rows restored into {report.scratch_database} on "
@@ -206,7 +206,7 @@ def backups_sign(backup_id: Annotated[str, typer.Argument(help="The backup to si
     try:
         manifest = _backup_manager().sign(backup_id)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     out.print(f"{backup_id}: signed with key {manifest.key_id}", highlight=False)
 
 
@@ -224,9 +224,9 @@ def backups_list(json_out: JsonOption = False) -> None:
         status_report = manager.status()
         refused = manager.store.scan()[1]
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(items)
+        print_json(items)
         return
     table = Table(title=f"Backups in {status_report['directory']}", title_justify="left")
     for col in ("id", "kind", "schemas", "finished", "MB", "rows", "verified"):
@@ -259,12 +259,12 @@ def backups_verify(
     try:
         result = _backup_manager().verify(backup_id, deep=deep)
     except BackupNotFoundError as exc:
-        _fail(exc)
+        fail_cli(exc)
     except BackupError as exc:
         err.print(f"[red]verify failed:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_DIFFERS) from None
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     out.print(f"{backup_id}: OK ({result['tables']} tables"
               + (", restored and counted)" if deep else ")"), highlight=False)
 
@@ -281,7 +281,7 @@ def backups_prune(dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -
     try:
         doomed = _backup_manager().prune(dry_run=dry_run)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     for backup_id in doomed:
         out.print(("would delete " if dry_run else "deleted ") + backup_id)
     out.print(f"prune: {len(doomed)} backup(s)" + (" (dry run)" if dry_run else ""))
@@ -314,9 +314,9 @@ def restore(
                                                    target_db=target_db,
                                                    safety_backup=safety_backup)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         out.print(f"restored {', '.join(report.schemas)} from {backup_id} into "
                   f"{report.target} ({report.duration_s:.1f}s)", highlight=False)

@@ -16,11 +16,11 @@ from .app import (
     EXIT_OK,
     JsonOption,
     TopologyOption,
-    _fail,
-    _print_json,
-    _settings,
     app,
+    cli_settings,
+    fail_cli,
     out,
+    print_json,
 )
 
 
@@ -42,16 +42,16 @@ def budget(
         edulink-db budget --processes 4
     """
     try:
-        settings = _settings(topology)
+        settings = cli_settings(topology)
         params = admin_conninfo(settings)
         with connect(params, purpose="read the connection budget") as conn:
             plan = model.read_budget(conn, settings.topology(), settings,
                                      pooler=pooler_mode(settings, params), procs=processes)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     problems = [r.problem for r in plan.roles if r.problem]
     if json_out:
-        _print_json(plan.as_dict())
+        print_json(plan.as_dict())
         raise typer.Exit(EXIT_DIFFERS if problems else EXIT_OK)
     server = plan.server
     table = Table(title="Connection budget", title_justify="left")

@@ -11,7 +11,7 @@ import typer
 from ..core.credentials import write_private
 from ..core.errors import ConfigError, EdulinkDBError
 from ..credentials_export import FORMATS, render
-from .app import TopologyOption, _fail, _settings, app, err
+from .app import TopologyOption, app, cli_settings, err, fail_cli
 from .output_file import check_writable
 
 credentials_app = typer.Typer(
@@ -51,7 +51,7 @@ def export(
         path = Path(output).expanduser()
         if output != "-":
             check_writable(path, option="-o")
-        settings = _settings(topology)
+        settings = cli_settings(topology)
         svc = settings.topology().service(service)
         text = render(svc, settings, fmt)
         if output == "-":
@@ -63,6 +63,6 @@ def export(
             raise ConfigError(f"-o {path}: cannot write it ({exc.strerror}); choose "
                               "another file.") from None
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     err.print(f"wrote the credential of service {svc.name} ({fmt}) to {path} (mode 0600)",
               highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..core.errors import EdulinkDBError
-from .app import EXIT_BAD_INPUT, CaOption, TopologyOption, _fail, _settings, app, err
+from .app import EXIT_BAD_INPUT, CaOption, TopologyOption, app, cli_settings, err, fail_cli
 
 
 @app.command()
@@ -34,11 +34,11 @@ def dashboard(
         err.print(f"serving the dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
 
     try:
-        serve(_settings(topology, ca), host=host, port=port, interval=interval, ready=ready)
+        serve(cli_settings(topology, ca), host=host, port=port, interval=interval, ready=ready)
     except KeyboardInterrupt:
         return
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     except OSError as exc:
         err.print(f"[bold red]error:[/bold red] cannot listen on {host}:{port}: {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -16,7 +16,7 @@ from rich.markup import escape
 from ..core.errors import EdulinkDBError, MigrationFileError
 from ..migrations.findings import ERROR, Finding
 from ..migrations.manager import MigrationManager
-from .app import TopologyOption, _fail, _settings, app, out
+from .app import TopologyOption, app, cli_settings, fail_cli, out
 from .migrations import DirOption, ServicesArgument, migrations_app
 
 # Exit codes of lint (docs/lint-rules.md): 0 clean (or warnings only, without --strict),
@@ -83,7 +83,7 @@ def lint_command(
 
     fmt = Format.json if json_out else output_format
     try:
-        settings = _settings(topology)
+        settings = cli_settings(topology)
         topo = settings.topology()
         manager = MigrationManager(settings, directory)
         if not manager.root.is_dir():
@@ -99,7 +99,7 @@ def lint_command(
         findings = sorted(problems + lint(topo, items),
                           key=lambda f: (f.file, f.line, f.column, f.rule))
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     checked = {str(f.path) for _, f in items} | {p.file for p in problems}
     text = render(findings, len(checked), fmt)
     if fmt is Format.text:

@@ -21,13 +21,13 @@ from .app import (
     CaOption,
     JsonOption,
     TopologyOption,
-    _fail,
-    _print_json,
-    _progress,
-    _settings,
     app,
+    cli_progress,
+    cli_settings,
     err,
+    fail_cli,
     out,
+    print_json,
 )
 
 ServicesArgument = Annotated[
@@ -46,8 +46,8 @@ DirOption = Annotated[
 
 def _manager(topology: Path | None, directory: Path | None, quiet: bool,
              ca: Path | None = None) -> MigrationManager:
-    return MigrationManager(_settings(topology, ca), directory,
-                            progress=(lambda _m: None) if quiet else _progress())
+    return MigrationManager(cli_settings(topology, ca), directory,
+                            progress=(lambda _m: None) if quiet else cli_progress())
 
 
 @app.command()
@@ -80,9 +80,9 @@ def migrate(
                   soft_wrap=True)
         raise typer.Exit(EXIT_DIFFERS) from None
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(results)
+        print_json(results)
         return
     for name, r in results.items():
         if dry_run:
@@ -120,10 +120,10 @@ def migrations_status(
     try:
         statuses = _manager(topology, directory, True, ca).statuses(services or None)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     data = [st.as_dict() for st in statuses]
     if json_out:
-        _print_json(data)
+        print_json(data)
     else:
         table = Table(title="Migrations", title_justify="left")
         for col in ("service", "schema", "applied", "last", "pending", "problems"):
@@ -155,7 +155,7 @@ def migrations_validate(
         err.print(f"[red]validate failed:[/red]\n{exc}", highlight=False)
         raise typer.Exit(EXIT_DIFFERS) from None
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     out.print(f"validate: OK ({len(statuses)} services)")
 
 
@@ -176,7 +176,7 @@ def migrations_repair(
     try:
         results = _manager(topology, directory, False, ca).repair(services or None)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     changes = [f"{svc}: {c}" for svc, items in results.items() for c in items]
     for line in changes:
         out.print(line, highlight=False)
@@ -201,5 +201,5 @@ def migrations_baseline(
     try:
         _manager(topology, None, False, ca).baseline(service, version)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     out.print(f"{service}: baselined at version {version}")

@@ -20,12 +20,12 @@ from .app import (
     CaOption,
     JsonOption,
     TopologyOption,
-    _fail,
-    _print_json,
-    _settings,
     app,
+    cli_settings,
     err,
+    fail_cli,
     out,
+    print_json,
 )
 
 _STATUS_EXIT = {"healthy": EXIT_OK, "degraded": EXIT_DIFFERS, "unhealthy": EXIT_DATABASE}
@@ -45,11 +45,11 @@ def health(topology: TopologyOption = None, ca: CaOption = None,
     from ..monitoring.monitor import get_database_health
 
     try:
-        report = get_database_health(_settings(topology, ca))
+        report = get_database_health(cli_settings(topology, ca))
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report)
+        print_json(report)
     else:
         status = report["overall_status"]
         out.print(f"overall: [{_STATUS_STYLE[status]}]{status}[/]")
@@ -131,7 +131,7 @@ def top(
     from ..monitoring.health import collect
 
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         topo = settings.topology()
         with connect(admin_conninfo(settings), purpose="watch the database",
                      prefer_primary=True) as conn:
@@ -149,7 +149,7 @@ def top(
     except KeyboardInterrupt:
         return
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
 
 
 @app.command("metrics")
@@ -172,13 +172,13 @@ def metrics_cmd(
     from ..monitoring.exporter import DatabaseCollector
 
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         registry = CollectorRegistry()
         registry.register(DatabaseCollector(settings))
         start_http_server(port, addr=host, registry=registry)
     except (EdulinkDBError, OSError) as exc:
         if isinstance(exc, EdulinkDBError):
-            _fail(exc)
+            fail_cli(exc)
         err.print(f"[bold red]error:[/bold red] cannot listen on {host}:{port}: {exc}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     err.print(f"serving metrics on http://{host}:{port}/metrics (Ctrl-C to stop)")

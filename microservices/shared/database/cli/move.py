@@ -12,7 +12,7 @@ from ..backup.placement import remember_location_admin
 from ..config import Settings, admin_conninfo, apply_tls, mask_dsn
 from ..core.errors import ConfigError, EdulinkDBError
 from ..relocation import MoveContext, abort, citus_sql, run_move
-from .app import CaOption, TopologyOption, _fail, _progress, _settings, app, out
+from .app import CaOption, TopologyOption, app, cli_progress, cli_settings, fail_cli, out
 
 
 def _url(value: str, option: str, settings: Settings) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def move_service(
         edulink-db move-service user --to postgresql://admin@db2.internal:5432/edulink
     """
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         topo = settings.topology()
         if citus_sql_:
             conn_free = [s.as_string(None) for s in citus_sql(topo)]
@@ -76,7 +76,7 @@ def move_service(
             target=_url(to, "--to", settings),
             passwords=lambda s: lifecycle.service_password(settings, s),
             migrator_passwords=lambda s: lifecycle.migrator_password(settings, s),
-            progress=_progress(), allow_unbounded_wal=allow_unbounded_wal,
+            progress=cli_progress(), allow_unbounded_wal=allow_unbounded_wal,
             sync_timeout_s=sync_timeout)
         if abort_:
             abort(ctx)
@@ -91,4 +91,4 @@ def move_service(
         out.print(f"{svc.schema} is in no backup taken where it lives now: run "
                   "'edulink-db backup auto' (or 'backup schema') next", highlight=False)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)

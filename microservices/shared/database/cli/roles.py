@@ -24,15 +24,15 @@ from .app import (
     CaOption,
     JsonOption,
     TopologyOption,
-    _fail,
-    _print_json,
-    _progress,
-    _render_unrepaired,
-    _render_verify,
-    _settings,
     app,
+    cli_progress,
+    cli_settings,
     err,
+    fail_cli,
     out,
+    print_json,
+    render_unrepaired,
+    render_verify,
 )
 from .output_file import write_output
 
@@ -68,12 +68,12 @@ def provision(
     """
     try:
         report = lifecycle.run_provision(
-            _settings(topology, ca), rotate=rotate_passwords or [], adopt=adopt or [],
-            progress=_progress())
+            cli_settings(topology, ca), rotate=rotate_passwords or [], adopt=adopt or [],
+            progress=cli_progress())
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         adopted = (f"{len(report.adopted_roles)} adopted ({', '.join(report.adopted_roles)}), "
                    if report.adopted_roles else "")
@@ -82,7 +82,7 @@ def provision(
                   f"{len(report.passwords_set)} passwords set, "
                   f"{len(report.repaired)} privileges repaired, "
                   f"{'changed' if report.changed else 'no changes'}", highlight=False)
-        _render_unrepaired(report.unrepaired)
+        render_unrepaired(report.unrepaired)
         for note in report.notes:
             out.print(f"note: {note}", style="dim", highlight=False)
 
@@ -104,13 +104,13 @@ def verify_cmd(
         edulink-db verify --json
     """
     try:
-        report = lifecycle.run_verify(_settings(topology, ca), logins=logins)
+        report = lifecycle.run_verify(cli_settings(topology, ca), logins=logins)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
-        _render_verify(report)
+        render_verify(report)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_DIFFERS)
 
 
@@ -134,12 +134,12 @@ def reads_cmd(
     from ..monitoring.observed_reads import observed_reads
 
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         report = observed_reads(admin_conninfo(settings), settings.topology())
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         if report.note:
             out.print(f"note: {report.note}", style="dim", highlight=False)
@@ -178,7 +178,7 @@ def sql_cmd(
         edulink-db sql --dialect sqlserver -o sqlserver_schema_setup.sql
     """
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         if dialect == "postgresql":
             script = render_postgresql_script(settings.topology())
         elif dialect == "sqlserver":
@@ -190,7 +190,7 @@ def sql_cmd(
         if output:
             write_output(output, script)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if output:
         err.print(f"wrote {output}")
     else:
@@ -214,14 +214,14 @@ def url(
         edulink-db url user
     """
     try:
-        settings = _settings(topology, ca)
+        settings = cli_settings(topology, ca)
         if service is None:
             out.print(mask_dsn(admin_conninfo(settings)), highlight=False)
         else:
             svc = settings.topology().service(service)
             out.print(mask_dsn(service_conninfo(svc, settings)), highlight=False)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
 
 
 @app.command("topology")
@@ -233,11 +233,11 @@ def topology_cmd(topology: TopologyOption = None, json_out: JsonOption = False) 
         edulink-db topology --topology topology.toml
     """
     try:
-        topo = _settings(topology).topology()
+        topo = cli_settings(topology).topology()
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json({
+        print_json({
             "services": [s.__dict__ for s in topo.services],
             "shared": topo.shared.__dict__,
         })

@@ -20,14 +20,14 @@ from .app import (
     CaOption,
     JsonOption,
     TopologyOption,
-    _fail,
-    _print_json,
-    _progress,
-    _render_unrepaired,
-    _render_verify,
-    _settings,
     app,
+    cli_progress,
+    cli_settings,
+    fail_cli,
     out,
+    print_json,
+    render_unrepaired,
+    render_verify,
 )
 
 
@@ -51,12 +51,12 @@ def up(
         edulink-db up --json
     """
     try:
-        settings = _settings(topology, ca)
-        report = lifecycle.run_up(settings, progress=_progress())
+        settings = cli_settings(topology, ca)
+        report = lifecycle.run_up(settings, progress=cli_progress())
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         prov = report.provision
         out.print(f"database: {report.target}" + (" (embedded)" if report.embedded else ""),
@@ -68,8 +68,8 @@ def up(
                   f"{len(prov.repaired)} privileges repaired, "
                   f"{'changed' if prov.changed else 'no changes'} ({prov.duration_s:.2f}s)",
                   highlight=False)
-        _render_unrepaired(prov.unrepaired)
-        _render_verify(report.verify)
+        render_unrepaired(prov.unrepaired)
+        render_verify(report.verify)
         if report.embedded:
             out.print("Next: 'edulink-db url user' shows a service's connection URL; "
                       "'edulink-db down' stops the embedded server.", style="dim")
@@ -98,11 +98,11 @@ def init(
     from ..migrations.scaffold import init_project
 
     try:
-        report = init_project(directory, _settings(topology), empty=empty)
+        report = init_project(directory, cli_settings(topology), empty=empty)
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
         return
     out.print(f"init: {report.directory}", highlight=False)
     for path in report.created:
@@ -125,14 +125,14 @@ def down() -> None:
         edulink-db down
     """
     try:
-        settings = _settings(None)
+        settings = cli_settings(None)
         if not settings.uses_embedded:
             raise ConfigError("DATABASE_URL/DATABASE_HOST is set: 'down' only stops the "
                               "embedded server, and edulink-db never stops a server it did "
                               "not start.")
-        stopped = EmbeddedServer(settings.home).stop(_progress())
+        stopped = EmbeddedServer(settings.home).stop(cli_progress())
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     out.print("stopped" if stopped else "not running")
 
 
@@ -148,12 +148,12 @@ def status(topology: TopologyOption = None, ca: CaOption = None,
         edulink-db status --json
     """
     try:
-        report = lifecycle.run_status(_settings(topology, ca))
+        report = lifecycle.run_status(cli_settings(topology, ca))
     except EdulinkDBError as exc:
-        _fail(exc)
+        fail_cli(exc)
     healthy = report.running and report.provisioned_roles == report.expected_roles
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         kind = "embedded" if report.embedded else "configured"
         out.print(f"database: {report.target or '(embedded, not running)'} [{kind}]",

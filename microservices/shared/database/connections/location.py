@@ -79,7 +79,7 @@ REQUIRE_AUTH = "scram-sha-256"
 # directly or through other roles, is a superuser or CREATEROLE: a service role granted
 # membership could otherwise write the registry and redirect pools); NULL when there
 # is no registry table.  Runs once per IDLE_TTL_S (TTL_S in a cutover), never per checkout.
-_TRUSTED = sql.SQL(
+TRUSTED_OWNER_CHECK = sql.SQL(
     "(SELECT bool_and(c.relkind = 'r' AND (r.rolsuper OR r.rolcreaterole"
     "  OR (r.rolname = {owner} AND NOT r.rolcanlogin AND NOT EXISTS ("
     "   WITH RECURSIVE m(oid) AS (SELECT a.member FROM pg_catalog.pg_auth_members a"
@@ -94,10 +94,10 @@ _TRUSTED = sql.SQL(
     owner=sql.Literal(META_OWNER))
 # Run while the table is not known to exist: never raises on a server that has none
 # (a read every TTL_S that failed would fill the server log with errors).
-PROBE = sql.SQL("SELECT {}").format(_TRUSTED)
+PROBE = sql.SQL("SELECT {}").format(TRUSTED_OWNER_CHECK)
 READ = sql.SQL("SELECT service, location, epoch, coalesce(frozen_until > now(), false), {},"
                " coalesce(watch_until > now(), false) FROM {}").format(
-    _TRUSTED, sql.Identifier(META_SCHEMA, LOCATION_TABLE))
+    TRUSTED_OWNER_CHECK, sql.Identifier(META_SCHEMA, LOCATION_TABLE))
 
 Rows = Sequence[Sequence[Any]]
 Runner = Callable[[sql.Composed], Rows]

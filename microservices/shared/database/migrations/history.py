@@ -24,7 +24,7 @@ LOCK_RETRIES = 5
 Progress = Callable[[str], None]
 
 
-def _quiet(_msg: str) -> None:
+def no_notice(_msg: str) -> None:
     pass
 
 
@@ -103,7 +103,7 @@ class ServiceStatus:
         }
 
 
-def _first_code_line(text: str, line: int) -> tuple[str, int]:
+def first_code_line(text: str, line: int) -> tuple[str, int]:
     """The first line of a statement that is not a comment, and its line number."""
     for offset, content in enumerate(text.splitlines()):
         stripped = content.strip()
@@ -185,7 +185,7 @@ def read_histories(conn: psycopg.Connection[Any], services: list[Service]
     return out
 
 
-def _switch_hint(statuses: list[ServiceStatus]) -> str:
+def switch_hint(statuses: list[ServiceStatus]) -> str:
     """How to get out of the commonest disagreement: a database migrated from one set of
     files (e.g. the reference schema 'up' applies) now pointed at another."""
     if not any(st.missing or st.mismatches for st in statuses):

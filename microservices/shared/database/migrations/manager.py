@@ -63,10 +63,10 @@ from .files import MigrationFile, load_directory, parse_version
 from .history import (
     Progress,
     ServiceStatus,
-    _quiet,
-    _switch_hint,
     compute_status,
+    no_notice,
     read_histories,
+    switch_hint,
 )
 from .runner import SchemaMigrator
 
@@ -79,7 +79,7 @@ class MigrationManager:
     """
 
     def __init__(self, settings: Settings | None = None, directory: str | Path | None = None,
-                 progress: Progress = _quiet) -> None:
+                 progress: Progress = no_notice) -> None:
         self._settings = settings
         self._root = Path(directory) if directory is not None else None
         self._service_dirs: dict[str, Path] = {}
@@ -219,7 +219,7 @@ class MigrationManager:
         if problems:
             raise MigrationValidationError(
                 "Migration history and files disagree; nothing was run:\n  "
-                + "\n  ".join(problems) + _switch_hint(statuses))
+                + "\n  ".join(problems) + switch_hint(statuses))
         _check_contracts(topology, statuses, strict)
         results: dict[str, dict[str, Any]] = {}
         for st in statuses:
@@ -235,7 +235,7 @@ class MigrationManager:
         statuses = self.statuses(services, directory)
         problems = [f"{st.service}: {p}" for st in statuses for p in st.problems]
         if problems:
-            raise MigrationValidationError("\n".join(problems) + _switch_hint(statuses))
+            raise MigrationValidationError("\n".join(problems) + switch_hint(statuses))
         return statuses
 
     def repair(self, services: Iterable[str] | None = None,

@@ -28,9 +28,9 @@ from .history import (
     LOCK_RETRIES,
     Progress,
     ServiceStatus,
-    _first_code_line,
-    _quiet,
-    _switch_hint,
+    first_code_line,
+    no_notice,
+    switch_hint,
 )
 from .markers import read_markers
 
@@ -133,7 +133,7 @@ class SchemaMigrator:
 
     def __init__(self, login: dict[str, Any], topology: Topology, service: Service,
                  files: list[MigrationFile], settings: Settings,
-                 progress: Progress = _quiet) -> None:
+                 progress: Progress = no_notice) -> None:
         self.login = login
         self.topology = topology
         self.service = service
@@ -274,7 +274,7 @@ class SchemaMigrator:
 
     def _failure(self, file: MigrationFile, stmt: SqlStatement, line: int,
                  reason: str) -> MigrationError:
-        first, first_line = _first_code_line(stmt.text, stmt.line)
+        first, first_line = first_code_line(stmt.text, stmt.line)
         return MigrationError(
             f"{self.service.name}: {file.script} failed at line {line}: {reason}\n"
             f"  statement (line {first_line}): {first}\n"
@@ -486,7 +486,7 @@ class SchemaMigrator:
         if status.problems:
             raise MigrationValidationError(
                 f"{self.service.name}: migration history and files disagree; nothing was run:\n  "
-                + "\n  ".join(status.problems) + _switch_hint([status]))
+                + "\n  ".join(status.problems) + switch_hint([status]))
         if dry_run or not status.pending:
             return report
         for file in status.pending:

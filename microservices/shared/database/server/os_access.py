@@ -18,7 +18,7 @@ class ServerUser:
     gid: int
 
 
-def _may(st: os.stat_result, user: ServerUser, owner: int, group: int, other: int) -> bool:
+def may_access(st: os.stat_result, user: ServerUser, owner: int, group: int, other: int) -> bool:
     """Whether *user*, running with only its primary group, has the permission whose
     owner/group/other bits are given, judged as the kernel does from the mode bits:
     the owner class alone applies to the owner, the group class alone to the group."""
@@ -29,15 +29,15 @@ def _may(st: os.stat_result, user: ServerUser, owner: int, group: int, other: in
     return bool(st.st_mode & other)
 
 
-def _can_enter(path: Path, user: ServerUser) -> bool:
-    return _may(path.stat(), user, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+def can_enter(path: Path, user: ServerUser) -> bool:
+    return may_access(path.stat(), user, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
 
 
 def _can_read(path: Path, user: ServerUser) -> bool:
-    return _may(path.stat(), user, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+    return may_access(path.stat(), user, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
 
 
-def _describe(path: Path) -> str:
+def describe_path(path: Path) -> str:
     import grp
     import pwd
 
@@ -60,7 +60,7 @@ def _has_acl(path: Path) -> bool:
         return False
 
 
-def _blocking_ancestor(path: Path, user: ServerUser) -> Path | None:
+def blocking_ancestor(path: Path, user: ServerUser) -> Path | None:
     """The first existing directory on the way to *path* that *user* cannot enter.
 
     Both the path as written and its symlink-resolved form are walked: the kernel
@@ -71,21 +71,21 @@ def _blocking_ancestor(path: Path, user: ServerUser) -> Path | None:
     chains = {path.absolute(), path.resolve()}
     for target in sorted(chains):
         for directory in reversed(target.parents):
-            if (directory.exists() and not _can_enter(directory, user)
+            if (directory.exists() and not can_enter(directory, user)
                     and not _has_acl(directory)):
                 return directory
     return None
 
 
-def _unreadable_in(tree: Path, user: ServerUser) -> Path | None:
+def unreadable_in(tree: Path, user: ServerUser) -> Path | None:
     """The first directory under *tree* (itself included) that *user* cannot list and
     enter, or file it cannot read; None if the whole tree is readable."""
-    if not (_can_read(tree, user) and _can_enter(tree, user)):
+    if not (_can_read(tree, user) and can_enter(tree, user)):
         return tree
     for root, dirs, files in os.walk(tree):
         for name in dirs:
             d = Path(root, name)
-            if not d.is_symlink() and not (_can_read(d, user) and _can_enter(d, user)):
+            if not d.is_symlink() and not (_can_read(d, user) and can_enter(d, user)):
                 return d
         for name in files:
             f = Path(root, name)

@@ -44,7 +44,7 @@ import psycopg
 
 from ...config import Settings, load_settings
 from ...core.errors import ConfigError, EdulinkDBError
-from .data import DashboardData, _reason
+from .data import DashboardData, error_reason
 
 TOKEN_ENV = "EDULINK_DB_DASHBOARD_TOKEN"  # noqa: S105 - a variable name
 TOKEN_MIN_LENGTH = 16
@@ -216,7 +216,7 @@ class DashboardApp:
         except (EdulinkDBError, psycopg.Error) as exc:
             # E.g. the database is away, or a statistics read hit the session's timeouts.
             page = self._env.get_template("error.html").render(base=base,
-                                                               message=_reason(exc))
+                                                               message=error_reason(exc))
             return HTTPStatus.SERVICE_UNAVAILABLE, [_HTML], page.encode()
         return _not_found()
 

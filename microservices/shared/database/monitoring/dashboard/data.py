@@ -286,7 +286,7 @@ class DashboardData:
                                  "problems": problems, "error": None}
             except (EdulinkDBError, psycopg.Error) as exc:
                 out[svc.name] = {"applied": None, "pending": [], "last": None,
-                                 "problems": [], "error": _reason(exc)}
+                                 "problems": [], "error": error_reason(exc)}
         return out
 
     def _backups(self) -> dict[str, Any]:
@@ -297,7 +297,7 @@ class DashboardData:
             drill = read_state(store_for(self.settings, create_key=False).root).get(
                 "last_drill")
         except (EdulinkDBError, psycopg.Error, OSError) as exc:
-            return {"error": _reason(exc), "schemas": {}, "drill": None}
+            return {"error": error_reason(exc), "schemas": {}, "drill": None}
         schemas = {f.schema: {"newest": f.newest, "age_h": None if f.age_s is None
                               else round(f.age_s / 3600, 1),
                               "policy_h": None if f.interval_s is None
@@ -315,14 +315,14 @@ class DashboardData:
         try:
             report = verify(_admin_params(self.settings), self.topology)
         except (EdulinkDBError, psycopg.Error) as exc:
-            return {"error": _reason(exc), "matrix": {}, "schemas": [], "exposure": [],
+            return {"error": error_reason(exc), "matrix": {}, "schemas": [], "exposure": [],
                     "problems": 0}
         return {"error": None, "matrix": report.matrix, "schemas": self.topology.schemas,
                 "exposure": [e.as_dict() for e in report.exposure],
                 "problems": len(report.problems)}
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
     """An error for the page: EdulinkDBError messages mask DSNs already; a driver error
     shows only its primary message (never the statement or its parameters)."""
     if isinstance(exc, psycopg.Error):
