@@ -26,10 +26,10 @@ from django.db import connections
 from django.test.runner import DiscoverRunner
 from psycopg import sql
 
-from .config import admin_conninfo, load_settings
-from .django_settings import READONLY_KEY, SERVICE_KEY, configure_service_database
-from .lifecycle import migrator_password, service_password
-from .privileges.provisioning import provision
+from ..config import admin_conninfo, load_settings
+from ..lifecycle import migrator_password, service_password
+from ..privileges.provisioning import provision
+from .settings import READONLY_KEY, SERVICE_KEY, configure_service_database
 
 _SWAPPED = ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")
 

@@ -75,7 +75,7 @@ from psycopg import sql as pgsql
 from psycopg.client_cursor import ClientCursorMixin
 from psycopg.pq import TransactionStatus
 
-from .core.errors import RequestContextError
+from ..core.errors import RequestContextError
 
 _SET_USER = "SELECT pg_catalog.set_config('app.current_user_id', %s, true)"
 _SET_USER_READONLY = ("SELECT pg_catalog.set_config('app.current_user_id', %s, true), "

@@ -53,15 +53,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .config import (
+from ..config import (
     Settings,
     load_settings,
     pooler_mode,
     replica_conninfos,
     service_conninfo,
 )
-from .core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
-from .topology import Service, Topology
+from ..core.errors import ConfigError, CrossServiceAccessError, CrossServiceWriteError
+from ..topology import Service, Topology
 
 SERVICE_KEY = "EDULINK_SERVICE"  # which service's data an alias reaches
 READONLY_KEY = "EDULINK_READONLY"  # True for cross-service aliases
@@ -92,7 +92,7 @@ def service_table(service: str, table: str, *, settings: Settings | None = None)
     Django passes a name that is already quoted through unchanged, so this
     reaches ``"user_schema"."profiles_userprofile"`` whatever role is logged in.
     """
-    from .core.identifiers import validate_identifier
+    from ..core.identifiers import validate_identifier
 
     schema = _settings(settings).topology().service(service).schema
     validate_identifier(table, f"table name for service {service!r}")
@@ -183,7 +183,7 @@ def configure_service_database(
 
 def _trace(alias: dict[str, Any], service: Service, **extra: str) -> None:
     """Let the engine trace this alias's statements (django_backend reads TRACE_KEY)."""
-    from .connections import tracing
+    from ..connections import tracing
 
     params = {"user": alias["USER"], "host": alias["HOST"], "port": alias["PORT"],
               "dbname": alias["NAME"]}
@@ -320,7 +320,7 @@ class EdulinkRouter:
     def replica_alias(self) -> str | None:
         """A replica alias of 'default' that may serve a read now, else None."""
         if self._replicas is None:
-            from .connections.replicas import ReplicaSet
+            from ..connections.replicas import ReplicaSet
 
             aliases = [(name, conf) for name, conf in self._databases().items()
                        if conf.get(REPLICA_KEY)]
@@ -393,7 +393,7 @@ def _grant_exposure_after_migrate(sender: Any, using: str = "default", **kwargs:
     existed), as edulink-db's own migration runner does after every file."""
     from django.db import connections
 
-    from .migrations.runner import grant_exposed_columns
+    from ..migrations.runner import grant_exposed_columns
 
     conn = connections[using]
     user = conn.settings_dict.get("USER")

@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 import psycopg
 from django.db.backends.postgresql import base
 
-from ..connection_manager import FREEZE_WAIT_S
-from ..connections import location
-from ..core import credentials
+from ...connection_manager import FREEZE_WAIT_S
+from ...connections import location
+from ...core import credentials
 
 SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
 READONLY_KEY = "EDULINK_READONLY"
@@ -68,7 +68,7 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         if attributes:
             # Installed first, so it is the outermost wrapper: a span covers whatever
             # wrappers the application adds. Without TRACE_KEY nothing is installed.
-            from ..connections import tracing
+            from ...connections import tracing
 
             self.execute_wrappers.append(tracing.execute_wrapper(attributes))
 
@@ -97,8 +97,8 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         pools = getattr(self, "_connection_pools", None)  # Django < 5.1: no pool
         if not wanted or name is None or pools is None or self.alias in pools:
             return  # sized once per pool: an opened pool is in _connection_pools
-        from ..config import load_settings, pooler_mode
-        from ..connections import budget
+        from ...config import load_settings, pooler_mode
+        from ...connections import budget
 
         settings = load_settings()
         topology = settings.topology()

@@ -1,0 +1,12 @@
+"""Django support: everything edulink-db gives a Django project, in one package.
+
+- :mod:`.settings` -- ``DATABASES`` from the topology (``configure_service_database``,
+  ``configure_cross_service_databases``, ``service_table``) and the database router
+  (``get_database_router``, ``EdulinkRouter``, ``ReplicaPinningMiddleware``);
+- :mod:`.rls` -- row-level security user context (``RLSUserMiddleware``, ``rls_user``);
+- :mod:`.backend` -- the database engine, Django's PostgreSQL backend following
+  ``move-service`` (``backend/base.py``: ``DatabaseWrapper``);
+- :mod:`.test_runner` -- ``EdulinkTestRunner``.
+
+Nothing is imported here, so importing one module does not import Django for the others.
+"""
