@@ -170,7 +170,7 @@ def configure_service_database(
 
 
 def _trace(alias: dict[str, Any], service: Service, **extra: str) -> None:
-    """Let the engine trace this alias's statements (django_backend reads TRACE_KEY)."""
+    """Let the engine trace this alias's statements (backend/base.py reads TRACE_KEY)."""
     from ..connections import tracing
 
     params = {"user": alias["USER"], "host": alias["HOST"], "port": alias["PORT"],

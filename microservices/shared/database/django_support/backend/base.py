@@ -1,7 +1,7 @@
 """DatabaseWrapper: Django's PostgreSQL backend plus the location registry.
 
 Each new connection of an alias whose settings name a service (``EDULINK_SERVICE``,
-set by django_settings) consults the registry of the alias's configured (home)
+set by ..settings) consults the registry of the alias's configured (home)
 server, cached for ``location.TTL_S`` per process:
 
 - at home (never moved, or moved back): the connection Django would make, and the
@@ -40,10 +40,10 @@ from ...connection_manager import FREEZE_WAIT_S
 from ...connections import location
 from ...core import credentials
 
-SERVICE_KEY = "EDULINK_SERVICE"  # django_settings.SERVICE_KEY (no import: layering)
+SERVICE_KEY = "EDULINK_SERVICE"  # ..settings.SERVICE_KEY (not imported: independent)
 READONLY_KEY = "EDULINK_READONLY"
 CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
-TRACE_KEY = "EDULINK_TRACE"  # django_settings.TRACE_KEY: span attributes when tracing
+TRACE_KEY = "EDULINK_TRACE"  # ..settings.TRACE_KEY: span attributes when tracing
 
 
 class _HomeUnreachable(Exception):  # an internal signal: it never escapes
