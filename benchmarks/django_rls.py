@@ -108,7 +108,7 @@ def main() -> None:
         item, owned = _setup_django(admin, password)
         from django.db import connection
 
-        from microservices.shared.database import django_rls
+        from microservices.shared.database.django_support import rls as django_rls
 
         rng = random.Random(14)
 

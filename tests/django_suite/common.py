@@ -17,7 +17,7 @@ import django
 SERVER_ENV = "EDULINK_DJANGO_SUITE_SERVER"
 STOCK_ENGINE = "django.db.backends.postgresql"
 EDULINK_ENGINE = "microservices.shared.database.django_backend"
-SERVICE_KEY = "EDULINK_SERVICE"  # django_backend.base.SERVICE_KEY
+SERVICE_KEY = "EDULINK_SERVICE"  # django_support.backend.base.SERVICE_KEY
 SERVICE = "user"  # the service the engine looks up in the location registry
 ALIASES = ("default", "other")  # the two aliases Django's suite needs
 

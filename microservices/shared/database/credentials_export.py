@@ -11,7 +11,7 @@ settings and password, in the form a deployment wants.
 * ``k8s-secret`` -- a Kubernetes Secret manifest holding ``credential.json`` (the json
   form), to mount as a file (``defaultMode: 0400``).
 * ``django`` -- a Python settings module with ``DATABASES`` (the service's ``default``
-  alias and one per service it reads) as :mod:`.django_settings` builds them, for Django
+  alias and one per service it reads) as :mod:`.django_support.settings` builds them, for Django
   projects that want static settings (restart after a rotation).
 
 Everything is built from the credential the admin side resolves for the service's
@@ -78,7 +78,10 @@ def render(service: Service, settings: Settings, fmt: str) -> str:
 
 
 def _django_module(service: Service, settings: Settings, header: str) -> str:
-    from .django_settings import configure_cross_service_databases, configure_service_database
+    from .django_support.settings import (
+        configure_cross_service_databases,
+        configure_service_database,
+    )
 
     databases: dict[str, Any] = configure_service_database(
         service.name, migrate=False, settings=settings)

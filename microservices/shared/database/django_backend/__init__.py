@@ -1,7 +1,5 @@
-"""Django database engine that follows ``edulink-db move-service``.
-
-``ENGINE = "microservices.shared.database.django_backend"`` (what
-:func:`~microservices.shared.database.django_settings.configure_service_database`
-emits): Django's own PostgreSQL backend, whose new connections go where the
-location registry says the alias's service schema lives now (see :mod:`.base`).
+"""The Django ENGINE ``"microservices.shared.database.django_backend"`` (the one
+:func:`~microservices.shared.database.django_support.settings.configure_service_database`
+emits): Django loads ``<ENGINE>.base``, a re-export of
+:mod:`microservices.shared.database.django_support.backend.base`, which has the code.
 """
