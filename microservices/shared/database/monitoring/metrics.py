@@ -60,9 +60,9 @@ _enabled: Counters | None = None
 
 
 __all__ = ["BUCKETS", "PREFIX", "QUERY_DURATION_NAME", "Collector", "Counters",
-           "HistogramMetricFamily", "Metric", "PoolCollector", "ReplicaReadCollector",
-           "enable", "metrics_asgi_app", "metrics_wsgi_app", "register",
-           "start_metrics_server"]
+           "HistogramMetricFamily", "HistogramRow", "Metric", "PoolCollector",
+           "QueryDurationCollector", "ReplicaReadCollector", "enable", "metrics_asgi_app",
+           "metrics_wsgi_app", "register", "set_histogram_source", "start_metrics_server"]
 
 
 def enable() -> Counters:
@@ -78,7 +78,6 @@ def enable() -> Counters:
             # Imported here: monitor imports this module, and the connection layer is
             # only needed once something is exposed.
             from ..connections.manager import open_pool_stats, replica_reads
-            from .monitor import MonitorCollector
 
             counters = Counters(
                 query_errors=Counter(f"{PREFIX}_query_errors_total",
@@ -90,7 +89,7 @@ def enable() -> Counters:
                 permission_errors=Counter(f"{PREFIX}_permission_errors_total",
                                           "Statements refused for lack of privilege "
                                           "(SQLSTATE 42501).", ["service"]))
-            register(MonitorCollector())
+            register(QueryDurationCollector())
             register(PoolCollector(open_pool_stats))
             register(ReplicaReadCollector(replica_reads))
             _enabled = counters
@@ -138,6 +137,35 @@ class ReplicaReadCollector(Collector):
         for service, served_by, count in self._counts():
             reads.add_metric([service, served_by], float(count))
         yield reads
+
+
+# (service, query_type, count per bucket of BUCKETS plus +Inf, sum of durations)
+HistogramRow = tuple[str, str, list[int], float]
+_histograms: Callable[[], Iterable[HistogramRow]] = tuple
+
+
+def set_histogram_source(source: Callable[[], Iterable[HistogramRow]]) -> None:
+    """Where :class:`QueryDurationCollector` reads the histograms: the per-service
+    monitors set it when the first one is made (before that there are none)."""
+    global _histograms
+    _histograms = source
+
+
+class QueryDurationCollector(Collector):
+    """Exposes the monitors' query-duration histograms (edulink_db_query_duration_seconds)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(
+            QUERY_DURATION_NAME, "Duration of statements run through the connection manager.",
+            labels=["service", "query_type"])
+        for service, query_type, counts, total in _histograms():
+            cumulative, running = [], 0
+            for bound, count in zip(BUCKETS, counts, strict=False):
+                running += count
+                cumulative.append((repr(float(bound)), running))
+            cumulative.append(("+Inf", running + counts[-1]))
+            family.add_metric([service, query_type], cumulative, sum_value=total)
+        yield family
 
 
 def metrics_wsgi_app(registry: CollectorRegistry = REGISTRY) -> Any:

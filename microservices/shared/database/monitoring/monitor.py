@@ -21,7 +21,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,6 +62,7 @@ class ServiceMonitor:
         self.permission_errors: deque[tuple[float, str]] = deque(maxlen=1000)
         # A monitor exists only with monitoring on: the metrics are registered now.
         counters = metrics.enable()
+        metrics.set_histogram_source(histograms)
         self._errors_counter = counters.query_errors
         self._slow_counter = counters.slow_queries.labels(self.service)
         self._permission_counter = counters.permission_errors.labels(self.service)
@@ -218,25 +219,14 @@ def slow_threshold(settings: Settings, service: str) -> float:
 monitors = MonitorRegistry()
 
 
-class MonitorCollector(metrics.Collector):
-    """Exposes the monitors' query-duration histograms (edulink_db_query_duration_seconds)."""
-
-    def collect(self) -> Iterable[metrics.Metric]:
-        family = metrics.HistogramMetricFamily(
-            metrics.QUERY_DURATION_NAME,
-            "Duration of statements run through the connection manager.",
-            labels=["service", "query_type"])
-        for monitor in monitors.all():
-            with monitor._lock:
-                snapshot = {k: (list(v), monitor.sums[k]) for k, v in monitor.buckets.items()}
-            for query_type, (counts, total) in snapshot.items():
-                cumulative, running = [], 0
-                for bound, count in zip(metrics.BUCKETS, counts, strict=False):
-                    running += count
-                    cumulative.append((repr(float(bound)), running))
-                cumulative.append(("+Inf", running + counts[-1]))
-                family.add_metric([monitor.service, query_type], cumulative, sum_value=total)
-        yield family
+def histograms() -> Iterator[metrics.HistogramRow]:
+    """Each monitor's query-duration histogram per query type, for
+    :class:`.metrics.QueryDurationCollector` (read at scrape time)."""
+    for monitor in monitors.all():
+        with monitor._lock:
+            snapshot = {k: (list(v), monitor.sums[k]) for k, v in monitor.buckets.items()}
+        for query_type, (counts, total) in snapshot.items():
+            yield monitor.service, query_type, counts, total
 
 
 # -- the seed's API ------------------------------------------------------------------
