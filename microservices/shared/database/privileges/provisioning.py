@@ -130,7 +130,7 @@ def _repair_drift(
     ``verify`` will still fail on it.
     """
     from .catalog import read_catalog
-    from .verify import compare
+    from .compare import compare
 
     # A repair can uncover another difference: REVOKE SELECT ON a table also revokes
     # the column grants on it, so a reader's hand-made table grant, once revoked,
