@@ -1,4 +1,5 @@
 """The privilege model and the two sides of it: provisioning (make the catalog match the
-topology) and verify (read the catalog and compare).  Both import :mod:`.model`; verify
-never imports provisioning.  :mod:`.sqlserver` renders the same model as T-SQL.
+topology: roles, schemas, grants, script; run by provisioning) and verify (catalog,
+expected, compare, report; run by verify).  Both import :mod:`.model`; the verify side
+never imports the provisioning side.  :mod:`.sqlserver` renders the same model as T-SQL.
 """

@@ -1,11 +1,5 @@
-"""Reading the catalog: everything verify compares, in a fixed number of queries.
-
-:func:`read_catalog` returns a :class:`CatalogState` (roles and their attributes,
-memberships, settings, schemas, relations, columns, ownership, PUBLIC's grants, default
-privileges, routines, migrators, the connection budget).  Effective privileges come from
-``has_*_privilege``, so grants through PUBLIC, role membership or predefined roles such as
-``pg_read_all_data`` all count.  Nothing here judges: :mod:`.verify` compares.
-"""
+"""Reading the catalog: everything verify compares, as a :class:`CatalogState`, in a fixed
+number of queries (:func:`read_catalog`)."""
 
 from __future__ import annotations
 
@@ -79,7 +73,7 @@ class CatalogState:
     runtime_owned: set[tuple[str, str, str]] = field(default_factory=set)  # role, kind, name
     database_privileges: set[tuple[str, str]] = field(default_factory=set)
     # Routines in topology schemas that PUBLIC may execute (schema, signature), and
-    # owner roles whose future routines PUBLIC could execute (provisioning.routine_statements).
+    # owner roles whose future routines PUBLIC could execute (grants.routine_statements).
     public_routines: set[tuple[str, str, int]] = field(default_factory=set)  # + oid
     owners_with_public_routines: set[str] = field(default_factory=set)
     # max_connections, superuser_reserved_connections, reserved_connections, usable,
@@ -109,7 +103,14 @@ class CatalogState:
 
 
 def read_catalog(conn: psycopg.Connection[Any], topology: Topology) -> CatalogState:
-    """Read the catalog facts verify needs, in a constant number of queries."""
+    """Read the catalog facts verify needs, in a constant number of queries.
+
+    Roles and their attributes, memberships, settings, schemas, relations, columns,
+    ownership, PUBLIC's grants, default privileges, routines, migrators, the connection
+    budget.  Effective privileges come from ``has_*_privilege``, so grants through
+    PUBLIC, role membership or predefined roles such as ``pg_read_all_data`` all count.
+    Nothing here judges: :mod:`.compare` compares.
+    """
     state = CatalogState(database=conn.info.dbname)
     runtime = topology.runtime_roles
     roles = runtime + topology.owner_roles + topology.migrator_roles
@@ -456,6 +457,3 @@ def _read_migrators(conn: psycopg.Connection[Any], topology: Topology,
 def _table_privileges(conn: psycopg.Connection[Any]) -> list[str]:
     # MAINTAIN (PostgreSQL 17+) lets a role VACUUM/ANALYZE/REINDEX/CLUSTER/LOCK.
     return list(TABLE_PRIVILEGES) + (["MAINTAIN"] if conn.info.server_version >= 170000 else [])
-
-
-# -- expectations ------------------------------------------------------------

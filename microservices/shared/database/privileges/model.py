@@ -4,7 +4,7 @@ Provisioning writes these roles, attributes, privileges, marks and budgets into 
 catalog; verify reads the catalog and compares it with the same definitions.  Keeping
 them here (and not in provisioning) is what lets verify stay independent of the code
 that changes the database: ``privileges.verify`` must not import
-``privileges.provisioning`` (an import-linter contract in pyproject.toml).
+``privileges.provisioning`` nor its parts (an import-linter contract in pyproject.toml).
 """
 
 from __future__ import annotations
