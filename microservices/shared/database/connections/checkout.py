@@ -149,7 +149,7 @@ class Checkout:
     found before the checkout; *follow* finds where the service lives when the block
     is entered (and sets both)."""
 
-    __slots__ = ("_conn", "_entry", "_follow", "_moved", "_prologue")
+    __slots__ = ("_conn", "_entry", "_follow", "_moved", "_pool", "_prologue")
 
     def __init__(self, entry: ServicePool, prologue: Prologue | None,
                  moved: MoveWatch | None = None, follow: Follow | None = None) -> None:
@@ -158,12 +158,15 @@ class Checkout:
         self._moved = moved
         self._follow = follow
         self._conn: ServiceConnection | None = None
+        # The pool the connection came from: it goes back there, even if the service's
+        # pools were closed (and another built) while the block ran.
+        self._pool: ConnectionPool[ServiceConnection] | None = None
 
     def __enter__(self) -> ServiceConnection:
         if self._follow is not None:  # relocation hook (issue 17)
             self._entry, self._moved = self._follow()
         entry = self._entry
-        pool = open_pool(entry)
+        pool = self._pool = open_pool(entry)
         # Bounded: each dead connection found is discarded and the pool drained, so
         # at most the connections that were idle at the restart are looked at.
         for _ in range(entry.config.max_size + 1):
@@ -189,13 +192,12 @@ class Checkout:
 
     def __exit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        conn, entry = self._conn, self._entry
-        assert conn is not None
+        conn, pool, entry = self._conn, self._pool, self._entry
+        assert conn is not None and pool is not None
         self._conn = None
         entry.take_back(conn, self._prologue, entry.cursor, exc)
         if entry.needs_reset(conn):
             reset(entry, conn)
-        pool = open_pool(entry)
         pool.putconn(conn)  # rolls back anything left open
         if entry.is_replica and conn.closed:
             # A replica that went away mid-block took its idle sessions too: without

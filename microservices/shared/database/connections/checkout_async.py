@@ -148,7 +148,7 @@ class AsyncCheckout:
     found before the checkout; *follow* finds where the service lives when the block
     is entered (and sets both)."""
 
-    __slots__ = ("_conn", "_entry", "_follow", "_moved", "_prologue")
+    __slots__ = ("_conn", "_entry", "_follow", "_moved", "_pool", "_prologue")
 
     def __init__(self, entry: ServicePool, prologue: Prologue | None,
                  moved: MoveWatch | None = None, follow: AsyncFollow | None = None) -> None:
@@ -157,12 +157,15 @@ class AsyncCheckout:
         self._moved = moved
         self._follow = follow
         self._conn: AsyncServiceConnection | None = None
+        # The pool the connection came from: it goes back there, even if the service's
+        # pools were closed (and another built) while the block ran.
+        self._pool: AsyncConnectionPool[AsyncServiceConnection] | None = None
 
     async def __aenter__(self) -> AsyncServiceConnection:
         if self._follow is not None:  # relocation hook (issue 17)
             self._entry, self._moved = await self._follow()
         entry = self._entry
-        pool = await aopen_pool(entry)
+        pool = self._pool = await aopen_pool(entry)
         # Bounded: each dead connection found is discarded and the pool drained, so
         # at most the connections that were idle at the restart are looked at.
         for _ in range(entry.config.max_size + 1):
@@ -188,13 +191,12 @@ class AsyncCheckout:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        conn, entry = self._conn, self._entry
-        assert conn is not None
+        conn, pool, entry = self._conn, self._pool, self._entry
+        assert conn is not None and pool is not None
         self._conn = None
         entry.take_back(conn, self._prologue, entry.async_cursor, exc)
         if entry.needs_reset(conn):
             await areset(entry, conn)
-        pool = await aopen_pool(entry)
         await pool.putconn(conn)  # rolls back anything left open
         if entry.is_replica and conn.closed:
             # A replica that went away mid-block took its idle sessions too: without
