@@ -24,6 +24,7 @@ from ..config import Settings
 from . import location
 from .move_watch import FREEZE_WAIT_S, MoveWatch
 from .pool import OK, RECHECK_IDLE_AFTER_S, SUSPECT, ServicePool, idle_state
+from .reconnecting_pool import ReconnectingPool
 from .registry_read import get, wait_unfrozen
 from .request_context import Prologue, ServiceConnection
 
@@ -32,15 +33,17 @@ Follow = Callable[
 
 
 # -- the psycopg_pool of a service pool ------------------------------------------------
-def open_pool(entry: ServicePool) -> ConnectionPool[ServiceConnection]:
-    """*entry*'s psycopg_pool, built (after one probing connection) on first use."""
+def open_pool(entry: ServicePool) -> ReconnectingPool[ServiceConnection]:
+    """*entry*'s psycopg_pool, built (after one probing connection) on first use.  It
+    reconnects as :mod:`.outage` explains."""
     pool = entry.pool
     if pool is None:
         with entry.pool_lock:
             if entry.pool is None:
                 entry.probe()
-                built = ConnectionPool(
+                built: ReconnectingPool[ServiceConnection] = ReconnectingPool(
                     entry.current_conninfo,
+                    target=entry.target,
                     connection_class=ServiceConnection,
                     kwargs={**entry.kwargs, "cursor_factory": entry.cursor},
                     configure=entry.configure,
@@ -49,7 +52,7 @@ def open_pool(entry: ServicePool) -> ConnectionPool[ServiceConnection]:
                     max_size=entry.config.max_size,
                     timeout=entry.config.timeout,
                     max_lifetime=entry.config.max_lifetime,
-                    check=ConnectionPool.check_connection if entry.config.check
+                    check=ReconnectingPool.check_connection if entry.config.check
                     else None,
                     open=False,
                 )

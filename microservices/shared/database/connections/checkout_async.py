@@ -23,6 +23,7 @@ from ..config import Settings
 from . import location
 from .move_watch import FREEZE_WAIT_S, MoveWatch
 from .pool import OK, RECHECK_IDLE_AFTER_S, SUSPECT, ServicePool, idle_state
+from .reconnecting_pool_async import AsyncReconnectingPool
 from .registry_read_async import aget, await_unfrozen
 from .request_context import AsyncServiceConnection, Prologue
 
@@ -31,15 +32,17 @@ AsyncFollow = Callable[
 
 
 # -- the psycopg_pool of a service pool ------------------------------------------------
-async def aopen_pool(entry: ServicePool) -> AsyncConnectionPool[AsyncServiceConnection]:
-    """*entry*'s psycopg_pool, built (after one probing connection) on first use."""
+async def aopen_pool(entry: ServicePool) -> AsyncReconnectingPool[AsyncServiceConnection]:
+    """*entry*'s psycopg_pool, built (after one probing connection) on first use.  It
+    reconnects as :mod:`.outage` explains."""
     pool = entry.apool
     if pool is None:
         async with entry.apool_lock:
             if entry.apool is None:
                 await asyncio.to_thread(entry.probe)  # sync: entry.probe()
-                built = AsyncConnectionPool(
+                built: AsyncReconnectingPool[AsyncServiceConnection] = AsyncReconnectingPool(
                     entry.current_conninfo,
+                    target=entry.target,
                     connection_class=AsyncServiceConnection,
                     kwargs={**entry.kwargs, "cursor_factory": entry.async_cursor},
                     configure=entry.configure_async,
@@ -48,7 +51,7 @@ async def aopen_pool(entry: ServicePool) -> AsyncConnectionPool[AsyncServiceConn
                     max_size=entry.config.max_size,
                     timeout=entry.config.timeout,
                     max_lifetime=entry.config.max_lifetime,
-                    check=AsyncConnectionPool.check_connection if entry.config.check
+                    check=AsyncReconnectingPool.check_connection if entry.config.check
                     else None,
                     open=False,
                 )

@@ -18,7 +18,6 @@ from typing import Any
 import psycopg
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from ..config import (
     Settings,
@@ -38,6 +37,8 @@ from ..core.tls import explain
 from ..topology import Service
 from . import budget, hooks, location
 from .pool_config import pool_config
+from .reconnecting_pool import ReconnectingPool
+from .reconnecting_pool_async import AsyncReconnectingPool
 from .request_context import (
     AsyncCleanCursor,
     AsyncContextCursor,
@@ -105,8 +106,10 @@ def idle_state(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> 
 
 def _classify_connect_error(service: Service, params: dict[str, Any],
                             exc: psycopg.OperationalError,
-                            credentials_file: Path | None = None
-                            ) -> ServiceConnectionError:
+                            credentials_file: Path | None = None,
+                            waited: float | None = None) -> ServiceConnectionError:
+    """What a failed connection attempt means for *service*; *waited*: the checkout
+    waited that long for the pool to reconnect first."""
     reason = " ".join(str(exc).split())
     target = mask_dsn(params)
     if "password authentication failed" in reason or "no password supplied" in reason \
@@ -128,9 +131,19 @@ def _classify_connect_error(service: Service, params: dict[str, Any],
             f"shared; run fewer processes (EDULINK_DB_{service.name.upper()}_PROCESSES) or "
             "find the sessions that hold it (pg_stat_activity)."
         )
+    waiting = "" if waited is None else (
+        f" (the checkout waited {waited:g} s, DATABASE_POOL_TIMEOUT, while the pool kept "
+        "reconnecting; it goes on, so a later checkout succeeds once the server answers)")
     return ServiceConnectionError(
-        f"Service {service.name!r} cannot reach the database at {target}: {explain(reason, params)}"
+        f"Service {service.name!r} cannot reach the database at {target}: "
+        f"{explain(reason, params)}{waiting}"
     )
+
+
+def _server_of(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """host:port that *conn* reached (one of a multi-host URL's)."""
+    info = conn.info
+    return host_label({"host": info.host, "port": info.port})
 
 
 class _Stats:
@@ -168,6 +181,7 @@ class ServicePool:
                                   timeout=min(self.config.timeout, REPLICA_CHECKOUT_TIMEOUT_S))
             self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
         self.conninfo = conninfo_string(self.params)
+        self.target = host_label(self.params)  # for log lines: no credentials
         # Where this pool's password came from, to read it again before each new
         # connection (a rotation then needs no restart); only when the password is that
         # source's (a replica URL with credentials of its own keeps them).
@@ -203,8 +217,8 @@ class ServicePool:
         }
         # The psycopg_pools, built on first use by connections/checkout.py (sync) and
         # connections/checkout_async.py, each under its own lock.
-        self.pool: ConnectionPool[ServiceConnection] | None = None
-        self.apool: AsyncConnectionPool[AsyncServiceConnection] | None = None
+        self.pool: ReconnectingPool[ServiceConnection] | None = None
+        self.apool: AsyncReconnectingPool[AsyncServiceConnection] | None = None
         self.pool_lock = threading.Lock()
         self.apool_lock = asyncio.Lock()
 
@@ -247,10 +261,12 @@ class ServicePool:
         """psycopg_pool's hook for each new connection (once, not per checkout)."""
         conn.monitor = self.monitor
         conn.server_cursor_factory = self.server_cursor
+        conn.service_name, conn.server = self.service.name, _server_of(conn)
 
     async def configure_async(self, conn: AsyncServiceConnection) -> None:
         conn.monitor = self.monitor
         conn.server_cursor_factory = self.async_server_cursor
+        conn.service_name, conn.server = self.service.name, _server_of(conn)
 
     def probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable
@@ -286,6 +302,13 @@ class ServicePool:
         waiting = stats.get("requests_waiting", 0)
         numbers = (f"{self.stats.checked_out} checked out, pool size {size} of max "
                    f"{self.config.max_size}, {available} available, {waiting} waiting")
+        outage = next((p.outage for p in (self.pool, self.apool)
+                       if p is not None and p.outage.active), None)
+        if outage is not None and outage.last_error is not None:
+            # Its reconnect attempts are failing: say why, without one more attempt.
+            return _classify_connect_error(
+                self.service, self.params, psycopg.OperationalError(outage.last_error),
+                self.credentials_file, waited=self.config.timeout)
         if size < self.config.max_size or self.stats.checked_out < size:
             # The pool could not even grow: connecting is failing. Say why.
             try:

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from .context_value import Prologue
+from .outage import connection_lost_error, lost_connection
 from .statement_merge import with_merge_dumpers
 
 T = TypeVar("T")
@@ -32,6 +33,8 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
     monitor: Any = None  # the service's monitoring.ServiceMonitor, when monitoring is on
     session_dirty: bool = False  # cleared only by a successful session reset
     vouched: int = 0  # > 0 while a vouched-for operation runs
+    service_name: str = ""  # set by the pool when it makes the connection
+    server: str = ""  # host:port of the server this connection reached
     _prologue_cursor: psycopg.Cursor[TupleRow] | None = None
     _merge_cursor: psycopg.ClientCursor[TupleRow] | None = None
 
@@ -55,7 +58,12 @@ class ServiceConnection(psycopg.Connection[TupleRow]):
         # arguments: this is on every statement's path; *args would cost more.)
         if not self.vouched:
             self.session_dirty = True
-        return super().wait(gen, interval, timeout)
+        try:
+            return super().wait(gen, interval, timeout)
+        except psycopg.OperationalError as exc:
+            if self.server and lost_connection(self, exc):
+                raise connection_lost_error(self.service_name, self.server, exc) from exc
+            raise
 
     def commit(self) -> None:
         self.vouched += 1

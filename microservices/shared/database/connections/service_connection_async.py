@@ -16,6 +16,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from .context_value import Prologue
+from .outage import connection_lost_error, lost_connection
 from .statement_merge import with_merge_dumpers
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
     monitor: Any = None  # the service's monitoring.ServiceMonitor, when monitoring is on
     session_dirty: bool = False  # cleared only by a successful session reset
     vouched: int = 0  # > 0 while a vouched-for operation runs
+    service_name: str = ""  # set by the pool when it makes the connection
+    server: str = ""  # host:port of the server this connection reached
     _prologue_cursor: psycopg.AsyncCursor[TupleRow] | None = None
     _merge_cursor: psycopg.AsyncClientCursor[TupleRow] | None = None
 
@@ -53,7 +56,12 @@ class AsyncServiceConnection(psycopg.AsyncConnection[TupleRow]):
         # arguments: this is on every statement's path; *args would cost more.)
         if not self.vouched:
             self.session_dirty = True
-        return await super().wait(gen, interval, timeout)
+        try:
+            return await super().wait(gen, interval, timeout)
+        except psycopg.OperationalError as exc:
+            if self.server and lost_connection(self, exc):
+                raise connection_lost_error(self.service_name, self.server, exc) from exc
+            raise
 
     async def commit(self) -> None:
         self.vouched += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import psycopg
+
 
 class EdulinkDBError(Exception):
     """Base class of every error raised by edulink-db."""
@@ -58,6 +60,18 @@ class VerificationError(EdulinkDBError):
 
 class ServiceConnectionError(EdulinkDBError):
     """A service could not get a working connection as its own role."""
+
+
+class ServerConnectionLostError(ServiceConnectionError, psycopg.OperationalError):
+    """The server went away while a service connection ran a statement: it shut down
+    or crashed, a failover or switchover took it away, an administrator terminated the
+    session, or the network dropped.  The message names the server and the reason.
+
+    Also a :class:`psycopg.OperationalError`, so code (and Django) that handles
+    psycopg's error keeps working.  The transaction did not commit, unless the lost
+    statement was the COMMIT itself: then its outcome is unknown.  The pool replaces
+    the connection; retry the unit of work.
+    """
 
 
 class ServiceAuthenticationError(ServiceConnectionError):

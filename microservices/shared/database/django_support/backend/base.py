@@ -30,20 +30,58 @@ makes that rare (see docs/move-service.md).
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import psycopg
+from django.db import OperationalError as DjangoOperationalError
 from django.db.backends.postgresql import base
+from django.db.utils import DatabaseErrorWrapper
 
+from ...config import host_label
 from ...connection_manager import FREEZE_WAIT_S
 from ...connections import location, registry_read
+from ...connections.outage import connection_lost_error, lost_connection
+from ...connections.reconnecting_pool import ReconnectingPool
 from ...core import credentials
+from ...core.errors import ServerConnectionLostError
 
 SERVICE_KEY = "EDULINK_SERVICE"  # ..settings.SERVICE_KEY (not imported: independent)
 READONLY_KEY = "EDULINK_READONLY"
 CREDENTIALS_KEY = "EDULINK_CREDENTIALS_FILE"
 TRACE_KEY = "EDULINK_TRACE"  # ..settings.TRACE_KEY: span attributes when tracing
+
+
+class _DjangoConnectionLost(DjangoOperationalError,  # type: ignore[misc]
+                            ServerConnectionLostError):
+    """What a Django query raises when the server goes away during it: Django's
+    ``OperationalError`` (so Django's own handling applies) that is also edulink-db's
+    :class:`ServerConnectionLostError`, naming the server and the reason."""
+
+
+class _ErrorWrapper(DatabaseErrorWrapper):  # type: ignore[misc]
+    """Django's error wrapper, except that a lost connection of a service alias raises
+    :class:`_DjangoConnectionLost` instead of a bare OperationalError."""
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        wrapper = self.wrapper
+        conn = wrapper.connection
+        if isinstance(exc_value, psycopg.OperationalError) and conn is not None \
+                and wrapper.settings_dict.get(SERVICE_KEY) and lost_connection(conn, exc_value):
+            wrapper.errors_occurred = True
+            raise connection_lost_error(
+                wrapper.settings_dict[SERVICE_KEY], _server_of(conn, wrapper.settings_dict),
+                exc_value, _DjangoConnectionLost,
+            ).with_traceback(traceback) from exc_value
+        super().__exit__(exc_type, exc_value, traceback)
+
+
+def _server_of(conn: psycopg.Connection[Any], settings_dict: dict[str, Any]) -> str:
+    try:
+        return host_label({"host": conn.info.host, "port": conn.info.port})
+    except psycopg.Error:  # the connection is already finished: name what was configured
+        return host_label({"host": settings_dict.get("HOST"), "port": settings_dict.get("PORT")})
 
 
 class _HomeUnreachable(Exception):  # an internal signal: it never escapes
@@ -72,10 +110,16 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
 
             self.execute_wrappers.append(tracing.execute_wrapper(attributes))
 
+    @cached_property
+    def wrap_database_errors(self) -> DatabaseErrorWrapper:
+        return _ErrorWrapper(self)
+
     @property
     def pool(self) -> Any:
         self._edulink_size_pool()
         home_pool = getattr(super(), "pool", None)  # Django < 5.1 has no pool
+        if home_pool is not None and not isinstance(home_pool, ReconnectingPool):
+            home_pool = self._edulink_reconnecting(home_pool)
         where = self._edulink_where
         if home_pool is None or where is None:
             return home_pool
@@ -117,16 +161,34 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
             given.update(min_size=size.min_size, max_size=size.max_size)
         options["pool"] = given
 
+    def _edulink_reconnecting(self, django_pool: Any) -> Any:
+        """Django's freshly built (never opened) home pool, swapped for the same pool
+        with edulink-db's reconnect policy (connections/outage.py): Django builds a
+        plain psycopg_pool, whose retries back off to seconds after an outage."""
+        with self._edulink_pools_lock:
+            current = self._connection_pools.get(self.alias)
+            if isinstance(current, ReconnectingPool):
+                return current
+            replacement = self._pool_like(django_pool, dict(django_pool.kwargs),
+                                          django_pool.name)
+            self._connection_pools[self.alias] = replacement
+        django_pool.close()  # never opened: closing it only marks it closed
+        return replacement
+
     def _located_pool(self, home_pool: Any, where: str) -> Any:
         """A pool like Django's *home_pool*, connecting to *where*."""
-        from psycopg_pool import ConnectionPool
+        return self._pool_like(home_pool, location.located_params(dict(home_pool.kwargs),
+                                                                  where),
+                               f"{home_pool.name}@{where}")
 
-        return ConnectionPool(
-            kwargs=location.located_params(dict(home_pool.kwargs), where),
+    def _pool_like(self, home_pool: Any, kwargs: dict[str, Any], name: str) -> Any:
+        """A pool with *home_pool*'s options and edulink-db's reconnect policy."""
+        return ReconnectingPool(
+            kwargs=kwargs, target=host_label(kwargs),
             open=False, configure=self._configure_connection,
             check=home_pool._check,  # Django's choice (CONN_HEALTH_CHECKS)
             min_size=home_pool.min_size, max_size=home_pool.max_size,
-            name=f"{home_pool.name}@{where}", timeout=home_pool.timeout,
+            name=name, timeout=home_pool.timeout,
             max_waiting=home_pool.max_waiting, max_lifetime=home_pool.max_lifetime,
             max_idle=home_pool.max_idle, reconnect_timeout=home_pool.reconnect_timeout,
             num_workers=home_pool.num_workers)
