@@ -134,3 +134,51 @@ def test_home_is_found_from_a_subdirectory(tmp_path: Path) -> None:
     sub = tmp_path / "services" / "user"
     sub.mkdir(parents=True)
     assert config.find_home(sub) == home
+
+
+def test_patroni_urls_are_validated_and_their_credentials_masked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_PATRONI_URLS",
+                       f"http://patroni:{SECRET.replace('@', '%40').replace('/', '%2F')}"
+                       "@pg1:8008, https://[fd00::2]:8008/")
+    s = load_settings()
+    assert SECRET not in repr(s) and "%40" not in repr(s)
+    assert "http://patroni:****@pg1:8008,https://[fd00::2]:8008" in repr(s)
+    endpoints = config.parse_patroni_urls(s.database_patroni_urls.get_secret_value()
+                                          if s.database_patroni_urls else "")
+    assert [(e.url, e.username, e.password) for e in endpoints] == [
+        ("http://pg1:8008", "patroni", SECRET), ("https://[fd00::2]:8008", None, None)]
+    assert SECRET not in repr(endpoints)
+    assert (s.database_patroni_refresh_interval, s.database_patroni_max_lag_bytes,
+            s.database_patroni_timeout) == (5.0, 16 * 1024 * 1024, 1.0)
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("pg1:8008", "the scheme must be http or https"),
+    ("postgresql://pg1:5432", "the scheme must be http or https"),
+    ("http://pg1", "no port"),
+    ("http://pg1:80a8", "the port is not a number"),
+    ("http://pg1:8008/cluster", "a path, query or fragment"),
+    ("http://pg1:8008,,http://pg2:8008", "entry 2"),
+    (f"http://u:{SECRET}@pg1:8008", "percent-encoded"),  # an unescaped / ends the host
+])
+def test_bad_patroni_urls_name_the_entry_without_echoing_it(
+        monkeypatch: pytest.MonkeyPatch, value: str, why: str) -> None:
+    monkeypatch.setenv("DATABASE_PATRONI_URLS", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "DATABASE_PATRONI_URLS" in text and why in text and "http://HOST:PORT" in text
+    assert value not in text and SECRET not in text
+
+
+def test_patroni_lag_limit_and_intervals_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_PATRONI_MAX_LAG_BYTES", "off")
+    assert load_settings().database_patroni_max_lag_bytes is None
+    monkeypatch.setenv("DATABASE_PATRONI_URLS", "")
+    assert load_settings().database_patroni_urls is None
+    for key, value in (("MAX_LAG_BYTES", "-1"), ("REFRESH_INTERVAL", "0"), ("TIMEOUT", "-2")):
+        monkeypatch.setenv(f"DATABASE_PATRONI_{key}", value)
+        with pytest.raises(ConfigError, match=f"DATABASE_PATRONI_{key}"):
+            load_settings()
+        monkeypatch.delenv(f"DATABASE_PATRONI_{key}")

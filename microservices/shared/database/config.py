@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core import credentials
@@ -91,6 +92,23 @@ class Settings(BaseSettings):
     database_replica_urls: SecretStr | None = None
     database_replica_max_lag: float = Field(
         5.0, ge=0, description="seconds of replay lag beyond which a replica is skipped")
+
+    # Patroni (connections/patroni.py): comma-separated REST API endpoints of the cluster's
+    # members, http(s)://HOST:PORT each (Patroni's restapi.listen, default port 8008),
+    # optionally with basic-auth credentials (http://USER:PASSWORD@HOST:PORT), never shown.
+    database_patroni_urls: SecretStr | None = None
+    # 5 s: Patroni writes members' WAL positions to the DCS once per HA loop (loop_wait,
+    # default 10 s), and 3.0.2's GET /cluster reads the DCS on every request; a failover is
+    # noticed sooner anyway, through refresh() after a connection error.
+    database_patroni_refresh_interval: float = Field(
+        5.0, gt=0, le=3600, description="seconds between two reads of GET /cluster (±20%)")
+    # 16 MiB, one default WAL segment: /cluster's lag compares two positions each sampled
+    # once per HA loop, so a healthy replica of a busy primary may show a few MiB.
+    database_patroni_max_lag_bytes: int | None = Field(
+        16 * 1024 * 1024, ge=0,
+        description="replay lag in bytes beyond which a replica is skipped; 'none': no limit")
+    database_patroni_timeout: float = Field(
+        1.0, gt=0, le=60, description="seconds per REST request (connect, then each read)")
 
     # Migrations.
     database_migration_lock_timeout: str = Field(
@@ -158,8 +176,29 @@ class Settings(BaseSettings):
             elif key in ("database_replica_urls", "edulink_db_location_admin_urls") and (
                     value is not None):
                 yield key, ",".join(mask_dsn(u) for u in split_urls(value.get_secret_value()))
+            elif key == "database_patroni_urls" and value is not None:
+                yield key, mask_http_urls(value.get_secret_value())
             else:
                 yield key, value
+
+    @field_validator("database_patroni_urls")
+    @classmethod
+    def _check_patroni_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # DATABASE_PATRONI_URLS= (empty): no Patroni
+        try:
+            parse_patroni_urls(value.get_secret_value())
+        except ConfigError as exc:  # pydantic wants a ValueError; load_settings names it
+            raise ValueError(str(exc).removeprefix("DATABASE_PATRONI_URLS: ").rstrip(".")
+                             ) from None
+        return value
+
+    @field_validator("database_patroni_max_lag_bytes", mode="before")
+    @classmethod
+    def _no_lag_limit(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
 
     # -- derived --------------------------------------------------------
     @property
@@ -580,3 +619,88 @@ def host_label(params: dict[str, Any]) -> str:
         ports = ports * len(hosts)
     return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
                     for h, p in zip(hosts, ports, strict=False))
+
+
+# -- Patroni REST endpoints ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatroniEndpoint:
+    """One Patroni REST API endpoint: ``url`` is ``scheme://host:port`` without the
+    credentials (what logs and errors name it by); ``username``/``password`` are the
+    basic-auth credentials of the URL, if any, and never part of a repr."""
+
+    url: str
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def masked(self) -> str:
+        """The URL as configured, with the password shown as ``****``."""
+        if self.username is None:
+            return self.url
+        scheme, rest = self.url.split("://", 1)
+        secret = f":{MASK}" if self.password is not None else ""
+        return f"{scheme}://{quote(self.username, safe='')}{secret}@{rest}"
+
+
+def parse_patroni_url(text: str, variable: str = "DATABASE_PATRONI_URLS",
+                      index: int = 1) -> PatroniEndpoint:
+    """*text* as a Patroni REST endpoint, ``http(s)://[USER:PASSWORD@]HOST:PORT``.
+
+    Raises ConfigError naming *variable*, the entry's position and what is wrong; never
+    the entry itself (it may hold a password)."""
+    def bad(why: str) -> ConfigError:
+        return ConfigError(
+            f"{variable}: entry {index} is not a Patroni REST endpoint ({why}); expected "
+            "http://HOST:PORT or https://HOST:PORT (Patroni's restapi.listen, default port "
+            "8008), optionally http://USER:PASSWORD@HOST:PORT with special characters of the "
+            "password percent-encoded, comma-separated.")
+
+    text = text.strip()
+    if not text or any(c.isspace() for c in text):
+        raise bad("empty, or contains spaces")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise bad("the port is not a number from 0 to 65535, or a bracket is unbalanced"
+                  ) from None
+    if parts.scheme not in ("http", "https"):
+        raise bad("the scheme must be http or https")
+    if not parts.hostname:
+        raise bad("no host")
+    if port is None or port == 0:
+        raise bad("no port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise bad("a path, query or fragment: give the endpoint only, /cluster is added")
+    if "@" in parts.hostname or "/" in parts.hostname:
+        raise bad("the host contains '@' or '/': percent-encode them in the password")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return PatroniEndpoint(
+        f"{parts.scheme}://{host}:{port}",
+        None if parts.username is None else unquote(parts.username),
+        None if parts.password is None else unquote(parts.password))
+
+
+def parse_patroni_urls(text: str, variable: str = "DATABASE_PATRONI_URLS"
+                       ) -> list[PatroniEndpoint]:
+    """Each comma-separated endpoint of *text* (see :func:`parse_patroni_url`), in order,
+    repeats dropped.  Raises ConfigError when there is none."""
+    out: list[PatroniEndpoint] = []
+    entries = text.split(",")
+    for index, entry in enumerate(entries, 1):
+        if not entry.strip() and len(entries) > 1 and index == len(entries):
+            continue  # a trailing comma
+        endpoint = parse_patroni_url(entry, variable, index)
+        if endpoint not in out:
+            out.append(endpoint)
+    return out
+
+
+def mask_http_urls(text: str) -> str:
+    """The comma-separated endpoints of *text* with passwords masked (for reprs)."""
+    try:
+        return ",".join(e.masked for e in parse_patroni_urls(text))
+    except ConfigError:  # an unparseable entry may still contain a password: show nothing
+        return "<unparseable Patroni URLs>"

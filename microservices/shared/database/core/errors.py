@@ -202,3 +202,13 @@ class PoolDoesNotFit(ConfigError):
     def __init__(self, message: str, connections: int, limit: int) -> None:
         super().__init__(message)
         self.connections, self.limit = connections, limit
+
+
+class PatroniDiscoveryError(EdulinkDBError):
+    """Patroni's REST API gave no usable view of the cluster: no endpoint answered, or
+    an answer was malformed or contradictory (two leaders).  ``problems`` holds
+    ``(endpoint, what was wrong)`` pairs; endpoints are named without credentials."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
