@@ -573,9 +573,24 @@ def replica_admin_conninfos(settings: Settings | None = None) -> list[dict[str, 
     credentials), read-only; ``[]`` when none are configured."""
     settings = settings or load_settings()
     if settings.database_replica_urls is None:
+        if settings.database_patroni_urls is not None and settings.database_url is not None:
+            return [_read_only_params(p) for p in member_conninfos(admin_conninfo(settings))]
         return []
     return [_read_only_params(apply_tls(p, settings)) for p in _parse_replica_urls(
         settings.database_replica_urls.get_secret_value(), "DATABASE_REPLICA_URLS")]
+
+
+def member_conninfos(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One set of parameters per host of a multi-host *params* (a Patroni cluster's
+    members in DATABASE_URL), without its ``target_session_attrs``: under Patroni every
+    member may serve replica reads while it is a replica."""
+    hosts = str(params.get("host", "") or "localhost").split(",")
+    ports = str(params.get("port", "") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    base = {k: v for k, v in params.items()
+            if k not in ("host", "port", "hostaddr", "target_session_attrs")}
+    return [{**base, "host": h, "port": p} for h, p in zip(hosts, ports, strict=False)]
 
 
 def replica_conninfos(service: Service, settings: Settings | None = None) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ def open_pool(entry: ServicePool) -> ReconnectingPool[ServiceConnection]:
                 entry.probe()
                 built: ReconnectingPool[ServiceConnection] = ReconnectingPool(
                     entry.current_conninfo,
-                    target=entry.target,
+                    target=entry.target, on_failure=entry.connect_failed,
                     connection_class=ServiceConnection,
                     kwargs={**entry.kwargs, "cursor_factory": entry.cursor},
                     configure=entry.configure,

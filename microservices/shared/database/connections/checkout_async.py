@@ -42,7 +42,7 @@ async def aopen_pool(entry: ServicePool) -> AsyncReconnectingPool[AsyncServiceCo
                 await asyncio.to_thread(entry.probe)  # sync: entry.probe()
                 built: AsyncReconnectingPool[AsyncServiceConnection] = AsyncReconnectingPool(
                     entry.current_conninfo,
-                    target=entry.target,
+                    target=entry.target, on_failure=entry.connect_failed,
                     connection_class=AsyncServiceConnection,
                     kwargs={**entry.kwargs, "cursor_factory": entry.async_cursor},
                     configure=entry.configure_async,

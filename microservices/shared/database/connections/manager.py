@@ -13,7 +13,7 @@ import psycopg
 
 from ..config import Settings, load_settings, replica_conninfos
 from ..core.errors import DatabaseUnavailableError, ServiceConnectionError
-from . import checkout, checkout_async, location, registry_read, replicas
+from . import checkout, checkout_async, location, patroni, registry_read, replicas
 from .checkout import Checkout
 from .checkout_async import AsyncCheckout
 from .move_watch import MoveWatch
@@ -74,7 +74,9 @@ class ConnectionManager:
                         settings.database_replica_max_lag,
                         lambda params: ServicePool(entry.service, settings, params,
                                                     replica=True),
-                        schema=entry.service.schema)
+                        schema=entry.service.schema,
+                        admit=None if entry.cluster is None
+                        else patroni.replica_admission(entry.cluster))
         return self._replica_sets[name]
 
     def get_connection(self, service: str, user_id: object | None = None,

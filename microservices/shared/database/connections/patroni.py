@@ -60,6 +60,7 @@ read, per endpoint tried): an async caller should run them in a thread
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
@@ -70,14 +71,20 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ..config import PatroniEndpoint, Settings, parse_patroni_url, parse_patroni_urls
+from ..config import (
+    PatroniEndpoint,
+    Settings,
+    host_label,
+    parse_patroni_url,
+    parse_patroni_urls,
+)
 from ..core.errors import ConfigError, PatroniDiscoveryError
 
 log = logging.getLogger(__name__)
@@ -587,3 +594,128 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class PatroniWatch:
+    """A process's :class:`PatroniDiscovery`, kept fresh by a daemon thread, so that
+    no pool (and no event loop) ever waits for Patroni's REST API.
+
+    The thread refreshes every ``refresh_interval`` (jittered by the discovery) and at
+    once when :meth:`poke`\\ d -- the pools poke it when a connection attempt fails, and
+    the discovery coalesces those (one fetch per ``min_gap``).  :meth:`leader` is the
+    leader of the last good view, or, while a view says there is none (a failover under
+    way), the leader before it: connections go there with
+    ``target_session_attrs=read-write``, so a demoted one refuses them, and the next
+    view names the new leader.  Never a member that no view called leader.
+    """
+
+    def __init__(self, discovery: PatroniDiscovery) -> None:
+        self.discovery = discovery
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._last_leader: Member | None = None
+        self.leader_changed_at: float | None = None  # time.time() of the last change seen
+        self.previous_leader: str | None = None
+
+    def __repr__(self) -> str:
+        return f"PatroniWatch({list(self.discovery.endpoints)})"
+
+    def start(self) -> None:
+        """Start the thread (again, in a forked child), after one fetch in this thread:
+        the first view is there when this returns, unless every endpoint failed (then
+        the pools use DATABASE_URL's hosts until one answers)."""
+        with self._lock:
+            if self._thread is not None and self._pid == os.getpid() \
+                    and self._thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="edulink-patroni-watch",
+                                            daemon=True)
+            self._thread.start()
+        with contextlib.suppress(PatroniDiscoveryError):  # logged once; the thread retries
+            self._note(self.discovery.view())
+
+    def poke(self) -> None:
+        """Ask for a refresh now (non-blocking)."""
+        self._wake.set()
+
+    def view(self) -> ClusterView | None:
+        return self.discovery.cached()
+
+    def leader(self) -> Member | None:
+        view = self.discovery.cached()
+        if view is not None:
+            self._note(view)
+        return self._last_leader
+
+    def _note(self, view: ClusterView) -> None:
+        leader = view.leader
+        if leader is not None and leader != self._last_leader:
+            if self._last_leader is not None and leader.name != self._last_leader.name:
+                self.previous_leader = self._last_leader.name
+                self.leader_changed_at = time.time()
+            self._last_leader = leader
+
+    def _run(self) -> None:
+        while True:
+            poked = self._wake.wait(self.discovery.refresh_interval)
+            self._wake.clear()
+            try:
+                view = self.discovery.refresh("a connection attempt failed") if poked \
+                    else self.discovery.view()
+            except PatroniDiscoveryError:
+                continue  # no view yet; logged once
+            except Exception:  # the watch must outlive any one fetch
+                log.exception("Patroni watch: refresh failed")
+                continue
+            self._note(view)
+
+
+def leader_member_conninfo(watch: PatroniWatch, configured: dict[str, Any]) -> str:
+    """``host``/``port`` of *watch*'s leader, read-write only (for a pool that takes a
+    conninfo callable); before any view, the *configured* host, port and
+    ``target_session_attrs`` (DATABASE_URL's members)."""
+    leader = watch.leader()
+    if leader is None:
+        return make_conninfo(**{k: str(v) for k, v in configured.items()})
+    return make_conninfo(**member_params(leader), target_session_attrs="read-write")
+
+
+def replica_admission(watch: PatroniWatch) -> Callable[[str], bool]:
+    """Whether a replica (by ``host:port``) may serve reads by Patroni's last view: role
+    ``replica``/``sync_standby``, state running, lag within the byte limit.  Without a
+    view yet, every replica the probes find healthy may."""
+    cache: list[Any] = [None, frozenset()]
+
+    def admit(label: str) -> bool:
+        view = watch.view()
+        if view is None:
+            return True
+        if cache[0] is not view:
+            cache[:] = [view, frozenset(host_label(member_params(m)) for m in view.replicas)]
+        return label in cache[1]
+    return admit
+
+
+_WATCHES: dict[tuple[Any, ...], PatroniWatch] = {}
+_WATCHES_LOCK = threading.Lock()
+
+
+def watch_for(settings: Settings) -> PatroniWatch | None:
+    """The process's watch of the cluster ``DATABASE_PATRONI_URLS`` names (one per set
+    of endpoints and options, shared by every pool), started; None when unset."""
+    if settings.database_patroni_urls is None:
+        return None
+    key = (settings.database_patroni_urls.get_secret_value(),
+           settings.database_patroni_refresh_interval, settings.database_patroni_timeout,
+           settings.database_patroni_max_lag_bytes)
+    with _WATCHES_LOCK:
+        watch = _WATCHES.get(key)
+        if watch is None:
+            discovery = discovery_from_settings(settings)
+            assert discovery is not None
+            watch = _WATCHES[key] = PatroniWatch(discovery)
+    watch.start()
+    return watch

@@ -35,7 +35,7 @@ from ..core.errors import (
 )
 from ..core.tls import explain
 from ..topology import Service
-from . import budget, hooks, location
+from . import budget, hooks, location, patroni
 from .pool_config import pool_config
 from .reconnecting_pool import ReconnectingPool
 from .reconnecting_pool_async import AsyncReconnectingPool
@@ -182,6 +182,10 @@ class ServicePool:
             self.params = {"connect_timeout": REPLICA_CHECKOUT_TIMEOUT_S, **self.params}
         self.conninfo = conninfo_string(self.params)
         self.target = host_label(self.params)  # for log lines: no credentials
+        # Under Patroni (DATABASE_PATRONI_URLS), writes go to the leader its REST API
+        # names (docs/patroni.md); a service with a server of its own is not in it.
+        self.cluster = None if replica or params is not None \
+            or settings.service_override(service, "URL") else patroni.watch_for(settings)
         # Where this pool's password came from, to read it again before each new
         # connection (a rotation then needs no restart); only when the password is that
         # source's (a replica URL with credentials of its own keeps them).
@@ -255,7 +259,17 @@ class ServicePool:
             self.conninfo = conninfo_string(self.params)
             log.info("service %s: its password changed; new connections use the new one",
                      self.service.name)
+        if self.cluster is not None:
+            leader = self.cluster.leader()
+            if leader is not None:
+                return patroni.conninfo_for(leader, self.conninfo,
+                                            target_session_attrs="read-write")
         return self.conninfo
+
+    def connect_failed(self) -> None:
+        """A new connection failed: under Patroni, look for a new leader now."""
+        if self.cluster is not None:
+            self.cluster.poke()
 
     def configure(self, conn: ServiceConnection) -> None:
         """psycopg_pool's hook for each new connection (once, not per checkout)."""

@@ -10,6 +10,7 @@ from it by ``tools/async_to_sync.py`` (edit this one, then run the tool).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic
 
 from psycopg_pool import ConnectionPool
@@ -22,11 +23,15 @@ from .outage import Backoff, Outage, quiet_pool_logs
 class ReconnectingPool(ConnectionPool[CT], Generic[CT]):
     """An :class:`~psycopg_pool.AsyncConnectionPool` whose lost connections come back
     within about :data:`.outage.MAX_DELAY_S` of the server, without a storm while it
-    is down.  *target* names the server(s) in the outage log lines (no credentials)."""
+    is down.  *target* names the server(s) in the outage log lines (no credentials);
+    *on_failure* runs after each failed attempt (it must not block: the Patroni watch's
+    poke)."""
 
-    def __init__(self, *args: Any, target: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, target: str,
+                 on_failure: Callable[[], None] | None = None, **kwargs: Any) -> None:
         name = kwargs.get("name") or "pool"
         self.outage = Outage(name, target)
+        self.on_failure = on_failure
         quiet_pool_logs(name)
         super().__init__(*args, **kwargs)
 
@@ -38,6 +43,8 @@ class ReconnectingPool(ConnectionPool[CT], Generic[CT]):
             conn = super()._connect(timeout)
         except Exception as exc:
             self.outage.failed(exc)
+            if self.on_failure is not None:
+                self.on_failure()
             raise
         self.outage.succeeded()
         return conn

@@ -155,8 +155,12 @@ class ReplicaSet(Generic[P]):
 
     def __init__(self, service: str, replicas: Sequence[tuple[dict[str, Any], P]],
                  max_lag: float, *, interval: float = REFRESH_INTERVAL_S,
-                 schema: str | None = None) -> None:
+                 schema: str | None = None,
+                 admit: Callable[[str], bool] | None = None) -> None:
+        """*admit*: a second opinion on a healthy replica, by its ``host:port`` label
+        (Patroni's view of its role and state), asked at each choice."""
         self.service = service
+        self.admit = admit
         self.max_lag = max_lag
         self.schema = schema
         self.interval = interval
@@ -180,7 +184,9 @@ class ReplicaSet(Generic[P]):
         every replica before answering; later calls only read the cache."""
         if self._thread is None:
             self.start()
-        healthy = [r for r in self.replicas if r.state == OK]
+        admit = self.admit
+        healthy = [r for r in self.replicas
+                   if r.state == OK and (admit is None or admit(r.label))]
         if not healthy:
             return None
         return healthy[next(self._turn) % len(healthy)]
@@ -285,11 +291,13 @@ class ReplicaSet(Generic[P]):
 
 def build(service: str, params: Sequence[dict[str, Any]], max_lag: float,
           make_pool: Callable[[dict[str, Any]], P], *,
-          schema: str | None = None) -> ReplicaSet[P] | None:
+          schema: str | None = None,
+          admit: Callable[[str], bool] | None = None) -> ReplicaSet[P] | None:
     """A ReplicaSet over *params* with a pool each (None when there are none)."""
     if not params:
         return None
-    return ReplicaSet(service, [(p, make_pool(p)) for p in params], max_lag, schema=schema)
+    return ReplicaSet(service, [(p, make_pool(p)) for p in params], max_lag, schema=schema,
+                      admit=admit)
 
 
 # Every live ReplicaSet, for the fork handler.

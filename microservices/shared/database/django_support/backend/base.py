@@ -41,7 +41,7 @@ from django.db.utils import DatabaseErrorWrapper
 
 from ...config import host_label
 from ...connection_manager import FREEZE_WAIT_S
-from ...connections import location, registry_read
+from ...connections import location, patroni, registry_read
 from ...connections.outage import connection_lost_error, lost_connection
 from ...connections.reconnecting_pool import ReconnectingPool
 from ...core import credentials
@@ -169,8 +169,21 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
             current = self._connection_pools.get(self.alias)
             if isinstance(current, ReconnectingPool):
                 return current
-            replacement = self._pool_like(django_pool, dict(django_pool.kwargs),
-                                          django_pool.name)
+            cluster = self._edulink_cluster()
+            kwargs = dict(django_pool.kwargs)
+            if cluster is None:
+                replacement = self._pool_like(django_pool, kwargs, django_pool.name)
+            else:
+                # Django reads the parameters once, when it builds its pool: the leader
+                # must be looked up again for each new connection instead.
+                configured = {key: kwargs.pop(key) for key in
+                              ("host", "port", "hostaddr", "target_session_attrs")
+                              if key in kwargs}
+                replacement = self._pool_like(
+                    django_pool, kwargs, django_pool.name,
+                    conninfo=lambda: patroni.leader_member_conninfo(cluster, configured),
+                    on_failure=cluster.poke)
+                replacement.outage.target = host_label(configured)
             self._connection_pools[self.alias] = replacement
         django_pool.close()  # never opened: closing it only marks it closed
         return replacement
@@ -181,10 +194,11 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
                                                                   where),
                                f"{home_pool.name}@{where}")
 
-    def _pool_like(self, home_pool: Any, kwargs: dict[str, Any], name: str) -> Any:
+    def _pool_like(self, home_pool: Any, kwargs: dict[str, Any], name: str,
+                   conninfo: Any = "", on_failure: Any = None) -> Any:
         """A pool with *home_pool*'s options and edulink-db's reconnect policy."""
         return ReconnectingPool(
-            kwargs=kwargs, target=host_label(kwargs),
+            conninfo, kwargs=kwargs, target=host_label(kwargs), on_failure=on_failure,
             open=False, configure=self._configure_connection,
             check=home_pool._check,  # Django's choice (CONN_HEALTH_CHECKS)
             min_size=home_pool.min_size, max_size=home_pool.max_size,
@@ -225,9 +239,33 @@ class DatabaseWrapper(base.DatabaseWrapper):  # type: ignore[misc]
         path = self.settings_dict.get(CREDENTIALS_KEY)
         if path and "password" in params:
             params["password"] = credentials.load(Path(path)).params["password"]
+        leader = self._edulink_leader()
+        if leader is not None:
+            params.update(patroni.member_params(leader), target_session_attrs="read-write")
         return params
 
+    def _edulink_cluster(self) -> patroni.PatroniWatch | None:
+        """The Patroni watch of a writable service alias (DATABASE_PATRONI_URLS)."""
+        if not self.settings_dict.get(SERVICE_KEY) or self.settings_dict.get(READONLY_KEY):
+            return None
+        from ...config import load_settings
+
+        return patroni.watch_for(load_settings())
+
+    def _edulink_leader(self) -> patroni.Member | None:
+        cluster = self._edulink_cluster()
+        return cluster.leader() if cluster is not None else None
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
+        try:
+            return self._edulink_new_connection(conn_params)
+        except psycopg.OperationalError:
+            cluster = self._edulink_cluster()
+            if cluster is not None:
+                cluster.poke()  # under Patroni: the leader may have changed
+            raise
+
+    def _edulink_new_connection(self, conn_params: dict[str, Any]) -> Any:
         service = self.settings_dict.get(SERVICE_KEY)
         self._edulink_where = None
         if not service:
