@@ -250,7 +250,7 @@ postgresql:
     - checkpoint: fast
 EOF
     )
-    is_root && chown -R postgres: "$n"
+    if is_root; then chown -R postgres: "$n"; fi
   done
 }
 
@@ -258,7 +258,7 @@ start_etcd() {  # start_etcd INDEX (1..3), unless running
   local i=$1 e=$dir/etcd$1 initial="" j
   live_pid "$e/etcd.pid" >/dev/null && return 0
   mkdir -p "$e"
-  is_root && chown postgres: "$e"
+  if is_root; then chown postgres: "$e"; fi
   for j in 0 1 2; do
     initial+="${initial:+,}etcd$((j + 1))=http://127.0.0.1:${etcd_peer[$j]}"
   done
@@ -512,7 +512,13 @@ start)
   any_running || check_ports
   mkdir -p "$dir"
   chmod 700 "$dir"
-  is_root && chown postgres: "$dir"
+  if is_root; then
+    chown postgres: "$dir"
+    if ! setpriv --reuid=postgres --regid=postgres --init-groups test -w "$dir"; then
+      echo "the postgres OS user cannot reach $dir (is a parent directory not searchable?)" >&2
+      exit 1
+    fi
+  fi
   echo "$base" >"$dir/base_port"
   write_configs
   status=0
