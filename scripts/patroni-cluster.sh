@@ -76,6 +76,7 @@ spawn() {
   (cd "$workdir" && exec setsid "${user[@]}" env -i HOME="$workdir" PATH=/usr/bin:/bin \
       LANG=C.UTF-8 sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
       </dev/null >>"$log" 2>&1) &
+  disown $!
   local i
   for i in $(seq 100); do
     [ -s "$pidfile" ] && return 0
@@ -362,8 +363,28 @@ def etcd_ok():
             pass
     return None if healthy == 3 else f"{healthy} of 3 etcd members healthy"
 
+def logs():
+    names = [f"{d}/etcd{i}/etcd.log" for i in (1, 2, 3)] + [
+        f"{d}/node{i}/{log}" for i in (1, 2, 3)
+        for log in ("patroni.log", "pglog/postgresql.log")]
+    return {name: os.path.getsize(name) if os.path.exists(name) else 0 for name in names}
+
+def port_taken(offsets):
+    """The first line saying 'address already in use' written since *offsets*."""
+    for name, offset in offsets.items():
+        try:
+            with open(name, "rb") as fh:
+                fh.seek(offset)
+                for line in fh.read().decode(errors="replace").splitlines():
+                    if "address already in use" in line.lower():
+                        return f"{name}: {line.strip()}"
+        except OSError:
+            continue
+    return None
+
 check = {"etcd": etcd_ok, "cluster": cluster_ok}.get(what, node_ok)
 deadline = time.monotonic() + timeout
+offsets = logs()
 last = None
 while True:
     try:
@@ -372,6 +393,10 @@ while True:
         last = f"{type(e).__name__}: {e}"
     if last is None:
         sys.exit(0)
+    taken = port_taken(offsets)
+    if taken:
+        print(f"a port is taken: {taken}", file=sys.stderr)
+        sys.exit(3)
     gone = dead()
     if gone:
         log, text = gone
@@ -457,11 +482,17 @@ stop_all() {
     fi
   done
   [ "${#pids[@]}" = 0 ] || wait_gone 30 "${pids[@]}" || kill -KILL "${pids[@]}" 2>/dev/null || true
+  # etcd: a graceful stop of all three members at once takes about 7 s (each waits for
+  # its peers); 2 s of grace, then SIGKILL, which etcd survives by design (its WAL is
+  # fsynced before it acknowledges a write) and Patroni is gone by now.
   pids=()
   for i in "${nodes[@]}"; do
     if pid=$(live_pid "$dir/etcd$i/etcd.pid"); then kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); fi
   done
-  [ "${#pids[@]}" = 0 ] || wait_gone 20 "${pids[@]}" || kill -KILL "${pids[@]}" 2>/dev/null || true
+  if [ "${#pids[@]}" -gt 0 ] && ! wait_gone 2 "${pids[@]}"; then
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    wait_gone 10 "${pids[@]}" || true
+  fi
   # Whatever is left with its working directory in DIR (orphaned backends, a stuck member).
   mapfile -t pids < <(pids_in_dir)
   if [ "${#pids[@]}" -gt 0 ]; then

@@ -169,11 +169,14 @@ def test_sigkill_of_the_leader_fails_over_and_the_node_rejoins(cluster: PatroniC
     with log.open(errors="replace") as fh:
         fh.seek(log_offset)
         rejoin_log = fh.read()
-    rewound = "pg_rewind" in rejoin_log or "rewind" in rejoin_log.lower()
     print(f"\n[patroni] SIGKILL of leader {old.name}: new leader {new.name} after "
           f"{failover:.1f} s (ttl {TTL} s); {old.name} back as a streaming replica "
-          f"{rejoined:.1f} s after start_node (rewind in its log: {rewound})")
-    assert "basebackup" not in rejoin_log.lower(), "the old leader was rebuilt, not rejoined"
+          f"{rejoined:.1f} s after start_node")
+    # Patroni 3.0.2 first runs crash recovery in single-user mode, whose end-of-recovery
+    # checkpoint lies past the point where the new leader's timeline forked: the old
+    # leader always diverged, and pg_rewind (not a new base backup) brings it back.
+    assert "pg_rewind exit code=0" in rejoin_log, rejoin_log[-3000:]
+    assert "basebackup" not in rejoin_log.lower(), "the old leader was rebuilt, not rewound"
 
 
 def test_stop_leaves_no_process(cluster: PatroniCluster) -> None:
