@@ -23,8 +23,8 @@
 # Lists are in node order (node1, node2, node3).  The superuser password appears only in
 # URL on stdout; it is kept in DIR/superuser.password (mode 0600), never in a log.
 #
-# Ports, fixed and derived from BASE_PORT (default 24000; B..B+11 must lie below 32768,
-# the ephemeral range 32768-60999 is never used, see tests/test_ports.py):
+# Ports, fixed and derived from BASE_PORT (default 24000), all 12 of them below the
+# ephemeral range 32768-60999 (see tests/test_ports.py):
 #   etcd client B+0..B+2, etcd peer B+3..B+5, PostgreSQL B+6..B+8, Patroni REST B+9..B+11.
 # A start refuses (exit 3, "port N is taken") when one of them is in use; nothing is
 # left behind then, so the caller may retry with another BASE_PORT.  A DIR keeps the
@@ -523,8 +523,9 @@ start)
     base=$stored
   fi
   base=${base:-24000}
-  if [ "$base" -lt 1024 ] || [ $((base + 11)) -ge 32768 ]; then
-    echo "BASE_PORT must be 1024..32756 (the 12 ports stay below the ephemeral range)" >&2
+  ephemeral=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  if ! [[ "$base" =~ ^[0-9]+$ ]] || [ "$base" -lt 1024 ] || [ $((base + 11)) -ge "$ephemeral" ]; then
+    echo "BASE_PORT must be 1024..$((ephemeral - 12)): all 12 ports below the ephemeral range" >&2
     exit 2
   fi
   ports_for

@@ -36,8 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "patroni-cluster.sh"
 NODES = ("node1", "node2", "node3")
 PORTS_PER_CLUSTER = 12
-# Blocks of 12 ports between these bounds: below the ephemeral range (32768-60999).
-LOWEST_BASE, HIGHEST_BASE = 20000, 32768 - PORTS_PER_CLUSTER
+EPHEMERAL_START = 32768  # Linux's default ip_local_port_range is 32768-60999
+# Blocks of 12 ports from here up to the ephemeral range (tests/test_ports.py).
+LOWEST_BASE = 20000
+HIGHEST_BASE = EPHEMERAL_START - PORTS_PER_CLUSTER
 PORT_TAKEN = 3  # the script's exit code
 ATTEMPTS = 5
 TTL = 10  # the script's Patroni ttl
@@ -125,7 +127,7 @@ def free_port_block(rng: random.Random | None = None) -> int:
     for base in bases:
         if _ports_free(base):
             return base
-    raise RuntimeError(f"no free block of {PORTS_PER_CLUSTER} ports below 32768")
+    raise RuntimeError(f"no free block of {PORTS_PER_CLUSTER} ports below {EPHEMERAL_START}")
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float, interval: float = 0.2,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .patroni import TTL, Member, PatroniCluster, patroni_cluster, wait_for
+from .patroni import EPHEMERAL_START, TTL, Member, PatroniCluster, patroni_cluster, wait_for
 
 __all__ = ["patroni_cluster"]  # the fixture, imported for this module
 
@@ -72,7 +72,7 @@ def test_one_leader_two_streaming_replicas(cluster: PatroniCluster) -> None:
     facts = cluster.started
     assert facts.url.endswith("@" + ",".join(f"127.0.0.1:{p}" for p in facts.pg_ports)
                               + "/postgres")
-    assert all(p < 32768 for p in (*facts.pg_ports, *facts.rest_ports))
+    assert all(p < EPHEMERAL_START for p in (*facts.pg_ports, *facts.rest_ports))
     import psycopg
 
     with psycopg.connect(facts.url + "?target_session_attrs=read-write") as conn:
