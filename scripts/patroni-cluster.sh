@@ -523,7 +523,8 @@ start)
     base=$stored
   fi
   base=${base:-24000}
-  ephemeral=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  ephemeral=32768  # Linux's default, unless the kernel says otherwise:
+  { read -r ephemeral _ </proc/sys/net/ipv4/ip_local_port_range; } 2>/dev/null || true
   if ! [[ "$base" =~ ^[0-9]+$ ]] || [ "$base" -lt 1024 ] || [ $((base + 11)) -ge "$ephemeral" ]; then
     echo "BASE_PORT must be 1024..$((ephemeral - 12)): all 12 ports below the ephemeral range" >&2
     exit 2
