@@ -459,6 +459,7 @@ stop_all() {
   # first, so that no replica is promoted when the leader releases its key, and the
   # leader does not wait for replicas that are going away.
   for i in "${nodes[@]}"; do
+    [ -s "$dir/base_port" ] || break
     live_pid "$dir/node$i/patroni.pid" >/dev/null || continue
     if curl -s -m 2 "http://127.0.0.1:$(($(cat "$dir/base_port") + 8 + i))/patroni" 2>/dev/null |
         grep -qE '"role": *"(master|primary)"'; then

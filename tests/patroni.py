@@ -7,7 +7,8 @@ The script starts 3 etcd members and 3 Patroni nodes (PostgreSQL 15) on 127.0.0.
 taken (exit 3) -- someone may bind one between our check and the servers' own binds.
 
 The fixture :func:`patroni_cluster` (module scope) yields a started cluster and stops
-it afterwards; it skips only when patroni or etcd is missing and cannot be installed.
+it afterwards; it, and :func:`patroni_installed`, skip only when patroni or etcd is
+missing and cannot be installed.  A test module imports both to use them.
 """
 
 from __future__ import annotations
@@ -367,15 +368,20 @@ def _cluster_root() -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def patroni_cluster() -> Iterator[PatroniCluster]:
-    """A started three-node cluster (asynchronous replication), stopped afterwards.
-
-    Skips only when patroni/etcd are missing and cannot be installed."""
+@pytest.fixture(scope="session")
+def patroni_installed() -> None:
+    """Skips (only) when patroni/etcd are missing and cannot be installed."""
     try:
         ensure_installed()
     except PatroniUnavailable as exc:
         pytest.skip(f"Patroni test cluster unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def patroni_cluster(patroni_installed: None) -> Iterator[PatroniCluster]:
+    """A started three-node cluster (asynchronous replication), stopped afterwards.
+
+    Skips only when patroni/etcd are missing and cannot be installed."""
     root = _cluster_root()
     cluster = PatroniCluster(root / "cluster")
     try:

@@ -9,15 +9,28 @@ previous test left dead) and waits until a leader has two streaming replicas.
 from __future__ import annotations
 
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .patroni import EPHEMERAL_START, TTL, Member, PatroniCluster, patroni_cluster, wait_for
+from .patroni import (
+    EPHEMERAL_START,
+    PORT_TAKEN,
+    SCRIPT,
+    TTL,
+    Member,
+    PatroniCluster,
+    free_port_block,
+    patroni_cluster,
+    patroni_installed,
+    wait_for,
+)
 
-__all__ = ["patroni_cluster"]  # the fixture, imported for this module
+__all__ = ["patroni_cluster", "patroni_installed"]  # the fixtures, imported for this module
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -54,6 +67,22 @@ def _replica_of(cluster: PatroniCluster, node: str, leader: str) -> bool:
             and members[node].state == "running"
             and members[node].timeline == members[leader].timeline
             and node in cluster.streaming() and _in_recovery(cluster, node))
+
+
+@pytest.mark.usefixtures("patroni_installed")
+def test_start_refuses_a_taken_port(tmp_path: Path) -> None:
+    """Exit 3 naming the port, before anything is made: the caller tries another block."""
+    base = free_port_block()
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", base + 7))  # node2's PostgreSQL
+        holder.listen()
+        result = subprocess.run([str(SCRIPT), "start", str(tmp_path / "c"), str(base)],
+                                capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == PORT_TAKEN, result.stderr
+    assert f"port {base + 7} is taken" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "c").exists()
 
 
 def test_one_leader_two_streaming_replicas(cluster: PatroniCluster) -> None:
