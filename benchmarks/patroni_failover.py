@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.ha_load import Outcome, prepare, run_event  # noqa: E402
-from tests.patroni import PatroniCluster, ensure_installed, wait_for  # noqa: E402
+from tests.ha_load import Outcome, prepare, run_event
+from tests.patroni import PatroniCluster, ensure_installed, wait_for
 
 
 def spread(values: list[float], unit: str = "s") -> str:

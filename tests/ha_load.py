@@ -63,6 +63,14 @@ class Series:
             return float("inf")
         return max(b - a for a, b in itertools.pairwise(points))
 
+    def gap_detail(self, start: float, end: float) -> str:
+        """Where the longest gap in [start, end] was: the ports served around it."""
+        points = [(t, p) for t, p in self.ok if start - 5 <= t <= end]
+        if len(points) < 2:
+            return "-"
+        (a, pa), (b, pb) = max(itertools.pairwise(points), key=lambda ab: ab[1][0] - ab[0][0])
+        return f"{b - a:.2f} s from {a - start:+.2f} s (port {pa}) to port {pb}"
+
     def first_on(self, port: int, after: float) -> float | None:
         return next((t for t, p in self.ok if t > after and p == port), None)
 
@@ -75,7 +83,7 @@ def prepare(cluster: PatroniCluster) -> dict[str, Any]:
     ``user_schema.ticks`` the user service may write; returns the admin parameters
     (every member, read-write)."""
     facts = cluster.started
-    admin = {"host": ",".join("127.0.0.1" for _ in facts.pg_ports),
+    admin: dict[str, Any] = {"host": ",".join("127.0.0.1" for _ in facts.pg_ports),
              "port": ",".join(str(p) for p in facts.pg_ports), "user": "postgres",
              "password": facts.password, "dbname": "postgres",
              "target_session_attrs": "read-write", "connect_timeout": 5}
@@ -259,6 +267,7 @@ class Outcome:
     lost_bare: int
     acked: int
     errors: dict[str, list[str]]
+    detail: str = ""
 
     def line(self) -> str:
         return (f"{self.kind} (sync={'on' if self.sync else 'off'}): {self.old_leader} -> "
@@ -267,7 +276,8 @@ class Outcome:
                 f"the promotion ({self.promoted_at - self.event_at:.2f} s after the event); "
                 f"longest read gap {self.read_gap_replica:.2f} s (replica=True), "
                 f"{self.read_gap_reader:.2f} s (reader); lost {self.lost_ours} of ours, "
-                f"{self.lost_bare} bare, of {self.acked} acknowledged; errors {self.errors}")
+                f"{self.lost_bare} bare, of {self.acked} acknowledged; errors {self.errors}; "
+                f"longest gaps: {self.detail}")
 
 
 def run_event(cluster: PatroniCluster, admin: dict[str, Any], kind: str,
@@ -327,4 +337,6 @@ def run_event(cluster: PatroniCluster, admin: dict[str, Any], kind: str,
         read_gap_replica=load.series["replica"].longest_gap(event_at, end),
         read_gap_reader=load.series["reader"].longest_gap(event_at, end),
         lost_ours=lost_ours, lost_bare=lost_bare, acked=len(ours.acked) + len(bare.acked),
-        errors={n: s.error_kinds() for n, s in load.series.items()})
+        errors={n: s.error_kinds() for n, s in load.series.items()},
+        detail="; ".join(f"{n}: {s.gap_detail(event_at, end)}"
+                         for n, s in load.series.items()))

@@ -377,19 +377,29 @@ def patroni_installed() -> None:
         pytest.skip(f"Patroni test cluster unavailable: {exc}")
 
 
-@pytest.fixture(scope="module")
-def patroni_cluster(patroni_installed: None) -> Iterator[PatroniCluster]:
-    """A started three-node cluster (asynchronous replication), stopped afterwards.
-
-    Skips only when patroni/etcd are missing and cannot be installed."""
+@contextlib.contextmanager
+def cluster_fixture(sync: bool = False) -> Iterator[PatroniCluster]:
+    """A started three-node cluster, stopped (and its files removed) afterwards;
+    skips only when patroni/etcd are missing and cannot be installed."""
+    try:
+        ensure_installed()
+    except PatroniUnavailable as exc:
+        pytest.skip(f"Patroni test cluster unavailable: {exc}")
     root = _cluster_root()
     cluster = PatroniCluster(root / "cluster")
     try:
         started = time.monotonic()
-        cluster.start()
+        cluster.start(sync=sync)
         print(f"\n[patroni] cluster started in {time.monotonic() - started:.1f} s "
-              f"(BASE_PORT={cluster.started.base_port})")
+              f"(BASE_PORT={cluster.started.base_port}, sync={sync})")
         yield cluster
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def patroni_cluster(patroni_installed: None) -> Iterator[PatroniCluster]:
+    """A started three-node cluster (asynchronous replication), stopped afterwards."""
+    with cluster_fixture(sync=False) as cluster:
+        yield cluster

@@ -115,6 +115,11 @@ def runner(home: ServicePool) -> location.Runner:
     """Runs a registry query on a connection of *home*'s own pool (no extra connection)."""
     def run(query: sql.Composed) -> location.Rows:
         pool = open_pool(home)
+        if pool.outage.active:
+            # The home server is away (a restart, a switchover): waiting for it would
+            # hold up every checkout, replica reads included.  The registry keeps its
+            # last known locations and reads again after RETRY_S.
+            raise psycopg.OperationalError(f"home server away: {pool.outage.last_error}")
         with pool.connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
                 psycopg.Cursor(conn) as cur:  # plain: not the app's query
             cur.execute(query, prepare=False)

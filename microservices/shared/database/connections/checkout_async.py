@@ -114,6 +114,11 @@ def arunner(home: ServicePool) -> location.AsyncRunner:
     """Runs a registry query on a connection of *home*'s own pool (no extra connection)."""
     async def run(query: sql.Composed) -> location.Rows:
         pool = await aopen_pool(home)
+        if pool.outage.active:
+            # The home server is away (a restart, a switchover): waiting for it would
+            # hold up every checkout, replica reads included.  The registry keeps its
+            # last known locations and reads again after RETRY_S.
+            raise psycopg.OperationalError(f"home server away: {pool.outage.last_error}")
         async with pool.connection(timeout=location.BORROW_TIMEOUT_S) as conn, \
                 psycopg.AsyncCursor(conn) as cur:  # plain: not the app's query
             await cur.execute(query, prepare=False)

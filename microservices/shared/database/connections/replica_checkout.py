@@ -28,9 +28,10 @@ class CheckoutLike(Protocol[C]):
 class ReplicaCheckout(Generic[P, C]):
     """``with`` block of ``get_connection(..., replica=True)``: a connection of a healthy
     replica, else of the primary.  A replica whose checkout fails (unreachable, refused
-    login, pool timeout) is marked down and the primary serves this block instead: the
-    caller sees no error.  A replica lost *during* the block fails that block, as a
-    primary would; it is marked down so the next block does not wait for the probe."""
+    login, pool timeout) or that was promoted is marked and another healthy replica, or
+    else the primary, serves this block instead: the caller sees no error.  A replica
+    lost *during* the block fails that block, as a primary would; it is marked down so
+    the next block does not wait for the probe."""
 
     __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
 
@@ -45,22 +46,26 @@ class ReplicaCheckout(Generic[P, C]):
     def __enter__(self) -> C:
         if not self._set.started:  # the first probe connects: not on the event loop
             self._set.start()
-        replica = self._set.choose()
-        if replica is not None:
+        # Each failed replica is marked, so the next choice is another one; only when
+        # none is left does the primary serve (under Patroni it may be mid-switchover).
+        for _ in range(len(self._set.replicas)):
+            replica = self._set.choose()
+            if replica is None:
+                break
             inner = self._make(replica.pool)
             try:
                 conn = inner.__enter__()
             except ServiceConnectionError as exc:
                 self._set.mark_down(replica, str(exc))
-            else:
-                if not promoted(conn):
-                    self._set.checkout_ok(replica)
-                    self._inner, self._replica, self._conn = inner, replica, conn
-                    return conn
-                self._set.mark_not_a_standby(replica)
-                closing: Any = conn
-                closing.close()  # the pool drops a closed connection
-                inner.__exit__(None, None, None)
+                continue
+            if not promoted(conn):
+                self._set.checkout_ok(replica)
+                self._inner, self._replica, self._conn = inner, replica, conn
+                return conn
+            self._set.mark_not_a_standby(replica)
+            closing: Any = conn
+            closing.close()  # the pool drops a closed connection
+            inner.__exit__(None, None, None)
         self._inner, self._replica = self._primary, None
         conn = self._primary.__enter__()
         self._set.count("primary")

@@ -27,9 +27,10 @@ class AsyncCheckoutLike(Protocol[C]):
 class AsyncReplicaCheckout(Generic[P, C]):
     """``with`` block of ``get_connection(..., replica=True)``: a connection of a healthy
     replica, else of the primary.  A replica whose checkout fails (unreachable, refused
-    login, pool timeout) is marked down and the primary serves this block instead: the
-    caller sees no error.  A replica lost *during* the block fails that block, as a
-    primary would; it is marked down so the next block does not wait for the probe."""
+    login, pool timeout) or that was promoted is marked and another healthy replica, or
+    else the primary, serves this block instead: the caller sees no error.  A replica
+    lost *during* the block fails that block, as a primary would; it is marked down so
+    the next block does not wait for the probe."""
 
     __slots__ = ("_conn", "_inner", "_make", "_primary", "_replica", "_set")
 
@@ -44,22 +45,26 @@ class AsyncReplicaCheckout(Generic[P, C]):
     async def __aenter__(self) -> C:
         if not self._set.started:  # the first probe connects: not on the event loop
             await asyncio.to_thread(self._set.start)  # sync: self._set.start()
-        replica = self._set.choose()
-        if replica is not None:
+        # Each failed replica is marked, so the next choice is another one; only when
+        # none is left does the primary serve (under Patroni it may be mid-switchover).
+        for _ in range(len(self._set.replicas)):
+            replica = self._set.choose()
+            if replica is None:
+                break
             inner = self._make(replica.pool)
             try:
                 conn = await inner.__aenter__()
             except ServiceConnectionError as exc:
                 self._set.mark_down(replica, str(exc))
-            else:
-                if not promoted(conn):
-                    self._set.checkout_ok(replica)
-                    self._inner, self._replica, self._conn = inner, replica, conn
-                    return conn
-                self._set.mark_not_a_standby(replica)
-                closing: Any = conn
-                await closing.close()  # the pool drops a closed connection
-                await inner.__aexit__(None, None, None)
+                continue
+            if not promoted(conn):
+                self._set.checkout_ok(replica)
+                self._inner, self._replica, self._conn = inner, replica, conn
+                return conn
+            self._set.mark_not_a_standby(replica)
+            closing: Any = conn
+            await closing.close()  # the pool drops a closed connection
+            await inner.__aexit__(None, None, None)
         self._inner, self._replica = self._primary, None
         conn = await self._primary.__aenter__()
         self._set.count("primary")
