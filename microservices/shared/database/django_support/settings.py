@@ -153,7 +153,13 @@ def configure_service_database(
                              pool=pool)}
     if not migrate and settings.edulink_db_credentials_file is not None:
         out["default"][CREDENTIALS_KEY] = str(settings.edulink_db_credentials_file.expanduser())
-    if not migrate:
+    # Under Patroni without DATABASE_REPLICA_URLS, the replica candidates are the
+    # cluster's members, one of which is the leader at any time: a Django alias for
+    # each would send the router's reads to a member that refuses them.
+    patroni_members = settings.database_patroni_urls is not None \
+        and settings.database_replica_urls is None \
+        and not settings.service_override(svc, "REPLICA_URLS")
+    if not migrate and not patroni_members:
         for index, replica in enumerate(replica_conninfos(svc, settings), 1):
             alias = _alias(replica, service=svc.name, readonly=True,
                            options={**options, "options": replica["options"],
