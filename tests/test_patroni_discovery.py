@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -571,3 +572,31 @@ def test_settings_build_a_discovery(monkeypatch: pytest.MonkeyPatch,
     assert d.max_lag_bytes is None and d.refresh_interval == 5.0 and d.timeout == 1.0
     assert leader_name(d.view()) == "pg1"
     assert patroni.discovery_from_settings(load_settings()) is None
+
+
+def test_patroni_members_serve_replica_reads_but_give_django_no_replica_alias(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without DATABASE_REPLICA_URLS, the members in DATABASE_URL are the connection
+    manager's replica candidates (standby-only, read-only); Django gets no replica alias
+    for them (one member is always the leader and would refuse it)."""
+    from microservices.shared.database.config import load_settings, replica_conninfos
+    from microservices.shared.database.django_settings import configure_service_database
+    from microservices.shared.database.topology import default_topology
+
+    for key in list(os.environ):
+        if key.startswith(("DATABASE_", "EDULINK_DB_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:pw@db1:5432,db2:5433,db3:5434"
+                                       "/edulink?target_session_attrs=read-write")
+    monkeypatch.setenv("DATABASE_PATRONI_URLS", "http://db1:8008,http://db2:8008")
+    for svc in default_topology().services:
+        monkeypatch.setenv(f"EDULINK_DB_{svc.name.upper()}_PASSWORD", "secret-pw")
+    settings = load_settings()
+    user = settings.topology().service("user")
+    members = replica_conninfos(user, settings)
+    assert [(m["host"], m["port"]) for m in members] == [
+        ("db1", "5432"), ("db2", "5433"), ("db3", "5434")]
+    assert all(m["target_session_attrs"] == "standby" for m in members)
+    assert all("default_transaction_read_only=on" in m["options"] for m in members)
+    assert all(m["user"].endswith("user_service_role") for m in members)
+    assert set(configure_service_database("user")) == {"default"}
