@@ -368,13 +368,20 @@ def _cluster_root() -> Path:
     return root
 
 
+def _unavailable(exc: PatroniUnavailable) -> None:
+    """Skip on a developer's machine; in CI (CI=true) the cluster is required."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"Patroni test cluster unavailable in CI: {exc}")
+    pytest.skip(f"Patroni test cluster unavailable: {exc}")
+
+
 @pytest.fixture(scope="session")
 def patroni_installed() -> None:
     """Skips (only) when patroni/etcd are missing and cannot be installed."""
     try:
         ensure_installed()
     except PatroniUnavailable as exc:
-        pytest.skip(f"Patroni test cluster unavailable: {exc}")
+        _unavailable(exc)
 
 
 @contextlib.contextmanager
@@ -384,7 +391,7 @@ def cluster_fixture(sync: bool = False) -> Iterator[PatroniCluster]:
     try:
         ensure_installed()
     except PatroniUnavailable as exc:
-        pytest.skip(f"Patroni test cluster unavailable: {exc}")
+        _unavailable(exc)
     root = _cluster_root()
     cluster = PatroniCluster(root / "cluster")
     try:
