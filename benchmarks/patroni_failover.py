@@ -49,7 +49,7 @@ def run_mode(sync: bool, kinds: list[str], runs: int) -> dict[str, list[Outcome]
         admin = prepare(cluster)
         for kind in kinds:
             for run in range(1, runs + 1):
-                wait_for(cluster.healthy, 120)
+                wait_for(cluster.ready, 120)
                 time.sleep(1)
                 outcome = run_event(cluster, admin, kind)
                 print(f"  run {run}: {outcome.line()}", flush=True)

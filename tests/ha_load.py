@@ -284,7 +284,7 @@ def run_event(cluster: PatroniCluster, admin: dict[str, Any], kind: str,
               settle: float = 2.0) -> Outcome:
     """Run the load, make a *kind* ('switchover' or 'failover') happen, and measure.
     A failover leaves the old leader killed: the caller restarts it (start_node)."""
-    leader = cluster.healthy() or cluster.leader()
+    leader = cluster.ready() or cluster.leader()
     assert leader is not None, cluster.status()
     env = env_for(cluster, admin)
     user = default_topology().service("user")

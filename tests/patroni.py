@@ -275,6 +275,16 @@ class PatroniCluster:
             return None
         return leader
 
+    def ready(self) -> Member | None:
+        """:meth:`healthy`, and with synchronous_mode a member Patroni has made its
+        ``sync_standby``: until then Patroni 3.0.2 promotes nobody when the leader dies
+        (only a synchronous standby may be promoted, and the other replicas defer to
+        the healthiest member, which may not be one)."""
+        leader = self.healthy()
+        if leader is None or not self.started.sync:
+            return leader
+        return leader if any(m.role == "sync_standby" for m in self.members()) else None
+
     def switchover(self, candidate: str | None = None) -> str:
         """``patronictl -c CFG switchover --force [--candidate NAME]``; its output.
 

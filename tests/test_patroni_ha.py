@@ -34,7 +34,7 @@ def sync_cluster() -> Iterator[tuple[PatroniCluster, dict[str, Any]]]:
 
 
 def _healthy(cluster: PatroniCluster, timeout: float = 90) -> None:
-    wait_for(cluster.healthy, timeout)
+    wait_for(cluster.ready, timeout)
 
 
 def test_switchover_under_load(sync_cluster: tuple[PatroniCluster, dict[str, Any]]) -> None:
