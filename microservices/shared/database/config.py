@@ -584,13 +584,9 @@ def member_conninfos(params: dict[str, Any]) -> list[dict[str, Any]]:
     """One set of parameters per host of a multi-host *params* (a Patroni cluster's
     members in DATABASE_URL), without its ``target_session_attrs``: under Patroni every
     member may serve replica reads while it is a replica."""
-    hosts = str(params.get("host", "") or "localhost").split(",")
-    ports = str(params.get("port", "") or "5432").split(",")
-    if len(ports) == 1:
-        ports = ports * len(hosts)
     base = {k: v for k, v in params.items()
             if k not in ("host", "port", "hostaddr", "target_session_attrs")}
-    return [{**base, "host": h, "port": p} for h, p in zip(hosts, ports, strict=False)]
+    return [{**base, "host": h, "port": p} for h, p in host_ports(params)]
 
 
 def replica_conninfos(service: Service, settings: Settings | None = None) -> list[dict[str, Any]]:
@@ -625,15 +621,20 @@ def replica_conninfos(service: Service, settings: Settings | None = None) -> lis
     return [derive_service_conninfo(a, service, password) for a in admins]
 
 
-def host_label(params: dict[str, Any]) -> str:
-    """``host:port`` of a connection target (several, comma-separated, for a multi-host
-    one): what logs and health output name a server by -- never a user or password."""
+def host_ports(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each (host, port) of a connection target, several for a multi-host one (a single
+    port applies to every host, as in libpq)."""
     hosts = str(params.get("host", "") or "localhost").split(",")
     ports = str(params.get("port", "") or "5432").split(",")
     if len(ports) == 1:
         ports = ports * len(hosts)
-    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
-                    for h, p in zip(hosts, ports, strict=False))
+    return list(zip(hosts, ports, strict=False))
+
+
+def host_label(params: dict[str, Any]) -> str:
+    """``host:port`` of a connection target (several, comma-separated, for a multi-host
+    one): what logs and health output name a server by -- never a user or password."""
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in host_ports(params))
 
 
 # -- Patroni REST endpoints ------------------------------------------------------

@@ -37,6 +37,7 @@ import psycopg
 from psycopg.pq import ConnStatus
 from psycopg_pool.base import AttemptWithBackoff
 
+from ..config import host_label
 from ..core.errors import ServerConnectionLostError
 
 # The first retry comes soon (a restart or a switchover is over in well under a
@@ -76,6 +77,13 @@ class Backoff(AttemptWithBackoff):
         self.delay = self._nominal * random.uniform(1.0 - JITTER, 1.0 + JITTER)  # noqa: S311 (timing, not secrets)
         if self.delay + now > self.give_up_at:
             self.delay = max(0.0, self.give_up_at - now)
+
+
+def server_label(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    """``host:port`` that *conn* reached (one of a multi-host URL's hosts).  Raises
+    psycopg.Error once the connection is finished."""
+    info = conn.info
+    return host_label({"host": info.host, "port": info.port})
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

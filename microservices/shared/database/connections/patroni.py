@@ -1,8 +1,10 @@
 """Patroni REST discovery: which member leads, which replicas may serve reads.
 
 A leaf of the connection layer: it reads ``GET /cluster`` from Patroni's REST API
-(``DATABASE_PATRONI_URLS``) and keeps a :class:`ClusterView`; the connection manager
-builds its conninfos from that view (:func:`leader_conninfo`, :func:`replica_conninfos`).
+(``DATABASE_PATRONI_URLS``) and keeps a :class:`ClusterView`.  A :class:`PatroniWatch`
+per process keeps it fresh in a thread; the service pools and Django aliases connect
+to its leader (:func:`writable_conninfo`), and replica reads admit the members it
+calls replicas (:func:`replica_admission`).
 Standard library HTTP (``urllib.request``), no new dependency.
 
 ``GET /cluster`` of Patroni 3.0.2 (``patroni/api.py`` ``do_GET_cluster`` ->
@@ -270,7 +272,13 @@ def leader_conninfo(view: ClusterView, conninfo: str = "") -> str:
             f"Patroni ({view.source}) reports no leader: a failover is under way, or the "
             "cluster has no healthy primary. Retry shortly; 'patronictl list' shows the "
             "cluster.", [(view.source, "no leader")])
-    return conninfo_for(view.leader, conninfo, target_session_attrs="read-write")
+    return writable_conninfo(view.leader, conninfo)
+
+
+def writable_conninfo(leader: Member, conninfo: str = "") -> str:
+    """*conninfo* at *leader*, with ``target_session_attrs=read-write``: a leader
+    demoted since the view was fetched refuses the connection."""
+    return conninfo_for(leader, conninfo, target_session_attrs="read-write")
 
 
 def replica_conninfos(view: ClusterView, conninfo: str = "") -> list[str]:
@@ -680,7 +688,7 @@ def leader_member_conninfo(watch: PatroniWatch, configured: dict[str, Any]) -> s
     leader = watch.leader()
     if leader is None:
         return make_conninfo(**{k: str(v) for k, v in configured.items()})
-    return make_conninfo(**member_params(leader), target_session_attrs="read-write")
+    return writable_conninfo(leader)
 
 
 def replica_admission(watch: PatroniWatch) -> Callable[[str], bool]:

@@ -36,6 +36,7 @@ from ..core.errors import (
 from ..core.tls import explain
 from ..topology import Service
 from . import budget, hooks, location, patroni
+from .outage import server_label
 from .pool_config import pool_config
 from .reconnecting_pool import ReconnectingPool
 from .reconnecting_pool_async import AsyncReconnectingPool
@@ -138,12 +139,6 @@ def _classify_connect_error(service: Service, params: dict[str, Any],
         f"Service {service.name!r} cannot reach the database at {target}: "
         f"{explain(reason, params)}{waiting}"
     )
-
-
-def _server_of(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
-    """host:port that *conn* reached (one of a multi-host URL's)."""
-    info = conn.info
-    return host_label({"host": info.host, "port": info.port})
 
 
 class _Stats:
@@ -262,8 +257,7 @@ class ServicePool:
         if self.cluster is not None:
             leader = self.cluster.leader()
             if leader is not None:
-                return patroni.conninfo_for(leader, self.conninfo,
-                                            target_session_attrs="read-write")
+                return patroni.writable_conninfo(leader, self.conninfo)
         return self.conninfo
 
     def connect_failed(self) -> None:
@@ -275,12 +269,12 @@ class ServicePool:
         """psycopg_pool's hook for each new connection (once, not per checkout)."""
         conn.monitor = self.monitor
         conn.server_cursor_factory = self.server_cursor
-        conn.service_name, conn.server = self.service.name, _server_of(conn)
+        conn.service_name, conn.server = self.service.name, server_label(conn)
 
     async def configure_async(self, conn: AsyncServiceConnection) -> None:
         conn.monitor = self.monitor
         conn.server_cursor_factory = self.async_server_cursor
-        conn.service_name, conn.server = self.service.name, _server_of(conn)
+        conn.service_name, conn.server = self.service.name, server_label(conn)
 
     def probe(self) -> None:
         """Connect once before building a pool, so a wrong password or an unreachable

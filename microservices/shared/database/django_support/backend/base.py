@@ -42,7 +42,7 @@ from django.db.utils import DatabaseErrorWrapper
 from ...config import host_label
 from ...connection_manager import FREEZE_WAIT_S
 from ...connections import location, patroni, registry_read
-from ...connections.outage import connection_lost_error, lost_connection
+from ...connections.outage import connection_lost_error, lost_connection, server_label
 from ...connections.reconnecting_pool import ReconnectingPool
 from ...core import credentials
 from ...core.errors import ServerConnectionLostError
@@ -79,7 +79,7 @@ class _ErrorWrapper(DatabaseErrorWrapper):  # type: ignore[misc]
 
 def _server_of(conn: psycopg.Connection[Any], settings_dict: dict[str, Any]) -> str:
     try:
-        return host_label({"host": conn.info.host, "port": conn.info.port})
+        return server_label(conn)
     except psycopg.Error:  # the connection is already finished: name what was configured
         return host_label({"host": settings_dict.get("HOST"), "port": settings_dict.get("PORT")})
 
