@@ -219,7 +219,7 @@ bootstrap:
         max_connections: 100
         max_wal_senders: 10
         max_replication_slots: 10
-        wal_keep_size: 128MB
+        wal_keep_size: 1GB  # a replica that fell behind during a bulk load can still follow a new leader
         fsync: 'off'
         shared_buffers: 32MB
   initdb:

@@ -371,6 +371,18 @@ class PatroniCluster:
         return psycopg.connect(**{**self.params(name), **overrides}, autocommit=True)
 
 
+def replayed(cluster: PatroniCluster, name: str) -> None:
+    """Wait until member *name* has replayed everything the leader has written."""
+    leader = cluster.leader()
+    assert leader is not None
+    with cluster.connect(leader.name) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    with cluster.connect(name) as conn:
+        wait_for(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                      (row[0],)).fetchone() == (True,), 30)
+
+
 def _cluster_root() -> Path:
     # The postgres OS user must be able to traverse to the cluster's directory.
     root = Path(tempfile.mkdtemp(prefix="edulink-patroni-"))

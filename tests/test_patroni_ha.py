@@ -25,6 +25,7 @@ from microservices.shared.database.core.errors import ServiceConnectionError
 
 from .ha_load import DB, Outcome, Series, env_for, prepare, run_event, service_process_env
 from .patroni import NODES, TTL, PatroniCluster, cluster_fixture, wait_for
+from .patroni import replayed as _replayed
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +66,6 @@ def test_failover_under_load_and_the_old_leader_rejoins(
           f"{time.monotonic() - started:.1f} s")
     old = next(m for m in cluster.members() if m.name == outcome.old_leader)
     assert old.role in ("replica", "sync_standby")
-
-
-def _replayed(cluster: PatroniCluster, name: str) -> None:
-    """Wait until member *name* has replayed everything the leader has written."""
-    leader = cluster.leader()
-    assert leader is not None
-    with cluster.connect(leader.name) as conn:
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    with cluster.connect(name) as conn:
-        wait_for(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
-                                      (row[0],)).fetchone() == (True,), 30)
 
 
 def _reads_never_stopped(outcome: Outcome) -> None:

@@ -9,6 +9,7 @@ from .connections.hooks import Instrumentation as _Instrumentation
 from .core.errors import (
     BackupCorruptError,
     BackupError,
+    BackupInterruptedError,
     BackupNotFoundError,
     BackupUntrustedError,
     ConfigError,
@@ -63,6 +64,7 @@ _connection_hooks.set_provider(_monitoring_instrumentation)
 __all__ = [
     "BackupCorruptError",
     "BackupError",
+    "BackupInterruptedError",
     "BackupNotFoundError",
     "BackupUntrustedError",
     "ConfigError",

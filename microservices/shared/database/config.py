@@ -144,6 +144,13 @@ class Settings(BaseSettings):
     edulink_db_backup_keep_last: int = Field(7, ge=1)
     edulink_db_backup_keep_days: float = Field(30.0, ge=0)
     edulink_db_backup_max_age_hours: float = Field(26.0, gt=0)
+    # Which server a backup reads (backup/source.py): the primary, or a standby to keep
+    # pg_dump's reads off the primary (the primary when no standby answers).
+    edulink_db_backup_from: Literal["primary", "replica"] = "primary"
+    # How long 'backup auto' keeps retrying when the server goes away (a failover, a
+    # restart): longer than the failover manager needs to promote (Patroni: ttl + a loop).
+    edulink_db_backup_retry_for: float = Field(
+        120.0, ge=0, description="seconds 'backup auto' retries across a server outage")
     # Backup policy, signing and drills (see schedule.py; intervals like "24h", "90m",
     # "off"; a service's schema may override: EDULINK_DB_<SERVICE>_BACKUP_SCHEMA_EVERY).
     edulink_db_backup_full_every: str = Field(

@@ -50,10 +50,15 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel, sql
 
-from ..config import Settings, admin_conninfo, load_settings, mask_dsn
+from ..config import Settings, admin_conninfo, host_label, load_settings, mask_dsn
 from ..connections.direct import connect, want_primary
 from ..connections.location import META_SCHEMA, location_string
-from ..core.errors import BackupError, BackupNotFoundError, ConfigError
+from ..core.errors import (
+    BackupError,
+    BackupInterruptedError,
+    BackupNotFoundError,
+    ConfigError,
+)
 from ..core.identifiers import validate_identifier
 from ..core.tls import explain
 from ..privileges.provisioning import render_postgresql_script
@@ -77,6 +82,7 @@ from .placement import (
 )
 from .retention import prune, status
 from .selection import select_schemas, target_params
+from .source import Source, backup_source, pinned
 from .store import (
     BackupStore,
     FileEntry,
@@ -90,6 +96,29 @@ log = logging.getLogger(__name__)
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 SET_KINDS = ("full", "schema")  # backups that follow moves (a prerestore saves one server)
 # Settings newer pg_restore versions put in a script's header: (first major, name).
+
+# pg_dump's errors when its server went away or (on a standby) cancelled its reads;
+# another run may well succeed.
+_INTERRUPTED = ("server closed the connection unexpectedly",
+                "terminating connection due to administrator command",
+                "conflict with recovery", "connection to server", "could not receive data")
+
+
+def _gone(conn: psycopg.Connection[Any]) -> bool:
+    """Whether *conn*'s server went away (its session cannot run a query any more)."""
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _interrupted(admin: dict[str, Any], reason: str) -> BackupInterruptedError:
+    return BackupInterruptedError(
+        f"The backup was interrupted: {host_label(admin)} went away or cancelled it "
+        f"({' '.join(reason.split())}). Nothing of it was kept. Run it again: 'backup "
+        "auto' retries by itself for EDULINK_DB_BACKUP_RETRY_FOR seconds.")
+
 
 def _quiet(_msg: str) -> None:
     pass
@@ -194,10 +223,16 @@ class BackupManager:
         if jobs < 1 or (jobs > 1 and fmt != "directory"):
             raise ConfigError("Parallel jobs (--jobs > 1) need the directory format "
                               "(--format directory): only it dumps in parallel.")
-        # Several hosts in DATABASE_URL (failover): dump the primary, which has every
-        # commit, not whichever host answers first (a standby may lag, and pg_dump there
-        # can be cancelled by recovery conflicts).  pg_dump gets the same parameters.
-        admin = want_primary(admin or admin_conninfo(self.settings))
+        # The home dump reads the server EDULINK_DB_BACKUP_FROM asks for (source.py):
+        # by default the primary, which has every commit, not whichever host of a
+        # multi-host URL answers first.  A prerestore backup (*admin* given) dumps the
+        # restore's target.  The registry is always read on the primary.
+        if admin is None:
+            admin = admin_conninfo(self.settings)
+            source = backup_source(self.settings, admin)
+        else:
+            source = Source(want_primary(admin), "")
+        admin = want_primary(admin)
         moved: dict[str, tuple[Placement, dict[str, Any]]] = {}
         if kind in SET_KINDS:
             placed = placements(self.settings, admin)
@@ -219,9 +254,11 @@ class BackupManager:
                 store.save(part)
                 done.append(part)
             started, t0 = now_utc(), time.perf_counter()
-            manifest = self._dump(admin, backup_id, kind, schemas, work, compress=compress,
-                                  fmt=fmt, jobs=jobs, exclude=list(moved),
-                                  include=include or [])
+            manifest = self._dump(source.params, backup_id, kind, schemas, work,
+                                  compress=compress, fmt=fmt, jobs=jobs,
+                                  exclude=list(moved), include=include or [], home=admin)
+            if source.note:
+                manifest.notes.append(source.note)
             manifest.started_at = started.isoformat()
             manifest.finished_at = now_utc().isoformat()
             manifest.duration_s = round(time.perf_counter() - t0, 3)
@@ -270,60 +307,83 @@ class BackupManager:
     def _dump(self, admin: dict[str, Any], backup_id: str, kind: str,
               schemas: list[str] | None, work: Path, *, compress: bool, fmt: str,
               jobs: int, exclude: list[str] | None = None,
-              include: list[str] | None = None, part: bool = False) -> Manifest:
+              include: list[str] | None = None, part: bool = False,
+              home: dict[str, Any] | None = None) -> Manifest:
         """Dump *schemas* of *admin*'s database (None: a full backup's selection, plus
         *include*), minus *exclude* (schemas a set takes from where they moved). A full
         backup takes the database's large objects too, except in a *part* (a moved
         schema's server): large objects are the home database's, and logical
-        replication, hence a move, does not carry them."""
-        with connect(admin, purpose="back up", autocommit=False) as snap:
-            snap.isolation_level = IsolationLevel.REPEATABLE_READ
-            snap.read_only = True
-            snapshot = snap.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
-            present = [r[0] for r in snap.execute(
-                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s)"
-                " AND nspname NOT LIKE 'pg\\_%%' ORDER BY 1", [list(SYSTEM_SCHEMAS)]).fetchall()]
-            schemas, notes = select_schemas(self.settings, present, schemas,
-                                             exclude or [], include or [])
-            missing = [s for s in schemas if s not in present]
-            if missing:
-                raise ConfigError(f"No schema {', '.join(missing)} in database "
-                                  f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
-            require_rls_bypass(snap, schemas, "Backing up")
-            server_major = snap.info.server_version // 10000
-            pg_dump = find_tool("pg_dump", server_major, tls=needs_tls(admin))
-            target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
-            args = [str(pg_dump), f"--snapshot={snapshot}", "--no-password",
-                    f"--format={fmt}", f"--file={target}",
-                    f"--compress={6 if compress else 0}"]
-            if jobs > 1:
-                args.append(f"--jobs={jobs}")
-            # Always by name: a full backup is the project's schemas, not the platform's.
-            # With --schema, pg_dump leaves large objects out unless asked (-b).
-            args += [f"--schema={s}" for s in schemas]
-            large_objects = kind == "full" and not part
-            if large_objects:
-                args.append("-b")  # --large-objects (--blobs before 16)
-            self.progress(f"dumping {len(schemas)} schema(s) with {pg_dump.name} "
-                          f"{tool_version(pg_dump)} ({fmt})")
-            with tempfile.TemporaryFile("w+") as errors:
-                proc = subprocess.Popen(args, env=libpq_env(admin), stdout=subprocess.DEVNULL,
-                                        stderr=errors, stdin=subprocess.DEVNULL)
-                try:
-                    # Meanwhile, count rows in the very snapshot pg_dump reads.
-                    row_counts = count_rows(snap, schemas)
-                    matviews = matview_states(snap, schemas)
-                    sequences = read_sequences(snap, schemas)
-                    blobs = (large_object_count(snap) if large_objects else None)
-                finally:
-                    code = proc.wait()
-                if code != 0:
-                    errors.seek(0)
-                    raise BackupError(
-                        f"pg_dump failed (exit {code}): {explain(errors.read().strip())}")
-            # Reported by the server at connect: no query needed.
-            server_version = snap.info.parameter_status("server_version") or ""
-            snap.rollback()
+        replication, hence a move, does not carry them.  The manifest's source is
+        *home* (default *admin*): the server the schemas belong to, even when one of
+        its replicas or its current Patroni leader was read.
+
+        Raises BackupInterruptedError when the server went away meanwhile."""
+        try:
+            with connect(admin, purpose="back up", autocommit=False) as snap:
+                return self._dump_from(snap, admin, backup_id, kind, schemas, work,
+                                       compress=compress, fmt=fmt, jobs=jobs,
+                                       exclude=exclude, include=include, part=part,
+                                       home=home or admin)
+        except psycopg.OperationalError as exc:
+            raise _interrupted(admin, str(exc)) from None
+
+    def _dump_from(self, snap: psycopg.Connection[Any], admin: dict[str, Any],
+                   backup_id: str, kind: str, schemas: list[str] | None, work: Path, *,
+                   compress: bool, fmt: str, jobs: int, exclude: list[str] | None,
+                   include: list[str] | None, part: bool, home: dict[str, Any]
+                   ) -> Manifest:
+        snap.isolation_level = IsolationLevel.REPEATABLE_READ
+        snap.read_only = True
+        snapshot = snap.execute("SELECT pg_catalog.pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        present = [r[0] for r in snap.execute(
+            "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname <> ALL(%s)"
+            " AND nspname NOT LIKE 'pg\\_%%' ORDER BY 1", [list(SYSTEM_SCHEMAS)]).fetchall()]
+        schemas, notes = select_schemas(self.settings, present, schemas,
+                                         exclude or [], include or [])
+        missing = [s for s in schemas if s not in present]
+        if missing:
+            raise ConfigError(f"No schema {', '.join(missing)} in database "
+                              f"{admin.get('dbname')!r} (it has: {', '.join(present)}).")
+        require_rls_bypass(snap, schemas, "Backing up")
+        server_major = snap.info.server_version // 10000
+        pg_dump = find_tool("pg_dump", server_major, tls=needs_tls(admin))
+        target = work / (f"{backup_id}.dump" if fmt == "custom" else f"{backup_id}.dir")
+        args = [str(pg_dump), f"--snapshot={snapshot}", "--no-password",
+                f"--format={fmt}", f"--file={target}",
+                f"--compress={6 if compress else 0}"]
+        if jobs > 1:
+            args.append(f"--jobs={jobs}")
+        # Always by name: a full backup is the project's schemas, not the platform's.
+        # With --schema, pg_dump leaves large objects out unless asked (-b).
+        args += [f"--schema={s}" for s in schemas]
+        large_objects = kind == "full" and not part
+        if large_objects:
+            args.append("-b")  # --large-objects (--blobs before 16)
+        self.progress(f"dumping {len(schemas)} schema(s) with {pg_dump.name} "
+                      f"{tool_version(pg_dump)} ({fmt}) from {host_label(pinned(admin, snap))}")
+        with tempfile.TemporaryFile("w+") as errors:
+            # pg_dump imports *snap*'s snapshot, so it must reach the same server, not
+            # whichever host of a multi-host URL leads by the time it connects.
+            proc = subprocess.Popen(args, env=libpq_env(pinned(admin, snap)),
+                                    stdout=subprocess.DEVNULL, stderr=errors,
+                                    stdin=subprocess.DEVNULL)
+            try:
+                # Meanwhile, count rows in the very snapshot pg_dump reads.
+                row_counts = count_rows(snap, schemas)
+                matviews = matview_states(snap, schemas)
+                sequences = read_sequences(snap, schemas)
+                blobs = (large_object_count(snap) if large_objects else None)
+            finally:
+                code = proc.wait()
+            if code != 0:
+                errors.seek(0)
+                reason = explain(errors.read().strip())
+                if _gone(snap) or any(m in reason for m in _INTERRUPTED):
+                    raise _interrupted(admin, reason)
+                raise BackupError(f"pg_dump failed (exit {code}): {reason}")
+        # Reported by the server at connect: no query needed.
+        server_version = snap.info.parameter_status("server_version") or ""
+        snap.rollback()
         (work / "preamble.sql").write_text(render_postgresql_script(self.settings.topology()))
         self.progress("checksumming files")
         return Manifest(
@@ -332,7 +392,7 @@ class BackupManager:
             compression="gzip:6" if compress else "none", server_version=server_version,
             tool_version=str(tool_version(pg_dump)), started_at="", finished_at="",
             duration_s=0.0, files=file_entries(work), row_counts=row_counts, snapshot=snapshot,
-            matviews=matviews, sequences=sequences, source=location_string(admin),
+            matviews=matviews, sequences=sequences, source=location_string(home),
             large_objects=large_objects, large_object_count=blobs, notes=notes)
 
     def restored_problems(self, manifest: Manifest, conn: psycopg.Connection[Any]

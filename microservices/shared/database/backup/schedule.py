@@ -18,6 +18,11 @@ taken from its first migration (``edulink_schema_history``) and from when edulin
 first saw it (``.policy-state.json`` in the backup folder): a schema younger than two
 intervals is not overdue without a backup.
 
+Outages: when the server goes away during a run (a restart, a failover), ``backup
+auto`` waits and starts over for up to ``EDULINK_DB_BACKUP_RETRY_FOR`` seconds (an
+interrupted dump leaves nothing behind), so a Patroni failover costs a run some time,
+not its backup.
+
 Moves: a schema counts as backed up only by a verified backup taken from where it
 lives now (the location registry), after it moved there (``moved_at``); a backup
 of it taken at home before the move no longer counts, and a moved schema without
@@ -31,6 +36,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,7 +48,12 @@ import psycopg
 from ..config import Settings, admin_conninfo
 from ..connections.direct import connect
 from ..connections.location import location_string
-from ..core.errors import ConfigError, EdulinkDBError
+from ..core.errors import (
+    BackupInterruptedError,
+    ConfigError,
+    DatabaseUnavailableError,
+    EdulinkDBError,
+)
 from ..core.secrets_store import ensure_private_dir
 from .placement import Placement, placements, same_server
 from .store import BackupStore, Manifest, backup_key, now_utc
@@ -52,6 +63,10 @@ LOCK_FILE = ".auto.lock"
 POLICY_KINDS = ("full", "schema")  # prerestore backups hold replaced data: not current
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "": 3600}
 _INTERVAL = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d)?\s*")
+# backup auto's waits across an outage: 0.5 s, doubling up to 5 s (a Patroni failover
+# takes ttl + a loop, 10-40 s; a restart a few seconds).
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 5.0
 
 
 def parse_interval(text: str, name: str) -> float | None:
@@ -347,9 +362,32 @@ def present_schemas(settings: Settings) -> list[str]:
     return [s for s in schemas if s in found]
 
 
+# Why a failed run may succeed in a moment: the server is restarting, or a failover
+# manager is promoting another one (libpq's and our own wording, lower case).
+_OUTAGE_MARKS = ("connection refused", "server closed the connection", "timeout expired",
+                 "the database system is", "terminating connection", "no leader",
+                 "is a standby", "read-only", "accepts writes", "could not receive data",
+                 "connection timed out", "no route to host")
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether *exc* says the server is away for now (worth another attempt), not that
+    something is wrong (a password, a missing schema, a full disk)."""
+    if isinstance(exc, BackupInterruptedError):
+        return True
+    if isinstance(exc, DatabaseUnavailableError | psycopg.OperationalError):
+        text = str(exc).lower()
+        return any(mark in text for mark in _OUTAGE_MARKS)
+    return False
+
+
 def run_auto(manager: Any, now: datetime | None = None) -> AutoReport:
     """Take what is due, verify it, prune. Returns at once (busy) when another run holds
-    the backup folder's lock. *manager* is a BackupManager."""
+    the backup folder's lock. *manager* is a BackupManager.
+
+    When the server goes away meanwhile (a restart, a failover: see :func:`transient`),
+    the run waits and starts over, for up to EDULINK_DB_BACKUP_RETRY_FOR seconds; an
+    interrupted dump leaves nothing behind (store.abandon), so a retry starts clean."""
     store: BackupStore = manager.store
     ensure_private_dir(store.root)
     fd = os.open(store.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -358,26 +396,41 @@ def run_auto(manager: Any, now: datetime | None = None) -> AutoReport:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return AutoReport(busy=True)
-        now = now or now_utc()
         settings: Settings = manager.settings
-        present = present_schemas(settings)
-        note_schemas(store.root, present, now)
-        where = current_where(settings, store.root)
-        todo = plan(store.backups(), load_policy(settings), present, now, where)
-        report = AutoReport(plan=todo)
-        if todo.full:
-            info = manager.create_full_backup()
-        elif todo.schemas:
-            info = manager.create_schema_backup(todo.schemas)
-        else:
-            info = None
-        if info is not None:
-            report.taken.append(info.backup_id)
-            # Parts first: the set's home backup is the one that is listed as taken.
-            for backup_id in [*info.parts, info.backup_id]:
-                if not store.load(backup_id).verified.get("ok"):
-                    manager.verify(backup_id)  # so restore and drill accept it as is
-        report.pruned = manager.prune()
-        return report
+        deadline = time.monotonic() + settings.edulink_db_backup_retry_for
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return _auto_once(manager, store, now or now_utc())
+            except (EdulinkDBError, psycopg.OperationalError) as exc:
+                if not transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                manager.progress(f"backup auto: {' '.join(str(exc).split())}; trying "
+                                 f"again in {delay:.1f} s")
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
     finally:
         os.close(fd)  # releases the lock
+
+
+def _auto_once(manager: Any, store: BackupStore, now: datetime) -> AutoReport:
+    settings: Settings = manager.settings
+    present = present_schemas(settings)
+    note_schemas(store.root, present, now)
+    where = current_where(settings, store.root)
+    todo = plan(store.backups(), load_policy(settings), present, now, where)
+    report = AutoReport(plan=todo)
+    if todo.full:
+        info = manager.create_full_backup()
+    elif todo.schemas:
+        info = manager.create_schema_backup(todo.schemas)
+    else:
+        info = None
+    if info is not None:
+        report.taken.append(info.backup_id)
+        # Parts first: the set's home backup is the one that is listed as taken.
+        for backup_id in [*info.parts, info.backup_id]:
+            if not store.load(backup_id).verified.get("ok"):
+                manager.verify(backup_id)  # so restore and drill accept it as is
+    report.pruned = manager.prune()
+    return report

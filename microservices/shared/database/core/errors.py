@@ -114,6 +114,11 @@ class BackupError(EdulinkDBError):
     """A backup or restore could not be completed; nothing was changed by a restore."""
 
 
+class BackupInterruptedError(BackupError):
+    """The server went away (or, on a standby, cancelled the dump) while a backup ran;
+    nothing of it was kept, and another attempt may succeed."""
+
+
 class BackupNotFoundError(BackupError, KeyError):
     """No complete backup has that id."""
 
