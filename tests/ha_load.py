@@ -219,6 +219,26 @@ def service_process_env(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def _reads_on_a_replica(load: Load, cluster: PatroniCluster, leader: str,
+                       timeout: float = 30) -> None:
+    """Wait until ``replica=True`` reads are served by replicas, not the leader.
+
+    Right after the cluster starts, or after an earlier event, Patroni may report a
+    replica's lag as ``unknown`` for a loop or two (its DCS entry has no WAL position
+    yet), and until then replica reads fall back to the leader: an event then would
+    measure the leader's outage, not whether reads on replicas stop."""
+    leader_port = cluster.started.pg_ports[NODES.index(leader)]
+    series = load.series["replica"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recent = series.ok[-10:]
+        if len(recent) == 10 and all(port != leader_port for _, port in recent):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"replica reads still on the leader ({leader}) after {timeout:g} s:"
+                         f" {series.ok[-5:]} {series.error_kinds()}\n{cluster.status()}")
+
+
 def promotion_watch(cluster: PatroniCluster, old_leader: str, stop: threading.Event,
                     seen: list[tuple[float, str]]) -> None:
     """Append (time, name) when a member other than *old_leader* first accepts writes."""
@@ -295,6 +315,7 @@ def run_event(cluster: PatroniCluster, admin: dict[str, Any], kind: str,
         load.start()
         try:
             load.warm()
+            _reads_on_a_replica(load, cluster, leader.name)
             seen: list[tuple[float, str]] = []
             stop = threading.Event()
             watcher = threading.Thread(target=promotion_watch,
