@@ -213,7 +213,7 @@ bootstrap:
       use_pg_rewind: true
       use_slots: true
       parameters:
-        wal_level: replica
+        wal_level: logical  # move-service replicates a schema out of the cluster
         hot_standby: 'on'
         wal_log_hints: 'on'
         max_connections: 100

@@ -261,8 +261,9 @@ class PatroniCluster:
         if leader is None:
             return set()
         status = _http_json(leader.api_url)
+        # Patroni lists every WAL sender, a logical one (a move's subscription) too.
         return {r["application_name"] for r in status.get("replication", [])
-                if r.get("state") == "streaming"}
+                if r.get("state") == "streaming" and r["application_name"] in NODES}
 
     def healthy(self) -> Member | None:
         """The leader, if both other members run and stream from it."""

@@ -69,6 +69,21 @@ def test_failover_under_load_and_the_old_leader_rejoins(
           f"{time.monotonic() - started:.1f} s")
     old = next(m for m in cluster.members() if m.name == outcome.old_leader)
     assert old.role in ("replica", "sync_standby")
+    # ... and takes replica reads again.
+    old_port = cluster.started.pg_ports[NODES.index(outcome.old_leader)]
+    with service_process_env(env_for(cluster, admin)):
+        manager = ConnectionManager(load_settings())
+        try:
+            def served_by_old() -> bool:
+                with manager.get_connection("user", replica=True) as conn:
+                    row = conn.execute("SELECT inet_server_port()").fetchone()
+                return row is not None and int(row[0]) == old_port
+            started = time.monotonic()
+            wait_for(served_by_old, 30, interval=0.05)
+            print(f"old leader {outcome.old_leader} serves replica reads "
+                  f"{time.monotonic() - started:.1f} s after it rejoined")
+        finally:
+            manager.close_all()
 
 
 def _reads_never_stopped(outcome: Outcome) -> None:

@@ -10,6 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 from .. import lifecycle
 from ..backup.placement import remember_location_admin
 from ..config import Settings, admin_conninfo, apply_tls, mask_dsn
+from ..connections.patroni import discovery_from_settings
 from ..core.errors import ConfigError, EdulinkDBError
 from ..relocation import MoveContext, abort, citus_sql, run_move
 from .app import CaOption, TopologyOption, app, cli_progress, cli_settings, fail_cli, out
@@ -41,6 +42,10 @@ def move_service(
         "--abort", help="Undo a move that has not cut over.")] = False,
     allow_unbounded_wal: Annotated[bool, typer.Option(
         "--allow-unbounded-wal", help="Move even if max_slot_wal_keep_size is -1.")] = False,
+    allow_slot_loss: Annotated[bool, typer.Option(
+        "--allow-slot-loss", help="Move a Patroni source whose permanent slots do not "
+                                  "include the move's slot (a switchover or failover "
+                                  "during the move then means --abort and again).")] = False,
     sync_timeout: Annotated[float, typer.Option(
         "--sync-timeout", help="Seconds to wait for the copy to catch up.")] = 600.0,
     citus_sql_: Annotated[bool, typer.Option(
@@ -77,7 +82,9 @@ def move_service(
             passwords=lambda s: lifecycle.service_password(settings, s),
             migrator_passwords=lambda s: lifecycle.migrator_password(settings, s),
             progress=cli_progress(), allow_unbounded_wal=allow_unbounded_wal,
-            sync_timeout_s=sync_timeout)
+            sync_timeout_s=sync_timeout, allow_slot_loss=allow_slot_loss,
+            # DATABASE_PATRONI_URLS describes DATABASE_URL's cluster, not a --from server.
+            source_patroni=None if source else discovery_from_settings(settings))
         if abort_:
             abort(ctx)
             out.print(f"aborted: {svc.name} stays on {mask_dsn(ctx.source)}", highlight=False)

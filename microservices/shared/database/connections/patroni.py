@@ -75,7 +75,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -99,6 +99,9 @@ READ_ROLES = (REPLICA, SYNC_STANDBY)
 # 3.0.2 says 'running' for a healthy replica; later versions say 'streaming'.
 READ_STATES = ("running", "streaming")
 CLUSTER_PATH = "/cluster"
+HISTORY_PATH = "/history"
+CONFIG_PATH = "/config"
+T = TypeVar("T")
 MIN_GAP_S = 0.2
 JITTER = 0.2
 MAX_BODY_BYTES = 1 << 20
@@ -233,6 +236,46 @@ def parse_cluster(payload: object, max_lag_bytes: int | None, *, source: str = "
         and m.lag_bytes is not None and (max_lag_bytes is None or m.lag_bytes <= max_lag_bytes))
     return ClusterView(leader, replicas, fetched_at, source, tuple(parsed), tuple(skipped),
                        tuple(api_urls))
+
+
+@dataclass(frozen=True)
+class LeaderChange:
+    """One line of Patroni's timeline history: *timeline* ended at WAL position *lsn*
+    (bytes) when a member was promoted.  *at* (ISO 8601, Patroni's clock) and
+    *new_leader* are None in lines Patroni wrote before it recorded them."""
+
+    timeline: int
+    lsn: int
+    reason: str
+    at: str | None
+    new_leader: str | None
+
+
+def parse_history(payload: object, source: str = "") -> list[LeaderChange]:
+    """``GET /history``'s answer: a list of ``[timeline, lsn, reason]`` lines, to
+    which Patroni 2.0+ appends the promotion's timestamp and the new leader's name.
+    Raises PatroniDiscoveryError (naming *source*) for anything else."""
+    where = f"{source}{HISTORY_PATH}" if source else f"GET {HISTORY_PATH}"
+
+    def invalid(what: str) -> PatroniDiscoveryError:
+        return PatroniDiscoveryError(f"Patroni answered {where} with {what}; expected a list "
+                                     "of [timeline, lsn, reason, timestamp, new_leader]",
+                                     [(source or where, what)])
+
+    if not isinstance(payload, list):
+        raise invalid(f"a {type(payload).__name__}")
+    out = []
+    for i, line in enumerate(payload, 1):
+        if not isinstance(line, list) or len(line) < 3:
+            raise invalid(f"line {i} that is not a list of at least 3 items")
+        timeline, lsn, reason = line[0], line[1], line[2]
+        if isinstance(timeline, bool) or not isinstance(timeline, int) or isinstance(
+                lsn, bool) or not isinstance(lsn, int) or not isinstance(reason, str):
+            raise invalid(f"line {i} whose timeline, lsn or reason has the wrong type")
+        at = line[3] if len(line) > 3 and isinstance(line[3], str) else None
+        new_leader = line[4] if len(line) > 4 and isinstance(line[4], str) else None
+        out.append(LeaderChange(timeline, lsn, reason[:200], at, new_leader))
+    return out
 
 
 # -- conninfos -----------------------------------------------------------------------
@@ -418,6 +461,37 @@ class PatroniDiscovery:
         with self._cond:
             return self._fetch_coalesced(reason)
 
+    def leader_changes(self) -> list[LeaderChange]:
+        """The cluster's timeline history (``GET /history``: one entry per promotion,
+        oldest first), from the first endpoint that answers; fetched each call, for
+        monitoring, not for routing.  Raises PatroniDiscoveryError naming every
+        endpoint and why when none answers with a valid history."""
+        return self._first_answer(HISTORY_PATH, parse_history)
+
+    def dynamic_config(self) -> dict[str, Any]:
+        """The cluster's dynamic configuration (``GET /config``: ``ttl``, ``slots``,
+        ``postgresql.use_slots``, ...), from the first endpoint that answers; raises
+        PatroniDiscoveryError when none does."""
+        def parse(payload: object, source: str) -> dict[str, Any]:
+            if not isinstance(payload, dict):
+                raise PatroniDiscoveryError(
+                    f"Patroni answered {source}{CONFIG_PATH} with a "
+                    f"{type(payload).__name__}, not an object", [(source, "not an object")])
+            return payload
+        return self._first_answer(CONFIG_PATH, parse)
+
+    def _first_answer(self, path: str, parse: Callable[[object, str], T]) -> T:
+        failures: list[tuple[str, str]] = []
+        for target in self._candidates():
+            try:
+                return parse(self._get(target, path), target.label)
+            except _Failed as exc:
+                failures.append((target.label, str(exc)))
+            except PatroniDiscoveryError as exc:
+                failures.append((target.label, exc.problems[0][1] if exc.problems
+                                 else str(exc)))
+        raise self._failure(failures, f"GET {path}")
+
     # -- internals -------------------------------------------------------------------
     def _result(self) -> ClusterView:
         if self._view is not None:
@@ -456,11 +530,12 @@ class PatroniDiscovery:
                 out.append(_Target(base, base + CLUSTER_PATH, None, False))
         return out
 
-    def _get(self, target: _Target) -> object:
+    def _get(self, target: _Target, path: str = CLUSTER_PATH) -> object:
         headers = {"Accept": "application/json"}
         if target.authorization is not None:
             headers["Authorization"] = target.authorization
-        request = urllib.request.Request(target.url, headers=headers)  # noqa: S310 -- http(s) only
+        url = target.url.removesuffix(CLUSTER_PATH) + path
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 -- http(s) only
         self.requests += 1
         try:
             with _OPENER.open(request, timeout=self.timeout) as response:

@@ -6,7 +6,8 @@ query: one daemon thread per set reads each replica's state about once a second 
 a connection of its own, and :meth:`ReplicaSet.choose` only reads the cached result.
 
 Lag is ``now() - pg_last_xact_replay_timestamp()``, except when the standby streams
-and has replayed everything it received: then it is 0.  Without that exception an
+and has replayed everything it received (or more: a WAL receiver that restarted counts
+from the start of its segment): then it is 0.  Without that exception an
 idle primary (no new transactions) would make every caught-up replica look more and
 more behind.  A standby that does not stream (no WAL receiver) is judged by the
 timestamp alone: it cannot know what it is missing.
@@ -63,7 +64,11 @@ LAG_QUERY = (
     "SELECT pg_catalog.pg_is_in_recovery(),"
     " CASE WHEN NOT pg_catalog.pg_is_in_recovery() THEN NULL"
     "  WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_stat_wal_receiver)"
-    "   AND pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn()"
+    # >=, not =: a WAL receiver that (re)starts -- after a failover, or when the
+    # standby restarts -- reports as received the start of the segment it streams
+    # from, which is behind what it already replayed; until the primary writes again
+    # (an idle one may not for hours) an '=' would judge it by the timestamp.
+    "   AND pg_catalog.pg_last_wal_replay_lsn() >= pg_catalog.pg_last_wal_receive_lsn()"
     "  THEN 0::float8"
     "  ELSE extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp())::float8"
     " END,"

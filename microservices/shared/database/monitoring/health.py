@@ -13,7 +13,9 @@ number of queries, whatever the number of services:
   age; connections against ``max_connections``;
 * replication: whether the server is the primary (and which host:port it is, for a
   multi-host ``DATABASE_URL``), its standbys from ``pg_stat_replication``, and each
-  ``DATABASE_REPLICA_URLS`` entry's state and lag (one short connection per replica).
+  ``DATABASE_REPLICA_URLS`` entry's state and lag (one short connection per replica);
+  under Patroni (``DATABASE_PATRONI_URLS``), the cluster's members, roles, states, lag
+  and its last leader change from the REST API (``GET /cluster``, ``GET /history``).
 
 Reading other roles' sessions and statements in full needs ``pg_read_all_stats``
 (the admin has it; so does ``pg_monitor``).
@@ -221,17 +223,69 @@ def replication_view(in_recovery: bool, standby_rows: list[dict[str, Any]] | Non
     for standby in standbys:
         lag = standby.get("replay_lag_seconds")
         standby["replay_lag_seconds"] = None if lag is None else float(lag)
+    primary = None if in_recovery else host_label({"host": conn.info.host,
+                                                    "port": conn.info.port})
+    patroni = patroni_view(settings)
+    # Under Patroni, DATABASE_URL lists every member and each may serve replica reads
+    # while it is a replica: the leader (by Patroni, or the server we are connected
+    # to) is not a read replica, and probing it as one would report it not-a-standby.
+    leading = {primary} | ({patroni["leader"]["host"]} if patroni and patroni["leader"]
+                           else set())
+    from_members = settings.database_patroni_urls is not None \
+        and settings.database_replica_urls is None
     replicas = []
     for params in replica_admin_conninfos(settings):
+        if from_members and host_label(params) in leading:
+            continue
         state, lag = probe_once(params, settings.database_replica_max_lag)
         replicas.append({"host": host_label(params), "state": state, "lag_seconds": lag})
-    return {
-        "in_recovery": in_recovery,
-        "primary": None if in_recovery else host_label(
-            {"host": conn.info.host, "port": conn.info.port}),
-        "standbys": standbys,
-        "replicas": replicas,
-    }
+    out: dict[str, Any] = {"in_recovery": in_recovery, "primary": primary,
+                           "standbys": standbys, "replicas": replicas}
+    if patroni is not None:
+        out["patroni"] = patroni
+    return out
+
+
+def patroni_view(settings: Settings) -> dict[str, Any] | None:
+    """The Patroni cluster as its REST API (``DATABASE_PATRONI_URLS``) reports it now:
+    ``leader`` and ``members`` (``name``, ``host`` as host:port, ``role``, ``state``,
+    ``lag_bytes``, ``timeline``), ``skipped`` members, ``source`` endpoint, endpoint
+    ``problems``, the ``last_leader_change`` (``timeline`` it started, ``at``,
+    ``new_leader``, ``reason``) and ``error`` when no endpoint answered.  None without
+    Patroni.  One fresh fetch of each (health is not on the request path)."""
+    from ..connections.patroni import discovery_from_settings
+    from ..core.errors import PatroniDiscoveryError
+
+    discovery = discovery_from_settings(settings)
+    if discovery is None:
+        return None
+    out: dict[str, Any] = {"leader": None, "members": [], "skipped": [], "source": None,
+                           "problems": {}, "last_leader_change": None, "error": None,
+                           "max_lag_bytes": settings.database_patroni_max_lag_bytes}
+    try:
+        view = discovery.view()
+    except PatroniDiscoveryError as exc:
+        out["error"] = str(exc)
+        return out
+
+    def member(m: Any) -> dict[str, Any]:
+        return {"name": m.name, "host": f"{m.host}:{m.port}", "role": m.role,
+                "state": m.state, "lag_bytes": m.lag_bytes, "timeline": m.timeline}
+
+    out.update(leader=member(view.leader) if view.leader else None,
+               members=[member(m) for m in view.members], skipped=list(view.skipped),
+               source=view.source, problems=discovery.problems())
+    try:
+        changes = discovery.leader_changes()
+    except PatroniDiscoveryError as exc:
+        out["problems"] = {**out["problems"], "history": str(exc)}
+    else:
+        if changes:
+            last = changes[-1]
+            out["last_leader_change"] = {"timeline": last.timeline + 1, "at": last.at,
+                                         "new_leader": last.new_leader,
+                                         "reason": last.reason}
+    return out
 
 
 def _replication_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
@@ -262,6 +316,62 @@ def _replication_checks(checks: dict[str, dict[str, Any]], stats: DatabaseStats,
                 f"read replica {replica['host']} is {replica['state']}"
                 + (f" (lag {lag:.1f}s)" if lag is not None else "")
                 + ": replica reads go to the other replicas or the primary")
+
+
+def _patroni_checks(checks: dict[str, dict[str, Any]], repl: dict[str, Any]) -> None:
+    """``patroni``: a leader, and it is the server DATABASE_URL reached; one
+    ``patroni_member:<name>`` per member that cannot serve (not running, lag unknown or
+    over DATABASE_PATRONI_MAX_LAG_BYTES) and per member left out of the view."""
+    from ..connections.patroni import READ_ROLES, READ_STATES
+
+    cluster = repl.get("patroni")
+    if cluster is None:
+        return
+    if cluster["error"]:
+        checks["patroni"] = _check(
+            DEGRADED, None, None, f"{cluster['error']} The pools keep their last view, "
+            "so a failover now would not be followed until the REST API answers again.")
+        return
+    leader = cluster["leader"]
+    change = cluster["last_leader_change"]
+    since = (f"; last leader change: timeline {change['timeline']}"
+             + (f" at {change['at']}" if change["at"] else "")
+             + (f" to {change['new_leader']}" if change["new_leader"] else "")
+             if change else "; no leader change recorded")
+    if leader is None:
+        checks["patroni"] = _check(
+            DEGRADED, None, "a leader", f"Patroni ({cluster['source']}) reports no leader: "
+            f"a failover is under way or no member can lead; writes wait{since}")
+    elif repl.get("primary") in {m["host"] for m in cluster["members"]} - {leader["host"]}:
+        # A member Patroni does not call leader accepted a read-write session.  (A
+        # primary named differently in DATABASE_URL -- a DNS name for Patroni's
+        # connect address -- is no sign of anything: the pools use Patroni's address.)
+        checks["patroni"] = _check(
+            DEGRADED, leader["host"], repl["primary"], f"Patroni's leader is "
+            f"{leader['name']} ({leader['host']}), but {repl['primary']}, which Patroni "
+            f"does not call leader, accepted a read-write session: two primaries{since}")
+    else:
+        serving = sum(1 for m in cluster["members"] if m["role"] in READ_ROLES
+                      and m["state"] in READ_STATES and m["lag_bytes"] is not None)
+        checks["patroni"] = _check(
+            OK, leader["name"], None, f"leader {leader['name']} ({leader['host']}), "
+            f"{serving} of {len(cluster['members']) - 1} replica(s) running{since}")
+    limit = cluster["max_lag_bytes"]
+    for m in cluster["members"]:
+        if m["role"] == "leader":
+            continue
+        why = (f"is {m['state']}" if m["state"] not in READ_STATES
+               else f"has role {m['role']}" if m["role"] not in READ_ROLES
+               else "reports its lag as unknown" if m["lag_bytes"] is None
+               else f"is {m['lag_bytes']} bytes behind (limit {limit})"
+               if limit is not None and m["lag_bytes"] > limit else None)
+        if why:
+            checks[f"patroni_member:{m['name']}"] = _check(
+                DEGRADED, m["lag_bytes"], limit, f"Patroni member {m['name']} "
+                f"({m['host']}) {why}: it serves no replica reads")
+    for i, skipped in enumerate(cluster["skipped"], 1):
+        checks[f"patroni_skipped:{i}"] = _check(DEGRADED, None, None, f"Patroni cluster: "
+                                                f"{skipped}")
 
 
 def _check(status: str, value: Any, threshold: Any, message: str,
@@ -411,6 +521,8 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
         stats.statements_note or "per-role statement statistics available")
     checks["backup_freshness"] = _backup_check(settings, stats)
     _replication_checks(checks, stats, settings)
+    if stats.replication:
+        _patroni_checks(checks, stats.replication)
     if tls_warning:
         checks["tls"] = _check(DEGRADED, False, True, tls_warning)
     for item in suspicious:

@@ -14,6 +14,7 @@ from psycopg import sql
 
 from ..connections.direct import connect
 from ..connections.location import location_string
+from ..connections.patroni import PatroniDiscovery
 from ..topology import Service, Topology
 from .meta import JOURNAL, ensure_meta, use_meta
 
@@ -35,6 +36,10 @@ class MoveContext:
     migrator_passwords: Callable[[Service], str | None]
     progress: Callable[[str], None] = lambda _m: None
     allow_unbounded_wal: bool = False
+    # The source's Patroni cluster (its REST API), when it runs under Patroni: the
+    # preflight checks that the move's slot is one of its permanent slots.
+    source_patroni: PatroniDiscovery | None = None
+    allow_slot_loss: bool = False
     sync_timeout_s: float = 600.0
     barrier_timeout_s: float = 10.0
     slot_timeout_s: float = 30.0

@@ -18,8 +18,13 @@ from .preflight import replication_login
 
 
 def _subscription_conninfo(ctx: MoveContext, user: str, password: str) -> str:
-    params = {k: ctx.source[k] for k in ("host", "port", "dbname", "sslmode")
-              if ctx.source.get(k)}
+    params = {k: ctx.source[k] for k in ("host", "port", "dbname", "sslmode",
+                                         "target_session_attrs") if ctx.source.get(k)}
+    if "," in str(params.get("host", "")):
+        # A source listed by its members (a Patroni cluster): after a switchover the
+        # subscription must reconnect to the new leader, never stop at a standby
+        # (logical decoding needs the primary before PostgreSQL 16).
+        params["target_session_attrs"] = "read-write"
     # The target *server* opens this connection: our root certificate's path means
     # nothing on its file system, and verify-full without one fails.  Encrypted, not
     # authenticated (docs/tls.md).
@@ -85,6 +90,8 @@ def copy(ctx: MoveContext) -> None:
             conn.execute(stmt)
         if not exists(conn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", name):
             _create_slot(ctx, conn)
+        elif not _subscribed(ctx):
+            _skip_to_now(ctx, conn)
     with connect(ctx.target, purpose="subscribe on the target") as conn:
         conninfo = _subscription_conninfo(ctx, user, password)
         if exists(conn, "SELECT 1 FROM pg_subscription WHERE subname = %s", name):
@@ -136,6 +143,25 @@ def _create_slot(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
             + ". End them (pg_terminate_backend(pid)) or let them finish, then --resume; "
             "nothing was left behind.") from None
     conn.execute("RESET statement_timeout")
+
+
+def _subscribed(ctx: MoveContext) -> bool:
+    with connect(ctx.target, purpose="look for the move's subscription") as conn:
+        return exists(conn, "SELECT 1 FROM pg_subscription WHERE subname = %s", ctx.name)
+
+
+def _skip_to_now(ctx: MoveContext, conn: psycopg.Connection[Any]) -> None:
+    """Advance a slot that existed before the publication to the current WAL position.
+
+    Patroni creates a permanent slot (preflight.slot_survival_checks) as soon as it is
+    configured, before the publication exists; pgoutput reads the publication with the
+    catalog as of each change, so decoding a change older than the publication fails
+    ("publication ... does not exist") for ever.  Nothing consumed the slot yet (no
+    subscription), and the subscription's initial copy is taken later, so skipping
+    what came before loses nothing.  Advancing decodes without the output plugin."""
+    ctx.progress(f"the slot {ctx.name} existed before the publication (a Patroni "
+                 "permanent slot?): advancing it to now")
+    conn.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", [ctx.name])
 
 
 def drop_move_role(conn: psycopg.Connection[Any], ctx: MoveContext) -> None:

@@ -18,7 +18,7 @@ from psycopg import sql
 
 from ..connections.direct import connect
 from ..connections.location import IDLE_TTL_S, TTL_S, location_string, server_key
-from ..core.errors import MoveError
+from ..core.errors import EdulinkDBError, MoveError
 from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
 from .catchup import CAUGHT_UP_BYTES, lag, wait_caught_up
 from .cleanup import cleanup, drop_replication, retire_source
@@ -290,7 +290,8 @@ def _run_move(ctx: MoveContext, *, resume: bool) -> PreflightReport | None:
     if phase is None:
         _check_source_is_current(ctx)
         report = preflight(ctx.source, ctx.target, ctx.service,
-                           allow_unbounded_wal=ctx.allow_unbounded_wal)
+                           allow_unbounded_wal=ctx.allow_unbounded_wal, slot=ctx.name,
+                           patroni=ctx.source_patroni, allow_slot_loss=ctx.allow_slot_loss)
         for note in report.notes:
             ctx.progress(note)
         ctx.progress(f"{len(report.tables)} tables, {len(report.sequences)} sequences, "
@@ -329,7 +330,26 @@ def _run_move(ctx: MoveContext, *, resume: bool) -> PreflightReport | None:
         cleanup(ctx)
         ctx.phase_s["cleanup"] = time.monotonic() - t0
         ctx.progress("cleaned up: no slot, publication, subscription or temporary role left")
+        permanent_slot_reminder(ctx)
     return report
+
+
+def permanent_slot_reminder(ctx: MoveContext) -> None:
+    """Say so when the move's slot is still one of the source's Patroni permanent slots:
+    Patroni creates it again on the leader, where nothing consumes it and it holds WAL
+    (up to max_slot_wal_keep_size).  Not removed here: that needs write access to
+    Patroni's REST API, which this tool does not ask for."""
+    if ctx.source_patroni is None:
+        return
+    try:
+        slots = ctx.source_patroni.dynamic_config().get("slots")
+    except EdulinkDBError:
+        return
+    if isinstance(slots, dict) and ctx.name in slots:
+        ctx.progress(f"warning: slot {ctx.name} is still a permanent slot of the source's "
+                     "Patroni cluster, which recreates it and keeps WAL for it: remove it "
+                     f"with patronictl -c <patroni.yml> edit-config --force -s "
+                     f"'slots.{ctx.name}=null'")
 
 
 def abort(ctx: MoveContext) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import psycopg
 
 from ..connections.direct import connect
+from ..connections.patroni import PatroniDiscovery
+from ..core.errors import PatroniDiscoveryError
 from ..migrations.history import HISTORY_TABLE
 from ..migrations.history import LOCK_CLASS as MIGRATION_LOCK_CLASS
 from ..topology import Service
@@ -222,6 +224,64 @@ def source_checks(conn: psycopg.Connection[Any], svc: Service, report: Preflight
                             "replication slot waits for it to end")
 
 
+def slot_survival_checks(conn: psycopg.Connection[Any], slot: str,
+                         patroni: PatroniDiscovery | None, report: PreflightReport, *,
+                         allow_slot_loss: bool) -> None:
+    """Whether the move's logical slot outlives a promotion of one of the source's
+    standbys.  PostgreSQL before 17 keeps a logical slot on the primary only: after a
+    switchover or failover the new primary has no slot, the subscription cannot go on,
+    and the move must be aborted and started again.  On Patroni the slot survives when
+    it is one of the cluster's permanent slots (Patroni creates it on the leader,
+    copies it to the replicas and advances it there); anything else is refused unless
+    *allow_slot_loss*."""
+    database = _one(conn, "SELECT current_database()")
+    if patroni is None:
+        standbys = _one(conn, "SELECT count(*) FROM pg_catalog.pg_stat_replication r WHERE"
+                              " NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s"
+                              " WHERE s.active_pid = r.pid AND s.slot_type = 'logical')")
+        if standbys:
+            report.notes.append(
+                f"the source streams to {standbys} physical standby(s); the move's slot "
+                f"{slot} lives on the primary only, so if a standby is promoted during the "
+                "move, run move-service --abort and start it again (under Patroni, set "
+                "DATABASE_PATRONI_URLS so the preflight checks the permanent slots)")
+        return
+    try:
+        config = patroni.dynamic_config()
+    except PatroniDiscoveryError as exc:
+        report.problems.append(f"cannot read Patroni's configuration to check that the "
+                               f"move's slot survives a failover: {exc}")
+        return
+    slots = config.get("slots") if isinstance(config.get("slots"), dict) else {}
+    entry = slots.get(slot) if isinstance(slots, dict) else None
+    wanted = {"type": "logical", "database": database, "plugin": "pgoutput"}
+    use_slots = (config.get("postgresql") or {}).get("use_slots", True) \
+        if isinstance(config.get("postgresql"), dict) else True
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in wanted.items()) \
+            and use_slots is not False:
+        report.notes.append(
+            f"the move's slot {slot} is a permanent slot of the Patroni cluster: Patroni "
+            "copies it to the replicas, so the move goes on after a switchover or failover "
+            "of the source (remove the slot from Patroni's configuration once the move "
+            "is done)")
+        return
+    fix = " ".join(f"-s 'slots.{slot}.{k}={v}'" for k, v in wanted.items())
+    why = (f"Patroni's configuration names slot {slot} as {entry!r}, not {wanted!r}"
+           if entry is not None else
+           "postgresql.use_slots is off in Patroni's configuration (permanent slots need "
+           "it)" if use_slots is False else
+           f"the move's logical slot {slot} is not one of the Patroni cluster's permanent "
+           "slots")
+    message = (f"{why}: PostgreSQL {conn.info.server_version // 10000} keeps a logical "
+               "slot on the leader only, so a switchover or failover during the move would "
+               "lose it and the move would have to start over.  Make it permanent, then "
+               f"run the move again: patronictl -c <patroni.yml> edit-config --force {fix}")
+    if allow_slot_loss:
+        report.notes.append(message + " (going on: --allow-slot-loss)")
+    else:
+        report.problems.append(message + "; or pass --allow-slot-loss to move without it")
+
+
 def target_checks(conn: psycopg.Connection[Any], svc: Service, report: PreflightReport) -> None:
     version = conn.info.server_version
     superuser = bool(_one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
@@ -270,14 +330,19 @@ _WHO = ("SELECT inet_server_addr()::text, current_setting('port'), current_datab
 
 
 def preflight(source: dict[str, Any], target: dict[str, Any], svc: Service, *,
-              allow_unbounded_wal: bool = False, target_prepared: bool = False
-              ) -> PreflightReport:
+              allow_unbounded_wal: bool = False, target_prepared: bool = False,
+              slot: str | None = None, patroni: PatroniDiscovery | None = None,
+              allow_slot_loss: bool = False) -> PreflightReport:
     """Check both servers; never changes anything.  *target_prepared*: a resumed move
-    has already copied the DDL, so the target's tables are expected."""
+    has already copied the DDL, so the target's tables are expected.  *slot*: the
+    move's slot, checked for surviving a promotion (*patroni*: the source's cluster,
+    see :func:`slot_survival_checks`)."""
     report = PreflightReport(service=svc.name, source_has_password=bool(
         source.get("password")))
     with connect(source, purpose="preflight the source of the move") as conn:
         source_checks(conn, svc, report, allow_unbounded_wal=allow_unbounded_wal)
+        if slot is not None:
+            slot_survival_checks(conn, slot, patroni, report, allow_slot_loss=allow_slot_loss)
         source_id = conn.execute(_WHO).fetchone()
     with connect(target, purpose="preflight the target of the move") as conn:
         if not target_prepared:
