@@ -367,7 +367,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
 @dataclass(frozen=True)
 class _Target:
     label: str  # scheme://host:port, what logs name it by
-    url: str
+    url: str  # the base the request paths (/cluster, /history, /config) are appended to
     authorization: str | None
     configured: bool
 
@@ -377,7 +377,7 @@ def _target(endpoint: PatroniEndpoint, configured: bool = True) -> _Target:
     if endpoint.username is not None:
         token = f"{endpoint.username}:{endpoint.password or ''}".encode()
         auth = "Basic " + base64.b64encode(token).decode("ascii")
-    return _Target(endpoint.url, endpoint.url + CLUSTER_PATH, auth, configured)
+    return _Target(endpoint.url, endpoint.url, auth, configured)
 
 
 def _api_base(api_url: str) -> str | None:
@@ -527,15 +527,14 @@ class PatroniDiscovery:
             if base is not None and base not in known and len(out) < len(
                     self._targets) + MAX_DISCOVERED:
                 known.add(base)
-                out.append(_Target(base, base + CLUSTER_PATH, None, False))
+                out.append(_Target(base, base, None, False))
         return out
 
     def _get(self, target: _Target, path: str = CLUSTER_PATH) -> object:
         headers = {"Accept": "application/json"}
         if target.authorization is not None:
             headers["Authorization"] = target.authorization
-        url = target.url.removesuffix(CLUSTER_PATH) + path
-        request = urllib.request.Request(url, headers=headers)  # noqa: S310 -- http(s) only
+        request = urllib.request.Request(target.url + path, headers=headers)  # noqa: S310 -- http(s) only
         self.requests += 1
         try:
             with _OPENER.open(request, timeout=self.timeout) as response:

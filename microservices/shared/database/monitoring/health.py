@@ -253,7 +253,7 @@ def patroni_view(settings: Settings) -> dict[str, Any] | None:
     ``problems``, the ``last_leader_change`` (``timeline`` it started, ``at``,
     ``new_leader``, ``reason``) and ``error`` when no endpoint answered.  None without
     Patroni.  One fresh fetch of each (health is not on the request path)."""
-    from ..connections.patroni import discovery_from_settings
+    from ..connections.patroni import discovery_from_settings, member_params
     from ..core.errors import PatroniDiscoveryError
 
     discovery = discovery_from_settings(settings)
@@ -269,7 +269,8 @@ def patroni_view(settings: Settings) -> dict[str, Any] | None:
         return out
 
     def member(m: Any) -> dict[str, Any]:
-        return {"name": m.name, "host": f"{m.host}:{m.port}", "role": m.role,
+        # The same label as the probes' (host_label), so the two can be compared.
+        return {"name": m.name, "host": host_label(member_params(m)), "role": m.role,
                 "state": m.state, "lag_bytes": m.lag_bytes, "timeline": m.timeline}
 
     out.update(leader=member(view.leader) if view.leader else None,
@@ -324,7 +325,7 @@ def _patroni_checks(checks: dict[str, dict[str, Any]], repl: dict[str, Any]) -> 
     over DATABASE_PATRONI_MAX_LAG_BYTES) and per member left out of the view."""
     from ..connections.patroni import READ_ROLES, READ_STATES
 
-    cluster = repl.get("patroni")
+    cluster = (repl or {}).get("patroni")
     if cluster is None:
         return
     if cluster["error"]:
@@ -521,8 +522,7 @@ def evaluate(stats: DatabaseStats | None, settings: Settings, topology: Topology
         stats.statements_note or "per-role statement statistics available")
     checks["backup_freshness"] = _backup_check(settings, stats)
     _replication_checks(checks, stats, settings)
-    if stats.replication:
-        _patroni_checks(checks, stats.replication)
+    _patroni_checks(checks, stats.replication)
     if tls_warning:
         checks["tls"] = _check(DEGRADED, False, True, tls_warning)
     for item in suspicious:

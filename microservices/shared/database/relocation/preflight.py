@@ -252,11 +252,10 @@ def slot_survival_checks(conn: psycopg.Connection[Any], slot: str,
         report.problems.append(f"cannot read Patroni's configuration to check that the "
                                f"move's slot survives a failover: {exc}")
         return
-    slots = config.get("slots") if isinstance(config.get("slots"), dict) else {}
+    slots, postgresql = config.get("slots"), config.get("postgresql")
     entry = slots.get(slot) if isinstance(slots, dict) else None
+    use_slots = postgresql.get("use_slots", True) if isinstance(postgresql, dict) else True
     wanted = {"type": "logical", "database": database, "plugin": "pgoutput"}
-    use_slots = (config.get("postgresql") or {}).get("use_slots", True) \
-        if isinstance(config.get("postgresql"), dict) else True
     if isinstance(entry, dict) and all(entry.get(k) == v for k, v in wanted.items()) \
             and use_slots is not False:
         report.notes.append(
